@@ -1,0 +1,33 @@
+"""Data pipeline: rosbag2 episodes -> LeRobotDataset v3.0 -> model-ready samples.
+
+- ``bag_writer.EpisodeBagWriter``: one episode -> one MCAP rosbag2 directory.
+- ``bag_reader``: rosbag2 (MCAP / sqlite3) -> episodes aligned onto the dataset fps.
+- ``lerobot_v3``: the LeRobot v3.0 writer and meta readers.
+- ``gaze``: gaze-box annotation backends (sim, boxes file, Grounding DINO).
+- ``dataset``: ``VLADataset`` / ``DatasetSource`` / ``load_stats`` for training.
+
+Importing this package never imports torch; names load lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "EpisodeBagWriter": "reconvla_core.data.bag_writer",
+    "BagTopics": "reconvla_core.data.bag_reader",
+    "read_episode": "reconvla_core.data.bag_reader",
+    "VLADataset": "reconvla_core.data.dataset",
+    "DatasetSource": "reconvla_core.data.dataset",
+    "load_stats": "reconvla_core.data.lerobot_v3",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reconvla_core.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
