@@ -1,0 +1,259 @@
+"""teleop_recorder: one rosbag2 (MCAP) directory per teleoperated episode.
+
+Subscribes to the configured topics with ``raw=True`` and hands the serialized CDR bytes to
+``reconvla_core.runtime.recording.RecordingSession`` (which writes them through
+``EpisodeBagWriter.write_serialized``), stamped with the receive time like ``ros2 bag record``.
+
+Services (std_srvs, node-private names so several recorders can coexist):
+  ~/start_episode    Trigger   open a new episode; the task text is the ``task`` parameter, or,
+                               when that is empty, the last text seen on the instruction topic
+  ~/stop_episode     SetBool   finish the episode; ``data`` = success
+  ~/discard_episode  Trigger   delete the open episode, or the one stopped last
+Publishes ``~/recording`` (std_msgs/Bool, transient local) whenever the state changes.
+
+Parameters (config/teleop_recorder.yaml): output_dir, topics (``/name`` or ``/name:pkg/msg/Type``;
+topics of unknown type are resolved from the graph when they appear), latched_topics, task,
+operator, min_free_gb (checked before each start; below half of it an open episode is
+stopped with success=False), disk_check_period, queue_depth.
+On SIGINT/SIGTERM the open episode is finished (success=False, interrupted) so the bag is readable.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
+from std_msgs.msg import Bool, String
+from std_srvs.srv import SetBool, Trigger
+
+from reconvla_core.interfaces import INSTRUCTION_TOPIC
+from reconvla_core.runtime.recording import (
+    DEFAULT_LATCHED_TOPICS,
+    DEFAULT_RECORD_TOPICS,
+    RecordingError,
+    RecordingSession,
+    TopicSpec,
+    free_space_gb,
+    normalise_msgtype,
+    parse_topic_specs,
+)
+
+DEFAULT_OUTPUT_DIR = "~/reconvla_episodes"
+
+
+def message_class(msgtype: str) -> Any:
+    """``sensor_msgs/msg/Image`` -> the rclpy message class (ImportError/AttributeError if absent)."""
+    package, _, name = normalise_msgtype(msgtype).split("/")
+    return getattr(importlib.import_module(f"{package}.msg"), name)
+
+
+class TeleopRecorder(Node):
+    """Records demonstration episodes into rosbag2 directories; driven by three services."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("teleop_recorder", **kwargs)
+        read_only = ParameterDescriptor(read_only=True)
+        self.declare_parameter("output_dir", DEFAULT_OUTPUT_DIR, read_only)
+        self.declare_parameter("topics", list(DEFAULT_RECORD_TOPICS), read_only)
+        self.declare_parameter("latched_topics", list(DEFAULT_LATCHED_TOPICS), read_only)
+        self.declare_parameter("queue_depth", 100, read_only)
+        self.declare_parameter("task", "")
+        self.declare_parameter("operator", "")
+        self.declare_parameter("min_free_gb", 2.0)
+        self.declare_parameter("disk_check_period", 5.0, read_only)
+
+        specs = parse_topic_specs(self.get_parameter("topics").value)
+        latched = [str(t) for t in self.get_parameter("latched_topics").value if str(t)]
+        depth = int(self.get_parameter("queue_depth").value)
+        min_free_gb = float(self.get_parameter("min_free_gb").value)
+        disk_period = float(self.get_parameter("disk_check_period").value)
+        if depth < 1:
+            raise ValueError(f"queue_depth must be >= 1, got {depth}")
+        if min_free_gb < 0:
+            raise ValueError(f"min_free_gb must be >= 0, got {min_free_gb}")
+        if disk_period <= 0:
+            raise ValueError(f"disk_check_period must be > 0, got {disk_period}")
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self.session = RecordingSession(
+            Path(str(self.get_parameter("output_dir").value)).expanduser(),
+            min_free_gb=min_free_gb,
+            operator=str(self.get_parameter("operator").value),
+            latched_topics=latched,
+            clock_ns=lambda: self.get_clock().now().nanoseconds,
+        )
+        self._depth = depth
+        self._latched = frozenset(latched)
+        self._last_instruction = ""
+        self._subscriptions_by_topic: dict[str, Any] = {}
+        self._pending: list[TopicSpec] = []
+        for spec in specs:
+            if spec.msgtype is None:
+                self._pending.append(spec)
+            else:
+                self._subscribe(spec.name, spec.msgtype)
+        self._discovery_timer = self.create_timer(1.0, self._discover_pending) if self._pending else None
+
+        self._state_pub = self.create_publisher(
+            Bool, "~/recording", QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        )
+        self.create_service(Trigger, "~/start_episode", self._on_start)
+        self.create_service(SetBool, "~/stop_episode", self._on_stop)
+        self.create_service(Trigger, "~/discard_episode", self._on_discard)
+        self.create_timer(disk_period, self._check_disk)
+        self._publish_state()
+        self.get_logger().info(
+            f"recording {len(specs)} topics into {self.session.output_dir} "
+            f"(call ~/start_episode to begin; {len(self._pending)} topic types still unknown)"
+        )
+
+    # ------------------------------------------------------------------ subscriptions
+    def _qos_for(self, topic: str) -> QoSProfile:
+        if topic in self._latched:
+            return QoSProfile(
+                depth=1,
+                reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                history=HistoryPolicy.KEEP_LAST,
+            )
+        # Best effort receives from both best-effort (camera drivers) and reliable publishers.
+        return QoSProfile(
+            depth=self._depth,
+            reliability=ReliabilityPolicy.BEST_EFFORT,
+            durability=DurabilityPolicy.VOLATILE,
+            history=HistoryPolicy.KEEP_LAST,
+        )
+
+    def _subscribe(self, topic: str, msgtype: str) -> None:
+        msgtype = normalise_msgtype(msgtype)
+        msg_class = message_class(msgtype)
+        is_instruction = topic == INSTRUCTION_TOPIC and msgtype == "std_msgs/msg/String"
+
+        def callback(raw: bytes) -> None:
+            stamp = self.get_clock().now().nanoseconds
+            if is_instruction:
+                self._last_instruction = deserialize_message(raw, String).data
+            self.session.record(topic, msgtype, stamp, raw)
+
+        self._subscriptions_by_topic[topic] = self.create_subscription(
+            msg_class, topic, callback, self._qos_for(topic), raw=True
+        )
+        self.get_logger().debug(f"subscribed to {topic} [{msgtype}]")
+
+    def _discover_pending(self) -> None:
+        known = dict(self.get_topic_names_and_types())
+        still_pending = []
+        for spec in self._pending:
+            types = known.get(spec.name)
+            if not types:
+                still_pending.append(spec)
+                continue
+            try:
+                self._subscribe(spec.name, types[0])
+            except (ImportError, AttributeError, ValueError) as exc:
+                self.get_logger().error(f"cannot record {spec.name} [{types[0]}]: {exc}")
+        self._pending = still_pending
+        if not self._pending and self._discovery_timer is not None:
+            self._discovery_timer.cancel()
+
+    # ------------------------------------------------------------------ services
+    def _task_text(self) -> str:
+        return str(self.get_parameter("task").value).strip() or self._last_instruction.strip()
+
+    def _on_start(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        instruction = self._last_instruction.strip() or None
+        try:
+            path = self.session.start(self._task_text(), instruction=instruction)
+        except (RecordingError, OSError) as exc:
+            response.success, response.message = False, str(exc)
+            self.get_logger().error(f"start_episode refused: {exc}")
+            return response
+        self._publish_state()
+        response.success, response.message = True, str(path)
+        self.get_logger().info(f"recording episode into {path}")
+        return response
+
+    def _on_stop(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        try:
+            result = self.session.stop(success=bool(request.data))
+        except (RecordingError, OSError) as exc:
+            response.success, response.message = False, str(exc)
+            return response
+        self._publish_state()
+        response.success, response.message = True, str(result.path)
+        self.get_logger().info(
+            f"episode {result.index} saved: {result.path} (success={result.success}, "
+            f"{result.num_messages} messages, {result.duration_s:.1f} s)"
+        )
+        return response
+
+    def _on_discard(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        try:
+            result = self.session.discard()
+        except (RecordingError, OSError) as exc:
+            response.success, response.message = False, str(exc)
+            return response
+        self._publish_state()
+        response.success, response.message = True, f"deleted {result.path}"
+        self.get_logger().info(f"episode {result.index} discarded ({result.path} deleted)")
+        return response
+
+    # ------------------------------------------------------------------ housekeeping
+    def _check_disk(self) -> None:
+        if not self.session.is_recording:
+            return
+        free = free_space_gb(self.session.output_dir)
+        if free < self.session.min_free_gb / 2:
+            self.get_logger().error(f"only {free:.2f} GiB free: stopping the episode (success=False)")
+            try:
+                self.session.stop(success=False, note=f"stopped by the recorder: {free:.2f} GiB free")
+            except RecordingError:
+                pass
+            self._publish_state()
+
+    def _publish_state(self) -> None:
+        self._state_pub.publish(Bool(data=self.session.is_recording))
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        for param in params:
+            if param.name == "min_free_gb":
+                if param.type_ not in (Parameter.Type.DOUBLE, Parameter.Type.INTEGER) or param.value < 0:
+                    return SetParametersResult(successful=False, reason="min_free_gb must be a number >= 0")
+                self.session.min_free_gb = float(param.value)
+            elif param.name == "operator":
+                self.session.operator = str(param.value)
+            elif param.name == "task" and param.type_ is not Parameter.Type.STRING:
+                return SetParametersResult(successful=False, reason="task must be a string")
+        return SetParametersResult(successful=True)
+
+    def destroy_node(self) -> None:
+        result = self.session.close()
+        if result is not None:
+            self.get_logger().warning(f"recorder stopping: episode {result.index} closed as interrupted ({result.path})")
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = TeleopRecorder()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
