@@ -1,0 +1,178 @@
+"""``reconvla dataset build | info | view``.
+
+Heavy imports (pyarrow, rosbags, PIL, torch) stay inside the command functions so
+``reconvla --help`` stays fast. ``--json`` prints exactly one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    dataset = subparsers.add_parser("dataset", help="build, inspect and view LeRobot v3.0 datasets")
+    sub = dataset.add_subparsers(dest="dataset_command", metavar="COMMAND", required=True)
+
+    build = sub.add_parser("build", help="rosbag2 episodes -> LeRobot v3.0 dataset")
+    build.add_argument("--bags", nargs="+", type=Path, required=True, metavar="DIR",
+                       help="bag directories, or directories holding bag directories")
+    build.add_argument("--out", type=Path, required=True, help="dataset directory to create")
+    build.add_argument("--gaze", nargs="+", default=["sim"], metavar="BACKEND",
+                       help="gaze boxes: sim | grounding-dino | boxes FILE (default: sim)")
+    build.add_argument("--gaze-model", type=Path, default=None,
+                       help="local Grounding DINO directory (for --gaze grounding-dino)")
+    build.add_argument("--gaze-batch-size", type=int, default=8)
+    build.add_argument("--fps", type=float, default=10.0, help="dataset frame rate (default 10)")
+    build.add_argument("--tolerance-ms", type=float, default=None,
+                       help="max distance to the nearest message (default: half a frame period)")
+    build.add_argument("--stamp-source", choices=("log", "header"), default="log",
+                       help="align on bag receive time (log, default) or message header stamps")
+    build.add_argument("--topic", action="append", default=[], metavar="ROLE=TOPIC",
+                       help="override a topic, e.g. base_image=/camera/color/image_raw (repeatable); roles: "
+                            "base_image wrist_image follower_state leader_command instruction gaze_box episode_info")
+    build.add_argument("--image-format", choices=("png", "jpeg"), default="png",
+                       help="camera frame encoding in the parquet image columns (png: lossless)")
+    build.add_argument("--include-unsuccessful", action="store_true",
+                       help="also convert episodes whose info says success=false (or has no info)")
+    build.add_argument("--strict", action="store_true", help="fail the build on the first bad bag")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    build.add_argument("--workers", type=int, default=None, help="image-encoding threads (default: min(4, cores))")
+    build.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    build.set_defaults(func=cmd_build)
+
+    info = sub.add_parser("info", help="summary of a LeRobot v3 dataset")
+    info.add_argument("root", type=Path)
+    info.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    info.set_defaults(func=cmd_info)
+
+    view = sub.add_parser("view", help="frames of one episode with the gaze box drawn (PNG or GIF)")
+    view.add_argument("root", type=Path)
+    view.add_argument("--episode", type=int, default=0)
+    view.add_argument("--out", type=Path, required=True, help="*.png (contact sheet) or *.gif (animation)")
+    view.add_argument("--max-frames", type=int, default=64, help="frames shown (evenly spaced)")
+    view.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    view.set_defaults(func=cmd_view)
+
+
+def parse_gaze(values: list[str]) -> tuple[str, Path | None]:
+    """``["sim"]`` | ``["grounding-dino"]`` | ``["boxes", FILE]`` -> (backend, file)."""
+    from reconvla_core.cli.main import CLIError
+    from reconvla_core.data.gaze import GAZE_BACKENDS
+
+    kind = values[0]
+    if kind not in GAZE_BACKENDS:
+        raise CLIError(f"--gaze {kind}: choose sim, grounding-dino or boxes FILE")
+    if kind == "boxes":
+        if len(values) != 2:
+            raise CLIError("--gaze boxes needs exactly one FILE: --gaze boxes boxes.json")
+        return kind, Path(values[1])
+    if len(values) != 1:
+        raise CLIError(f"--gaze {kind} takes no further argument, got {values[1:]}")
+    return kind, None
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from reconvla_core.cli.main import CLIError, emit_result
+    from reconvla_core.data.bag_reader import BagError, BagTopics
+    from reconvla_core.data.build import BuildConfig, build_dataset
+
+    gaze, boxes_file = parse_gaze(args.gaze)
+    config = BuildConfig(
+        bags=args.bags,
+        out=args.out,
+        fps=args.fps,
+        tolerance_s=None if args.tolerance_ms is None else args.tolerance_ms / 1000.0,
+        stamp_source=args.stamp_source,
+        topics=BagTopics.from_overrides(args.topic),
+        gaze=gaze,
+        gaze_boxes_file=boxes_file,
+        gaze_model_dir=args.gaze_model,
+        gaze_batch_size=args.gaze_batch_size,
+        include_unsuccessful=args.include_unsuccessful,
+        strict=args.strict,
+        image_format=args.image_format,
+        overwrite=args.overwrite,
+        encode_workers=args.workers,
+        progress=True,
+    )
+    try:
+        report = build_dataset(config)
+    except BagError as error:
+        raise CLIError(f"bad bag {error} (the build was not written; drop --strict to skip bad bags)") from None
+    except FileExistsError as error:
+        raise CLIError(str(error)) from None
+    result: dict[str, Any] = {
+        "episodes": report.episodes,
+        "frames": report.frames,
+        "gaze_fallbacks": report.gaze_fallbacks,
+        "dropped_frames": report.dropped_frames,
+        "fps": report.fps,
+        "out": report.out,
+        "skipped_unsuccessful": len(report.skipped_unsuccessful),
+        "failed": report.failed,
+        "seconds": report.seconds,
+        "frames_per_s": report.frames_per_s,
+    }
+    for failure in report.failed:
+        logger.warning("skipped bad bag %s: %s", failure["bag"], failure["reason"])
+    emit_result(result, args.json)
+    return 0
+
+
+def dataset_summary(root: Path) -> dict[str, Any]:
+    """What ``dataset info`` prints: counts, fps, features, tasks, success/operators, gaze validity."""
+    import numpy as np
+
+    from reconvla_core.data.lerobot_v3 import GAZE_KEY, load_episodes, load_info, load_stats, load_tasks
+
+    info = load_info(root)
+    episodes = load_episodes(root)
+    tasks = load_tasks(root)
+    summary: dict[str, Any] = {
+        "root": str(root),
+        "codebase_version": info["codebase_version"],
+        "robot_type": info.get("robot_type"),
+        "fps": info["fps"],
+        "episodes": info["total_episodes"],
+        "frames": info["total_frames"],
+        "tasks": [tasks[index] for index in sorted(tasks)],
+        "features": {key: {"dtype": ft["dtype"], "shape": ft["shape"]} for key, ft in info["features"].items()},
+        "episode_lengths": {
+            "min": min((e["length"] for e in episodes), default=0),
+            "max": max((e["length"] for e in episodes), default=0),
+            "mean": round(float(np.mean([e["length"] for e in episodes])), 2) if episodes else 0.0,
+        },
+    }
+    operators = sorted({str(e["operator"]) for e in episodes if e.get("operator")})
+    if operators:
+        summary["operators"] = operators
+    try:
+        stats = load_stats(root)
+    except FileNotFoundError:
+        stats = {}
+    if GAZE_KEY in stats:
+        summary["gaze_valid_fraction"] = round(float(np.asarray(stats[GAZE_KEY]["mean"])[4]), 4)
+    if "gaze_fallbacks" in (episodes[0] if episodes else {}):
+        summary["gaze_fallbacks"] = int(sum(int(e.get("gaze_fallbacks") or 0) for e in episodes))
+    return summary
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from reconvla_core.cli.main import emit_result
+
+    emit_result(dataset_summary(args.root), args.json)
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from reconvla_core.cli.main import emit_result
+    from reconvla_core.data.view import render_episode
+
+    result = render_episode(args.root, args.episode, args.out, max_frames=args.max_frames)
+    emit_result(result, args.json)
+    return 0
