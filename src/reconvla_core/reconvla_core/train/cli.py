@@ -1,0 +1,88 @@
+"""`reconvla train`: one training stage from a shipped config name or a YAML file.
+
+    reconvla train --config tiny-sim --data runs/sim_dataset --out runs/train_tiny --max-steps 40 --json
+    reconvla train --config paper-finetune init_from=runs/pretrain/final --data datasets/piper
+    accelerate launch --config_file $(reconvla train --accelerate-config ddp) \\
+        -m reconvla_core.cli.main train --config paper-pretrain ...
+
+Torch and accelerate load inside the command function (``reconvla --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train ReconVLA (pretrain or finetune stage) on LeRobot v3 datasets",
+        description="Train one stage. Configs: shipped names (tiny-sim, paper-pretrain, paper-finetune) or a YAML "
+        "file; key=value overrides use dotted paths (optim.lr=1e-4, train.per_device_batch_size=8) or unique "
+        "field names (lr=1e-4). Run under `accelerate launch` for several processes.",
+    )
+    parser.add_argument("--config", default="tiny-sim", help="shipped config name or YAML file (default tiny-sim)")
+    parser.add_argument("--data", nargs="+", metavar="DIR[:WEIGHT]",
+                        help="dataset directories (replace data.sources); WEIGHT = mixing weight")
+    parser.add_argument("--out", type=Path, help="output directory (checkpoints, final/, logs)")
+    parser.add_argument("--max-steps", type=int, help="optimiser steps (overrides the epochs of the config)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved, validated config and exit")
+    parser.add_argument("--accelerate-config", metavar="NAME",
+                        help="print the path of a shipped accelerate config (single_gpu, ddp, fsdp, "
+                        "deepspeed_zero2, deepspeed_zero3) and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from reconvla_core.cli.main import emit_result
+    from reconvla_core.train import accelerate_config, load_train_config, validate_config
+    from reconvla_core.train.config import to_yaml
+
+    if args.accelerate_config:
+        sys.stdout.write(f"{accelerate_config(args.accelerate_config)}\n")
+        return 0
+    data, overrides = split_data_and_overrides(args.data, args.overrides)
+    config = load_train_config(args.config, overrides, data=data, output_dir=args.out,
+                               max_steps=args.max_steps)
+    from reconvla_core.train.config import world_size
+
+    validate_config(config, world_size())  # fail fast, before torch is imported
+    if args.print_config:
+        sys.stdout.write(to_yaml(config))
+        return 0
+    from reconvla_core.train.loop import train
+
+    result = train(config, resume=args.resume)
+    if _is_main_process():
+        emit_result(result, args.json)
+    if result.get("interrupted"):  # checkpointed cleanly; 128 + signal number tells scripts it is unfinished
+        return 128 + int(getattr(signal.Signals, result.get("stop_signal") or "SIGTERM"))
+    return 0
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
+
+
+def split_data_and_overrides(data: list[str] | None, overrides: list[str]) -> tuple[list[str] | None, list[str]]:
+    """``--data a b key=value`` : argparse gives the overrides to --data; hand them back."""
+    if not data:
+        return data, list(overrides)
+    dirs = [item for item in data if not _OVERRIDE.match(item)]
+    moved = [item for item in data if _OVERRIDE.match(item)]
+    return dirs or None, moved + list(overrides)
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"

@@ -1,0 +1,538 @@
+"""Training configuration: dataclasses (no torch), YAML loading, ``key=value`` overrides, validation.
+
+A run is described by one :class:`TrainConfig`. Shipped configs live in ``train/configs/*.yaml`` and
+are found by name (``tiny-sim``, ``paper-pretrain``, ``paper-finetune``); any other YAML file is
+loaded by path. A YAML file may start from another with ``extends: <name or path>`` (a deep merge).
+
+Every check a user can fail runs in :func:`validate_config` before any model or data is built:
+unknown keys (with a "did you mean"), values out of range, missing dataset directories, a global
+batch that does not divide into per-device batch x processes x accumulation steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+ACCELERATE_CONFIG_DIR = CONFIG_DIR / "accelerate"
+
+PARAM_GROUPS: tuple[str, ...] = ("llm", "projector", "denoiser")
+RECON_TARGETS: tuple[str, ...] = ("none", "full", "gaze")
+MIXED_PRECISION: tuple[str, ...] = ("no", "bf16", "fp16")
+SCHEDULERS: tuple[str, ...] = ("cosine", "linear", "constant")
+OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
+STAGES: tuple[str, ...] = ("pretrain", "finetune")
+
+
+class ConfigError(ValueError):
+    """A training configuration a run cannot start from; the message names the field and the fix."""
+
+
+@dataclass
+class ModelSection:
+    """What to build: a ``ReconVLAConfig`` preset plus overrides of its fields."""
+
+    preset: str = "tiny"
+    recon_target: str = "gaze"  # none | full | gaze (the paper's ablation switch)
+    chunk_size: int = 5
+    options: dict[str, Any] = field(default_factory=dict)  # extra ReconVLAConfig fields (weights dirs, ...)
+
+
+@dataclass
+class DataSourceSection:
+    path: str = ""
+    weight: float = 1.0
+
+
+@dataclass
+class DataSection:
+    sources: list[DataSourceSection] = field(default_factory=list)
+    val_fraction: float = 0.1  # held-out episodes, per dataset
+    augment: bool = False
+    num_workers: int = 0
+
+
+@dataclass
+class TrainSection:
+    """Batch geometry, length of the run, precision and memory savers."""
+
+    global_batch_size: int = 8
+    per_device_batch_size: int = 4
+    grad_accum_steps: int | None = None  # derived: global / (per_device x processes) when unset
+    epochs: float = 1.0
+    max_steps: int | None = None  # optimiser steps; overrides epochs when set
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    gradient_checkpointing: bool = False
+    freeze_vision: bool = True  # the vision tower; the VAE is always frozen
+
+
+@dataclass
+class OptimSection:
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 2e-5
+    lr_llm: float | None = None  # per-group learning rates; None -> lr
+    lr_projector: float | None = None
+    lr_denoiser: float | None = None
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum: float = 0.0  # sgd only
+    scheduler: str = "cosine"  # cosine | linear | constant (all after a linear warmup)
+    warmup_ratio: float = 0.03
+    warmup_steps: int | None = None  # overrides warmup_ratio when set
+    max_grad_norm: float | None = 1.0  # None or 0 disables clipping
+
+
+@dataclass
+class LoRASection:
+    """LoRA adapters on the LLM's attention and MLP projections (peft); projector + denoiser train fully."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class CheckpointSection:
+    every_steps: int = 500  # 0: only the final artefact (and on SIGTERM/SIGINT)
+    keep_last: int = 2
+    on_signal: bool = True
+
+
+@dataclass
+class LoggingSection:
+    every_steps: int = 10
+    tensorboard: bool = True
+    progress_bar: bool = True
+    loss_curve: bool = True
+
+
+@dataclass
+class EvalSection:
+    every_steps: int = 0  # 0: only at the end of the run
+    at_end: bool = True
+    max_samples: int = 64  # held-out samples per validation
+    sim_episodes: int = 0  # > 0: also a short closed-loop run in the simulation twin (if available)
+    sim_max_steps: int = 60
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Nested sections mirror the YAML files in ``train/configs``."""
+
+    name: str = "run"
+    stage: str = "pretrain"  # pretrain | finetune
+    init_from: str | None = None  # finetune: a checkpoint written by a pretrain run
+    output_dir: str = "runs/train"
+    seed: int = 0
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    lora: LoRASection = field(default_factory=LoRASection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    # ------------------------------------------------------------------ derived values
+    def grad_accum_for(self, num_processes: int) -> int:
+        """Accumulation steps so that per_device x processes x accumulation == global batch."""
+        per_step = self.train.per_device_batch_size * num_processes
+        if self.train.grad_accum_steps is not None:
+            return self.train.grad_accum_steps
+        return max(1, self.train.global_batch_size // per_step)
+
+    def group_lrs(self) -> dict[str, float]:
+        """Learning rate of each parameter group (llm, projector, denoiser)."""
+        optim = self.optim
+        return {
+            "llm": optim.lr_llm if optim.lr_llm is not None else optim.lr,
+            "projector": optim.lr_projector if optim.lr_projector is not None else optim.lr,
+            "denoiser": optim.lr_denoiser if optim.lr_denoiser is not None else optim.lr,
+        }
+
+    def warmup_for(self, total_steps: int) -> int:
+        if self.optim.warmup_steps is not None:
+            return min(self.optim.warmup_steps, total_steps)
+        return int(round(self.optim.warmup_ratio * total_steps))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------- building from dicts
+def _resolve_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _did_you_mean(key: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(candidates))}"
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert one YAML value against a field's annotation; raise ConfigError naming the field."""
+    inner, optional = _strip_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: null is not allowed (expected {getattr(inner, '__name__', inner)})")
+    if _is_dataclass_type(inner):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return _build(inner, value, where)
+    origin = typing.get_origin(inner)
+    if origin is list:
+        (item_tp,) = typing.get_args(inner) or (Any,)
+        if isinstance(value, str) and not _is_dataclass_type(item_tp):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if origin is Literal:
+        if value not in typing.get_args(inner):
+            raise ConfigError(f"{where}: {value!r} is not one of {typing.get_args(inner)}")
+        return value
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if inner is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if inner is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "2e-5" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if inner is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value  # Any
+
+
+def _build(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    hints = _resolve_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}'{_did_you_mean(str(key), names)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from a (YAML-shaped) dict; unknown keys and wrong types raise ConfigError."""
+    data = dict(data)
+    data.pop("extends", None)
+    sources = data.get("data", {}).get("sources") if isinstance(data.get("data"), dict) else None
+    if sources is not None:  # allow plain path strings in the list
+        data["data"] = dict(data["data"])
+        data["data"]["sources"] = [{"path": s} if isinstance(s, str) else s for s in sources]
+    return _build(TrainConfig, data)
+
+
+# ---------------------------------------------------------------------- YAML files and names
+def available_configs() -> list[str]:
+    """Names of the shipped configs (``reconvla train --config NAME``)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def config_path(name_or_path: str | os.PathLike[str]) -> Path:
+    """Resolve a shipped config name or a YAML path."""
+    text = str(name_or_path)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or os.sep in text:
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        return path
+    shipped = CONFIG_DIR / f"{text}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = available_configs()
+    close = difflib.get_close_matches(text, names, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise FileNotFoundError(f"no config named '{text}'{hint} (shipped: {', '.join(names)}; or pass a .yaml path)")
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "options":
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in seen:
+        raise ConfigError(f"config {path}: 'extends' loops back to itself")
+    with open(path, encoding="utf-8") as stream:
+        try:
+            data = yaml.safe_load(stream) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config {path} is not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: top level must be a mapping, got {type(data).__name__}")
+    parent = data.get("extends")
+    if parent:
+        parent_path = config_path(parent) if not Path(str(parent)).is_absolute() else Path(parent)
+        if not parent_path.is_file() and (path.parent / str(parent)).is_file():
+            parent_path = path.parent / str(parent)
+        data = _deep_merge(_read_yaml(parent_path, seen + (path,)), {k: v for k, v in data.items() if k != "extends"})
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``optim.lr=1e-4`` -> (["optim", "lr"], 1e-4). The value is read as YAML (numbers, bools, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not key=value (e.g. optim.lr=1e-4)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _leaf_index() -> dict[str, list[list[str]]]:
+    """Field name -> the dotted paths it appears at (for bare overrides like ``lr=1e-4``)."""
+    index: dict[str, list[list[str]]] = {}
+
+    def walk(cls: type, prefix: list[str]) -> None:
+        hints = _resolve_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp, _ = _strip_optional(hints[f.name])
+            if _is_dataclass_type(tp):
+                walk(tp, prefix + [f.name])
+            else:
+                index.setdefault(f.name, []).append(prefix + [f.name])
+
+    walk(TrainConfig, [])
+    return index
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides to a YAML-shaped dict (validated later by :func:`config_from_dict`)."""
+    data = _deep_merge({}, data)
+    leaves = _leaf_index()
+    for text in overrides:
+        keys, value = parse_override(text)
+        if len(keys) == 1 and keys[0] not in {f.name for f in dataclasses.fields(TrainConfig)}:
+            paths = leaves.get(keys[0], [])
+            if len(paths) == 1:
+                keys = paths[0]
+            elif len(paths) > 1:
+                options = ", ".join(".".join(p) for p in paths)
+                raise ConfigError(f"override '{text}' is ambiguous; use one of: {options}")
+        node = data
+        for part in keys[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def load_train_config(
+    name_or_path: str | os.PathLike[str] = "tiny-sim",
+    overrides: list[str] | None = None,
+    *,
+    data: list[str] | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+    max_steps: int | None = None,
+) -> TrainConfig:
+    """Load a shipped config by name or a YAML file, then apply ``key=value`` overrides.
+
+    ``data`` replaces ``data.sources`` (each ``DIR`` or ``DIR:WEIGHT``); ``output_dir`` and
+    ``max_steps`` are the CLI's ``--out`` and ``--max-steps``. The result is not validated yet:
+    call :func:`validate_config` (``train()`` does) once the number of processes is known.
+    """
+    path = config_path(name_or_path)
+    raw = _read_yaml(path)
+    raw.setdefault("name", path.stem)
+    raw = apply_overrides(raw, list(overrides or []))
+    if data:
+        raw.setdefault("data", {})
+        raw["data"] = dict(raw["data"])
+        raw["data"]["sources"] = [parse_data_arg(item) for item in data]
+    if output_dir is not None:
+        raw["output_dir"] = str(output_dir)
+    if max_steps is not None:
+        raw.setdefault("train", {})
+        raw["train"] = dict(raw["train"])
+        raw["train"]["max_steps"] = int(max_steps)
+    return config_from_dict(raw)
+
+
+def parse_data_arg(text: str) -> dict[str, Any]:
+    """``DIR`` or ``DIR:WEIGHT`` (a mixing weight, e.g. ``bridge:0.0625``)."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            return {"path": head, "weight": float(tail)}
+        except ValueError:
+            pass
+    return {"path": text, "weight": 1.0}
+
+
+# ---------------------------------------------------------------------- validation
+def world_size() -> int:
+    """Processes of this launch (accelerate launch / torchrun set WORLD_SIZE), known before any setup."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate_config(config: TrainConfig, num_processes: int = 1, *, check_paths: bool = True) -> int:
+    """Raise ConfigError for anything a run cannot start from; return the gradient-accumulation steps.
+
+    Runs before any model or data is built, so a wrong key or path costs no waiting.
+    """
+    _require(config.stage in STAGES, f"stage: '{config.stage}' is not one of {', '.join(STAGES)}")
+    _require(config.model.recon_target in RECON_TARGETS,
+             f"model.recon_target: '{config.model.recon_target}' is not one of {', '.join(RECON_TARGETS)}")
+    _require(config.model.chunk_size >= 1, f"model.chunk_size must be >= 1, got {config.model.chunk_size}")
+
+    t = config.train
+    _require(t.mixed_precision in MIXED_PRECISION,
+             f"train.mixed_precision: '{t.mixed_precision}' is not one of {', '.join(MIXED_PRECISION)}")
+    _require(t.global_batch_size >= 1, f"train.global_batch_size must be >= 1, got {t.global_batch_size}")
+    _require(t.per_device_batch_size >= 1, f"train.per_device_batch_size must be >= 1, got {t.per_device_batch_size}")
+    _require(num_processes >= 1, f"number of processes must be >= 1, got {num_processes}")
+    per_step = t.per_device_batch_size * num_processes
+    if t.grad_accum_steps is not None:
+        _require(t.grad_accum_steps >= 1, f"train.grad_accum_steps must be >= 1, got {t.grad_accum_steps}")
+        _require(
+            per_step * t.grad_accum_steps == t.global_batch_size,
+            f"train.global_batch_size {t.global_batch_size} != per_device_batch_size {t.per_device_batch_size} x "
+            f"{num_processes} processes x grad_accum_steps {t.grad_accum_steps} (= {per_step * t.grad_accum_steps}); "
+            "fix one of them or unset grad_accum_steps to derive it",
+        )
+    else:
+        _require(
+            t.global_batch_size % per_step == 0,
+            f"train.global_batch_size {t.global_batch_size} is not divisible by per_device_batch_size "
+            f"{t.per_device_batch_size} x {num_processes} processes (= {per_step}); choose a global batch that is a "
+            f"multiple of {per_step} or change per_device_batch_size",
+        )
+    _require(t.max_steps is None or t.max_steps >= 0, f"train.max_steps must be >= 0, got {t.max_steps}")
+    _require(t.max_steps is not None or t.epochs > 0, f"train.epochs must be > 0, got {t.epochs}")
+
+    o = config.optim
+    _require(o.optimizer in OPTIMIZERS, f"optim.optimizer: '{o.optimizer}' is not one of {', '.join(OPTIMIZERS)}")
+    _require(o.scheduler in SCHEDULERS, f"optim.scheduler: '{o.scheduler}' is not one of {', '.join(SCHEDULERS)}")
+    for group, lr in config.group_lrs().items():
+        field_name = "optim.lr" if getattr(o, f"lr_{group}") is None else f"optim.lr_{group}"
+        _require(lr > 0 and lr < 1.0, f"{field_name}: learning rate of the {group} group must be in (0, 1), got {lr}")
+    _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f"optim.betas must be two values in [0, 1), got {o.betas}")
+    _require(0 <= o.warmup_ratio < 1, f"optim.warmup_ratio must be in [0, 1), got {o.warmup_ratio}")
+    _require(o.warmup_steps is None or o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    _require(o.max_grad_norm is None or o.max_grad_norm >= 0, f"optim.max_grad_norm must be >= 0, got {o.max_grad_norm}")
+
+    if config.lora.enabled:
+        _require(config.lora.r >= 1, f"lora.r must be >= 1, got {config.lora.r}")
+        _require(bool(config.lora.target_modules), "lora.target_modules is empty; name the LLM projections to adapt")
+        _require(0 <= config.lora.dropout < 1, f"lora.dropout must be in [0, 1), got {config.lora.dropout}")
+
+    for section, value in (("checkpoint.every_steps", config.checkpoint.every_steps),
+                           ("logging.every_steps", config.logging.every_steps),
+                           ("eval.every_steps", config.eval.every_steps),
+                           ("eval.sim_episodes", config.eval.sim_episodes)):
+        _require(value >= 0, f"{section} must be >= 0, got {value}")
+    _require(config.checkpoint.keep_last >= 1, f"checkpoint.keep_last must be >= 1, got {config.checkpoint.keep_last}")
+    _require(0 <= config.data.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
+
+    _require(bool(config.data.sources),
+             "no training data: pass --data DIR [DIR ...] or set data.sources (LeRobot v3 dataset directories "
+             "written by `reconvla dataset build`)")
+    for i, source in enumerate(config.data.sources):
+        _require(source.weight > 0, f"data.sources[{i}].weight must be > 0, got {source.weight}")
+        if check_paths:
+            root = Path(source.path)
+            if not root.is_dir():
+                raise ConfigError(f"data.sources[{i}].path: dataset directory {root} does not exist "
+                                  "(build one with `reconvla dataset build`)")
+            if not (root / "meta" / "info.json").is_file():
+                raise ConfigError(f"data.sources[{i}].path: {root} has no meta/info.json; is it a LeRobot v3 "
+                                  "dataset written by `reconvla dataset build`?")
+
+    if config.stage == "finetune":
+        _require(bool(config.init_from), "stage finetune needs init_from: the checkpoint of a pretrain run")
+    if config.init_from and check_paths:
+        root = Path(config.init_from)
+        if not root.is_dir():
+            raise ConfigError(f"init_from: checkpoint directory {root} does not exist")
+        if not (root / "config.json").is_file():
+            raise ConfigError(f"init_from: {root} has no config.json; was it written by `reconvla train` "
+                              "(the final/ directory of a run)?")
+    return config.grad_accum_for(num_processes)
+
+
+def to_yaml(config: TrainConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

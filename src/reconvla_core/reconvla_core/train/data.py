@@ -1,0 +1,207 @@
+"""Training data: datasets from the config, a deterministic sample order, per-process loaders.
+
+The order of samples is a pure function of (seed, position in the stream): optimiser step ``s``
+consumes stream positions ``[s * G, (s + 1) * G)`` for a global batch ``G``, and each process takes
+fixed slices of that global batch. Resuming therefore needs only the step number, and 1 process
+with accumulation sees exactly the same global batch as N processes.
+
+A stream "epoch" is one pass of ``len(dataset)`` positions: a permutation when every sample has
+the same mixing weight, weighted draws with replacement otherwise (dataset mixtures).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from reconvla_core.train.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+class SampleStream:
+    """Dataset index at each stream position, from (seed, epoch) only."""
+
+    def __init__(self, sample_weights: np.ndarray | None, length: int, seed: int) -> None:
+        if length <= 0:
+            raise ValueError("the training split is empty: too few episodes for data.val_fraction?")
+        self.length = length
+        self.seed = seed
+        self.weights = None
+        if sample_weights is not None and not np.allclose(sample_weights, sample_weights[0]):
+            self.weights = torch.as_tensor(sample_weights / sample_weights.sum(), dtype=torch.float64)
+        self._epoch = -1
+        self._order: torch.Tensor | None = None
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            if self.weights is None:
+                self._order = torch.randperm(self.length, generator=generator)
+            else:
+                self._order = torch.multinomial(self.weights, self.length, replacement=True, generator=generator)
+            self._epoch = epoch
+        assert self._order is not None
+        return self._order
+
+    def __getitem__(self, position: int) -> int:
+        epoch, offset = divmod(position, self.length)
+        return int(self._epoch_order(epoch)[offset])
+
+
+class ProcessSampler(Sampler[int]):
+    """The indices one process reads, micro-batch by micro-batch, from optimiser step ``start_step`` on.
+
+    Global batch ``G = B x P x A`` (per-device batch, processes, accumulation steps); micro-batch ``a``
+    of process ``r`` at step ``s`` holds positions ``s*G + (a*P + r)*B ... + B``.
+    """
+
+    def __init__(self, stream: SampleStream, *, per_device: int, num_processes: int, rank: int,
+                 accum: int, start_step: int, total_steps: int) -> None:
+        self.stream = stream
+        self.per_device = per_device
+        self.num_processes = num_processes
+        self.rank = rank
+        self.accum = accum
+        self.start_step = start_step
+        self.total_steps = total_steps
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_device * self.num_processes * self.accum
+
+    def __len__(self) -> int:
+        return max(0, self.total_steps - self.start_step) * self.accum * self.per_device
+
+    def __iter__(self) -> Iterator[int]:
+        for step in range(self.start_step, self.total_steps):
+            base = step * self.global_batch
+            for micro in range(self.accum):
+                first = base + (micro * self.num_processes + self.rank) * self.per_device
+                for position in range(first, first + self.per_device):
+                    yield self.stream[position]
+
+
+class ProcessedDataset(Dataset):
+    """Raw VLADataset samples -> model inputs through the model's processor (per-dataset norm stats)."""
+
+    def __init__(self, raw: Any, processor: Any, stats: list[dict[str, Any]]) -> None:
+        self.raw = raw
+        self.processor = processor
+        self.stats = stats
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.raw[index]
+        return process_raw(self.processor, item, self.stats)
+
+
+def process_raw(processor: Any, item: dict[str, Any], stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """One raw sample (VLADataset with processor=None) -> the processor's tensors."""
+    dataset_index = int(item.get("dataset_index", 0))
+    sample = processor(
+        base_image=item["base_image"],
+        wrist_image=item["wrist_image"],
+        instruction=item["instruction"],
+        state=item["state"],
+        actions=item["actions"],
+        gaze_box=item.get("gaze_box") if item.get("gaze_valid", True) else None,
+        norm_stats=stats[dataset_index] if stats else None,
+    )
+    if "action_is_pad" in item and "action_is_pad" not in sample:
+        sample["action_is_pad"] = torch.as_tensor(np.asarray(item["action_is_pad"]), dtype=torch.bool)
+    return sample
+
+
+@dataclass
+class TrainData:
+    train: Any  # VLADataset split "train" (raw samples)
+    val: Any | None  # VLADataset split "val" or None
+    stats: list[dict[str, Any]]  # per source, in config order
+    stream: SampleStream
+
+    def steps_per_epoch(self, global_batch: int) -> int:
+        return max(1, math.ceil(len(self.train) / global_batch))
+
+
+def source_sample_weights(dataset: Any, weights: list[float]) -> np.ndarray | None:
+    """Per-sample weights so each source is drawn in proportion to its mixing weight."""
+    if len(weights) <= 1:
+        return None
+    lengths = dataset_source_lengths(dataset, len(weights))
+    per_sample = [np.full(n, w / max(n, 1)) for n, w in zip(lengths, weights)]
+    return np.concatenate(per_sample)
+
+
+def dataset_source_lengths(dataset: Any, num_sources: int) -> list[int]:
+    """Number of samples of each source in a VLADataset (sources are laid out one after another)."""
+    for name in ("source_lengths", "lengths"):
+        value = getattr(dataset, name, None)
+        if value is not None:
+            return [int(v) for v in (value() if callable(value) else value)]
+    bounds = getattr(dataset, "cumulative_sizes", None)
+    if bounds is not None:
+        return [int(b - a) for a, b in zip([0, *bounds[:-1]], bounds)]
+    raise TypeError("cannot tell the per-source lengths of the dataset (needed for mixing weights)")
+
+
+def build_data(config: TrainConfig, *, need_val: bool = True) -> TrainData:
+    """The train/val splits of the configured sources and their normalisation stats."""
+    from reconvla_core.data import DatasetSource, VLADataset, load_stats
+
+    sources = [DatasetSource(s.path, weight=s.weight) for s in config.data.sources]
+    common = dict(chunk_size=config.model.chunk_size, processor=None, val_fraction=config.data.val_fraction,
+                  seed=config.seed)
+    train = VLADataset(sources, split="train", augment=config.data.augment, **common)
+    val = None
+    if need_val and config.data.val_fraction > 0:
+        val = VLADataset(sources, split="val", augment=False, **common)
+        if len(val) == 0:
+            logger.warning("validation split is empty (too few episodes for val_fraction=%s)",
+                           config.data.val_fraction)
+            val = None
+    stats = [load_stats(s.path) for s in config.data.sources]
+    weights = source_sample_weights(train, [s.weight for s in config.data.sources])
+    stream = SampleStream(weights, len(train), config.seed)
+    logger.info("data: %d training samples, %s validation samples from %d source(s)", len(train),
+                len(val) if val is not None else 0, len(sources))
+    return TrainData(train=train, val=val, stats=stats, stream=stream)
+
+
+def make_loader(data: TrainData, processor: Any, config: TrainConfig, *, num_processes: int, rank: int,
+                accum: int, start_step: int, total_steps: int) -> DataLoader:
+    """Per-process loader of processed micro-batches from ``start_step`` on (no shuffling of its own)."""
+    sampler = ProcessSampler(data.stream, per_device=config.train.per_device_batch_size,
+                             num_processes=num_processes, rank=rank, accum=accum,
+                             start_step=start_step, total_steps=total_steps)
+    return DataLoader(
+        ProcessedDataset(data.train, processor, data.stats),
+        batch_size=config.train.per_device_batch_size,
+        sampler=sampler,
+        collate_fn=processor.collate,
+        num_workers=config.data.num_workers,
+        # Its own generator: creating the iterator must not draw from the global torch RNG
+        # (that would make a resumed run differ from an uninterrupted one).
+        generator=torch.Generator().manual_seed(config.seed),
+        persistent_workers=False,
+        drop_last=False,
+    )
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch

@@ -1,0 +1,129 @@
+"""Building the model for a stage and writing the final inference checkpoint.
+
+Pretrain builds a ReconVLA from a preset. Finetune loads the pretrain checkpoint *with* its
+reconstruction weights (``load_reconstruction=True``) and checks, tensor by tensor, that the
+denoiser it trains is the pretrained one (the authors' code silently re-initialised it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from reconvla_core.train.config import ConfigError, TrainConfig, to_yaml
+
+logger = logging.getLogger(__name__)
+
+
+def build_model(config: TrainConfig, stats: list[dict[str, Any]]) -> tuple[nn.Module, dict[str, Any]]:
+    """The model for this stage and a description of where its weights came from."""
+    from reconvla_core.model import ReconVLA, ReconVLAConfig
+
+    if config.init_from:
+        model = ReconVLA.from_pretrained(config.init_from, load_reconstruction=True)
+        check_matches_config(model, config)
+        info = {"init_from": str(config.init_from), **check_carried_over(model, Path(config.init_from))}
+    else:
+        model_config = ReconVLAConfig.from_preset(config.model.preset, recon_target=config.model.recon_target,
+                                                  chunk_size=config.model.chunk_size, **config.model.options)
+        model = ReconVLA(model_config)
+        info = {"init": f"preset {config.model.preset} (random init of the trained parts)"}
+    if stats:
+        model.set_norm_stats(stats[0])  # the checkpoint's stats: the first (target) dataset's
+    return model, info
+
+
+def check_matches_config(model: nn.Module, config: TrainConfig) -> None:
+    model_config = model.config
+    recon = getattr(model_config, "recon_target", None)
+    if recon is not None and recon != config.model.recon_target:
+        raise ConfigError(f"model.recon_target is '{config.model.recon_target}' but the init_from checkpoint was "
+                          f"trained with '{recon}'; set model.recon_target={recon}")
+    chunk = getattr(model_config, "chunk_size", None)
+    if chunk is not None and chunk != config.model.chunk_size:
+        raise ConfigError(f"model.chunk_size is {config.model.chunk_size} but the init_from checkpoint has {chunk}; "
+                          f"set model.chunk_size={chunk}")
+
+
+def _named(model: nn.Module, group: str) -> dict[str, torch.Tensor]:
+    ids = {id(p) for p in model.parameter_groups().get(group, [])}
+    return {name: p for name, p in model.named_parameters() if id(p) in ids}
+
+
+def _checkpoint_tensors(root: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(root.glob("*.safetensors")):
+        tensors.update(load_file(str(file)))
+    return tensors
+
+
+def _lookup(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor | None:
+    if name in tensors:
+        return tensors[name]
+    matches = [k for k in tensors if k.endswith("." + name) or name.endswith("." + k)]
+    return tensors[matches[0]] if len(matches) == 1 else None
+
+
+def check_carried_over(model: nn.Module, root: Path) -> dict[str, Any]:
+    """Assert the projector and denoiser hold exactly the checkpoint's tensors; log and return counts."""
+    tensors = _checkpoint_tensors(root)
+    report: dict[str, Any] = {}
+    for group in ("projector", "denoiser"):
+        params = _named(model, group)
+        if group == "denoiser" and not params:
+            report["denoiser_carried_over"] = None  # recon_target none: nothing to carry
+            continue
+        found = 0
+        for name, param in params.items():
+            saved = _lookup(tensors, name)
+            if saved is None:
+                continue
+            if not torch.equal(saved.to(param.dtype), param.detach().cpu()):
+                raise RuntimeError(f"finetune init: {group} tensor {name} differs from the one in {root}")
+            found += 1
+        if found != len(params):
+            raise RuntimeError(
+                f"finetune init: only {found} of {len(params)} {group} tensors were found in {root}; the "
+                f"{group} would start untrained (is it a checkpoint with reconstruction weights?)"
+            )
+        count = sum(p.numel() for p in params.values())
+        report[f"{group}_carried_over"] = True
+        report[f"{group}_params"] = count
+        logger.info("finetune: %s carried over from %s (%d tensors, %.2fM parameters, checked equal)",
+                    group, root, found, count / 1e6)
+    return report
+
+
+def save_final(run: Any) -> Path:
+    """The inference checkpoint: LoRA merged, norm stats, tokenizer, training metadata."""
+    from reconvla_core.train.optim import is_lora, merge_lora
+
+    accelerator = run.accelerator
+    final = run.output_dir / "final"
+    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(run.model)
+    state_dict = None
+    if accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
+        state_dict = accelerator.get_state_dict(run.model)  # gathered full weights on the main process
+    if is_lora(model):
+        merge_lora(model, adapter_dir=final / "lora_adapter" if accelerator.is_main_process else None)
+    if accelerator.is_main_process:
+        final.mkdir(parents=True, exist_ok=True)
+        if state_dict is not None:
+            model.load_state_dict(state_dict, strict=False)
+        model.save_pretrained(final)
+        (final / "train_config.yaml").write_text(to_yaml(run.config))
+        (final / "training.json").write_text(json.dumps({
+            "stage": run.config.stage, "steps": run.state.step, "samples_seen": run.state.samples_seen,
+            "data": run.state.data, "init": run.init_info, "lora_merged": run.config.lora.enabled,
+        }, indent=2) + "\n")
+        logger.info("inference checkpoint -> %s", final)
+    accelerator.wait_for_everyone()
+    return final

@@ -1,0 +1,144 @@
+"""Training configs: shipped files, overrides with types, validation that fails fast and says why."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reconvla_core.train import accelerate_config, available_configs, load_train_config, validate_config
+from reconvla_core.train.config import ACCELERATE_CONFIG_DIR, ConfigError, apply_overrides, config_from_dict
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def fake_dataset(tmp_path: Path) -> Path:
+    """Only the marker validation looks for (meta/info.json); no data is read by these tests."""
+    root = tmp_path / "ds"
+    (root / "meta").mkdir(parents=True)
+    (root / "meta" / "info.json").write_text("{}")
+    return root
+
+
+def test_shipped_configs_by_name_and_paper_recipe() -> None:
+    assert {"tiny-sim", "paper-pretrain", "paper-finetune"} <= set(available_configs())
+    pre = load_train_config("paper-pretrain")
+    assert pre.train.global_batch_size == 512
+    assert pre.optim.lr == pytest.approx(2e-5) and pre.optim.scheduler == "cosine"
+    assert pre.optim.warmup_ratio == pytest.approx(0.03) and pre.optim.weight_decay == 0.0
+    assert pre.train.mixed_precision == "bf16" and pre.train.gradient_checkpointing
+    assert [s.weight for s in pre.data.sources] == [1.0, 0.0625, 1.0]
+    assert pre.grad_accum_for(8) == 4  # 8 GPUs x 16 x 4 = 512
+    fine = load_train_config("paper-finetune")  # extends paper-pretrain
+    assert fine.stage == "finetune" and fine.init_from and fine.train.global_batch_size == 512
+    assert len(fine.data.sources) == 1
+    assert fine.warmup_for(1000) == 30
+
+
+def test_overrides_are_parsed_to_field_types(fake_dataset: Path) -> None:
+    config = load_train_config(
+        "tiny-sim",
+        ["optim.lr=3e-4", "lr_denoiser=1e-3", "train.max_steps=7", "lora.enabled=true",
+         "lora.target_modules=q_proj,v_proj", "train.grad_accum_steps=null", "optim.betas=[0.9, 0.95]"],
+        data=[f"{fake_dataset}:0.5"],
+    )
+    assert config.optim.lr == 3e-4 and isinstance(config.optim.lr, float)
+    assert config.optim.lr_denoiser == 1e-3
+    assert config.train.max_steps == 7 and isinstance(config.train.max_steps, int)
+    assert config.lora.enabled is True and config.lora.target_modules == ["q_proj", "v_proj"]
+    assert config.optim.betas == [0.9, 0.95]
+    assert config.data.sources[0].path == str(fake_dataset) and config.data.sources[0].weight == 0.5
+    assert config.group_lrs() == {"llm": 3e-4, "projector": 3e-4, "denoiser": 1e-3}
+    assert validate_config(config) == 2  # global 8 = 4 per device x 1 process x 2
+
+
+def test_unknown_keys_suggest_the_right_one() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrr'; did you mean 'lr'"):
+        load_train_config("tiny-sim", ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match=r"'trian'; did you mean 'train'"):
+        config_from_dict({"trian": {"max_steps": 1}})
+    with pytest.raises(ConfigError, match=r"ambiguous"):
+        apply_overrides({}, ["every_steps=3"])  # checkpoint, logging and eval all have it
+    with pytest.raises(FileNotFoundError, match=r"did you mean 'tiny-sim'"):
+        load_train_config("tiny_sim")
+
+
+def test_wrong_types_name_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"train.max_steps: expected an integer"):
+        load_train_config("tiny-sim", ["train.max_steps=many"])
+    with pytest.raises(ConfigError, match=r"lora.enabled: expected true/false"):
+        load_train_config("tiny-sim", ["lora.enabled=maybe"])
+
+
+def test_batch_division_and_ranges(fake_dataset: Path) -> None:
+    base = ["train.global_batch_size=12", "train.per_device_batch_size=4"]
+    config = load_train_config("tiny-sim", base, data=[str(fake_dataset)])
+    assert validate_config(config, num_processes=1) == 3
+    with pytest.raises(ConfigError, match=r"global_batch_size 12 is not divisible by per_device_batch_size 4 x 2"):
+        validate_config(config, num_processes=2)
+    explicit = load_train_config("tiny-sim", base + ["train.grad_accum_steps=2"], data=[str(fake_dataset)])
+    with pytest.raises(ConfigError, match=r"!= per_device_batch_size 4 x 1 processes x grad_accum_steps 2"):
+        validate_config(explicit)
+    for override, message in [
+        ("optim.lr_projector=0", r"optim.lr_projector: learning rate of the projector group"),
+        ("optim.warmup_ratio=1.5", r"warmup_ratio"),
+        ("model.recon_target=depth", r"recon_target: 'depth' is not one of none, full, gaze"),
+        ("train.mixed_precision=fp8", r"mixed_precision"),
+        ("optim.scheduler=step", r"optim.scheduler"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            validate_config(load_train_config("tiny-sim", [override], data=[str(fake_dataset)]))
+
+
+def test_missing_data_and_init_checkpoint(tmp_path: Path, fake_dataset: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no training data: pass --data"):
+        validate_config(load_train_config("tiny-sim"))
+    with pytest.raises(ConfigError, match=r"dataset directory .*nope does not exist"):
+        validate_config(load_train_config("tiny-sim", data=[str(tmp_path / "nope")]))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"no meta/info.json"):
+        validate_config(load_train_config("tiny-sim", data=[str(tmp_path / "empty")]))
+    with pytest.raises(ConfigError, match=r"stage finetune needs init_from"):
+        validate_config(load_train_config("tiny-sim", ["stage=finetune"], data=[str(fake_dataset)]))
+    with pytest.raises(ConfigError, match=r"init_from: checkpoint directory .* does not exist"):
+        validate_config(load_train_config("tiny-sim", [f"init_from={tmp_path / 'x'}"], data=[str(fake_dataset)]))
+
+
+def test_yaml_file_with_extends(tmp_path: Path, fake_dataset: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text(f"extends: tiny-sim\noptim:\n  lr: 1.0e-4\ndata:\n  sources: ['{fake_dataset}']\n")
+    config = load_train_config(str(path))
+    assert config.name == "mine" and config.optim.lr == 1e-4
+    assert config.optim.lr_denoiser == 1e-3  # inherited
+    assert config.data.sources[0].path == str(fake_dataset)
+    validate_config(config)
+
+
+def test_accelerate_configs_are_valid_accelerate_files() -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    expected = {"single_gpu": "NO", "ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED",
+                "deepspeed_zero3": "DEEPSPEED"}
+    assert {p.stem for p in ACCELERATE_CONFIG_DIR.glob("*.yaml")} == set(expected)
+    for name, kind in expected.items():
+        loaded = load_config_from_file(str(accelerate_config(name)))
+        assert loaded.distributed_type.value == kind, name
+    assert load_config_from_file(str(accelerate_config("deepspeed_zero3"))).deepspeed_config["zero_stage"] == 3
+    assert load_config_from_file(str(accelerate_config("deepspeed_zero2"))).deepspeed_config["zero_stage"] == 2
+
+
+def test_cli_reports_config_errors_before_importing_torch(tmp_path: Path) -> None:
+    """One line on stderr, exit code 2, and fast: torch is never imported for a config error."""
+    code = ("import sys; from reconvla_core.cli.main import main; rc = main(sys.argv[1:]); "
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "train", "--config", "tiny-sim", "--data",
+                           str(tmp_path / "missing"), "optim.lrr=1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("reconvla train: error: unknown config key 'optim.lrr'")
+    proc = subprocess.run([sys.executable, "-c", code, "train", "--data", str(tmp_path / "missing")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert proc.stdout == ""
