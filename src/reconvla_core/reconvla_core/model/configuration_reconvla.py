@@ -1,0 +1,354 @@
+"""ReconVLA configuration: plain dataclasses, no torch import.
+
+Two presets:
+- ``paper``: the authors' model (Qwen2-7B + siglip-so400m-patch14-384, 27x27 = 729 image tokens,
+  projector 1152 -> 3584, FLUX-VAE geometry 16 channels at 432 px packed 2x2 -> 27x27x64, DiT depth 3,
+  width 1024, 16 heads).
+- ``tiny``: the same architecture shrunk so a CPU trains it in seconds (112 px / patch 14 -> 8x8 grid,
+  a 64 px VAE with 4x downsampling -> 16x16 latents packed 2x2 onto the 8x8 grid).
+
+Every size the model uses is derived from these fields; a bad value raises ``ValueError`` naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RECON_TARGETS: tuple[str, ...] = ("none", "full", "gaze")
+NORM_MODES: tuple[str, ...] = ("q01_q99", "min_max", "mean_std")
+DIM_MODES: tuple[str, ...] = ("normalize", "identity", "binary")
+CONFIG_FORMAT_VERSION = 1
+
+
+@dataclass
+class VisionConfig:
+    """SigLIP vision tower (frozen). ``feature_layer`` indexes the hidden states (-2 = penultimate)."""
+
+    hidden_size: int = 1152
+    intermediate_size: int = 4304
+    num_hidden_layers: int = 27
+    num_attention_heads: int = 16
+    image_size: int = 384
+    patch_size: int = 14
+    feature_layer: int = -2
+    layer_norm_eps: float = 1e-6
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def num_layers_kept(self) -> int:
+        """Encoder layers actually run: the ones up to the selected feature layer."""
+        return self.num_hidden_layers + 1 + self.feature_layer if self.feature_layer < 0 else self.feature_layer
+
+    def validate(self) -> None:
+        _positive(self, "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "image_size", "patch_size")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"vision.image_size ({self.image_size}) must be a multiple of "
+                             f"vision.patch_size ({self.patch_size})")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("vision.hidden_size must be divisible by vision.num_attention_heads")
+        if not 1 <= self.num_layers_kept <= self.num_hidden_layers:
+            raise ValueError(f"vision.feature_layer ({self.feature_layer}) selects no encoder layer of "
+                             f"{self.num_hidden_layers}")
+
+
+@dataclass
+class LLMConfig:
+    """Qwen2 decoder. ``vocab_size`` is the model's embedding rows (may exceed the tokenizer's size)."""
+
+    hidden_size: int = 3584
+    intermediate_size: int = 18944
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 28
+    num_key_value_heads: int = 4
+    vocab_size: int = 152064
+    max_position_embeddings: int = 32768
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+
+    def validate(self) -> None:
+        _positive(self, "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "vocab_size", "max_position_embeddings")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("llm.hidden_size must be divisible by llm.num_attention_heads")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("llm.num_attention_heads must be divisible by llm.num_key_value_heads")
+
+
+@dataclass
+class VAEConfig:
+    """Frozen diffusers AutoencoderKL; latents are (z - shift_factor) * scaling_factor."""
+
+    latent_channels: int = 16
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    norm_num_groups: int = 32
+    scaling_factor: float = 0.3611
+    shift_factor: float | None = 0.1159
+    image_size: int = 432
+    use_quant_conv: bool = False
+    use_post_quant_conv: bool = False
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.downsample
+
+    def validate(self) -> None:
+        _positive(self, "latent_channels", "layers_per_block", "norm_num_groups", "image_size")
+        if not self.block_out_channels:
+            raise ValueError("vae.block_out_channels must not be empty")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError("vae.block_out_channels must all be divisible by vae.norm_num_groups")
+        if self.image_size % self.downsample:
+            raise ValueError(f"vae.image_size ({self.image_size}) must be a multiple of the VAE "
+                             f"downsampling factor ({self.downsample})")
+
+
+@dataclass
+class DenoiserConfig:
+    """DiT denoiser with per-token adaLN-Zero conditioning."""
+
+    depth: int = 3
+    width: int = 1024
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    timestep_freq_dim: int = 256
+
+    def validate(self) -> None:
+        _positive(self, "depth", "width", "num_heads", "timestep_freq_dim")
+        if self.width % self.num_heads:
+            raise ValueError("denoiser.width must be divisible by denoiser.num_heads")
+        if self.timestep_freq_dim % 2:
+            raise ValueError("denoiser.timestep_freq_dim must be even")
+
+
+_NESTED: dict[str, type] = {"vision": VisionConfig, "llm": LLMConfig, "vae": VAEConfig, "denoiser": DenoiserConfig}
+
+
+@dataclass
+class ReconVLAConfig:
+    """The whole model. Build with ``ReconVLAConfig.from_preset("tiny" | "paper", **overrides)``."""
+
+    preset: str = "paper"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+
+    # Actions and proprioception.
+    action_dim: int = 7
+    state_dim: int = 7
+    chunk_size: int = 5
+    n_bins: int = 256
+    norm_mode: str = "q01_q99"
+    # Per-dimension handling: "normalize" (stats -> [-1, 1]), "identity" (already in [-1, 1]),
+    # "binary" (thresholded at the middle of the stats range; decodes to the range's ends).
+    action_dim_modes: tuple[str, ...] | None = None
+    state_dim_modes: tuple[str, ...] | None = None
+    # First token id of the 256 action bins; None = the last n_bins ids of the LLM vocabulary.
+    action_token_offset: int | None = None
+
+    # Prompt and images.
+    system_prompt: str = "A chat between a robot operator and a robot policy that outputs arm actions."
+    stitch_top_fraction: float = 14 / 27  # base view on top, wrist view below; same at train and test
+
+    # Reconstruction branch (training only).
+    recon_target: str = "gaze"
+    recon_weight: float = 1.0
+    num_noise_draws: int = 4
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    gaze_sample_steps: int = 10
+
+    # Inference extras: LLM layers averaged for the attention map (None = all layers).
+    attention_layers: tuple[int, ...] | None = None
+
+    # Local weight directories (never downloaded). Used by ReconVLA.from_backbones.
+    llm_path: str | None = None
+    vision_path: str | None = None
+    llava_path: str | None = None
+    vae_path: str | None = None
+    tokenizer_path: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, cls in _NESTED.items():
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, _from_dict(cls, value, prefix=name))
+        for name in ("action_dim_modes", "state_dim_modes", "attention_layers"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, tuple(value))
+        self.validate()
+
+    # Derived sizes -------------------------------------------------------------------------
+    @property
+    def grid_size(self) -> int:
+        return self.vision.grid_size
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.vision.num_image_tokens
+
+    @property
+    def action_tokens_per_chunk(self) -> int:
+        return self.chunk_size * self.action_dim
+
+    @property
+    def first_action_token_id(self) -> int:
+        if self.action_token_offset is not None:
+            return self.action_token_offset
+        return self.llm.vocab_size - self.n_bins
+
+    @property
+    def latent_token_dim(self) -> int:
+        """Channels of one packed latent token (2x2 latent pixels)."""
+        return 4 * self.vae.latent_channels
+
+    @property
+    def builds_reconstruction(self) -> bool:
+        return self.recon_target != "none"
+
+    def dim_modes(self, which: str) -> tuple[str, ...]:
+        modes = self.action_dim_modes if which == "action" else self.state_dim_modes
+        size = self.action_dim if which == "action" else self.state_dim
+        return modes if modes is not None else ("normalize",) * size
+
+    # Validation ----------------------------------------------------------------------------
+    def validate(self) -> None:
+        for name in _NESTED:
+            getattr(self, name).validate()
+        _positive(self, "action_dim", "state_dim", "chunk_size", "n_bins", "num_noise_draws",
+                  "num_train_timesteps", "gaze_sample_steps")
+        if self.recon_target not in RECON_TARGETS:
+            raise ValueError(f"recon_target must be one of {RECON_TARGETS}, got {self.recon_target!r}")
+        if self.norm_mode not in NORM_MODES:
+            raise ValueError(f"norm_mode must be one of {NORM_MODES}, got {self.norm_mode!r}")
+        for name, size in (("action_dim_modes", self.action_dim), ("state_dim_modes", self.state_dim)):
+            modes = getattr(self, name)
+            if modes is None:
+                continue
+            if len(modes) != size or any(m not in DIM_MODES for m in modes):
+                raise ValueError(f"{name} must list {size} entries from {DIM_MODES}, got {modes!r}")
+        if self.recon_weight < 0:
+            raise ValueError(f"recon_weight must be >= 0, got {self.recon_weight}")
+        if not 0.0 < self.stitch_top_fraction < 1.0:
+            raise ValueError(f"stitch_top_fraction must be in (0, 1), got {self.stitch_top_fraction}")
+        first = self.first_action_token_id
+        if first < 0 or first + self.n_bins > self.llm.vocab_size:
+            raise ValueError(f"action tokens [{first}, {first + self.n_bins}) do not fit in llm.vocab_size "
+                             f"({self.llm.vocab_size}); check action_token_offset / n_bins")
+        if self.builds_reconstruction and self.vae.latent_size != 2 * self.grid_size:
+            raise ValueError(
+                f"vae.image_size {self.vae.image_size} gives {self.vae.latent_size}x{self.vae.latent_size} "
+                f"latents but 2x2 packing onto the {self.grid_size}x{self.grid_size} image-token grid needs "
+                f"{2 * self.grid_size}x{2 * self.grid_size}: set vae.image_size to "
+                f"{2 * self.grid_size * self.vae.downsample}")
+        if self.attention_layers is not None:
+            n = self.llm.num_hidden_layers
+            bad = [i for i in self.attention_layers if not -n <= i < n]
+            if bad or not self.attention_layers:
+                raise ValueError(f"attention_layers {self.attention_layers} must index the {n} LLM layers")
+
+    # Construction and serialisation --------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ReconVLAConfig:
+        """A preset with overrides: top-level fields by name, nested ones as dicts (``llm={...}``)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        base = PRESETS[name]()
+        return base.replace(**overrides)
+
+    def replace(self, **overrides: Any) -> ReconVLAConfig:
+        """A copy with some fields changed; nested dicts are merged into the nested configs."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"unknown ReconVLAConfig field(s): {', '.join(unknown)}")
+        changes: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if key in _NESTED and isinstance(value, dict):
+                current = dataclasses.asdict(getattr(self, key))
+                bad = sorted(set(value) - set(current))
+                if bad:
+                    raise ValueError(f"unknown {key} config field(s): {', '.join(bad)}")
+                current.update(value)
+                value = _from_dict(_NESTED[key], current, prefix=key)
+            changes[key] = value
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["model_type"] = "reconvla"
+        data["format_version"] = CONFIG_FORMAT_VERSION
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReconVLAConfig:
+        data = dict(data)
+        data.pop("model_type", None)
+        data.pop("format_version", None)
+        return _from_dict(cls, data, prefix="config")
+
+    def to_json_file(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"unknown {prefix} field(s): {', '.join(unknown)}")
+    kwargs = {}
+    for key, value in data.items():
+        if isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{type(obj).__name__}.{name} must be a positive integer, got {value!r}")
+
+
+def _paper() -> ReconVLAConfig:
+    return ReconVLAConfig(preset="paper")
+
+
+def _tiny() -> ReconVLAConfig:
+    return ReconVLAConfig(
+        preset="tiny",
+        vision=VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                            image_size=112, patch_size=14),
+        # 256 byte tokens + 4 special tokens of the local tokenizer, then 256 action ids at the end.
+        llm=LLMConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=520, max_position_embeddings=2048, rope_theta=10000.0),
+        vae=VAEConfig(latent_channels=4, block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8,
+                      scaling_factor=0.18215, shift_factor=None, image_size=64),
+        denoiser=DenoiserConfig(depth=2, width=64, num_heads=4, timestep_freq_dim=64),
+        system_prompt="Robot policy.",
+    )
+
+
+PRESETS = {"paper": _paper, "tiny": _tiny}

@@ -1,0 +1,297 @@
+"""ReconVLA: SigLIP (frozen, penultimate layer) -> projector -> Qwen2, plus the training-only
+reconstruction branch (see reconstruction.py).
+
+``model(batch)`` returns the training losses; ``predict_action`` decodes one action chunk.
+Weights: ``ReconVLA(config)`` is a random model (no I/O); ``from_pretrained`` loads our
+checkpoints or a LLaVA-style directory; ``from_backbones`` loads Qwen2 / SigLIP / VAE directories.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+
+from reconvla_core.model.configuration_reconvla import ReconVLAConfig
+from reconvla_core.model.decoding import greedy_action_decode, naive_generate
+from reconvla_core.model.processing_reconvla import IGNORE_INDEX, ReconVLAProcessor
+from reconvla_core.model.tokenization import build_byte_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ReconVLAOutput:
+    """Losses of one forward pass. ``recon_loss`` is None when nothing is reconstructed."""
+
+    loss: torch.Tensor | None
+    action_loss: torch.Tensor | None
+    recon_loss: torch.Tensor | None
+    action_accuracy: torch.Tensor | None
+
+
+def build_vision_tower(config: ReconVLAConfig) -> SiglipVisionModel:
+    """SigLIP encoder truncated after the feature layer (the layers after it are never run)."""
+    v = config.vision
+    hf_config = SiglipVisionConfig(
+        hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_hidden_layers=v.num_layers_kept,
+        num_attention_heads=v.num_attention_heads, image_size=v.image_size, patch_size=v.patch_size,
+        layer_norm_eps=v.layer_norm_eps, vision_use_head=False, attn_implementation="sdpa")
+    return SiglipVisionModel(hf_config)
+
+
+def build_llm(config: ReconVLAConfig, pad_token_id: int | None = None, eos_token_id: int | None = None) -> Qwen2ForCausalLM:
+    c = config.llm
+    hf_config = Qwen2Config(
+        hidden_size=c.hidden_size, intermediate_size=c.intermediate_size, num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads, num_key_value_heads=c.num_key_value_heads,
+        vocab_size=c.vocab_size, max_position_embeddings=c.max_position_embeddings, rope_theta=c.rope_theta,
+        rms_norm_eps=c.rms_norm_eps, tie_word_embeddings=c.tie_word_embeddings, pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id, attn_implementation="sdpa")
+    return Qwen2ForCausalLM(hf_config)
+
+
+class ReconVLA(nn.Module):
+    """The vision-language-action model with its (optional) reconstruction branch."""
+
+    def __init__(self, config: ReconVLAConfig, tokenizer: Any = None, build_reconstruction: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer if tokenizer is not None else build_byte_tokenizer()
+        self.processor = ReconVLAProcessor(config, self.tokenizer)
+        self.vision = build_vision_tower(config)
+        self.vision.requires_grad_(False)
+        self.vision.eval()
+        d_vision, d_llm = config.vision.hidden_size, config.llm.hidden_size
+        self.projector = nn.Sequential(nn.Linear(d_vision, d_llm), nn.GELU(), nn.Linear(d_llm, d_llm))
+        self.llm = build_llm(config, self.processor.pad_token_id, self.processor.eos_token_id)
+        self.reconstruction: nn.Module | None = None
+        if build_reconstruction and config.builds_reconstruction:
+            from reconvla_core.model.reconstruction import ReconstructionBranch  # imports diffusers
+
+            self.reconstruction = ReconstructionBranch(config)
+
+    # Loading / saving (implemented in checkpoint.py) -----------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, load_reconstruction: bool = False, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None, config: ReconVLAConfig | None = None) -> ReconVLA:
+        """Our checkpoint directory, or a LLaVA-style directory (vision + projector + Qwen2 LLM)."""
+        from reconvla_core.model import checkpoint
+
+        return checkpoint.from_pretrained(path, load_reconstruction=load_reconstruction, device=device,
+                                          dtype=dtype, config=config)
+
+    @classmethod
+    def from_backbones(cls, config: ReconVLAConfig, llm_path: str | Path | None = None,
+                       vision_path: str | Path | None = None, llava_path: str | Path | None = None,
+                       vae_path: str | Path | None = None, tokenizer_path: str | Path | None = None,
+                       build_reconstruction: bool = True, dtype: torch.dtype | None = None) -> ReconVLA:
+        """Pretrained parts from local HF directories (paths default to the config's *_path fields)."""
+        from reconvla_core.model import checkpoint
+
+        return checkpoint.from_backbones(config, llm_path=llm_path, vision_path=vision_path, llava_path=llava_path,
+                                         vae_path=vae_path, tokenizer_path=tokenizer_path,
+                                         build_reconstruction=build_reconstruction, dtype=dtype)
+
+    def save_pretrained(self, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+        from reconvla_core.model import checkpoint
+
+        return checkpoint.save_pretrained(self, path, metadata=metadata)
+
+    # Surface used by training and the runtime -----------------------------------------------
+    def set_norm_stats(self, stats: Mapping[str, Any]) -> None:
+        """LeRobot stats.json dict with 'action' and 'observation.state' entries; saved with the model."""
+        self.processor.set_norm_stats(stats)
+
+    @property
+    def norm_stats(self) -> dict[str, Any] | None:
+        return self.processor.norm_stats
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by part (the vision tower and the VAE are frozen)."""
+        denoiser = [] if self.reconstruction is None else self.reconstruction.denoiser.parameters()
+        return {
+            "llm": [p for p in self.llm.parameters() if p.requires_grad],
+            "projector": [p for p in self.projector.parameters() if p.requires_grad],
+            "denoiser": [p for p in denoiser if p.requires_grad],
+        }
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        self.llm.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False})
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.llm.gradient_checkpointing_disable()
+
+    def train(self, mode: bool = True) -> ReconVLA:
+        super().train(mode)
+        self.vision.eval()  # frozen tower: always in eval mode
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector[0].weight.device
+
+    # Forward ---------------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> projected image tokens (B, N, D_llm). The vision tower runs without grad."""
+        dtype = self.vision.embeddings.patch_embedding.weight.dtype
+        with torch.no_grad():
+            out = self.vision(pixel_values=pixel_values.to(dtype), output_hidden_states=True)
+            features = out.hidden_states[-1]  # (B, N, D_vision): output of the feature layer, no post-norm
+        return self.projector(features.to(self.projector[0].weight.dtype))
+
+    def embed_inputs(self, input_ids: torch.Tensor, image_mask: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with the projected image features at the image positions: (B, L, D)."""
+        image_embeds = self.encode_images(pixel_values)  # (B, N, D)
+        b, n, _ = image_embeds.shape
+        if int(image_mask.sum()) != b * n:
+            raise ValueError(f"batch has {int(image_mask.sum())} image positions, expected {b} x {n}")
+        embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, D)
+        return embeds.masked_scatter(image_mask.unsqueeze(-1), image_embeds.to(embeds.dtype))
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> ReconVLAOutput:
+        """Action CE (action tokens + EOS) + recon_weight * reconstruction loss."""
+        for key in ("input_ids", "attention_mask", "image_mask", "pixel_values"):
+            if key not in batch:
+                raise ValueError(f"batch lacks {key!r}; build it with model.processor and processor.collate")
+        device = self.device
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        embeds = self.embed_inputs(batch["input_ids"], batch["image_mask"], batch["pixel_values"])
+        hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                                        use_cache=False).last_hidden_state  # (B, L, D), after the final norm
+
+        action_loss = action_accuracy = None
+        if "labels" in batch:
+            action_loss, action_accuracy = self._action_loss(hidden, batch["labels"])
+        recon_loss = None
+        if self.reconstruction is not None and "recon_pixel_values" in batch:
+            b, n = hidden.shape[0], self.config.num_image_tokens
+            h_r = hidden[batch["image_mask"]].view(b, n, -1)  # (B, N, D): no stop-gradient
+            recon_loss = self.reconstruction.loss(h_r, batch["recon_pixel_values"])
+        loss = action_loss
+        if loss is not None and recon_loss is not None:
+            loss = loss + self.config.recon_weight * recon_loss
+        return ReconVLAOutput(loss=loss, action_loss=action_loss, recon_loss=recon_loss,
+                              action_accuracy=action_accuracy)
+
+    def _action_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CE over the full vocabulary, computed only where labels are set (shifted by one)."""
+        targets = labels[:, 1:]  # (B, L-1)
+        keep = targets != IGNORE_INDEX
+        if not bool(keep.any()):
+            raise ValueError("batch has no labelled action tokens")
+        logits = self.llm.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (T, V)
+        target = targets[keep]
+        loss = F.cross_entropy(logits, target)
+        first = self.config.first_action_token_id
+        is_action = (target >= first) & (target < first + self.config.n_bins)
+        correct = (logits.argmax(-1) == target) & is_action
+        accuracy = correct.sum().float() / is_action.sum().clamp(min=1).float()
+        return loss, accuracy.detach()
+
+    # Inference -------------------------------------------------------------------------------
+    def prepare_prompt(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
+                       state: Any, stitched_image: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt embeddings (1, L, D) and the image mask (L,) for one observation."""
+        sample = self.processor(base_image=base_image, wrist_image=wrist_image, instruction=instruction,
+                                state=state, stitched_image=stitched_image)
+        device = self.device
+        ids = sample["input_ids"][None].to(device)
+        mask = sample["image_mask"].to(device)
+        with torch.inference_mode():
+            embeds = self.embed_inputs(ids, mask[None], sample["pixel_values"][None].to(device))
+        return embeds, mask
+
+    @torch.inference_mode()
+    def predict_action(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
+                       state: Any, return_attention: bool = False,
+                       stitched_image: np.ndarray | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """One chunk: (K, action_dim) actions in robot units (+ the (grid, grid) attention map if asked)."""
+        embeds, image_mask = self.prepare_prompt(base_image, wrist_image, instruction, state, stitched_image)
+        tokens = self.decode_action_tokens(embeds)
+        actions = self.processor.decode_actions(tokens.cpu().numpy())
+        if not return_attention:
+            return actions
+        return actions, self.attention_map(embeds, tokens, image_mask)
+
+    def decode_action_tokens(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
+        """Constrained greedy decoding: (K*D,) action token ids."""
+        cfg = self.config
+        return greedy_action_decode(self.llm, prompt_embeds, cfg.first_action_token_id, cfg.n_bins,
+                                    cfg.action_tokens_per_chunk)
+
+    def naive_decode_tokens(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
+        """The unconstrained transformers.generate baseline (for benchmarks)."""
+        return naive_generate(self.llm, prompt_embeds, self.config.action_tokens_per_chunk,
+                              self.processor.pad_token_id)
+
+    @torch.inference_mode()
+    def attention_map(self, prompt_embeds: torch.Tensor, tokens: torch.Tensor, image_mask: torch.Tensor) -> np.ndarray:
+        """Attention of the positions that produced the action tokens to the image tokens.
+
+        One extra eager-attention pass over prompt + actions; per query the weights are renormalised
+        over the image tokens, then averaged over heads, the configured layers and the queries.
+        Returns a (grid, grid) float array summing to 1.
+        """
+        cfg = self.config
+        action_embeds = self.llm.get_input_embeddings().weight[tokens[:-1]][None]  # (1, n-1, D)
+        sequence = torch.cat([prompt_embeds, action_embeds.to(prompt_embeds.dtype)], dim=1)  # (1, L+n-1, D)
+        prompt_len = prompt_embeds.shape[1]
+        previous = self.llm.config._attn_implementation
+        self.llm.set_attn_implementation("eager")
+        try:
+            out = self.llm.get_decoder()(inputs_embeds=sequence, output_attentions=True, use_cache=False)
+        finally:
+            self.llm.set_attn_implementation(previous)
+        n_layers = cfg.llm.num_hidden_layers
+        layers = cfg.attention_layers if cfg.attention_layers is not None else tuple(range(n_layers))
+        image_positions = image_mask.nonzero().squeeze(-1)
+        maps = []
+        for layer in layers:
+            weights = out.attentions[layer % n_layers][0, :, prompt_len - 1:, :]  # (H, n, L+n-1)
+            to_image = weights[..., image_positions].float()  # (H, n, N)
+            maps.append(to_image / to_image.sum(-1, keepdim=True).clamp(min=1e-12))
+        mean = torch.stack(maps).mean(dim=(0, 1, 2))  # (N,)
+        return mean.view(cfg.grid_size, cfg.grid_size).cpu().numpy()
+
+    @torch.inference_mode()
+    def sample_gaze_image(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
+                          state: Any, stitched_image: np.ndarray | None = None, num_steps: int | None = None,
+                          seed: int = 0) -> np.ndarray:
+        """Visualisation only: a few-step sample of the reconstructed gaze image, (V, V, 3) uint8."""
+        if self.reconstruction is None:
+            raise ValueError("this model has no reconstruction branch; load it with "
+                             "ReconVLA.from_pretrained(path, load_reconstruction=True)")
+        embeds, image_mask = self.prepare_prompt(base_image, wrist_image, instruction, state, stitched_image)
+        hidden = self.llm.get_decoder()(inputs_embeds=embeds, use_cache=False).last_hidden_state
+        h_r = hidden[:, image_mask]  # (1, N, D)
+        generator = torch.Generator(device=h_r.device).manual_seed(seed)
+        pixels = self.reconstruction.sample(h_r, num_steps or self.config.gaze_sample_steps, generator)
+        image = ((pixels[0].permute(1, 2, 0) + 1.0) * 127.5).round().clamp(0, 255)
+        return image.to(torch.uint8).cpu().numpy()
+
+    # Sizes -----------------------------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, int]:
+        def count(params: Any) -> int:
+            return sum(p.numel() for p in params)
+
+        recon = self.reconstruction
+        return {
+            "params_total": count(self.parameters()),
+            "params_trainable": count(p for p in self.parameters() if p.requires_grad),
+            "params_vision": count(self.vision.parameters()),
+            "params_projector": count(self.projector.parameters()),
+            "params_llm": count(self.llm.parameters()),
+            "params_reconstruction": 0 if recon is None else count(recon.parameters()),
+            "params_denoiser": 0 if recon is None else count(recon.denoiser.parameters()),
+            "params_vae": 0 if recon is None else count(recon.vae.parameters()),
+        }
