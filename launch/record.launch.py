@@ -1,0 +1,96 @@
+"""Record teleoperated demonstrations: drivers (or the twin) + teleop_recorder.
+
+Real cell (leader and follower arm on one CAN bus, the follower mirrors the leader in hardware):
+    ros2 launch reconvla_ros record.launch.py operator:=alice task:="put the red block in the bowl"
+The twin, with the scripted expert playing the leader arm on /master/joint_states:
+    ros2 launch reconvla_ros record.launch.py sim:=true seed:=0
+
+Then, per episode:
+    ros2 service call /teleop_recorder/start_episode std_srvs/srv/Trigger
+    ros2 service call /teleop_recorder/stop_episode std_srvs/srv/SetBool "{data: true}"   # success
+    ros2 service call /teleop_recorder/discard_episode std_srvs/srv/Trigger              # throw away
+In the twin, /sim_robot/reset (std_srvs/Trigger) sets up the next scene.
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, GroupAction, IncludeLaunchDescription
+from launch.conditions import IfCondition, UnlessCondition
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, ThisLaunchFileDir
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
+
+PACKAGE = "reconvla_ros"
+
+ARGUMENTS = (
+    ("sim", "false", "record in the PyBullet twin (scripted expert as the leader) instead of the real cell"),
+    ("output_dir", "~/reconvla_episodes", "directory that receives one rosbag2 directory per episode"),
+    ("task", "", "task text of the episodes (empty: the text on /instruction)"),
+    ("operator", "", "operator name stored in each episode's metadata"),
+    ("min_free_gb", "5.0", "refuse to start an episode with less free disk space (GiB)"),
+    ("seed", "0", "first scene seed of the twin (sim:=true)"),
+    ("can_port", "can0", "CAN interface of the PiPer (real cell)"),
+    ("base_serial", "", "RealSense serial number (real cell)"),
+    ("wrist_serial", "", "ORBBEC Dabai serial number (real cell)"),
+    ("use_rviz", "false", "start RViz with both cameras"),
+)
+
+
+def _config(name: str) -> PathJoinSubstitution:
+    return PathJoinSubstitution([FindPackageShare(PACKAGE), "config", name])
+
+
+def generate_launch_description() -> LaunchDescription:
+    declared = [DeclareLaunchArgument(name, default_value=default, description=text)
+                for name, default, text in ARGUMENTS]
+    in_sim = IfCondition(LaunchConfiguration("sim"))
+    on_robot = UnlessCondition(LaunchConfiguration("sim"))
+
+    sim_robot = Node(
+        package=PACKAGE,
+        executable="sim_robot",
+        name="sim_robot",
+        output="screen",
+        parameters=[_config("sim_robot.yaml"), {
+            "expert_leader": True,
+            "seed": ParameterValue(LaunchConfiguration("seed"), value_type=int),
+            "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
+        }],
+        condition=in_sim,
+    )
+    # Real cell: cameras and the PiPer driver as in robot.launch.py; arm_command reads the leader
+    # arm's commands from the bus and publishes them on /master/joint_states. Nothing is enabled.
+    drivers_include = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(PathJoinSubstitution([ThisLaunchFileDir(), "robot.launch.py"])),
+        launch_arguments={
+            "role": "robot",
+            "backend": "piper_sdk",
+            "can_port": LaunchConfiguration("can_port"),
+            "base_serial": LaunchConfiguration("base_serial"),
+            "wrist_serial": LaunchConfiguration("wrist_serial"),
+            "use_rviz": "false",
+        }.items(),
+    )
+    # Scoped, so the included file's arguments (role, backend, use_rviz) do not leak back here.
+    drivers = GroupAction([drivers_include], scoped=True, condition=on_robot)
+    recorder = Node(
+        package=PACKAGE,
+        executable="teleop_recorder",
+        name="teleop_recorder",
+        output="screen",
+        parameters=[_config("teleop_recorder.yaml"), {
+            "output_dir": ParameterValue(LaunchConfiguration("output_dir"), value_type=str),
+            "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
+            "operator": ParameterValue(LaunchConfiguration("operator"), value_type=str),
+            "min_free_gb": ParameterValue(LaunchConfiguration("min_free_gb"), value_type=float),
+        }],
+    )
+    rviz = Node(
+        package="rviz2",
+        executable="rviz2",
+        name="rviz2",
+        arguments=["-d", PathJoinSubstitution([FindPackageShare(PACKAGE), "rviz", "reconvla.rviz"])],
+        condition=IfCondition(LaunchConfiguration("use_rviz")),
+    )
+    return LaunchDescription(declared + [sim_robot, drivers, recorder, rviz])

@@ -1,0 +1,164 @@
+"""Bring-up on the real cell: camera drivers, the PiPer driver and the ReconVLA nodes.
+
+    ros2 launch reconvla_ros robot.launch.py checkpoint:=/models/reconvla-piper \
+        instruction:="put the red block in the bowl" base_serial:=831612073525
+
+Roles (two-host deployment, see docs/real_robot.md):
+  role:=all     everything on one machine (default)
+  role:=robot   robot PC: camera drivers, arm driver, camera_ingest, arm_command
+  role:=policy  GPU workstation: policy (+ RViz); only the downscaled model frame crosses the LAN
+Arm backends: backend:=piper_ros (AgileX piper_ros node on can_port; arm_command talks to it
+over joint_ctrl_single / joint_states_single) or backend:=piper_sdk (arm_command drives the
+CAN bus itself through piper_sdk; no driver node). The arm is never enabled at start: call
+/arm_command/enable once the cell is clear.
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, GroupAction, IncludeLaunchDescription, OpaqueFunction
+from launch.conditions import IfCondition
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
+
+PACKAGE = "reconvla_ros"
+
+ARGUMENTS = (
+    ("checkpoint", "", "ReconVLA checkpoint directory (written by `reconvla train`)"),
+    ("instruction", "", "language instruction published on /instruction at start (empty: publish it later)"),
+    ("backend", "piper_ros", "arm backend: piper_ros (AgileX ROS driver) or piper_sdk (direct CAN)"),
+    ("can_port", "can0", "CAN interface of the PiPer (activate it first: can_activate.sh can0 1000000)"),
+    ("base_serial", "", "RealSense serial number (empty: the first RealSense found)"),
+    ("wrist_serial", "", "ORBBEC Dabai serial number (empty: the first Dabai found)"),
+    ("base_profile", "640,480,30", "RealSense colour profile width,height,fps"),
+    ("device", "cuda", "torch device of the policy node"),
+    ("role", "all", "all | robot (drivers, ingest, arm_command) | policy (policy, RViz)"),
+    ("use_rviz", "false", "start RViz with the cameras and the attention overlay"),
+)
+
+
+def _config(name: str) -> PathJoinSubstitution:
+    return PathJoinSubstitution([FindPackageShare(PACKAGE), "config", name])
+
+
+def _role_is(*roles: str) -> IfCondition:
+    names = ", ".join(repr(r) for r in roles)
+    return IfCondition(PythonExpression(["'", LaunchConfiguration("role"), f"' in ({names},)"]))
+
+
+def _camera_drivers(context, *args, **kwargs):
+    """The two camera drivers; serial numbers are resolved here so digit-only serials stay strings."""
+    base_serial = LaunchConfiguration("base_serial").perform(context).strip()
+    wrist_serial = LaunchConfiguration("wrist_serial").perform(context).strip()
+    realsense = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(
+            PathJoinSubstitution([FindPackageShare("realsense2_camera"), "launch", "rs_launch.py"])
+        ),
+        launch_arguments={
+            # realsense2_camera >= 4.55 publishes /<namespace>/<name>/color/image_raw.
+            "camera_namespace": "camera",
+            "camera_name": "camera",
+            # rs_launch.py hands its arguments to the node as YAML-parsed parameters, which turns a
+            # digit-only serial into an integer; the driver's documented form is a leading "_".
+            "serial_no": f"_{base_serial}" if base_serial else "''",
+            "rgb_camera.color_profile": LaunchConfiguration("base_profile"),
+            "rgb_camera.color_format": "RGB8",
+            "enable_color": "true",
+            "enable_depth": "false",
+            "pointcloud.enable": "false",
+        }.items(),
+    )
+    orbbec_args = {
+        "camera_name": "wrist_camera",  # -> /wrist_camera/color/image_raw
+        "enable_depth": "false",
+        "enable_ir": "false",
+        "enable_point_cloud": "false",
+        "color_width": "640",
+        "color_height": "480",
+        "color_fps": "30",
+    }
+    if wrist_serial:
+        orbbec_args["serial_number"] = wrist_serial
+    orbbec = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(
+            PathJoinSubstitution([FindPackageShare("orbbec_camera"), "launch", "dabai.launch.py"])
+        ),
+        launch_arguments=orbbec_args.items(),
+    )
+    # Each include in its own scope: both drivers declare camera_name, enable_depth, log_level, ...
+    # and an unscoped include would leak its values into the next one.
+    return [GroupAction([realsense], scoped=True), GroupAction([orbbec], scoped=True)]
+
+
+def generate_launch_description() -> LaunchDescription:
+    declared = [DeclareLaunchArgument(name, default_value=default, description=text)
+                for name, default, text in ARGUMENTS]
+    as_str = {
+        "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
+        "instruction": ParameterValue(LaunchConfiguration("instruction"), value_type=str),
+        "can_port": ParameterValue(LaunchConfiguration("can_port"), value_type=str),
+        "backend": ParameterValue(LaunchConfiguration("backend"), value_type=str),
+        "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
+    }
+    robot_side = _role_is("all", "robot")
+    policy_side = _role_is("all", "policy")
+
+    cameras = OpaqueFunction(function=_camera_drivers, condition=robot_side)
+
+    # AgileX piper_ros driver, started directly rather than through its start_single_piper.launch.py:
+    # that launch file remaps joint_ctrl_single onto /joint_states, which is our canonical state topic.
+    piper_driver = Node(
+        package="piper",
+        executable="piper_single_ctrl",
+        name="piper_ctrl_single_node",
+        output="screen",
+        parameters=[{
+            "can_port": as_str["can_port"],
+            "auto_enable": False,  # arm_command enables on request, never at start
+            "gripper_exist": True,
+            "girpper_exist": True,  # spelling used by older piper_ros releases
+            "rviz_ctrl_flag": False,
+        }],
+        condition=IfCondition(PythonExpression([
+            "'", LaunchConfiguration("backend"), "' == 'piper_ros' and '",
+            LaunchConfiguration("role"), "' in ('all', 'robot')",
+        ])),
+    )
+
+    camera_ingest = Node(
+        package=PACKAGE,
+        executable="camera_ingest",
+        name="camera_ingest",
+        output="screen",
+        parameters=[_config("camera_ingest.yaml")],
+        condition=robot_side,
+    )
+    arm_command = Node(
+        package=PACKAGE,
+        executable="arm_command",
+        name="arm_command",
+        output="screen",
+        parameters=[_config("arm_command.yaml"), {"backend": as_str["backend"], "can_port": as_str["can_port"]}],
+        condition=robot_side,
+    )
+    policy = Node(
+        package=PACKAGE,
+        executable="policy",
+        name="policy",
+        output="screen",
+        parameters=[_config("policy.yaml"), {
+            "checkpoint": as_str["checkpoint"],
+            "instruction": as_str["instruction"],
+            "device": as_str["device"],
+        }],
+        condition=policy_side,
+    )
+    rviz = Node(
+        package="rviz2",
+        executable="rviz2",
+        name="rviz2",
+        arguments=["-d", PathJoinSubstitution([FindPackageShare(PACKAGE), "rviz", "reconvla.rviz"])],
+        condition=IfCondition(LaunchConfiguration("use_rviz")),
+    )
+    return LaunchDescription(declared + [cameras, piper_driver, camera_ingest, arm_command, policy, rviz])

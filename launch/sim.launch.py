@@ -1,0 +1,81 @@
+"""The full ROS graph against the PyBullet twin: sim_robot + camera_ingest + policy + arm_command.
+
+    ros2 launch reconvla_ros sim.launch.py checkpoint:=runs/tiny/checkpoint task:=pick seed:=3
+
+sim_robot speaks the real drivers' interfaces (camera topics, joint_states_single,
+joint_ctrl_single), so arm_command runs with the piper_ros backend exactly as on the robot.
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
+
+PACKAGE = "reconvla_ros"
+
+ARGUMENTS = (
+    ("checkpoint", "", "ReconVLA checkpoint directory (written by `reconvla train`)"),
+    ("device", "cpu", "torch device of the policy node"),
+    ("task", "", "sim task (pick | place | stack); empty: a random CALVIN-style chain"),
+    ("seed", "0", "scene seed of the twin"),
+    ("enable_arm", "true", "enable the (simulated) arm at start; on hardware this is always false"),
+    ("use_rviz", "false", "start RViz with the cameras and the attention overlay"),
+)
+
+
+def _config(name: str) -> PathJoinSubstitution:
+    return PathJoinSubstitution([FindPackageShare(PACKAGE), "config", name])
+
+
+def generate_launch_description() -> LaunchDescription:
+    declared = [DeclareLaunchArgument(name, default_value=default, description=text)
+                for name, default, text in ARGUMENTS]
+    sim_robot = Node(
+        package=PACKAGE,
+        executable="sim_robot",
+        name="sim_robot",
+        output="screen",
+        parameters=[_config("sim_robot.yaml"), {
+            "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
+            "seed": ParameterValue(LaunchConfiguration("seed"), value_type=int),
+            "expert_leader": False,  # the policy drives the arm
+        }],
+    )
+    camera_ingest = Node(
+        package=PACKAGE,
+        executable="camera_ingest",
+        name="camera_ingest",
+        output="screen",
+        parameters=[_config("camera_ingest.yaml")],
+    )
+    policy = Node(
+        package=PACKAGE,
+        executable="policy",
+        name="policy",
+        output="screen",
+        parameters=[_config("policy.yaml"), {
+            "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
+            "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
+        }],
+    )
+    arm_command = Node(
+        package=PACKAGE,
+        executable="arm_command",
+        name="arm_command",
+        output="screen",
+        parameters=[_config("arm_command.yaml"), {
+            "backend": "piper_ros",
+            "enable_on_start": ParameterValue(LaunchConfiguration("enable_arm"), value_type=bool),
+        }],
+    )
+    rviz = Node(
+        package="rviz2",
+        executable="rviz2",
+        name="rviz2",
+        arguments=["-d", PathJoinSubstitution([FindPackageShare(PACKAGE), "rviz", "reconvla.rviz"])],
+        condition=IfCondition(LaunchConfiguration("use_rviz")),
+    )
+    return LaunchDescription(declared + [sim_robot, camera_ingest, policy, arm_command, rviz])

@@ -1,0 +1,291 @@
+"""Launch files, configs and the RViz layout, checked without a ROS install.
+
+Always: each launch file parses, declares the documented arguments, starts only executables that
+setup.py installs (for our package) and references only config / rviz files that exist, and the
+YAML configs only set parameters the nodes declare. Where ``launch`` and ``launch_ros`` import
+(a ROS machine), each launch description is also expanded with the real launch API against a
+fake install prefix: conditions, substitutions, includes and ParameterValue all evaluate.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCH_DIR = REPO / "launch"
+ROS_PKG = REPO / "src" / "reconvla_ros"
+PACKAGE = "reconvla_ros"
+
+EXPECTED_ARGUMENTS = {
+    "robot.launch.py": {"checkpoint", "instruction", "backend", "use_rviz", "can_port", "base_serial",
+                        "wrist_serial", "role"},
+    "sim.launch.py": {"checkpoint", "use_rviz", "task", "seed"},
+    "record.launch.py": {"sim", "output_dir", "task", "operator", "min_free_gb", "can_port", "base_serial",
+                         "wrist_serial"},
+}
+EXTERNAL_PACKAGES = {"realsense2_camera", "orbbec_camera", "piper", "rviz2"}
+
+
+def console_scripts() -> dict[str, str]:
+    """NODES from setup.py (name -> module:function), read with ast (setup.py itself calls setup())."""
+    tree = ast.parse((ROS_PKG / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "NODES" for t in node.targets):
+            if isinstance(node.value, ast.List):
+                return dict(ast.literal_eval(node.value))
+    raise AssertionError("setup.py has no NODES list")
+
+
+def launch_tree(name: str) -> ast.Module:
+    return ast.parse((LAUNCH_DIR / name).read_text(), filename=name)
+
+
+def declared_arguments(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "ARGUMENTS" for t in node.targets):
+            names |= {entry[0] for entry in ast.literal_eval(node.value)}
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "DeclareLaunchArgument":
+            if node.args and isinstance(node.args[0], ast.Constant):
+                names.add(node.args[0].value)
+    return names
+
+
+def node_calls(tree: ast.Module) -> list[dict[str, Any]]:
+    """package/executable keywords of every Node(...) call (PACKAGE resolved)."""
+    calls = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Node":
+            kw = {}
+            for keyword in node.keywords:
+                if keyword.arg in ("package", "executable", "name"):
+                    value = keyword.value
+                    kw[keyword.arg] = PACKAGE if getattr(value, "id", None) == "PACKAGE" else ast.literal_eval(value)
+            calls.append(kw)
+    return calls
+
+
+def string_constants(tree: ast.Module) -> set[str]:
+    return {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+
+
+def test_launch_directory_holds_the_three_launch_files():
+    assert sorted(p.name for p in LAUNCH_DIR.glob("*.launch.py")) == sorted(EXPECTED_ARGUMENTS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ARGUMENTS))
+def test_launch_file_arguments_nodes_and_files(name):
+    tree = launch_tree(name)
+    assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
+    assert EXPECTED_ARGUMENTS[name] <= declared_arguments(tree)
+    scripts = console_scripts()
+    nodes = node_calls(tree)
+    assert nodes, f"{name} starts no node"
+    for call in nodes:
+        if call["package"] == PACKAGE:
+            assert call["executable"] in scripts, f"{call['executable']} is not a console script in setup.py"
+            module = scripts[call["executable"]].split(":")[0]
+            assert (ROS_PKG / (module.replace(".", "/") + ".py")).is_file(), f"{module} does not exist"
+        else:
+            assert call["package"] in EXTERNAL_PACKAGES, call
+    constants = string_constants(tree)
+    for config in {c for c in constants if re.fullmatch(r"[\w-]+\.yaml", c)}:
+        assert (ROS_PKG / "config" / config).is_file(), f"{name} references missing config/{config}"
+    for rviz in {c for c in constants if c.endswith(".rviz")}:
+        assert (ROS_PKG / "rviz" / rviz).is_file(), f"{name} references missing rviz/{rviz}"
+
+
+def test_robot_launch_uses_the_real_drivers_names():
+    constants = string_constants(launch_tree("robot.launch.py"))
+    assert {"rs_launch.py", "dabai.launch.py", "wrist_camera", "piper_single_ctrl", "piper_ctrl_single_node",
+            "camera_namespace", "camera_name", "serial_no", "serial_number", "can_port", "auto_enable"} <= constants
+
+
+def test_setup_py_installs_launch_config_and_rviz():
+    text = (ROS_PKG / "setup.py").read_text()
+    assert '"/launch"' in text and '"config/*.yaml"' in text and '"rviz/*.rviz"' in text
+    setup_cfg = (ROS_PKG / "setup.cfg").read_text()
+    assert "script_dir=$base/lib/reconvla_ros" in setup_cfg
+    assert "install_scripts=$base/lib/reconvla_ros" in setup_cfg
+    scripts = console_scripts()
+    assert scripts["sim_robot"] == "reconvla_ros.sim_robot:main"
+    assert scripts["teleop_recorder"] == "reconvla_ros.teleop_recorder:main"
+
+
+def test_rviz_layout_is_rviz2_yaml_with_the_product_topics():
+    layout = yaml.safe_load((ROS_PKG / "rviz" / "reconvla.rviz").read_text())
+    displays = layout["Visualization Manager"]["Displays"]
+    assert all(d["Class"].startswith("rviz_default_plugins/") for d in displays)
+    topics = {d["Topic"]["Value"] for d in displays}
+    assert {"/camera/camera/color/image_raw", "/wrist_camera/color/image_raw", "/reconvla/attention"} <= topics
+    images = [d for d in displays if d["Class"] == "rviz_default_plugins/Image"]
+    # Best effort receives from both best-effort (drivers) and reliable publishers.
+    assert all(d["Topic"]["Reliability Policy"] == "Best Effort" for d in images)
+    assert layout["Visualization Manager"]["Global Options"]["Fixed Frame"]
+
+
+@pytest.mark.parametrize("config", ["sim_robot.yaml", "teleop_recorder.yaml"])
+def test_config_files_are_ros_parameter_files(config):
+    data = yaml.safe_load((ROS_PKG / "config" / config).read_text())
+    node_name = config.removesuffix(".yaml")
+    assert list(data) == [node_name]
+    params = data[node_name]["ros__parameters"]
+    assert params, f"{config} sets no parameter"
+
+
+# ---------------------------------------------------------------------------- real launch API
+def _fake_prefix(root: Path) -> Path:
+    """An install prefix with our package (configs, rviz, launch, executables) and fake drivers."""
+    prefix = root / "install"
+    index = prefix / "share" / "ament_index" / "resource_index" / "packages"
+    index.mkdir(parents=True)
+
+    def package(name: str, executables: tuple[str, ...] = ()) -> Path:
+        (index / name).write_text("")
+        share = prefix / "share" / name
+        share.mkdir(parents=True, exist_ok=True)
+        lib = prefix / "lib" / name
+        lib.mkdir(parents=True, exist_ok=True)
+        for exe in executables:
+            path = lib / exe
+            path.write_text("#!/bin/sh\n")
+            path.chmod(path.stat().st_mode | stat.S_IXUSR)
+        return share
+
+    share = package(PACKAGE, tuple(console_scripts()))
+    shutil.copytree(ROS_PKG / "config", share / "config")
+    shutil.copytree(ROS_PKG / "rviz", share / "rviz")
+    shutil.copytree(LAUNCH_DIR, share / "launch")
+    package("piper", ("piper_single_ctrl",))
+    package("rviz2", ("rviz2",))
+    package("rclcpp_components", ("component_container",))
+    # Stand-ins for the drivers' launch files: they declare the arguments we pass and start one node.
+    for name, launch_file, args, exe in (
+        ("realsense2_camera", "rs_launch.py",
+         ("camera_namespace", "camera_name", "serial_no", "rgb_camera.color_profile", "rgb_camera.color_format",
+          "enable_color", "enable_depth", "pointcloud.enable"), "realsense2_camera_node"),
+        ("orbbec_camera", "dabai.launch.py",
+         ("camera_name", "serial_number", "enable_depth", "enable_ir", "enable_point_cloud", "color_width",
+          "color_height", "color_fps"), "orbbec_camera_node"),
+    ):
+        driver_share = package(name, (exe,))
+        (driver_share / "launch").mkdir()
+        decls = ", ".join(f"DeclareLaunchArgument({a!r}, default_value='')" for a in args)
+        params = ", ".join(f"{a!r}: LaunchConfiguration({a!r})" for a in args)
+        (driver_share / "launch" / launch_file).write_text(
+            "from launch import LaunchDescription\n"
+            "from launch.actions import DeclareLaunchArgument\n"
+            "from launch.substitutions import LaunchConfiguration\n"
+            "from launch_ros.actions import Node\n"
+            "def generate_launch_description():\n"
+            f"    return LaunchDescription([{decls}, Node(package={name!r}, executable={exe!r},"
+            f" parameters=[{{{params}}}])])\n"
+        )
+    return prefix
+
+
+def expand(launch_file: Path, arguments: dict[str, str]) -> list[Any]:
+    """Expand a launch description like `ros2 launch` would, collecting the Node actions it starts."""
+    from launch import LaunchContext, LaunchDescription
+    from launch.actions import IncludeLaunchDescription
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+    from launch_ros.actions import Node
+
+    context = LaunchContext()
+    started: list[Any] = []
+
+    def visit(entities: list[Any]) -> None:
+        for entity in entities:
+            if isinstance(entity, LaunchDescription):
+                visit(entity.entities)
+                continue
+            condition = getattr(entity, "condition", None)
+            if condition is not None and not condition.evaluate(context):
+                continue
+            if isinstance(entity, Node):
+                entity._perform_substitutions(context)  # resolves executable, parameters, yaml files
+                started.append(entity)
+            elif isinstance(entity, IncludeLaunchDescription):
+                visit(list(entity.execute(context) or []))
+            else:
+                visit(list(entity.visit(context) or []))
+
+    # Enter through an include, as `ros2 launch file.py a:=b` does (sets the launch file locals).
+    visit([IncludeLaunchDescription(PythonLaunchDescriptionSource(str(launch_file)),
+                                    launch_arguments=arguments.items())])
+    return started
+
+
+def _parameters(node: Any) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for entry in node._Node__expanded_parameter_arguments or []:
+        value, is_file = entry
+        if is_file:
+            data = yaml.safe_load(Path(value).read_text())
+            for section in data.values():
+                merged.update(section.get("ros__parameters", {}))
+        else:
+            merged.update({param.name: param.value for param in [value]} if hasattr(value, "name") else value)
+    return merged
+
+
+@pytest.fixture
+def launch_env(tmp_path, monkeypatch):
+    pytest.importorskip("launch")
+    pytest.importorskip("launch_ros")
+    prefix = _fake_prefix(tmp_path)
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(prefix))
+    monkeypatch.setenv("ROS_DISTRO", "jazzy")
+    return prefix / "share" / PACKAGE / "launch"
+
+
+def _names(nodes: list[Any]) -> set[str]:
+    return {f"{n.node_package}/{n.node_executable}" for n in nodes}
+
+
+def test_robot_launch_expands_with_the_launch_api(launch_env):
+    nodes = expand(launch_env / "robot.launch.py", {"base_serial": "831612073525", "instruction": "yes",
+                                                    "checkpoint": "/models/ckpt"})
+    names = _names(nodes)
+    assert {"realsense2_camera/realsense2_camera_node", "orbbec_camera/orbbec_camera_node",
+            "piper/piper_single_ctrl", f"{PACKAGE}/camera_ingest", f"{PACKAGE}/arm_command",
+            f"{PACKAGE}/policy"} <= names
+    assert "rviz2/rviz2" not in names
+    by_exe = {n.node_executable: n for n in nodes}
+    realsense = _parameters(by_exe["realsense2_camera_node"])
+    assert realsense["serial_no"] == "_831612073525" and realsense["camera_name"] == "camera"
+    assert _parameters(by_exe["orbbec_camera_node"])["camera_name"] == "wrist_camera"
+    piper = _parameters(by_exe["piper_single_ctrl"])
+    assert piper["can_port"] == "can0" and piper["auto_enable"] is False
+    policy = _parameters(by_exe["policy"])
+    assert policy["instruction"] == "yes" and policy["checkpoint"] == "/models/ckpt"  # strings stay strings
+
+    sdk = _names(expand(launch_env / "robot.launch.py", {"backend": "piper_sdk", "role": "robot"}))
+    assert "piper/piper_single_ctrl" not in sdk and f"{PACKAGE}/policy" not in sdk
+    assert f"{PACKAGE}/arm_command" in sdk
+    workstation = _names(expand(launch_env / "robot.launch.py", {"role": "policy", "use_rviz": "true"}))
+    assert workstation == {f"{PACKAGE}/policy", "rviz2/rviz2"}
+
+
+def test_sim_and_record_launch_expand_with_the_launch_api(launch_env):
+    sim = expand(launch_env / "sim.launch.py", {"seed": "7", "task": "pick"})
+    assert _names(sim) == {f"{PACKAGE}/{n}" for n in ("sim_robot", "camera_ingest", "policy", "arm_command")}
+    sim_params = _parameters(next(n for n in sim if n.node_executable == "sim_robot"))
+    assert sim_params["seed"] == 7 and sim_params["task"] == "pick" and sim_params["expert_leader"] is False
+
+    recorded = expand(launch_env / "record.launch.py", {"sim": "true", "operator": "alice"})
+    assert _names(recorded) == {f"{PACKAGE}/sim_robot", f"{PACKAGE}/teleop_recorder"}
+    recorder = _parameters(next(n for n in recorded if n.node_executable == "teleop_recorder"))
+    assert recorder["operator"] == "alice" and recorder["min_free_gb"] == 5.0
+    real = _names(expand(launch_env / "record.launch.py", {"sim": "false"}))
+    assert f"{PACKAGE}/teleop_recorder" in real and "realsense2_camera/realsense2_camera_node" in real
+    assert f"{PACKAGE}/sim_robot" not in real
+
