@@ -106,20 +106,19 @@ class ProcessedDataset(Dataset):
 
 
 def process_raw(processor: Any, item: dict[str, Any], stats: list[dict[str, Any]]) -> dict[str, Any]:
-    """One raw sample (VLADataset with processor=None) -> the processor's tensors."""
+    """One raw sample (VLADataset with processor=None) -> the processor's tensors (its dataset's stats)."""
     dataset_index = int(item.get("dataset_index", 0))
-    sample = processor(
+    return processor(
         base_image=item["base_image"],
         wrist_image=item["wrist_image"],
         instruction=item["instruction"],
         state=item["state"],
         actions=item["actions"],
-        gaze_box=item.get("gaze_box") if item.get("gaze_valid", True) else None,
+        gaze_box=item.get("gaze_box"),
+        gaze_valid=bool(item.get("gaze_valid", True)),
+        action_is_pad=item.get("action_is_pad"),
         norm_stats=stats[dataset_index] if stats else None,
     )
-    if "action_is_pad" in item and "action_is_pad" not in sample:
-        sample["action_is_pad"] = torch.as_tensor(np.asarray(item["action_is_pad"]), dtype=torch.bool)
-    return sample
 
 
 @dataclass

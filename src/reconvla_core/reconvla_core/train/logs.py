@@ -67,12 +67,12 @@ class MetricsLogger:
     def progress(self, step: int, metrics: dict[str, float]) -> None:
         if self.bar is None:
             return
-        self.bar.update(step - self.bar.n)
         shown = {k: f"{metrics[k]:.3f}" for k in ("loss", "action_loss", "recon_loss", "action_accuracy")
                  if metrics.get(k) is not None}
         if metrics.get("samples_per_s") is not None:
             shown["samples/s"] = f"{metrics['samples_per_s']:.1f}"
         self.bar.set_postfix(shown, refresh=False)
+        self.bar.update(step - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -160,8 +160,9 @@ def train_step(run: Run) -> dict[str, float]:
     sums = {key: 0.0 for key in LOSS_KEYS}
     counts = {key: 0 for key in LOSS_KEYS}
     grad_norm = None
-    for _ in range(run.accum):
+    for micro in range(run.accum):
         batch = move_to_device(next(run.batches), accelerator.device)
+        seed_micro_batch(run, micro)
         with accelerator.accumulate(model):
             out = model(batch)
             accelerator.backward(out.loss)
@@ -193,6 +194,18 @@ def train_step(run: Run) -> dict[str, float]:
     for group in run.optimizer.param_groups:
         metrics[f"lr_{group.get('name', 'group')}"] = group["lr"]
     return metrics
+
+
+def seed_micro_batch(run: Run, micro: int) -> None:
+    """Random draws (diffusion noise, timesteps, VAE posterior) as a function of (seed, micro-batch).
+
+    Micro-batch ``micro`` of process ``r`` at step ``s`` is global micro-batch ``(s*A + micro)*P + r``,
+    the same samples the data order gives it: so N processes draw the same noise for the same
+    samples as 1 process with accumulation, and a resumed run draws what an uninterrupted one does.
+    """
+    p = run.accelerator.num_processes
+    index = (run.state.step * run.accum + micro) * p + run.accelerator.process_index
+    torch.manual_seed((run.config.seed * 0x9E3779B1 + index * 0x85EBCA6B + 1) % (2**63 - 1))
 
 
 def after_step(run: Run) -> None:

@@ -95,15 +95,16 @@ def select_trainable(model: nn.Module, config: TrainConfig) -> dict[str, list[nn
     keep = {id(p) for params in groups.values() for p in params}
     frozen = 0
     for param in model.parameters():
-        if id(param) not in keep and param.requires_grad:
+        if id(param) not in keep:
             param.requires_grad_(False)
             frozen += param.numel()
     if config.lora.enabled:  # the base LLM weights must be frozen even if the model lists them
         groups["llm"] = [p for p in groups.get("llm", []) if p.requires_grad]
     groups = {name: [p for p in params if p.requires_grad] for name, params in groups.items()}
     counts = {name: sum(p.numel() for p in params) for name, params in groups.items()}
-    logger.info("trainable parameters: %s (froze %d others: vision tower, VAE, ...)",
-                ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()), frozen)
+    logger.info("trainable parameters: %s (frozen: %.2fM, vision tower, VAE%s)",
+                ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()), frozen / 1e6,
+                ", LLM base weights" if config.lora.enabled else "")
     return {name: params for name, params in groups.items() if params}
 
 
