@@ -1,0 +1,80 @@
+"""Synthetic episodes with known values, written as real rosbag2 bags by EpisodeBagWriter (test helpers)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from reconvla_core import interfaces as itf
+from reconvla_core.data.bag_writer import EpisodeBagWriter
+
+SEC = 1_000_000_000
+T0 = 1_700_000_000 * SEC
+
+
+def state_at(t: float, episode: int = 0) -> np.ndarray:
+    """Follower state at time t (s): a known smooth function, distinct per episode."""
+    return np.array([0.1 * t + episode, 0.2 * t, -0.3 * t, 0.05, -0.05, 0.4 * t, 0.01 * t], dtype=np.float64)
+
+
+def action_at(t: float, episode: int = 0) -> np.ndarray:
+    return state_at(t, episode) + np.array([0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.001])
+
+
+def image_at(camera: int, frame: int, height: int, width: int) -> np.ndarray:
+    """A deterministic image per camera and camera-frame number."""
+    rng = np.random.default_rng(1000 * camera + frame)
+    return rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+
+
+def gaze_at(frame: int) -> np.ndarray:
+    return np.array([0.1 + 0.01 * frame, 0.2, 0.5 + 0.01 * frame, 0.6], dtype=np.float32)
+
+
+@dataclass
+class BagSpec:
+    seconds: float = 2.0
+    camera_hz: float = 10.0
+    joint_hz: float = 10.0
+    height: int = 24
+    width: int = 32
+    episode: int = 0
+    success: bool = True
+    instruction: str = "pick up the red block and place it in the box"
+    operator: str = "tester"
+    gaze: bool = True
+    gaze_invalid_frames: tuple[int, ...] = ()
+    skip_wrist_frames: tuple[int, ...] = ()  # camera frames missing from the wrist stream
+    storage: str = "mcap"
+    write_leader: bool = True
+
+
+def write_bag(path: Path, spec: BagSpec) -> Path:
+    with EpisodeBagWriter(path, storage=spec.storage) as bag:
+        bag.write_string(itf.INSTRUCTION_TOPIC, T0, spec.instruction)
+        n_cam = int(round(spec.seconds * spec.camera_hz)) + 1
+        n_joint = int(round(spec.seconds * spec.joint_hz)) + 1
+        events: list[tuple[int, int, str, int]] = []
+        for i in range(n_joint):
+            events.append((T0 + round(i * SEC / spec.joint_hz), 0, "joint", i))
+        for i in range(n_cam):
+            events.append((T0 + round(i * SEC / spec.camera_hz), 1, "camera", i))
+        for stamp, _, kind, i in sorted(events):
+            t = (stamp - T0) / SEC
+            if kind == "joint":
+                bag.write_joint_state(itf.FOLLOWER_STATE_TOPIC, stamp, state_at(t, spec.episode))
+                if spec.write_leader:
+                    bag.write_joint_state(itf.LEADER_COMMAND_TOPIC, stamp, action_at(t, spec.episode))
+            else:
+                bag.write_image(itf.BASE_IMAGE_TOPIC, stamp, image_at(0, i, spec.height, spec.width))
+                if i not in spec.skip_wrist_frames:
+                    bag.write_image(itf.WRIST_IMAGE_TOPIC, stamp, image_at(1, i, spec.height, spec.width))
+                if spec.gaze:
+                    bag.write_gaze_box(stamp, gaze_at(i), valid=i not in spec.gaze_invalid_frames)
+        bag.finish({"success": spec.success, "operator": spec.operator, "instruction": spec.instruction})
+    return path
+
+
