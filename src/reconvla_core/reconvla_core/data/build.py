@@ -132,19 +132,26 @@ def build_dataset(config: BuildConfig) -> BuildReport:
         require_gaze=backend.needs_gaze_topic,
     )
     report = BuildReport(fps=config.fps, out=str(config.out), gaze=config.gaze, bags_found=len(bags))
-    writer: LeRobotV3Writer | None = None
+    slot = _WriterSlot()
     try:
         for bag in _progress(bags, config.progress):
-            writer = _convert_bag(bag, config, align, backend, writer, report)
-        if writer is None:
+            _convert_bag(bag, config, align, backend, slot, report)
+        if slot.writer is None:
             raise ValueError(_nothing_written(report))
         report.seconds = round(time.perf_counter() - started, 3)
         report.frames_per_s = round(report.frames / max(report.seconds, 1e-9), 1)
-        writer.finalize(build_report=report.to_dict())
-    finally:
-        if writer is not None and not writer.finalized:
-            writer.abort()
+        slot.writer.finalize(build_report=report.to_dict())
+    finally:  # any exit without finalize (bad bag under --strict, Ctrl-C, error) drops the staging area
+        if slot.writer is not None and not slot.writer.finalized:
+            slot.writer.abort()
     return report
+
+
+@dataclass
+class _WriterSlot:
+    """The dataset writer, created with the first converted episode (its image sizes fix the schema)."""
+
+    writer: LeRobotV3Writer | None = None
 
 
 def _nothing_written(report: BuildReport) -> str:
@@ -171,44 +178,43 @@ def _convert_bag(
     config: BuildConfig,
     align: AlignConfig,
     backend: GazeBackend,
-    writer: LeRobotV3Writer | None,
+    slot: _WriterSlot,
     report: BuildReport,
-) -> LeRobotV3Writer | None:
+) -> None:
     if not config.include_unsuccessful and peek_success(bag) is False:
         report.skipped_unsuccessful.append(bag.name)
-        return writer
+        return
     try:
         episode = read_episode(bag, config.topics, align)
         if not config.include_unsuccessful and not episode.success:
             report.skipped_unsuccessful.append(bag.name)
-            return writer
-        if writer is None:
-            writer = _open_writer(config, episode)
-        fallbacks = _write_episode(writer, episode, backend, config.batch_frames)
+            return
+        if slot.writer is None:
+            _open_writer(config, episode, slot)
+        assert slot.writer is not None
+        fallbacks = _write_episode(slot.writer, episode, backend, config.batch_frames)
     except BagError as error:
         if config.strict:
             raise
         logger.error("skipping bag %s", error)
         report.failed.append({"bag": bag.name, "reason": error.reason})
-        return writer
+        return
     report.episodes += 1
     report.frames += episode.num_frames
     report.dropped_frames += episode.dropped_frames
     report.gaze_fallbacks += fallbacks
-    return writer
 
 
-def _open_writer(config: BuildConfig, episode: BagEpisode) -> LeRobotV3Writer:
+def _open_writer(config: BuildConfig, episode: BagEpisode, slot: _WriterSlot) -> None:
     shapes = {
         BASE_IMAGE_KEY: (*episode.image_sizes["base_image"], 3),
         WRIST_IMAGE_KEY: (*episode.image_sizes["wrist_image"], 3),
     }
-    writer = LeRobotV3Writer(
+    slot.writer = LeRobotV3Writer(
         config.out, fps=config.fps, image_shapes=shapes, image_format=config.image_format,
         overwrite=config.overwrite, encode_workers=config.encode_workers,
     )
-    writer.open()
-    return writer
+    slot.writer.open()
 
 
 def _write_episode(writer: LeRobotV3Writer, episode: BagEpisode, backend: GazeBackend, batch_frames: int) -> int:

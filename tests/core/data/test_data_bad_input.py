@@ -1,0 +1,113 @@
+"""Corrupt, truncated and incomplete bags; interrupted builds never leave a complete-looking dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from reconvla_core.cli.main import main as cli_main
+from reconvla_core.data.bag_reader import BagError, MissingTopicError, read_episode
+from reconvla_core.data.build import BuildConfig, build_dataset
+from reconvla_core.data.lerobot_v3 import is_dataset
+
+pytestmark = pytest.mark.unit
+
+
+def _truncate(path: Path, pattern: str) -> None:
+    (storage,) = path.glob(pattern)
+    size = storage.stat().st_size
+    with open(storage, "r+b") as handle:
+        handle.truncate(size // 2)
+
+
+@pytest.fixture
+def mixed_bags(tmp_path, make_bag):
+    make_bag("a_good", episode=0)
+    _truncate(make_bag("b_truncated_mcap", episode=1), "*.mcap")
+    make_bag("c_no_leader", episode=2, write_leader=False)
+    _truncate(make_bag("d_truncated_sqlite", episode=3, storage="sqlite3"), "*.db3")
+    garbage = make_bag("e_garbage", episode=4)
+    (mcap,) = garbage.glob("*.mcap")
+    mcap.write_bytes(os.urandom(4096))
+    make_bag("f_good", episode=5)
+    return tmp_path / "bags"
+
+
+def test_bad_bags_are_named_and_skipped(tmp_path, mixed_bags):
+    report = build_dataset(BuildConfig(bags=[mixed_bags], out=tmp_path / "ds"))
+    assert report.episodes == 2 and report.bags_found == 6
+    failed = {f["bag"]: f["reason"] for f in report.failed}
+    assert set(failed) == {"b_truncated_mcap", "c_no_leader", "d_truncated_sqlite", "e_garbage"}
+    assert "/master/joint_states" in failed["c_no_leader"] and "leader_command" in failed["c_no_leader"]
+    assert is_dataset(tmp_path / "ds")
+    saved = json.loads((tmp_path / "ds/meta/reconvla_build.json").read_text())
+    assert {f["bag"] for f in saved["failed"]} == set(failed)
+
+
+def test_strict_fails_the_build_and_writes_nothing(tmp_path, mixed_bags):
+    with pytest.raises(BagError, match="b_truncated_mcap"):
+        build_dataset(BuildConfig(bags=[mixed_bags], out=tmp_path / "ds", strict=True))
+    assert not (tmp_path / "ds").exists()
+    assert not list(tmp_path.glob(".ds.partial-*"))  # the staging area is cleaned up
+
+
+def test_missing_topic_is_named(tmp_path, make_bag):
+    path = make_bag("no_gaze", gaze=False)
+    with pytest.raises(MissingTopicError, match="/reconvla/gaze_box") as error:
+        from reconvla_core.data.bag_reader import AlignConfig
+
+        read_episode(path, align=AlignConfig(require_gaze=True))
+    assert error.value.role == "gaze_box"
+    # --gaze sim needs the topic; --gaze boxes does not.
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"no_gaze": [0.2, 0.3, 0.4, 0.5]}))
+    with pytest.raises(ValueError, match="no_gaze: missing topic /reconvla/gaze_box"):
+        build_dataset(BuildConfig(bags=[path], out=tmp_path / "sim_ds", gaze="sim"))
+    report = build_dataset(BuildConfig(bags=[path], out=tmp_path / "box_ds", gaze="boxes", gaze_boxes_file=boxes))
+    assert report.episodes == 1 and report.gaze_fallbacks == 0
+
+
+def test_cli_reports_bad_bags_in_json(tmp_path, mixed_bags, capsys):
+    rc = cli_main(["dataset", "build", "--bags", str(mixed_bags), "--out", str(tmp_path / "ds"), "--gaze", "sim",
+                   "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.count("\n") == 1
+    result = json.loads(out)
+    assert {key: result[key] for key in ("episodes", "frames", "gaze_fallbacks", "dropped_frames", "fps")} == {
+        "episodes": 2, "frames": 42, "gaze_fallbacks": 0, "dropped_frames": 0, "fps": 10.0}
+    assert len(result["failed"]) == 4
+    rc = cli_main(["dataset", "build", "--bags", str(mixed_bags), "--out", str(tmp_path / "strict"), "--strict"])
+    assert rc == 2 and "b_truncated_mcap" in capsys.readouterr().err
+    rc = cli_main(["dataset", "info", str(tmp_path / "ds"), "--json"])
+    info = json.loads(capsys.readouterr().out)
+    assert rc == 0 and (info["episodes"], info["frames"], info["codebase_version"]) == (2, 42, "v3.0")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_build_leaves_no_complete_looking_dataset(tmp_path, make_bag, sig):
+    for episode in range(8):
+        make_bag(f"ep{episode}", seconds=3.0, height=120, width=160, episode=episode)
+    out = tmp_path / "ds"
+    command = [sys.executable, "-m", "reconvla_core.cli.main", "dataset", "build", "--bags", str(tmp_path / "bags"),
+               "--out", str(out), "--workers", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".ds.partial-*/data")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert process.poll() is None, "build finished before it could be interrupted"
+    process.send_signal(sig)
+    process.communicate(timeout=60)
+    assert not out.exists()
+    if sig == signal.SIGINT:
+        assert process.returncode == 130
+        assert not list(tmp_path.glob(".ds.partial-*"))  # cleaned up on Ctrl-C
+    # A later build succeeds and the result is complete.
+    report = build_dataset(BuildConfig(bags=[tmp_path / "bags"], out=out))
+    assert report.episodes == 8 and is_dataset(out)
