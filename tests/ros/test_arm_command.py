@@ -1,0 +1,236 @@
+"""arm_command over real DDS: services, the piper_ros backend's topics, malformed inputs."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.ros
+
+HOME = [0.0, 1.0, -1.0, 0.0, 0.3, 0.0, 0.03]
+LOWER = np.array([-2.618, 0.0, -2.967, -1.745, -1.22, -2.094, 0.0])
+UPPER = np.array([2.618, 3.14, 0.0, 1.745, 1.22, 2.094, 0.07])
+
+
+class FakeDriver:
+    """Plays piper_ros: publishes joint_states_single, records joint_ctrl_single and enable_flag."""
+
+    def __init__(self, ros, positions=HOME) -> None:
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Bool
+
+        from reconvla_ros.common import COMMAND_QOS
+
+        self.node = ros.make_node("fake_piper_ros")
+        self.positions = list(positions)
+        self.commands: list = []
+        self.enable_flags: list[bool] = []
+        self._lock = threading.Lock()
+        self._state_pub = self.node.create_publisher(JointState, "joint_states_single", 10)
+        self.node.create_subscription(JointState, "joint_ctrl_single", self._on_command, COMMAND_QOS)
+        self.node.create_subscription(Bool, "enable_flag", lambda m: self.enable_flags.append(m.data), COMMAND_QOS)
+        self.publishing = True
+        self.node.create_timer(0.01, self._publish_state)
+
+    def _publish_state(self) -> None:
+        from sensor_msgs.msg import JointState
+
+        if self.publishing:
+            msg = JointState(name=[f"joint{i}" for i in range(7)], position=self.positions)
+            msg.header.stamp = self.node.get_clock().now().to_msg()
+            self._state_pub.publish(msg)
+
+    def _on_command(self, msg) -> None:
+        with self._lock:
+            self.commands.append(msg)
+            self.positions = list(msg.position)  # a perfect follower
+
+    def take(self) -> list:
+        with self._lock:
+            out, self.commands = self.commands, []
+        return out
+
+
+def call(ros, node, srv_type, name, request, timeout=10.0):
+    client = node.create_client(srv_type, name)
+    assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
+    future = client.call_async(request)
+    assert ros.wait_for(future.done, timeout=timeout), f"service {name} did not answer"
+    node.destroy_client(client)
+    return future.result()
+
+
+def make_arm(ros, **params):
+    from rclpy.parameter import Parameter
+
+    from reconvla_ros.arm_command import ArmCommand
+
+    overrides = {"control_rate": 30.0, "observation_timeout": 1.0, "chunk_timeout": 2.0, "speed_percent": 40,
+                 "home_position": [0.0, 0.5, -0.5, 0.0, 0.0, 0.0, 0.05]}
+    overrides.update(params)
+    node = ArmCommand(context=ros.context,
+                      parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+    return ros.add_node(node)
+
+
+def chunk_msg(node, positions_list, rate=10.0, names=None):
+    from builtin_interfaces.msg import Duration
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    from reconvla_core.piper import ACTION_NAMES
+
+    msg = JointTrajectory()
+    msg.header.stamp = node.get_clock().now().to_msg()
+    msg.joint_names = list(ACTION_NAMES) if names is None else names
+    for i, positions in enumerate(positions_list):
+        t = i / rate
+        msg.points.append(JointTrajectoryPoint(positions=[float(v) for v in positions],
+                                               time_from_start=Duration(sec=int(t), nanosec=int((t % 1) * 1e9))))
+    return msg
+
+
+def test_services_and_piper_ros_commands(ros):
+    from std_srvs.srv import SetBool, Trigger
+    from trajectory_msgs.msg import JointTrajectory
+
+    from reconvla_ros.common import COMMAND_QOS
+
+    driver = FakeDriver(ros)
+    arm = make_arm(ros)
+    client = ros.make_node("operator")
+    chunks = client.create_publisher(JointTrajectory, "reconvla/action_chunk", COMMAND_QOS)
+    assert ros.wait_for(lambda: arm.safety.measured is not None), "arm_command got no feedback"
+
+    # Disabled at start: no command reaches the driver, and home is refused.
+    assert not call(ros, client, Trigger, "/arm_command/home", Trigger.Request()).success
+    assert driver.take() == []
+
+    assert call(ros, client, SetBool, "/arm_command/enable", SetBool.Request(data=True)).success
+    assert ros.wait_for(lambda: driver.enable_flags == [True])
+    target = list(HOME)
+    target[0] = 0.5
+    ramp = [np.array(HOME) + (np.array(target) - HOME) * k / 9 for k in range(10)]
+
+    def moved() -> bool:
+        chunks.publish(chunk_msg(client, ramp))
+        return driver.positions[0] > 0.05
+
+    assert ros.wait_for(moved, timeout=15.0, period=0.2), "the chunk did not move joint1"
+    commands = driver.take()
+    assert commands
+    step = 3.0 / 30.0 + 1e-9
+    previous = np.array(HOME)
+    for msg in commands:
+        positions = np.array(msg.position)
+        assert list(msg.name) == ["joint1", "joint2", "joint3", "joint4", "joint5", "joint6", "gripper"]
+        assert positions.shape == (7,) and np.all(np.isfinite(positions))
+        assert np.all(positions >= LOWER) and np.all(positions <= UPPER)
+        assert np.all(np.abs(positions - previous) <= step)
+        assert msg.velocity[6] == 40.0  # speed percentage in velocity[6]
+        previous = positions
+
+    # Estop: acknowledged, no motion command afterwards, enable refused until reset.
+    assert call(ros, client, Trigger, "/arm_command/estop", Trigger.Request()).success
+    driver.take()
+    chunks.publish(chunk_msg(client, ramp))
+    answer = call(ros, client, SetBool, "/arm_command/enable", SetBool.Request(data=True))
+    assert not answer.success and "reset" in answer.message
+    sent_after_estop, ticks = arm.counts["sent"], arm.counts["ticks"]
+    assert ros.wait_for(lambda: arm.counts["ticks"] > ticks + 10)  # ten control ticks later ...
+    assert driver.take() == [] and arm.counts["sent"] == sent_after_estop
+
+    assert call(ros, client, Trigger, "/arm_command/reset", Trigger.Request()).success
+    assert arm.safety.mode.value == "disabled"
+    assert call(ros, client, SetBool, "/arm_command/enable", SetBool.Request(data=True)).success
+
+    # Home: moves to the home pose through the same filter, without a chunk.
+    answer = call(ros, client, Trigger, "/arm_command/home", Trigger.Request())
+    assert answer.success, answer.message
+    home = np.array([0.0, 0.5, -0.5, 0.0, 0.0, 0.0, 0.05])
+    assert ros.wait_for(lambda: np.allclose(driver.positions, home, atol=1e-3), timeout=20.0)
+    assert not arm.diagnostics_values()["homing"]
+
+    # Disable: commands stop.
+    assert call(ros, client, SetBool, "/arm_command/enable", SetBool.Request(data=False)).success
+    assert arm.safety.mode.value == "disabled"
+
+
+def test_stale_feedback_holds_and_joint_states_are_canonical(ros):
+    from sensor_msgs.msg import JointState
+    from std_srvs.srv import SetBool
+    from trajectory_msgs.msg import JointTrajectory
+
+    from reconvla_ros.common import COMMAND_QOS, SENSOR_QOS
+
+    driver = FakeDriver(ros)
+    arm = make_arm(ros, observation_timeout=0.3)
+    client = ros.make_node("operator")
+    states: list = []
+    client.create_subscription(JointState, "joint_states", states.append, SENSOR_QOS)
+    chunks = client.create_publisher(JointTrajectory, "reconvla/action_chunk", COMMAND_QOS)
+    assert ros.wait_for(lambda: bool(states))
+    assert list(states[-1].name) == ["joint1", "joint2", "joint3", "joint4", "joint5", "joint6", "gripper"]
+    np.testing.assert_allclose(states[-1].position, HOME)
+    assert call(ros, client, SetBool, "/arm_command/enable", SetBool.Request(data=True)).success
+
+    driver.publishing = False  # the arm's feedback stops
+    assert ros.wait_for(lambda: arm.safety.hold_reason(arm.get_clock().now().nanoseconds * 1e-9).value
+                        == "stale_observation")
+    far = [list(np.array(HOME) + 0.5 * (k + 1)) for k in range(10)]
+    chunks.publish(chunk_msg(client, far))
+    driver.take()
+    assert ros.wait_for(lambda: len(driver.commands) >= 10)
+    held = [tuple(m.position) for m in driver.take()]
+    assert set(held) == {tuple(held[0])}, "commands moved while the observation was stale"
+
+
+def test_malformed_inputs_are_dropped_and_the_node_keeps_running(ros):
+    from sensor_msgs.msg import JointState
+    from std_srvs.srv import SetBool
+    from trajectory_msgs.msg import JointTrajectory
+
+    from reconvla_ros.common import COMMAND_QOS
+
+    arm = make_arm(ros)
+    client = ros.make_node("fuzzer")
+    feedback = client.create_publisher(JointState, "joint_states_single", 10)
+    chunks = client.create_publisher(JointTrajectory, "reconvla/action_chunk", COMMAND_QOS)
+    bad_states = [JointState(position=[0.0] * 3), JointState(position=[math.nan] * 7),
+                  JointState(position=[0.0, math.inf, 0, 0, 0, 0, 0])]
+    bad_chunks = [
+        chunk_msg(client, [[math.nan] * 7]),
+        chunk_msg(client, [[0.0] * 5]),
+        chunk_msg(client, []),
+        chunk_msg(client, [[0.0] * 7], names=["a", "b"]),
+    ]
+
+    def all_dropped() -> bool:
+        for msg in bad_states:
+            feedback.publish(msg)
+        for msg in bad_chunks:
+            chunks.publish(msg)
+        return arm.backend.bad_feedback >= 3 and arm.counts["bad_chunks"] >= 4
+
+    assert ros.wait_for(all_dropped, timeout=15.0, period=0.2)
+    assert arm.safety.measured is None  # nothing malformed was taken as the arm's state
+    assert arm.counts["chunks"] == 0
+    # Still alive and answering, and it refuses to enable without valid feedback.
+    answer = call(ros, client, SetBool, "/arm_command/enable", SetBool.Request(data=True))
+    assert not answer.success and "feedback" in answer.message
+    feedback.publish(JointState(position=HOME))
+    assert ros.wait_for(lambda: arm.safety.measured is not None)
+    np.testing.assert_allclose(arm.safety.measured, HOME)
+
+
+def test_parameter_validation_rejects_unsafe_values(ros):
+    from rclpy.parameter import Parameter
+
+    from reconvla_ros.arm_command import ArmCommand
+
+    for name, value, match in [("max_joint_speed", 5.0, "max_joint_speed"), ("backend", "can", "backend"),
+                               ("home_position", [9.0] * 7, "outside"), ("teleop", True, "teleop")]:
+        with pytest.raises(ValueError, match=match):
+            ArmCommand(context=ros.context, parameter_overrides=[Parameter(name, value=value)])
