@@ -53,7 +53,8 @@ class ModelSection:
 @dataclass
 class DataSourceSection:
     path: str = ""
-    weight: float = 1.0
+    weight: float = 1.0  # mixing weight: a source is drawn with probability weight / sum(weights)
+    features: str = "reconvla"  # column mapping: reconvla (ours), libero, bridge (external LeRobot v3 ports)
 
 
 @dataclass

@@ -133,31 +133,20 @@ class TrainData:
 
 
 def source_sample_weights(dataset: Any, weights: list[float]) -> np.ndarray | None:
-    """Per-sample weights so each source is drawn in proportion to its mixing weight."""
+    """Per-sample weights so a source is drawn with probability weight / sum(weights), whatever its
+    size (the VLADataset mixture semantics); None when there is a single source."""
     if len(weights) <= 1:
         return None
-    lengths = dataset_source_lengths(dataset, len(weights))
-    per_sample = [np.full(n, w / max(n, 1)) for n, w in zip(lengths, weights)]
+    lengths = [int(n) for n in dataset.lengths]  # sources are laid out one after another
+    per_sample = [np.full(n, w / n) for n, w in zip(lengths, weights) if n > 0]
     return np.concatenate(per_sample)
-
-
-def dataset_source_lengths(dataset: Any, num_sources: int) -> list[int]:
-    """Number of samples of each source in a VLADataset (sources are laid out one after another)."""
-    for name in ("source_lengths", "lengths"):
-        value = getattr(dataset, name, None)
-        if value is not None:
-            return [int(v) for v in (value() if callable(value) else value)]
-    bounds = getattr(dataset, "cumulative_sizes", None)
-    if bounds is not None:
-        return [int(b - a) for a, b in zip([0, *bounds[:-1]], bounds)]
-    raise TypeError("cannot tell the per-source lengths of the dataset (needed for mixing weights)")
 
 
 def build_data(config: TrainConfig, *, need_val: bool = True) -> TrainData:
     """The train/val splits of the configured sources and their normalisation stats."""
-    from reconvla_core.data import DatasetSource, VLADataset, load_stats
+    from reconvla_core.data import DatasetSource, VLADataset
 
-    sources = [DatasetSource(s.path, weight=s.weight) for s in config.data.sources]
+    sources = [DatasetSource(s.path, weight=s.weight, features=s.features) for s in config.data.sources]
     common = dict(chunk_size=config.model.chunk_size, processor=None, val_fraction=config.data.val_fraction,
                   seed=config.seed)
     train = VLADataset(sources, split="train", augment=config.data.augment, **common)
@@ -168,7 +157,7 @@ def build_data(config: TrainConfig, *, need_val: bool = True) -> TrainData:
             logger.warning("validation split is empty (too few episodes for val_fraction=%s)",
                            config.data.val_fraction)
             val = None
-    stats = [load_stats(s.path) for s in config.data.sources]
+    stats = [train.norm_stats(i) for i in range(len(sources))]  # each source's own, under our keys
     weights = source_sample_weights(train, [s.weight for s in config.data.sources])
     stream = SampleStream(weights, len(train), config.seed)
     logger.info("data: %d training samples, %s validation samples from %d source(s)", len(train),

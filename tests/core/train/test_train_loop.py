@@ -1,0 +1,162 @@
+"""The training loop on the real tiny ReconVLA and a dataset built from simulated bags."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reconvla_core.train import ConfigError, train
+
+pytestmark = pytest.mark.unit
+
+
+def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    tensors = load_file(str(checkpoint / "model.safetensors"))
+    if (checkpoint / "reconstruction.safetensors").is_file():
+        tensors.update(load_file(str(checkpoint / "reconstruction.safetensors")))
+    return tensors
+
+
+@pytest.fixture(scope="session")
+def pretrained(make_config: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One short pretraining run, shared: losses, artefacts, and the init of the finetune test."""
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    config = make_config(out, **{
+        "train.max_steps": 24, "logging.every_steps": 1, "optim.lr": 2e-3, "optim.lr_denoiser": 2e-3,
+        "optim.warmup_steps": 2, "eval.at_end": "true", "eval.max_samples": 8, "logging.tensorboard": "true",
+        "logging.loss_curve": "true", "checkpoint.every_steps": 10, "checkpoint.keep_last": 1,
+    })
+    return train(config)
+
+
+def test_tiny_run_lowers_both_losses_and_writes_artefacts(pretrained: dict[str, Any]) -> None:
+    out = Path(pretrained["output_dir"])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in steps] == list(range(1, 25))
+    for key in ("action_loss", "recon_loss"):
+        first = sum(r[key] for r in steps[:4]) / 4
+        last = sum(r[key] for r in steps[-4:]) / 4
+        assert last < 0.9 * first, f"{key} did not go down: {first:.3f} -> {last:.3f}"
+    assert {"lr_llm", "lr_projector", "lr_denoiser", "samples_per_s", "action_accuracy"} <= set(steps[-1])
+    assert steps[-1]["lr_llm"] < steps[3]["lr_llm"]  # cosine decay after the warmup
+    val = [r for r in records if r["kind"] == "val"]
+    assert val and 0.0 <= val[-1]["action_accuracy"] <= 1.0 and val[-1]["action_l1_joints_rad"] >= 0.0
+
+    assert set(pretrained) >= {"steps", "final_loss", "final_action_loss", "final_recon_loss", "samples_per_s",
+                               "checkpoint"}
+    assert pretrained["steps"] == 24 and pretrained["samples_per_s"] > 0
+    assert pretrained["final_loss"] == pytest.approx(steps[-1]["loss"])
+    assert (out / "loss_curve.png").stat().st_size > 1000
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000020"]  # keep_last 1
+
+    from reconvla_core.model import ReconVLA
+
+    final = Path(pretrained["checkpoint"])
+    assert (final / "reconstruction.safetensors").is_file()  # kept for the finetune stage
+    policy = ReconVLA.from_pretrained(final)  # inference: no reconstruction weights
+    assert policy.reconstruction is None and policy.norm_stats is not None
+    assert json.loads((final / "training.json").read_text())["steps"] == 24
+
+
+def test_interrupted_run_resumes_identically(make_config: Any, tmp_path: Path) -> None:
+    """SIGTERM at step 3 -> checkpoint -> --resume: same weights as a run never interrupted."""
+    settings = {"train.max_steps": 5, "optim.lr": 1e-3}
+    straight = train(make_config(tmp_path / "straight", **settings))
+
+    def stop_at_3(step: int, metrics: dict[str, float]) -> None:
+        if step == 3:
+            signal.raise_signal(signal.SIGTERM)
+
+    first = train(make_config(tmp_path / "resumed", **settings), step_callback=stop_at_3)
+    assert first["interrupted"] and first["steps"] == 3 and first["stop_signal"] == "SIGTERM"
+    assert not (tmp_path / "resumed" / "final").exists()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(make_config(tmp_path / "resumed", **settings))
+    resumed = train(make_config(tmp_path / "resumed", **settings), resume=True)
+    assert resumed["steps"] == 5 and not resumed["interrupted"]
+    assert resumed["final_loss"] == straight["final_loss"]
+    a, b = _weights(Path(straight["checkpoint"])), _weights(Path(resumed["checkpoint"]))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_lora_trains_adapters_projector_and_denoiser_only(make_config: Any, tmp_path: Path) -> None:
+    from reconvla_core.model import ReconVLA
+
+    config = make_config(tmp_path / "lora", **{"train.max_steps": 2, "lora.enabled": "true",
+                                                         "lora.r": 4, "optim.lr": 1e-2})
+    before = _initial_weights(config)
+    result = train(config)
+    final = Path(result["checkpoint"])
+    assert (final / "lora_adapter" / "adapter_config.json").is_file()
+    after = _weights(final)
+    assert after.keys() == before.keys()  # merged: plain LLM weights, no adapter keys
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    for name in before:
+        if name.startswith("llm.") and any(f".{t}.weight" in name for t in targets):
+            assert name in changed, f"{name}: the merged adapter should change it"
+        elif name.startswith(("projector.", "reconstruction.denoiser.")):
+            continue  # trained fully; checked below as a group
+        else:
+            assert name not in changed, f"{name} changed but is frozen under LoRA"
+    assert any(n.startswith("projector.") for n in changed)
+    assert any(n.startswith("reconstruction.denoiser.") for n in changed)
+    assert ReconVLA.from_pretrained(final).reconstruction is None
+
+
+def _initial_weights(config: Any) -> dict[str, torch.Tensor]:
+    """The weights train() starts from (same seed, same construction)."""
+    from accelerate.utils import set_seed
+
+    from reconvla_core.train.data import build_data
+    from reconvla_core.train.model_setup import build_model
+
+    set_seed(config.seed)
+    model, _ = build_model(config, build_data(config, need_val=False).stats)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_finetune_starts_from_the_pretrained_denoiser(pretrained: dict[str, Any], make_config: Any,
+                                                      tmp_path: Path) -> None:
+    from reconvla_core.train.data import build_data
+    from reconvla_core.train.model_setup import build_model
+
+    init = Path(pretrained["checkpoint"])
+    config = make_config(tmp_path / "finetune", **{"stage": "finetune", "init_from": str(init),
+                                                             "train.max_steps": 2})
+    saved = load_file(str(init / "reconstruction.safetensors"))
+    model, info = build_model(config, build_data(config, need_val=False).stats)
+    assert info["denoiser_carried_over"] is True and info["projector_carried_over"] is True
+    denoiser = {f"reconstruction.denoiser.{k}": v for k, v in model.reconstruction.denoiser.state_dict().items()}
+    assert denoiser and all(torch.equal(saved[k], v) for k, v in denoiser.items())
+    fresh = _initial_weights(make_config(tmp_path / "unused"))
+    assert any(not torch.equal(fresh[k], v) for k, v in denoiser.items()), "pretraining changed the denoiser"
+
+    result = train(config)
+    assert result["stage"] == "finetune" and result["steps"] == 2
+    assert result["init"]["denoiser_carried_over"] is True and result["init"]["init_from"] == str(init)
+
+
+def test_finetune_rejects_a_mismatched_checkpoint(pretrained: dict[str, Any], make_config: Any,
+                                                  tmp_path: Path) -> None:
+    config = make_config(tmp_path / "bad", **{"stage": "finetune", "init_from": pretrained["checkpoint"],
+                                                        "model.recon_target": "none"})
+    with pytest.raises(ConfigError, match="recon_target is 'none' but the init_from checkpoint"):
+        train(config)
+
+
+def test_bad_config_fails_before_any_work(make_config: Any, tmp_path: Path) -> None:
+    config = make_config(tmp_path / "x", **{"train.global_batch_size": 6, "train.per_device_batch_size": 4})
+    with pytest.raises(ConfigError, match="global_batch_size 6 is not divisible"):
+        train(config)
+    assert not (tmp_path / "x").exists()  # nothing was created
