@@ -66,6 +66,7 @@ def generate_launch_description() -> LaunchDescription:
         launch_arguments={
             "role": "robot",
             "backend": "piper_sdk",
+            "teleop": "true",
             "can_port": LaunchConfiguration("can_port"),
             "base_serial": LaunchConfiguration("base_serial"),
             "wrist_serial": LaunchConfiguration("wrist_serial"),

@@ -34,6 +34,8 @@ ARGUMENTS = (
     ("base_profile", "640,480,30", "RealSense colour profile width,height,fps"),
     ("device", "cuda", "torch device of the policy node"),
     ("role", "all", "all | robot (drivers, ingest, arm_command) | policy (policy, RViz)"),
+    ("teleop", "false", "piper_sdk only: publish the leader arm's commands on /master/joint_states and the "
+                        "follower's state on /joint_states_single (recording; see record.launch.py)"),
     ("use_rviz", "false", "start RViz with the cameras and the attention overlay"),
 )
 
@@ -131,7 +133,7 @@ def generate_launch_description() -> LaunchDescription:
         executable="camera_ingest",
         name="camera_ingest",
         output="screen",
-        parameters=[_config("camera_ingest.yaml")],
+        parameters=[_config("camera_ingest.yaml"), {"checkpoint": as_str["checkpoint"]}],
         condition=robot_side,
     )
     arm_command = Node(
@@ -139,7 +141,16 @@ def generate_launch_description() -> LaunchDescription:
         executable="arm_command",
         name="arm_command",
         output="screen",
-        parameters=[_config("arm_command.yaml"), {"backend": as_str["backend"], "can_port": as_str["can_port"]}],
+        parameters=[_config("arm_command.yaml"), {
+            "backend": as_str["backend"],
+            "can_port": as_str["can_port"],
+            "teleop": ParameterValue(LaunchConfiguration("teleop"), value_type=bool),
+            # While recording, the follower's state goes where piper_ros would publish it, so bags
+            # from the cell and from the twin have the same topics.
+            "joint_states_topic": PythonExpression([
+                "'joint_states_single' if '", LaunchConfiguration("teleop"), "'.lower() == 'true' else 'joint_states'",
+            ]),
+        }],
         condition=robot_side,
     )
     policy = Node(

@@ -49,7 +49,9 @@ def generate_launch_description() -> LaunchDescription:
         executable="camera_ingest",
         name="camera_ingest",
         output="screen",
-        parameters=[_config("camera_ingest.yaml")],
+        parameters=[_config("camera_ingest.yaml"), {
+            "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
+        }],
     )
     policy = Node(
         package=PACKAGE,
@@ -68,7 +70,7 @@ def generate_launch_description() -> LaunchDescription:
         output="screen",
         parameters=[_config("arm_command.yaml"), {
             "backend": "piper_ros",
-            "enable_on_start": ParameterValue(LaunchConfiguration("enable_arm"), value_type=bool),
+            "auto_enable": ParameterValue(LaunchConfiguration("enable_arm"), value_type=bool),
         }],
     )
     rviz = Node(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -163,3 +164,17 @@ def test_reset_and_next_subtask_services(ros):
     assert sim.twin.seed == 5 and sim.twin.instruction in response.message
     assert ros.wait_for(lambda: inbox.last(INSTRUCTION_TOPIC).data == sim.twin.instruction)
     assert first  # the first scene had an instruction too
+
+
+def test_config_file_sets_only_declared_parameters(ros):
+    import yaml
+
+    from reconvla_core.sim.realtime import RealtimeTwin
+
+    config = Path(__file__).resolve().parents[2] / "src" / "reconvla_ros" / "config" / "sim_robot.yaml"
+    params = yaml.safe_load(config.read_text())["sim_robot"]["ros__parameters"]
+    sim = make_sim(ros)
+    assert isinstance(sim.twin, RealtimeTwin)
+    for name, value in params.items():
+        assert sim.has_parameter(name), f"sim_robot.yaml sets undeclared parameter {name}"
+        assert type(sim.get_parameter(name).value) is type(value), name

@@ -207,3 +207,14 @@ def test_sigterm_leaves_a_readable_bag(ros, tmp_path):
     counts, info, _ = read_bag(bag_dir)
     assert counts.get(FOLLOWER_STATE_TOPIC, 0) > 0, output
     assert info["success"] is False and info["interrupted"] is True and info["task"] == "sigterm test"
+
+
+def test_config_file_sets_only_declared_parameters(ros, tmp_path):
+    import yaml
+
+    config = Path(__file__).resolve().parents[2] / "src" / "reconvla_ros" / "config" / "teleop_recorder.yaml"
+    params = yaml.safe_load(config.read_text())["teleop_recorder"]["ros__parameters"]
+    recorder = make_recorder(ros, tmp_path)
+    for name, value in params.items():
+        assert recorder.has_parameter(name), f"teleop_recorder.yaml sets undeclared parameter {name}"
+        assert type(recorder.get_parameter(name).value) is type(value), name

@@ -73,6 +73,22 @@ def node_calls(tree: ast.Module) -> list[dict[str, Any]]:
     return calls
 
 
+def node_parameter_keys(tree: ast.Module) -> dict[str, set[str]]:
+    """executable -> keys of the inline parameter dicts of our package's Node(...) calls."""
+    keys: dict[str, set[str]] = {}
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Node"):
+            continue
+        kw = {k.arg: k.value for k in node.keywords}
+        if getattr(kw.get("package"), "id", None) != "PACKAGE" or "parameters" not in kw:
+            continue
+        executable = ast.literal_eval(kw["executable"])
+        for item in getattr(kw["parameters"], "elts", []):
+            if isinstance(item, ast.Dict):
+                keys.setdefault(executable, set()).update(ast.literal_eval(k) for k in item.keys)
+    return keys
+
+
 def string_constants(tree: ast.Module) -> set[str]:
     return {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
 
@@ -101,6 +117,15 @@ def test_launch_file_arguments_nodes_and_files(name):
         assert (ROS_PKG / "config" / config).is_file(), f"{name} references missing config/{config}"
     for rviz in {c for c in constants if c.endswith(".rviz")}:
         assert (ROS_PKG / "rviz" / rviz).is_file(), f"{name} references missing rviz/{rviz}"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ARGUMENTS))
+def test_launch_files_set_only_parameters_the_configs_know(name):
+    """Each inline parameter a launch file gives our nodes is a documented key of config/<node>.yaml."""
+    for executable, keys in node_parameter_keys(launch_tree(name)).items():
+        config = ROS_PKG / "config" / f"{executable}.yaml"
+        documented = yaml.safe_load(config.read_text())[executable]["ros__parameters"]
+        assert keys <= set(documented), f"{name}: {executable} gets {sorted(keys - set(documented))} not in {config.name}"
 
 
 def test_robot_launch_uses_the_real_drivers_names():
@@ -271,6 +296,11 @@ def test_robot_launch_expands_with_the_launch_api(launch_env):
     sdk = _names(expand(launch_env / "robot.launch.py", {"backend": "piper_sdk", "role": "robot"}))
     assert "piper/piper_single_ctrl" not in sdk and f"{PACKAGE}/policy" not in sdk
     assert f"{PACKAGE}/arm_command" in sdk
+    teleop = {n.node_executable: n for n in expand(launch_env / "robot.launch.py",
+                                                   {"backend": "piper_sdk", "teleop": "true"})}
+    teleop_params = _parameters(teleop["arm_command"])
+    assert teleop_params["teleop"] is True and teleop_params["joint_states_topic"] == "joint_states_single"
+    assert _parameters(by_exe["arm_command"])["joint_states_topic"] == "joint_states"
     workstation = _names(expand(launch_env / "robot.launch.py", {"role": "policy", "use_rviz": "true"}))
     assert workstation == {f"{PACKAGE}/policy", "rviz2/rviz2"}
 
@@ -280,6 +310,8 @@ def test_sim_and_record_launch_expand_with_the_launch_api(launch_env):
     assert _names(sim) == {f"{PACKAGE}/{n}" for n in ("sim_robot", "camera_ingest", "policy", "arm_command")}
     sim_params = _parameters(next(n for n in sim if n.node_executable == "sim_robot"))
     assert sim_params["seed"] == 7 and sim_params["task"] == "pick" and sim_params["expert_leader"] is False
+    arm = _parameters(next(n for n in sim if n.node_executable == "arm_command"))
+    assert arm["backend"] == "piper_ros" and arm["auto_enable"] is True
 
     recorded = expand(launch_env / "record.launch.py", {"sim": "true", "operator": "alice"})
     assert _names(recorded) == {f"{PACKAGE}/sim_robot", f"{PACKAGE}/teleop_recorder"}
@@ -287,5 +319,8 @@ def test_sim_and_record_launch_expand_with_the_launch_api(launch_env):
     assert recorder["operator"] == "alice" and recorder["min_free_gb"] == 5.0
     real = _names(expand(launch_env / "record.launch.py", {"sim": "false"}))
     assert f"{PACKAGE}/teleop_recorder" in real and "realsense2_camera/realsense2_camera_node" in real
-    assert f"{PACKAGE}/sim_robot" not in real
+    assert f"{PACKAGE}/sim_robot" not in real and "piper/piper_single_ctrl" not in real
+    arm = _parameters(next(n for n in expand(launch_env / "record.launch.py", {"sim": "false"})
+                           if n.node_executable == "arm_command"))
+    assert arm["backend"] == "piper_sdk" and arm["teleop"] is True and arm["auto_enable"] is False
 
