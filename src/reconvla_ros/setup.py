@@ -16,7 +16,7 @@ def _files(pattern: str) -> list[str]:
     return sorted(p for p in glob(pattern) if os.path.isfile(p))
 
 
-# Node entry points: (executable name, module:function). Added together with their nodes.
+# Node entry points: (executable name, module:function), one Node subclass per executable.
 NODES = [
     ("camera_ingest", "reconvla_ros.camera_ingest:main"),
     ("policy", "reconvla_ros.policy:main"),
@@ -24,8 +24,6 @@ NODES = [
     ("teleop_recorder", "reconvla_ros.teleop_recorder:main"),
     ("sim_robot", "reconvla_ros.sim_robot:main"),
 ]
-NODES = [(name, target) for name, target in NODES
-         if os.path.isfile(os.path.join(here, *target.split(":")[0].split("."))+".py")]
 
 setup(
     name=package_name,
