@@ -78,3 +78,44 @@ def write_bag(path: Path, spec: BagSpec) -> Path:
     return path
 
 
+
+
+def make_tiny_grounding_dino(directory: Path) -> Path:
+    """A randomly initialised Grounding DINO (Swin + BERT, ~150k parameters) saved with its processor."""
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    try:
+        from transformers import GroundingDinoImageProcessorPil as ImageProcessor  # no torchvision needed
+    except ImportError:
+        from transformers import GroundingDinoImageProcessor as ImageProcessor
+    import torch
+
+    torch.manual_seed(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "the", "red", "block", "blue", "cube", "box"]
+    vocab = directory / "vocab_src.txt"
+    vocab.write_text("\n".join(words) + "\n")
+    tokenizer = BertTokenizer(str(vocab))
+    backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                          window_size=2, out_features=["stage2", "stage3", "stage4"])
+    text = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=64)
+    config = GroundingDinoConfig(
+        backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1, decoder_layers=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2, decoder_attention_heads=2,
+        num_queries=10, num_feature_levels=3, max_text_len=32, fusion_ffn_dim=32, use_timm_backbone=False,
+    )
+    model = GroundingDinoForObjectDetection(config)
+    processor = GroundingDinoProcessor(image_processor=ImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}),
+                                       tokenizer=tokenizer)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    vocab.unlink()
+    return directory
