@@ -178,3 +178,53 @@ def test_config_file_sets_only_declared_parameters(ros):
     for name, value in params.items():
         assert sim.has_parameter(name), f"sim_robot.yaml sets undeclared parameter {name}"
         assert type(sim.get_parameter(name).value) is type(value), name
+
+
+@pytest.mark.slow
+def test_expert_leader_episode_records_into_a_bag_the_dataset_builder_converts(ros, tmp_path):
+    """Teleop in the twin: the expert is the leader, the recorder writes a bag, `reconvla dataset build` reads it."""
+    import json
+    import subprocess
+    import sys
+
+    from rclpy.parameter import Parameter
+    from std_srvs.srv import SetBool, Trigger
+
+    from reconvla_core.interfaces import LEADER_COMMAND_TOPIC
+    from reconvla_ros.teleop_recorder import TeleopRecorder
+
+    bags = tmp_path / "bags"
+    sim = make_sim(ros, expert_leader=True, camera_rate=10.0, control_rate=10.0, task="pick red", seed=0)
+    recorder = ros.add_node(TeleopRecorder(context=ros.context, parameter_overrides=[
+        Parameter("output_dir", value=str(bags)), Parameter("min_free_gb", value=0.0),
+        Parameter("operator", value="expert")]))
+    console = ros.make_node("console")
+    start = console.create_client(Trigger, "/teleop_recorder/start_episode")
+    stop = console.create_client(SetBool, "/teleop_recorder/stop_episode")
+    assert ros.wait_for(lambda: recorder._last_instruction == sim.twin.instruction, timeout=20.0)
+
+    response = call(ros, start, Trigger.Request())
+    assert response.success, response.message
+    start_state = sim.twin.state()
+
+    def enough() -> bool:
+        counts = recorder.session.message_counts()
+        return counts.get(BASE_IMAGE_TOPIC, 0) >= 25 and counts.get(LEADER_COMMAND_TOPIC, 0) >= 25
+
+    assert ros.wait_for(enough, timeout=90.0, period=0.2), recorder.session.message_counts()
+    # The follower followed the leader: it moved away from the start pose.
+    assert np.abs(sim.twin.state()[:6] - start_state[:6]).max() > 0.05
+    assert call(ros, stop, SetBool.Request(data=True)).success
+
+    out = tmp_path / "dataset"
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "reconvla"), "dataset", "build", "--bags", str(bags),
+         "--out", str(out), "--fps", "5", "--json"],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["total_episodes"] == 1 and info["total_frames"] >= 5, report
+    assert {"observation.images.base", "observation.images.wrist", "observation.state", "action",
+            "observation.gaze_box"} <= set(info["features"])
