@@ -234,3 +234,31 @@ def test_parameter_validation_rejects_unsafe_values(ros):
                                ("home_position", [9.0] * 7, "outside"), ("teleop", True, "teleop")]:
         with pytest.raises(ValueError, match=match):
             ArmCommand(context=ros.context, parameter_overrides=[Parameter(name, value=value)])
+
+
+def test_console_script_runs_and_stops_cleanly_on_sigint(ros, tmp_path):
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from std_srvs.srv import Trigger
+
+    executable = shutil.which("arm_command", path=os.path.dirname(sys.executable))
+    assert executable, "arm_command console script not installed (run make setup)"
+    process = subprocess.Popen([executable, "--ros-args", "-p", "control_rate:=20.0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client = ros.make_node("operator")
+        answer = call(ros, client, Trigger, "/arm_command/reset", Trigger.Request(), timeout=30.0)
+        assert answer.success
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+
+    bad = subprocess.run([executable, "--ros-args", "-p", "max_joint_speed:=9.0"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2
+    assert "max_joint_speed" in bad.stderr + bad.stdout and "Traceback" not in bad.stderr

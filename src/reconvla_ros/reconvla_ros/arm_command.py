@@ -405,8 +405,10 @@ class ArmCommand(Node):
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), [status]))
 
     def destroy_node(self) -> None:
+        backend = getattr(self, "backend", None)  # absent when the constructor failed
         try:
-            self.backend.close()
+            if backend is not None:
+                backend.close()
         finally:
             super().destroy_node()
 

@@ -128,11 +128,18 @@ def diagnostic_array(stamp: Time, statuses: Iterable[DiagnosticStatus]) -> Diagn
 
 
 def run_node(factory: Callable[[], Any], args: list[str] | None = None) -> None:
-    """The body of every ``main(args=None)``: init, spin, always destroy the node and shut down."""
+    """The body of every ``main(args=None)``: init, spin, always destroy the node and shut down.
+
+    A node that cannot start (bad parameter, missing file or package) logs one line and exits 2.
+    """
     rclpy.init(args=args)
     node = None
     try:
-        node = factory()
+        try:
+            node = factory()
+        except (ValueError, FileNotFoundError, ImportError) as error:  # bad parameters / files: one line
+            rclpy.logging.get_logger(getattr(factory, "__name__", "node")).fatal(str(error))
+            raise SystemExit(2) from None
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -291,11 +291,13 @@ class PolicyNode(Node):
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), [status]))
 
     def destroy_node(self) -> None:
-        with self._wake:
-            self._stop = True
-            self._wake.notify_all()
-        if self._worker.is_alive():
-            self._worker.join(timeout=30.0)
+        worker = getattr(self, "_worker", None)  # absent when the constructor failed
+        if worker is not None:
+            with self._wake:
+                self._stop = True
+                self._wake.notify_all()
+            if worker.is_alive():
+                worker.join(timeout=30.0)
         super().destroy_node()
 
 
