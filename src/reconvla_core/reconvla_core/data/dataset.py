@@ -261,6 +261,7 @@ class VLADataset(_TorchDataset):
         self._cache: OrderedDict[tuple[int, int, int], dict[str, list[Any]]] = OrderedDict()
         self._files: dict[tuple[int, int], Any] = {}
         self._rng: np.random.Generator | None = None
+        self._extra_processor_args = _accepted_extras(processor)
 
     # -- indexing
     def __len__(self) -> int:
@@ -298,6 +299,7 @@ class VLADataset(_TorchDataset):
             actions=raw["actions"],
             gaze_box=raw["gaze_box"],
             norm_stats=self.sources[source_id].norm_stats,
+            **{key: raw[key] for key in self._extra_processor_args},
         )
 
     def raw_sample(self, source_id: int, row: int) -> dict[str, Any]:
@@ -402,6 +404,22 @@ class VLADataset(_TorchDataset):
         raw["base_image"] = colour_jitter(raw["base_image"], config, rng)
         raw["wrist_image"] = colour_jitter(raw["wrist_image"], config, rng)
         return raw
+
+
+def _accepted_extras(processor: Callable[..., Any] | None) -> tuple[str, ...]:
+    """Which of ``action_is_pad`` / ``gaze_valid`` the processor takes (ReconVLAProcessor takes both:
+    padded chunk steps get no loss, an invalid gaze box reconstructs the whole frame)."""
+    if processor is None:
+        return ()
+    import inspect
+
+    try:
+        parameters = inspect.signature(processor).parameters
+    except (TypeError, ValueError):
+        return ()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return ("action_is_pad", "gaze_valid")
+    return tuple(name for name in ("action_is_pad", "gaze_valid") if name in parameters)
 
 
 def random_crop(image: np.ndarray, scale: float, rng: np.random.Generator) -> tuple[np.ndarray, tuple[float, ...]]:
