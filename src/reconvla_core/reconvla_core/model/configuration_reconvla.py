@@ -55,9 +55,8 @@ class VisionConfig:
     def validate(self) -> None:
         _positive(self, "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                   "image_size", "patch_size")
-        if self.image_size % self.patch_size:
-            raise ValueError(f"vision.image_size ({self.image_size}) must be a multiple of "
-                             f"vision.patch_size ({self.patch_size})")
+        if self.image_size < self.patch_size:  # SigLIP's conv drops any remainder (384 / 14 -> 27)
+            raise ValueError(f"vision.image_size ({self.image_size}) is below vision.patch_size ({self.patch_size})")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError("vision.hidden_size must be divisible by vision.num_attention_heads")
         if not 1 <= self.num_layers_kept <= self.num_hidden_layers:

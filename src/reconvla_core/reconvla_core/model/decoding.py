@@ -1,52 +1,217 @@
-"""Action decoding: constrained greedy decoding with a KV cache, and a naive baseline.
+"""Action decoding: constrained greedy decoding over preallocated KV buffers, and a naive baseline.
 
-The fast path computes logits only for the action-token rows of the LM head, never runs a step
-for end-of-sequence, keeps every step on the device (no host sync until the chunk is done) and
-feeds the next token's embedding straight from the embedding rows of the action ids.
+The fast path (``ActionDecoder``):
+- prefill: one pass of the transformers decoder over the prompt (exact HF maths), whose keys and
+  values are copied into preallocated buffers;
+- per token: a lean step over the same Qwen2 modules (norms, projections, MLP; LoRA-wrapped modules
+  work too) that writes one KV slot, attends over the buffer with a validity mask, and computes
+  logits only for the action-token rows of the LM head; the next input embedding is gathered from
+  the action ids' embedding rows. No end-of-sequence step, no host sync until the chunk is done.
+- on CUDA the step is captured once in a CUDA graph and replayed per token.
+
+The baseline is plain ``transformers`` ``generate`` (greedy, unconstrained, full-vocabulary logits).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import DynamicCache
 
 logger = logging.getLogger(__name__)
 
 
-@torch.inference_mode()
-def greedy_action_decode(llm: Any, prompt_embeds: torch.Tensor, first_token_id: int, n_bins: int,
-                         num_tokens: int) -> torch.Tensor:
-    """Greedy decoding restricted to the action ids; returns (num_tokens,) token ids on the device.
+class _FusedLayer(NamedTuple):
+    qkv_weight: torch.Tensor  # (H*hd + 2*KV*hd, D), input RMSNorm weight and attention scale folded in
+    qkv_bias: torch.Tensor | None
+    o_weight: torch.Tensor
+    gate_up_weight: torch.Tensor  # (2*I, D), post-attention RMSNorm weight folded in
+    down_weight: torch.Tensor
+    eps_attn: float
+    eps_mlp: float
 
-    prompt_embeds: (1, L, D) input embeddings of the prompt (image features already spliced in).
-    """
-    decoder = llm.get_decoder()
-    head = llm.get_output_embeddings()
-    head_weight = head.weight[first_token_id:first_token_id + n_bins]  # (n_bins, D), a view
-    head_bias = None if head.bias is None else head.bias[first_token_id:first_token_id + n_bins]
-    action_embeds = llm.get_input_embeddings().weight[first_token_id:first_token_id + n_bins]  # (n_bins, D)
 
-    prompt_len = prompt_embeds.shape[1]
-    device = prompt_embeds.device
-    cache = DynamicCache(config=llm.config)
-    positions = torch.arange(prompt_len, prompt_len + num_tokens, device=device).view(1, -1)  # (1, n)
-    bins = torch.empty(num_tokens, dtype=torch.long, device=device)
+class ActionDecoder:
+    """Greedy decoding of ``num_tokens`` action tokens for prompts of up to ``capacity - num_tokens``."""
 
-    hidden = decoder(inputs_embeds=prompt_embeds, past_key_values=cache, use_cache=True).last_hidden_state
-    hidden = hidden[:, -1]  # (1, D)
-    for step in range(num_tokens):
-        best = F.linear(hidden, head_weight, head_bias).argmax(dim=-1)  # (1,)
-        bins[step] = best[0]
-        if step == num_tokens - 1:
-            break  # no step for end-of-sequence
-        next_embeds = action_embeds[best].unsqueeze(1)  # (1, 1, D)
-        hidden = decoder(inputs_embeds=next_embeds, past_key_values=cache, use_cache=True,
-                         position_ids=positions[:, step:step + 1]).last_hidden_state[:, -1]
-    return bins + first_token_id
+    def __init__(self, llm: Any, first_token_id: int, n_bins: int, num_tokens: int, capacity: int,
+                 use_cuda_graph: bool | None = None) -> None:
+        decoder = llm.get_decoder()
+        config = decoder.config
+        if "sliding_attention" in getattr(config, "layer_types", []):
+            raise ValueError("ActionDecoder does not support sliding-window attention layers")
+        self.llm = llm
+        self.decoder = decoder
+        self.layers = list(decoder.layers)
+        self.num_tokens = num_tokens
+        self.capacity = capacity
+        self.first_token_id = first_token_id
+        head = llm.get_output_embeddings()
+        self.head_weight = head.weight[first_token_id:first_token_id + n_bins]  # (n_bins, D), a view
+        self.head_bias = None if head.bias is None else head.bias[first_token_id:first_token_id + n_bins]
+        self.action_embeds = llm.get_input_embeddings().weight[first_token_id:first_token_id + n_bins]
+        weight = self.action_embeds
+        device, dtype = weight.device, weight.dtype
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.hidden_size = config.hidden_size
+        kv_shape = (1, self.num_kv_heads, capacity, self.head_dim)
+        self.keys = [torch.zeros(kv_shape, device=device, dtype=dtype) for _ in self.layers]
+        self.values = [torch.zeros(kv_shape, device=device, dtype=dtype) for _ in self.layers]
+        positions = torch.arange(capacity, device=device)
+        with torch.inference_mode():
+            cos, sin = decoder.rotary_emb(weight[:1][None], positions[None])  # (1, capacity, head_dim)
+        self.cos = cos[0]  # (capacity, hd)
+        half = self.head_dim // 2
+        self.sin_signed = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)  # rotate_half's sign folded in
+        self.slots = positions  # (capacity,)
+        self.token = torch.zeros(1, dtype=torch.long, device=device)  # current bin index (graph input/output)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)  # position of the current token
+        self.graph = None
+        self.use_cuda_graph = device.type == "cuda" if use_cuda_graph is None else use_cuda_graph
+        self._fused = self._fuse()
+        self._version = self._weights_version()
+        if self.use_cuda_graph:
+            self._capture()
+
+    def matches(self, llm: Any, prompt_len: int) -> bool:
+        """Whether this decoder can serve ``llm`` for a prompt of ``prompt_len`` tokens."""
+        weight = llm.get_input_embeddings().weight
+        return (llm is self.llm and prompt_len + self.num_tokens <= self.capacity
+                and weight.data_ptr() == self.action_embeds.data_ptr() - self.first_token_id * weight.stride(0)
+                * weight.element_size() and weight.dtype == self.action_embeds.dtype)
+
+    def _fuse(self) -> list[_FusedLayer | None]:
+        """Folded weights per layer for the eager path, None where a projection is wrapped (LoRA).
+
+        QKV and gate/up are concatenated (one GEMV each), the RMSNorm weights are folded into the
+        following projections and the attention scale into the query rows: fewer, cheaper kernels
+        per token where kernel launches dominate (CPU). The CUDA graph path uses the modules as is.
+        """
+        if self.use_cuda_graph:
+            return [None] * len(self.layers)
+        fused: list[_FusedLayer | None] = []
+        for layer in self.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            projections = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj,
+                           mlp.down_proj)
+            is_silu = isinstance(mlp.act_fn, nn.SiLU) or type(mlp.act_fn).__name__ == "SiLUActivation"
+            if not is_silu or not all(type(m) is nn.Linear for m in projections):
+                fused.append(None)
+                continue
+            scale = torch.ones(self.num_heads + 2 * self.num_kv_heads, self.head_dim, device=self.slots.device)
+            scale[:self.num_heads] = attn.scaling
+            scale = scale.reshape(-1, 1).to(attn.q_proj.weight.dtype)  # (rows, 1)
+            qkv_weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+            qkv_weight = qkv_weight * layer.input_layernorm.weight[None, :] * scale
+            biases = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
+            qkv_bias = torch.cat(biases) * scale[:, 0] if all(b is not None for b in biases) else None
+            gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]) * layer.post_attention_layernorm.weight[None, :]
+            fused.append(_FusedLayer(qkv_weight, qkv_bias, attn.o_proj.weight, gate_up, mlp.down_proj.weight,
+                                     layer.input_layernorm.variance_epsilon,
+                                     layer.post_attention_layernorm.variance_epsilon))
+        return fused
+
+    def _weights_version(self) -> int:
+        return sum(p._version for p in self.llm.parameters())
+
+    def _refresh(self) -> None:
+        """Re-fuse when any weight changed in place since the last fusion (e.g. an optimiser step)."""
+        version = self._weights_version()
+        if version != self._version:
+            self._fused = self._fuse()
+            self._version = version
+            if self.graph is not None:
+                self._capture()
+
+    def _step(self, length: int | None = None) -> None:
+        """One token: embed ``token`` at ``pos``, run the layers, write the argmax bin into ``token``.
+
+        ``length`` (eager mode) is pos + 1, the number of filled KV slots; None inside the CUDA graph.
+        """
+        h_q, h_kv, hd = self.num_heads, self.num_kv_heads, self.head_dim
+        x = self.action_embeds[self.token].view(1, 1, self.hidden_size)  # (1, 1, D)
+        cos = self.cos[self.pos].view(1, 1, 1, hd)
+        sin = self.sin_signed[self.pos].view(1, 1, 1, 2, hd // 2)
+        invalid = (self.slots > self.pos).view(1, 1, 1, self.capacity) if length is None else None
+        for index, (layer, fused) in enumerate(zip(self.layers, self._fused)):
+            attn = layer.self_attn
+            if fused is not None:
+                h = F.rms_norm(x, (self.hidden_size,), None, fused.eps_attn)
+                qkv = F.linear(h, fused.qkv_weight, fused.qkv_bias)  # scaled queries, keys, values
+            else:
+                h = layer.input_layernorm(x)
+                qkv = torch.cat([attn.q_proj(h) * attn.scaling, attn.k_proj(h), attn.v_proj(h)], dim=-1)
+            qkv = qkv.view(1, h_q + 2 * h_kv, 1, hd)  # one token: heads can go first without a transpose
+            qk = qkv[:, :h_q + h_kv]
+            # Rotary on queries and keys at once: x * cos + rotate_half(x) * sin, with the half swap
+            # done by a flip and the sign folded into sin_signed.
+            halves = qk.view(1, h_q + h_kv, 1, 2, hd // 2)
+            qk = qk * cos + (halves.flip(3) * sin).view(1, h_q + h_kv, 1, hd)
+            q, k, v = qk[:, :h_q], qk[:, h_q:], qkv[:, h_q + h_kv:]
+            self.keys[index].index_copy_(2, self.pos, k)
+            self.values[index].index_copy_(2, self.pos, v)
+            keys, values = self.keys[index], self.values[index]
+            if length is not None:  # eager: attend to the filled slots by slicing
+                keys, values = keys[:, :, :length], values[:, :, :length]
+            # Grouped-query attention for one query: (1, KV, G, hd) @ (1, KV, hd, T) -> (1, KV, G, T)
+            scores = torch.matmul(q.reshape(1, h_kv, h_q // h_kv, hd), keys.transpose(2, 3))
+            if length is None:  # CUDA graph: fixed shapes, mask the empty slots
+                scores = scores.masked_fill(invalid, float("-inf"))
+            out = torch.matmul(torch.softmax(scores.float(), dim=-1).to(values.dtype), values)  # (1, KV, G, hd)
+            out = out.reshape(1, 1, h_q * hd)
+            if fused is not None:
+                x = x + F.linear(out, fused.o_weight)
+                gate, up = F.linear(F.rms_norm(x, (self.hidden_size,), None, fused.eps_mlp), fused.gate_up_weight).chunk(2, dim=-1)
+                x = x + F.linear(F.silu(gate) * up, fused.down_weight)
+            else:
+                x = x + attn.o_proj(out)
+                x = x + layer.mlp(layer.post_attention_layernorm(x))
+        hidden = self.decoder.norm(x)[:, 0]  # (1, D)
+        self.token.copy_(F.linear(hidden, self.head_weight, self.head_bias).argmax(dim=-1))
+
+    def _capture(self) -> None:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            for _ in range(2):
+                self._step()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(self.graph):
+            self._step()
+        logger.debug("captured the decoding step in a CUDA graph (capacity %d)", self.capacity)
+
+    @torch.inference_mode()
+    def __call__(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
+        """(1, L, D) prompt embeddings -> (num_tokens,) action token ids on the device."""
+        prompt_len = prompt_embeds.shape[1]
+        if prompt_len + self.num_tokens > self.capacity:
+            raise ValueError(f"prompt of {prompt_len} tokens exceeds the decoder capacity {self.capacity}")
+        self._refresh()
+        cache = DynamicCache(config=self.llm.config)
+        hidden = self.decoder(inputs_embeds=prompt_embeds, past_key_values=cache, use_cache=True).last_hidden_state
+        for index, layer_cache in enumerate(cache.layers):
+            self.keys[index][:, :, :prompt_len].copy_(layer_cache.keys)
+            self.values[index][:, :, :prompt_len].copy_(layer_cache.values)
+        logits = F.linear(hidden[:, -1], self.head_weight, self.head_bias)  # (1, n_bins)
+        self.token.copy_(logits.argmax(dim=-1))
+        self.pos.fill_(prompt_len)
+        bins = torch.empty(self.num_tokens, dtype=torch.long, device=prompt_embeds.device)
+        bins[0:1].copy_(self.token)
+        for step in range(1, self.num_tokens):
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self._step(prompt_len + step)
+            bins[step:step + 1].copy_(self.token)
+            self.pos.add_(1)
+        return bins + self.first_token_id
 
 
 @torch.inference_mode()

@@ -21,7 +21,7 @@ from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 from reconvla_core.model.configuration_reconvla import ReconVLAConfig
-from reconvla_core.model.decoding import greedy_action_decode, naive_generate
+from reconvla_core.model.decoding import ActionDecoder, naive_generate
 from reconvla_core.model.processing_reconvla import IGNORE_INDEX, ReconVLAProcessor
 from reconvla_core.model.tokenization import build_byte_tokenizer
 
@@ -226,8 +226,14 @@ class ReconVLA(nn.Module):
     def decode_action_tokens(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
         """Constrained greedy decoding: (K*D,) action token ids."""
         cfg = self.config
-        return greedy_action_decode(self.llm, prompt_embeds, cfg.first_action_token_id, cfg.n_bins,
-                                    cfg.action_tokens_per_chunk)
+        prompt_len = prompt_embeds.shape[1]
+        decoder = self.__dict__.get("_action_decoder")
+        if decoder is None or not decoder.matches(self.llm, prompt_len):
+            capacity = (prompt_len + cfg.action_tokens_per_chunk + 63) // 64 * 64 + 64  # room for longer prompts
+            decoder = ActionDecoder(self.llm, cfg.first_action_token_id, cfg.n_bins, cfg.action_tokens_per_chunk,
+                                    capacity)
+            self.__dict__["_action_decoder"] = decoder  # a cache, not a submodule: never saved or moved
+        return decoder(prompt_embeds)
 
     def naive_decode_tokens(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
         """The unconstrained transformers.generate baseline (for benchmarks)."""
