@@ -262,3 +262,38 @@ def test_console_script_runs_and_stops_cleanly_on_sigint(ros, tmp_path):
                          text=True, timeout=60)
     assert bad.returncode == 2
     assert "max_joint_speed" in bad.stderr + bad.stdout and "Traceback" not in bad.stderr
+
+
+def test_sim_backend_executes_chunks_in_the_twin(ros):
+    pytest.importorskip("pybullet")
+    from sensor_msgs.msg import JointState
+    from trajectory_msgs.msg import JointTrajectory
+
+    from reconvla_ros.common import COMMAND_QOS, SENSOR_QOS
+
+    arm = make_arm(ros, backend="sim", auto_enable=True)
+    client = ros.make_node("operator")
+    states: list = []
+    client.create_subscription(JointState, "joint_states", states.append, SENSOR_QOS)
+    chunks = client.create_publisher(JointTrajectory, "reconvla/action_chunk", COMMAND_QOS)
+    assert ros.wait_for(lambda: bool(states), timeout=30.0)
+    assert arm.safety.mode.value == "enabled"  # auto_enable once the twin's state is known
+    start = np.array(states[-1].position)
+    target = start.copy()
+    target[0] += 0.4
+    target[6] = 0.06
+
+    def moved() -> bool:
+        chunks.publish(chunk_msg(client, [start + (target - start) * k / 4 for k in range(5)]))
+        return abs(states[-1].position[0] - start[0]) > 0.2
+
+    assert ros.wait_for(moved, timeout=30.0, period=0.25), "the twin's joint1 did not follow the chunk"
+    assert arm.counts["sent"] > 0 and arm.counts["send_errors"] == 0
+
+
+def test_auto_enable_enables_the_driver_once_feedback_arrives(ros):
+    driver = FakeDriver(ros)
+    arm = make_arm(ros, auto_enable=True)
+    assert ros.wait_for(lambda: driver.enable_flags == [True] and len(driver.commands) > 3)
+    assert arm.safety.mode.value == "enabled"
+    np.testing.assert_allclose(driver.take()[-1].position, HOME)  # holding: no chunk yet

@@ -231,6 +231,8 @@ class ArmCommand(Node):
         self._homing = False
         self._last_feedback_stamp: float | None = None
         self._published_stamp: float | None = None
+        self._backend_enabled = False  # the backend was enabled since the last disable / estop
+        self._closing = False
         self._leader_stamp: float | None = None
         self.counts = {"chunks": 0, "bad_chunks": 0, "stale_chunks": 0, "sent": 0, "send_errors": 0,
                        "missed_ticks": 0, "ticks": 0}
@@ -291,7 +293,19 @@ class ArmCommand(Node):
         return feedback
 
     # --- the control tick ---------------------------------------------------------------------
+    def _enable_backend(self) -> bool:
+        """Enable the backend for a filter that enabled itself (auto_enable); disable both on failure."""
+        if self.backend.enable(float(self._p["enable_timeout"])):
+            self._backend_enabled = True
+            self.get_logger().info("auto-enabled")
+            return True
+        self.safety.disable()
+        self.get_logger().error("auto-enable failed: the arm did not report enabled")
+        return False
+
     def _tick(self) -> None:
+        if self._closing:
+            return
         wall = time.monotonic()
         if self._last_tick is not None and wall - self._last_tick > 1.5 * self._dt:
             self.counts["missed_ticks"] += int(round((wall - self._last_tick) / self._dt)) - 1
@@ -305,6 +319,8 @@ class ArmCommand(Node):
         else:
             target, require_chunk = self.queue.sample(now), True
         command = self.safety.step(now, target, require_chunk=require_chunk)
+        if command is not None and not self._backend_enabled and not self._enable_backend():
+            command = None  # auto_enable: the filter enabled itself on first feedback, the arm did not
         if command is not None:
             try:
                 self.backend.send(command.positions, command.speed_percent)
@@ -335,6 +351,7 @@ class ArmCommand(Node):
         if not request.data:
             self.safety.disable()
             self.backend.disable()
+            self._backend_enabled = False
             response.success, response.message = True, "disabled: no motion commands"
             return response
         self._read_feedback(now_s(self))
@@ -342,6 +359,7 @@ class ArmCommand(Node):
         if ok and not self.backend.enable(float(self._p["enable_timeout"])):
             self.safety.disable()
             ok, message = False, f"the arm did not report enabled within {self._p['enable_timeout']} s"
+        self._backend_enabled = ok
         response.success, response.message = ok, message
         self.get_logger().info(f"enable: {message}")
         return response
@@ -350,6 +368,7 @@ class ArmCommand(Node):
         self.safety.estop()
         self.queue.clear()
         self._homing = False
+        self._backend_enabled = False
         try:
             self.backend.emergency_stop()
         except Exception as error:
@@ -405,12 +424,13 @@ class ArmCommand(Node):
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), [status]))
 
     def destroy_node(self) -> None:
+        self._closing = True
         backend = getattr(self, "backend", None)  # absent when the constructor failed
         try:
+            super().destroy_node()
+        finally:
             if backend is not None:
                 backend.close()
-        finally:
-            super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> None:
