@@ -94,11 +94,18 @@ def setup_run(config: TrainConfig, *, accum: int, resume: bool) -> Run:
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
     output_dir = Path(config.output_dir)
+    launched = world_size()
     accelerator = Accelerator(
         gradient_accumulation_steps=accum,
         mixed_precision=config.train.mixed_precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+        # Several processes on a machine without GPUs (accelerate launch --multi_gpu / torchrun on CPU):
+        # data parallel over gloo instead of silently running N independent copies.
+        cpu=launched > 1 and not torch.cuda.is_available(),
     )
+    if accelerator.num_processes != launched:
+        raise RuntimeError(f"launched {launched} processes but accelerate set up {accelerator.num_processes} "
+                           f"({accelerator.distributed_type.value}); check the accelerate config / launcher")
     if accelerator.gradient_accumulation_steps != accum:  # e.g. a DeepSpeed config that fixes it
         raise ValueError(
             f"the accelerate config sets gradient accumulation {accelerator.gradient_accumulation_steps}, the "
