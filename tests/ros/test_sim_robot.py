@@ -228,3 +228,14 @@ def test_expert_leader_episode_records_into_a_bag_the_dataset_builder_converts(r
     assert info["total_episodes"] == 1 and info["total_frames"] >= 5, report
     assert {"observation.images.base", "observation.images.wrist", "observation.state", "action",
             "observation.gaze_box"} <= set(info["features"])
+
+
+def test_bad_parameters_stop_the_node_with_one_clear_line():
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "reconvla_ros.sim_robot", "--ros-args", "-p", "camera_rate:=500.0"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    assert result.returncode == 2
+    assert "camera_rate must be in" in result.stderr and "Traceback" not in result.stderr

@@ -218,3 +218,12 @@ def test_config_file_sets_only_declared_parameters(ros, tmp_path):
     for name, value in params.items():
         assert recorder.has_parameter(name), f"teleop_recorder.yaml sets undeclared parameter {name}"
         assert type(recorder.get_parameter(name).value) is type(value), name
+
+
+def test_bad_parameters_stop_the_node_with_one_clear_line(tmp_path):
+    cmd = [sys.executable, "-m", "reconvla_ros.teleop_recorder", "--ros-args",
+           "-p", f"output_dir:={tmp_path}", "-p", "topics:=[relative/topic]"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    assert result.returncode == 2
+    assert "must be absolute" in result.stderr
+    assert "Traceback" not in result.stderr

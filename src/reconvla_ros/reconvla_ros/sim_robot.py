@@ -25,9 +25,7 @@ import time
 from typing import Any
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
@@ -35,6 +33,7 @@ from std_msgs.msg import Bool, Float32MultiArray, String
 from std_srvs.srv import Trigger
 
 from reconvla_core.sim.realtime import PeriodicSchedule, RealtimeTwin
+from reconvla_ros.common import run_node
 
 PIPER_JOINT_NAMES = ["joint0", "joint1", "joint2", "joint3", "joint4", "joint5", "joint6"]
 
@@ -214,24 +213,18 @@ class SimRobot(Node):
             self._leader_pub.publish(leader)
 
     def destroy_node(self) -> None:
-        with self._lock:
-            self._closed = True
-            self.twin.env.close()
+        lock, twin = getattr(self, "_lock", None), getattr(self, "twin", None)  # absent if __init__ failed
+        if lock is not None and twin is not None:
+            with lock:
+                self._closed = True
+                twin.env.close()
+        elif twin is not None:
+            twin.env.close()
         super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SimRobot()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(SimRobot, args)
 
 
 if __name__ == "__main__":

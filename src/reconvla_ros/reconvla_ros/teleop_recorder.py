@@ -24,9 +24,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -45,6 +43,7 @@ from reconvla_core.runtime.recording import (
     normalise_msgtype,
     parse_topic_specs,
 )
+from reconvla_ros.common import run_node
 
 DEFAULT_OUTPUT_DIR = "~/reconvla_episodes"
 
@@ -235,24 +234,15 @@ class TeleopRecorder(Node):
         return SetParametersResult(successful=True)
 
     def destroy_node(self) -> None:
-        result = self.session.close()
+        session = getattr(self, "session", None)  # absent when the constructor failed
+        result = session.close() if session is not None else None
         if result is not None:
             self.get_logger().warning(f"recorder stopping: episode {result.index} closed as interrupted ({result.path})")
         super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = TeleopRecorder()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(TeleopRecorder, args)
 
 
 if __name__ == "__main__":
