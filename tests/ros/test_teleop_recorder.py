@@ -173,7 +173,8 @@ def test_start_refused_without_task_or_disk_space(ros, tmp_path):
     assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
 
 
-def test_sigterm_leaves_a_readable_bag(ros, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_leaves_a_readable_bag(ros, tmp_path, signum):
     from sensor_msgs.msg import JointState
     from std_srvs.srv import Trigger
 
@@ -197,13 +198,14 @@ def test_sigterm_leaves_a_readable_bag(ros, tmp_path):
         for i in range(20):
             publisher.publish(JointState(position=[float(i)] * 7))
         ros.wait_for(lambda: False, timeout=1.0)  # let the messages arrive before the signal
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         output, _ = proc.communicate(timeout=30.0)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode in (0, -signal.SIGTERM), output
+    assert proc.returncode in (0, -signum), output
+    assert "closed as interrupted" in output
     counts, info, _ = read_bag(bag_dir)
     assert counts.get(FOLLOWER_STATE_TOPIC, 0) > 0, output
     assert info["success"] is False and info["interrupted"] is True and info["task"] == "sigterm test"
