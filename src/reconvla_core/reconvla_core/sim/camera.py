@@ -24,9 +24,9 @@ class CameraSpec:
     far: float = 3.0
 
 
-BASE_CAMERA_EYE = (0.68, 0.0, 0.50)
-BASE_CAMERA_TARGET = (0.22, 0.0, 0.02)
-BASE_CAMERA = CameraSpec(fov_deg=58.0)
+BASE_CAMERA_EYE = (0.60, 0.0, 0.42)
+BASE_CAMERA_TARGET = (0.20, 0.0, 0.0)
+BASE_CAMERA = CameraSpec(fov_deg=55.0)
 WRIST_CAMERA = CameraSpec(fov_deg=70.0, near=0.005)
 # Wrist camera optical axis: from the camera towards this point in the flange frame (just
 # past the finger tips), so the fingers and the grasped object are in view.

@@ -61,8 +61,8 @@ logger = logging.getLogger(__name__)
 
 ACTION_LOWER = np.asarray(JOINT_LOWER + (GRIPPER_MIN,), dtype=np.float64)
 ACTION_UPPER = np.asarray(JOINT_UPPER + (GRIPPER_MAX,), dtype=np.float64)
-# Start pose: gripper open, pointing down above the work area (TCP about (0.22, 0, 0.17)).
-HOME_JOINTS = np.array([0.0, 1.10, -1.30, 0.0, 0.90, 0.0])
+# Start pose: gripper open, pointing straight down, TCP at (0.20, 0, 0.115) (IK of that pose).
+HOME_JOINTS = np.array([0.0, 1.3266, -0.7418, 0.0, 1.0733, 0.0])
 
 
 @dataclass

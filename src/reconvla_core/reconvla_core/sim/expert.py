@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reconvla_core.piper import GRIPPER_MAX, GRIPPER_MIN
+from reconvla_core.piper import GRIPPER_MAX, GRIPPER_MIN, JOINT_UPPER
 from reconvla_core.sim.kinematics import solve_ik, top_down_rotation
 from reconvla_core.sim.scene import BLOCK_SIZE, BOWL_FLOOR, BOWL_INNER_RADIUS
 
@@ -35,6 +35,7 @@ CLOSE_STEPS_S = 0.6  # s to close on a block
 OPEN_STEPS_S = 0.4  # s to let go
 SETTLE_TOL = 0.01  # rad: the arm has reached the command
 MAX_GRASP_TRIES = 3
+WRIST_MARGIN = 0.25  # rad kept from the joint-6 limit when choosing a grasp yaw
 BOWL_SPOT_OFFSET = 0.03  # m from the bowl centre when a block lies in it already
 IK_SEEDS = (
     (0.0, 1.2, -1.2, 0.0, 0.9, 0.0),
@@ -115,7 +116,9 @@ class ScriptedExpert:
         for k in range(4):
             yaw = _wrap(face_yaw + k * math.pi / 2)
             q, err = solve_ik(position, top_down_rotation(yaw), self._seed_at(position), iterations=120)
-            cost = abs(q[5] - self.q[5]) + 100.0 * err
+            # Reachable first, then a margin from the wrist limit, then the smallest wrist turn.
+            margin = max(0.0, abs(q[5]) - (JOINT_UPPER[5] - WRIST_MARGIN))
+            cost = abs(q[5] - self.q[5]) + 10.0 * (err > 1e-3) + 4.0 * margin
             if cost < best_cost:
                 best, best_cost = yaw, cost
         return best
@@ -131,7 +134,12 @@ class ScriptedExpert:
         """Straight TCP line to ``target`` (yaw interpolated), one waypoint per control step."""
         start = self._tcp()
         start_yaw = self._tcp_yaw()
+        # Turn the wrist the way joint 6 can go: for a top-down tool yaw = pi + q1 - q6, so take
+        # the 2 pi branch that matches the joint change of the end configuration.
+        q_end = self._ik(target, yaw)
+        expected = (q_end[0] - self.q[0]) - (q_end[5] - self.q[5])
         dyaw = _wrap(yaw - start_yaw)
+        dyaw = min((dyaw - 2 * math.pi, dyaw, dyaw + 2 * math.pi), key=lambda d: abs(d - expected))
         distance = float(np.linalg.norm(target - start))
         steps = max(1, int(math.ceil(max(distance / (speed * self.dt), abs(dyaw) / (YAW_SPEED * self.dt)))))
         for i in range(1, steps + 1):
@@ -180,7 +188,8 @@ class ScriptedExpert:
         if task.family == "place":
             dest_pos = self._bowl_spot(f"{task.dest}_bowl", block)
             release_bottom = dest_pos[2] + BOWL_FLOOR + 0.012
-            dest_yaw = self._tcp_yaw()
+            # Any of the cube's four yaws will do: the reachable one with the least wrist turn.
+            dest_yaw = self._choose_yaw(np.array([dest_pos[0], dest_pos[1], TRAVEL_Z]), self._tcp_yaw())
         else:
             dest_pos, dest_rot = env.object_pose(f"{task.dest}_block")
             release_bottom = dest_pos[2] + BLOCK_SIZE / 2 + 0.006

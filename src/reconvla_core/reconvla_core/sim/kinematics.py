@@ -85,11 +85,14 @@ def jacobian(q: np.ndarray, base: np.ndarray | None = None) -> tuple[np.ndarray,
     """Geometric Jacobian (6, 6) of the TCP (linear rows first) and the TCP pose."""
     frames = forward_frames(q, base)
     tcp = frames[-1]
-    jac = np.zeros((6, 6))
-    for i in range(6):
-        axis = frames[i][:3, 2]
-        jac[:3, i] = np.cross(axis, tcp[:3, 3] - frames[i][:3, 3])
-        jac[3:, i] = axis
+    axes = np.stack([f[:3, 2] for f in frames[:6]], axis=1)  # (3, 6) joint axes
+    arms = tcp[:3, 3:4] - np.stack([f[:3, 3] for f in frames[:6]], axis=1)  # (3, 6) joint -> TCP
+    jac = np.empty((6, 6))
+    # Linear part: axis x arm, written out (np.cross is slow for tiny arrays).
+    jac[0] = axes[1] * arms[2] - axes[2] * arms[1]
+    jac[1] = axes[2] * arms[0] - axes[0] * arms[2]
+    jac[2] = axes[0] * arms[1] - axes[1] * arms[0]
+    jac[3:] = axes
     return jac, tcp
 
 

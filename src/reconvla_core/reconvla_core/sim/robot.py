@@ -251,16 +251,19 @@ class SimArm:
         p = self._p
         import pybullet
 
-        p.setJointMotorControlArray(  # type: ignore[attr-defined]
-            self.body,
-            self.joint_ids,
-            pybullet.POSITION_CONTROL,
-            targetPositions=self.setpoint.tolist(),
-            targetVelocities=velocity.tolist(),
-            forces=list(JOINT_FORCES),
-            positionGains=[0.5] * 6,
-            velocityGains=[1.0] * 6,
-        )
+        for jid, target, vel, force in zip(self.joint_ids, self.setpoint, velocity, JOINT_FORCES):
+            # maxVelocity caps the joint's own speed too, so catching up after a lag never exceeds 3 rad/s.
+            p.setJointMotorControl2(  # type: ignore[attr-defined]
+                self.body,
+                jid,
+                pybullet.POSITION_CONTROL,
+                targetPosition=float(target),
+                targetVelocity=float(vel),
+                force=force,
+                positionGain=0.5,
+                velocityGain=1.0,
+                maxVelocity=MAX_JOINT_SPEED,
+            )
         half = self.gripper_setpoint / 2.0
         p.setJointMotorControlArray(  # type: ignore[attr-defined]
             self.body,

@@ -39,8 +39,8 @@ WORK_BEARING = math.radians(55.0)
 N_BLOCKS = 5
 N_BOWLS = 2
 N_DISTRACTORS = (1, 2)
-TABLE_HALF = (0.45, 0.6, 0.02)
-TABLE_CENTRE = (0.25, 0.0)
+TABLE_HALF = (0.7, 0.8, 0.02)
+TABLE_CENTRE = (0.15, 0.0)
 
 
 @dataclass(frozen=True)

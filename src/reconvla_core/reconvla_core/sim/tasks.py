@@ -194,20 +194,21 @@ def plan_chain(
     return Chain(seed=seed, tasks=tuple(tasks))
 
 
+def chain_for_scene(scene_seed: int) -> Chain:
+    """The chain planned for a scene seed (its layout and a planner seeded by it)."""
+    from reconvla_core.sim.scene import sample_layout
+
+    layout = sample_layout(scene_seed)
+    rng = np.random.default_rng([int(scene_seed), 7])
+    return plan_chain(int(scene_seed), layout.block_colours(), layout.bowl_colours(), rng)
+
+
 def make_eval_chains(n: int = 100, seed: int = 0) -> list[Chain]:
     """The fixed, seeded evaluation set: chain ``i`` uses scene seed ``seed * 100003 + i``.
 
     Chains are prefix-stable (the first 10 of 100 are the 10 of ``n=10``), so numbers from
     runs with different ``n`` and the same seed compare on their common chains.
     """
-    from reconvla_core.sim.scene import sample_layout
-
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    chains = []
-    for i in range(n):
-        scene_seed = int(seed) * 100003 + i
-        layout = sample_layout(scene_seed)
-        rng = np.random.default_rng([scene_seed, 7])
-        chains.append(plan_chain(scene_seed, layout.block_colours(), layout.bowl_colours(), rng))
-    return chains
+    return [chain_for_scene(int(seed) * 100003 + i) for i in range(n)]

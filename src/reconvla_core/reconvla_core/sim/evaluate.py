@@ -1,0 +1,185 @@
+"""Closed-loop evaluation on CALVIN-style chains: metrics, a bar chart and rollout frames.
+
+A chain counts the subtasks completed in a row (0..5); ``success_by_position[k]`` is the
+fraction of chains that completed at least k+1 subtasks and ``avg_len`` the mean count
+(CALVIN's "average length"). Each subtask has ``SimConfig.subtask_time_limit_s`` of sim
+time. A policy chunk is executed step by step and dropped when the subtask changes.
+The evaluation env clamps finite out-of-limit actions (as the deployment safety filter
+does) and counts them in ``clamped_actions``; NaN/inf or a wrong shape is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reconvla_core.policy import Policy, check_chunk
+from reconvla_core.sim.env import PiperCellEnv, SimConfig
+from reconvla_core.sim.tasks import CHAIN_LENGTH, TASK_FAMILIES, Chain
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ChainResult:
+    seed: int
+    completed: int
+    families: list[str]
+    steps: int
+    frames: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
+
+
+def draw_box(image: np.ndarray, box: Sequence[float], colour: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
+    """Copy of ``image`` with a 1-pixel rectangle at the normalised xyxy ``box``."""
+    out = image.copy()
+    h, w = out.shape[:2]
+    x1, y1, x2, y2 = (int(round(v)) for v in (box[0] * (w - 1), box[1] * (h - 1), box[2] * (w - 1), box[3] * (h - 1)))
+    out[y1 : y2 + 1, [x1, x2]] = colour
+    out[[y1, y2], x1 : x2 + 1] = colour
+    return out
+
+
+def run_chain(
+    env: PiperCellEnv, policy: Policy, chain: Chain, record: bool = False, frame_every: int = 2
+) -> ChainResult:
+    """Run one chain until it completes or a subtask runs out of time."""
+    policy.reset()
+    render = policy.needs_images or record
+    obs = env.reset(chain=chain) if render else _reset_without_images(env, chain)
+    queue: list[np.ndarray] = []
+    frames: list[np.ndarray] = []
+    steps = 0
+    while True:
+        if not queue:
+            queue = list(check_chunk(policy.infer(obs)))
+        action = queue.pop(0)
+        obs, info = env.step(action, render=render)
+        steps += 1
+        if record and steps % frame_every == 0:
+            frames.append(np.concatenate([draw_box(obs["base_image"], info["gaze_box"]), obs["wrist_image"]], axis=1))
+        if info["subtask_success"]:
+            queue = []  # new instruction: a chunk planned for the old one no longer applies
+        if info["done"]:
+            break
+    return ChainResult(chain.seed, int(info["completed"]), [t.family for t in chain.tasks], steps, frames)
+
+
+def _reset_without_images(env: PiperCellEnv, chain: Chain) -> dict[str, Any]:
+    env.reset(chain=chain)
+    return env.observe(render=False)
+
+
+def summarise(results: Sequence[ChainResult], length: int = CHAIN_LENGTH) -> dict[str, Any]:
+    """CALVIN metrics: avg_len, success_by_position (1..length in a row), per-family success rate."""
+    completed = np.array([r.completed for r in results], dtype=np.float64)
+    by_position = [float(np.mean(completed >= k)) for k in range(1, length + 1)]
+    attempts = {family: 0 for family in TASK_FAMILIES}
+    successes = {family: 0 for family in TASK_FAMILIES}
+    for result in results:
+        for position, family in enumerate(result.families):
+            if position > result.completed:
+                break
+            attempts[family] += 1  # reached this subtask
+            successes[family] += int(position < result.completed)
+    per_task = {f: (successes[f] / attempts[f] if attempts[f] else None) for f in TASK_FAMILIES}
+    return {
+        "avg_len": float(completed.mean()) if len(completed) else 0.0,
+        "success_by_position": by_position,
+        "per_task": per_task,
+        "per_task_attempts": attempts,
+        "chains": len(results),
+    }
+
+
+def evaluate_policy(
+    policy: Policy,
+    chains: Sequence[Chain],
+    config: SimConfig | None = None,
+    record_chains: int = 0,
+    progress: bool = True,
+    env: PiperCellEnv | None = None,
+) -> tuple[dict[str, Any], list[ChainResult]]:
+    """Evaluate ``policy`` on ``chains``; returns (metrics, per-chain results).
+
+    ``record_chains``: keep rollout frames (base with the gaze box | wrist) of the first N chains.
+    ``env``: reuse an env (ExpertPolicy is bound to one); otherwise one is made and closed."""
+    from tqdm import tqdm
+
+    own_env = env is None
+    if env is None:
+        config = dataclasses.replace(config or SimConfig(), clip_actions=True)
+        env = PiperCellEnv(config)
+    results: list[ChainResult] = []
+    start = time.perf_counter()
+    steps = 0
+    try:
+        bar = tqdm(chains, desc=f"eval {policy.name}", unit="chain", disable=not progress, leave=False)
+        for index, chain in enumerate(bar):
+            result = run_chain(env, policy, chain, record=index < record_chains)
+            results.append(result)
+            steps += result.steps
+            bar.set_postfix(avg_len=f"{np.mean([r.completed for r in results]):.2f}")
+        bar.close()
+    finally:
+        if own_env:
+            env.close()
+    elapsed = time.perf_counter() - start
+    metrics = summarise(results)
+    metrics.update(
+        {
+            "policy": policy.name,
+            "steps": steps,
+            "steps_per_s": round(steps / elapsed, 2) if elapsed > 0 else 0.0,
+            "elapsed_s": round(elapsed, 2),
+            "seeds": [r.seed for r in results],
+            "completed": [r.completed for r in results],
+        }
+    )
+    return metrics, results
+
+
+def save_report(metrics: dict[str, Any], results: Sequence[ChainResult], out_dir: str | Path) -> dict[str, str]:
+    """Write eval.json, a bar chart (eval_sim.png) and rollout GIFs + first-frame PNGs into ``out_dir``."""
+    import imageio.v2 as imageio
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    positions = np.arange(1, len(metrics["success_by_position"]) + 1)
+    ax1.bar(positions, metrics["success_by_position"], color="#3b75af")
+    for x, y in zip(positions, metrics["success_by_position"]):
+        ax1.text(x, y + 0.02, f"{y:.2f}", ha="center", fontsize=8)
+    ax1.set(xlabel="subtasks completed in a row", ylabel="success rate", ylim=(0, 1.1), xticks=positions)
+    ax1.set_title(f"{metrics['policy']}: avg len {metrics['avg_len']:.2f} ({metrics['chains']} chains)")
+    families = [f for f, v in metrics["per_task"].items() if v is not None]
+    ax2.bar(families, [metrics["per_task"][f] for f in families], color="#e07b39")
+    ax2.set(ylabel="success rate", ylim=(0, 1.1), title="per task family")
+    fig.tight_layout()
+    chart = out / "eval_sim.png"
+    fig.savefig(chart, dpi=100)
+    plt.close(fig)
+    files["chart"] = str(chart)
+    rollouts = []
+    for index, result in enumerate(r for r in results if r.frames):
+        gif = out / f"rollout_{index:02d}.gif"
+        imageio.mimsave(gif, result.frames, duration=0.2, loop=0)
+        png = out / f"rollout_{index:02d}_first.png"
+        imageio.imwrite(png, result.frames[0])
+        rollouts += [str(gif), str(png)]
+    files["rollouts"] = rollouts  # type: ignore[assignment]
+    report = dict(metrics, files=files)
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    files["json"] = str(out / "eval.json")
+    return files
