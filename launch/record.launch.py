@@ -42,8 +42,10 @@ def _config(name: str) -> PathJoinSubstitution:
 
 
 def generate_launch_description() -> LaunchDescription:
-    declared = [DeclareLaunchArgument(name, default_value=default, description=text)
-                for name, default, text in ARGUMENTS]
+    declared = [
+        DeclareLaunchArgument(name, default_value=default, description=text)
+        for name, default, text in ARGUMENTS
+    ]
     in_sim = IfCondition(LaunchConfiguration("sim"))
     on_robot = UnlessCondition(LaunchConfiguration("sim"))
 
@@ -52,11 +54,14 @@ def generate_launch_description() -> LaunchDescription:
         executable="sim_robot",
         name="sim_robot",
         output="screen",
-        parameters=[_config("sim_robot.yaml"), {
-            "expert_leader": True,
-            "seed": ParameterValue(LaunchConfiguration("seed"), value_type=int),
-            "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
-        }],
+        parameters=[
+            _config("sim_robot.yaml"),
+            {
+                "expert_leader": True,
+                "seed": ParameterValue(LaunchConfiguration("seed"), value_type=int),
+                "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
+            },
+        ],
         condition=in_sim,
     )
     # Real cell: cameras and the PiPer driver as in robot.launch.py; arm_command reads the leader
@@ -80,12 +85,15 @@ def generate_launch_description() -> LaunchDescription:
         executable="teleop_recorder",
         name="teleop_recorder",
         output="screen",
-        parameters=[_config("teleop_recorder.yaml"), {
-            "output_dir": ParameterValue(LaunchConfiguration("output_dir"), value_type=str),
-            "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
-            "operator": ParameterValue(LaunchConfiguration("operator"), value_type=str),
-            "min_free_gb": ParameterValue(LaunchConfiguration("min_free_gb"), value_type=float),
-        }],
+        parameters=[
+            _config("teleop_recorder.yaml"),
+            {
+                "output_dir": ParameterValue(LaunchConfiguration("output_dir"), value_type=str),
+                "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
+                "operator": ParameterValue(LaunchConfiguration("operator"), value_type=str),
+                "min_free_gb": ParameterValue(LaunchConfiguration("min_free_gb"), value_type=float),
+            },
+        ],
     )
     rviz = Node(
         package="rviz2",

@@ -34,8 +34,12 @@ ARGUMENTS = (
     ("base_profile", "640,480,30", "RealSense colour profile width,height,fps"),
     ("device", "cuda", "torch device of the policy node"),
     ("role", "all", "all | robot (drivers, ingest, arm_command) | policy (policy, RViz)"),
-    ("teleop", "false", "piper_sdk only: publish the leader arm's commands on /master/joint_states and the "
-                        "follower's state on /joint_states_single (recording; see record.launch.py)"),
+    (
+        "teleop",
+        "false",
+        "piper_sdk only: publish the leader arm's commands on /master/joint_states and the "
+        "follower's state on /joint_states_single (recording; see record.launch.py)",
+    ),
     ("use_rviz", "false", "start RViz with the cameras and the attention overlay"),
 )
 
@@ -94,8 +98,10 @@ def _camera_drivers(context, *args, **kwargs):
 
 
 def generate_launch_description() -> LaunchDescription:
-    declared = [DeclareLaunchArgument(name, default_value=default, description=text)
-                for name, default, text in ARGUMENTS]
+    declared = [
+        DeclareLaunchArgument(name, default_value=default, description=text)
+        for name, default, text in ARGUMENTS
+    ]
     as_str = {
         "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
         "instruction": ParameterValue(LaunchConfiguration("instruction"), value_type=str),
@@ -115,17 +121,26 @@ def generate_launch_description() -> LaunchDescription:
         executable="piper_single_ctrl",
         name="piper_ctrl_single_node",
         output="screen",
-        parameters=[{
-            "can_port": as_str["can_port"],
-            "auto_enable": False,  # arm_command enables on request, never at start
-            "gripper_exist": True,
-            "girpper_exist": True,  # spelling used by older piper_ros releases
-            "rviz_ctrl_flag": False,
-        }],
-        condition=IfCondition(PythonExpression([
-            "'", LaunchConfiguration("backend"), "' == 'piper_ros' and '",
-            LaunchConfiguration("role"), "' in ('all', 'robot')",
-        ])),
+        parameters=[
+            {
+                "can_port": as_str["can_port"],
+                "auto_enable": False,  # arm_command enables on request, never at start
+                "gripper_exist": True,
+                "girpper_exist": True,  # spelling used by older piper_ros releases
+                "rviz_ctrl_flag": False,
+            }
+        ],
+        condition=IfCondition(
+            PythonExpression(
+                [
+                    "'",
+                    LaunchConfiguration("backend"),
+                    "' == 'piper_ros' and '",
+                    LaunchConfiguration("role"),
+                    "' in ('all', 'robot')",
+                ]
+            )
+        ),
     )
 
     camera_ingest = Node(
@@ -141,16 +156,23 @@ def generate_launch_description() -> LaunchDescription:
         executable="arm_command",
         name="arm_command",
         output="screen",
-        parameters=[_config("arm_command.yaml"), {
-            "backend": as_str["backend"],
-            "can_port": as_str["can_port"],
-            "teleop": ParameterValue(LaunchConfiguration("teleop"), value_type=bool),
-            # While recording, the follower's state goes where piper_ros would publish it, so bags
-            # from the cell and from the twin have the same topics.
-            "joint_states_topic": PythonExpression([
-                "'joint_states_single' if '", LaunchConfiguration("teleop"), "'.lower() == 'true' else 'joint_states'",
-            ]),
-        }],
+        parameters=[
+            _config("arm_command.yaml"),
+            {
+                "backend": as_str["backend"],
+                "can_port": as_str["can_port"],
+                "teleop": ParameterValue(LaunchConfiguration("teleop"), value_type=bool),
+                # While recording, the follower's state goes where piper_ros would publish it, so bags
+                # from the cell and from the twin have the same topics.
+                "joint_states_topic": PythonExpression(
+                    [
+                        "'joint_states_single' if '",
+                        LaunchConfiguration("teleop"),
+                        "'.lower() == 'true' else 'joint_states'",
+                    ]
+                ),
+            },
+        ],
         condition=robot_side,
     )
     policy = Node(
@@ -158,11 +180,14 @@ def generate_launch_description() -> LaunchDescription:
         executable="policy",
         name="policy",
         output="screen",
-        parameters=[_config("policy.yaml"), {
-            "checkpoint": as_str["checkpoint"],
-            "instruction": as_str["instruction"],
-            "device": as_str["device"],
-        }],
+        parameters=[
+            _config("policy.yaml"),
+            {
+                "checkpoint": as_str["checkpoint"],
+                "instruction": as_str["instruction"],
+                "device": as_str["device"],
+            },
+        ],
         condition=policy_side,
     )
     rviz = Node(

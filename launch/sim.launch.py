@@ -31,47 +31,61 @@ def _config(name: str) -> PathJoinSubstitution:
 
 
 def generate_launch_description() -> LaunchDescription:
-    declared = [DeclareLaunchArgument(name, default_value=default, description=text)
-                for name, default, text in ARGUMENTS]
+    declared = [
+        DeclareLaunchArgument(name, default_value=default, description=text)
+        for name, default, text in ARGUMENTS
+    ]
     sim_robot = Node(
         package=PACKAGE,
         executable="sim_robot",
         name="sim_robot",
         output="screen",
-        parameters=[_config("sim_robot.yaml"), {
-            "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
-            "seed": ParameterValue(LaunchConfiguration("seed"), value_type=int),
-            "expert_leader": False,  # the policy drives the arm
-        }],
+        parameters=[
+            _config("sim_robot.yaml"),
+            {
+                "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
+                "seed": ParameterValue(LaunchConfiguration("seed"), value_type=int),
+                "expert_leader": False,  # the policy drives the arm
+            },
+        ],
     )
     camera_ingest = Node(
         package=PACKAGE,
         executable="camera_ingest",
         name="camera_ingest",
         output="screen",
-        parameters=[_config("camera_ingest.yaml"), {
-            "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
-        }],
+        parameters=[
+            _config("camera_ingest.yaml"),
+            {
+                "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
+            },
+        ],
     )
     policy = Node(
         package=PACKAGE,
         executable="policy",
         name="policy",
         output="screen",
-        parameters=[_config("policy.yaml"), {
-            "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
-            "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
-        }],
+        parameters=[
+            _config("policy.yaml"),
+            {
+                "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
+                "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
+            },
+        ],
     )
     arm_command = Node(
         package=PACKAGE,
         executable="arm_command",
         name="arm_command",
         output="screen",
-        parameters=[_config("arm_command.yaml"), {
-            "backend": "piper_ros",
-            "auto_enable": ParameterValue(LaunchConfiguration("enable_arm"), value_type=bool),
-        }],
+        parameters=[
+            _config("arm_command.yaml"),
+            {
+                "backend": "piper_ros",
+                "auto_enable": ParameterValue(LaunchConfiguration("enable_arm"), value_type=bool),
+            },
+        ],
     )
     rviz = Node(
         package="rviz2",

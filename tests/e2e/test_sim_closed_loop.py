@@ -1,4 +1,4 @@
-"""The deployed graph closed around the twin: sim_robot -> camera_ingest -> policy -> arm_command -> sim_robot.
+"""The deployed graph closed around the twin: sim_robot -> camera_ingest -> policy -> arm_command.
 
 A tiny random-weight checkpoint drives the simulated arm for a few seconds over real DDS with the
 real drivers' topics. Asserted: commands reach the twin, the arm moves, and every command obeys
@@ -32,8 +32,14 @@ def tiny_checkpoint(tmp_path_factory):
     # Normalisation spanning the joint ranges: the random model's actions land anywhere inside them,
     # so the safety filter has real work to do.
     low, high = LOWER.copy(), UPPER.copy()
-    entry = {"min": low.tolist(), "max": high.tolist(), "q01": low.tolist(), "q99": high.tolist(),
-             "mean": ((low + high) / 2).tolist(), "std": ((high - low) / 4).tolist()}
+    entry = {
+        "min": low.tolist(),
+        "max": high.tolist(),
+        "q01": low.tolist(),
+        "q99": high.tolist(),
+        "mean": ((low + high) / 2).tolist(),
+        "std": ((high - low) / 4).tolist(),
+    }
     model.set_norm_stats({"action": entry, "observation.state": entry})
     path = tmp_path_factory.mktemp("closed_loop") / "checkpoint"
     model.save_pretrained(path)
@@ -83,16 +89,54 @@ def test_policy_drives_the_twin_within_the_safety_limits(ros, tiny_checkpoint):
     observer.create_subscription(JointState, FOLLOWER_STATE_TOPIC, tap.on_state, qos_profile_sensor_data)
     observer.create_subscription(Image, MODEL_FRAME_TOPIC, tap.on_frame, qos_profile_sensor_data)
 
-    sim = ros.add_node(SimRobot(context=ros.context, parameter_overrides=params(
-        image_width=96, image_height=72, camera_rate=5.0, physics_rate=50.0, joint_state_rate=50.0,
-        control_rate=10.0, seed=1, task="pick red")))
-    ros.add_node(CameraIngest(context=ros.context, parameter_overrides=params(
-        checkpoint=str(tiny_checkpoint), max_frame_age=5.0)))
-    ros.add_node(PolicyNode(context=ros.context, parameter_overrides=params(
-        checkpoint=str(tiny_checkpoint), device="cpu", viz_rate=0.0, max_obs_age=5.0, state_timeout=2.0)))
-    arm = ros.add_node(ArmCommand(context=ros.context, parameter_overrides=params(
-        backend="piper_ros", auto_enable=True, control_rate=CONTROL_RATE, max_joint_speed=MAX_JOINT_SPEED,
-        speed_percent=60, max_speed_percent=80, chunk_timeout=5.0, observation_timeout=1.0)))
+    sim = ros.add_node(
+        SimRobot(
+            context=ros.context,
+            parameter_overrides=params(
+                image_width=96,
+                image_height=72,
+                camera_rate=5.0,
+                physics_rate=50.0,
+                joint_state_rate=50.0,
+                control_rate=10.0,
+                seed=1,
+                task="pick red",
+            ),
+        )
+    )
+    ros.add_node(
+        CameraIngest(
+            context=ros.context,
+            parameter_overrides=params(checkpoint=str(tiny_checkpoint), max_frame_age=5.0),
+        )
+    )
+    ros.add_node(
+        PolicyNode(
+            context=ros.context,
+            parameter_overrides=params(
+                checkpoint=str(tiny_checkpoint),
+                device="cpu",
+                viz_rate=0.0,
+                max_obs_age=5.0,
+                state_timeout=2.0,
+            ),
+        )
+    )
+    arm = ros.add_node(
+        ArmCommand(
+            context=ros.context,
+            parameter_overrides=params(
+                backend="piper_ros",
+                auto_enable=True,
+                control_rate=CONTROL_RATE,
+                max_joint_speed=MAX_JOINT_SPEED,
+                speed_percent=60,
+                max_speed_percent=80,
+                chunk_timeout=5.0,
+                observation_timeout=1.0,
+            ),
+        )
+    )
 
     start = sim.twin.state()
 
@@ -102,7 +146,8 @@ def test_policy_drives_the_twin_within_the_safety_limits(ros, tiny_checkpoint):
 
     assert ros.wait_for(driven, timeout=150.0, period=0.5), (
         f"frames={tap.frames} commands={sim.twin.commands_received} ignored={sim.twin.commands_ignored} "
-        f"moved={np.abs(sim.twin.state() - start).max():.4f}")
+        f"moved={np.abs(sim.twin.state() - start).max():.4f}"
+    )
     assert arm is not None
 
     with tap.lock:

@@ -33,6 +33,7 @@ class Inbox:
         def store(msg: Any) -> None:
             with self._lock:
                 self.messages.setdefault(topic, []).append(msg)
+
         return store
 
     def last(self, topic: str) -> Any:
@@ -50,8 +51,14 @@ def make_sim(ros, **params: Any):
 
     from reconvla_ros.sim_robot import SimRobot
 
-    defaults = {"image_width": 64, "image_height": 48, "camera_rate": 5.0, "joint_state_rate": 50.0,
-                "physics_rate": 50.0, "chain_length": 2}
+    defaults = {
+        "image_width": 64,
+        "image_height": 48,
+        "camera_rate": 5.0,
+        "joint_state_rate": 50.0,
+        "physics_rate": 50.0,
+        "chain_length": 2,
+    }
     defaults.update(params)
     overrides = [Parameter(k, value=v) for k, v in defaults.items()]
     return ros.add_node(SimRobot(context=ros.context, parameter_overrides=overrides))
@@ -66,11 +73,16 @@ def listen(ros, inbox: Inbox):
     node = ros.make_node("listener")
     for topic in (BASE_IMAGE_TOPIC, WRIST_IMAGE_TOPIC):
         node.create_subscription(Image, topic, inbox.callback(topic), qos_profile_sensor_data)
-    node.create_subscription(JointState, FOLLOWER_STATE_TOPIC, inbox.callback(FOLLOWER_STATE_TOPIC),
-                             qos_profile_sensor_data)
+    node.create_subscription(
+        JointState, FOLLOWER_STATE_TOPIC, inbox.callback(FOLLOWER_STATE_TOPIC), qos_profile_sensor_data
+    )
     node.create_subscription(Float32MultiArray, GAZE_BOX_TOPIC, inbox.callback(GAZE_BOX_TOPIC), 10)
-    node.create_subscription(String, INSTRUCTION_TOPIC, inbox.callback(INSTRUCTION_TOPIC),
-                             QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    node.create_subscription(
+        String,
+        INSTRUCTION_TOPIC,
+        inbox.callback(INSTRUCTION_TOPIC),
+        QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL),
+    )
     return node
 
 
@@ -88,8 +100,10 @@ def test_publishes_what_the_real_drivers_publish(ros):
     topics = (BASE_IMAGE_TOPIC, WRIST_IMAGE_TOPIC, FOLLOWER_STATE_TOPIC, GAZE_BOX_TOPIC, INSTRUCTION_TOPIC)
     assert ros.wait_for(lambda: all(inbox.count(t) for t in topics), timeout=30.0), inbox.messages.keys()
 
-    for topic, frame in ((BASE_IMAGE_TOPIC, "camera_color_optical_frame"),
-                         (WRIST_IMAGE_TOPIC, "wrist_camera_color_optical_frame")):
+    for topic, frame in (
+        (BASE_IMAGE_TOPIC, "camera_color_optical_frame"),
+        (WRIST_IMAGE_TOPIC, "wrist_camera_color_optical_frame"),
+    ):
         image = inbox.last(topic)
         assert (image.height, image.width, image.encoding, image.step) == (48, 64, "rgb8", 64 * 3)
         assert image.header.frame_id == frame
@@ -113,7 +127,9 @@ def test_obeys_joint_ctrl_single_like_piper_ros(ros):
     commander = ros.make_node("commander")
     command_pub = commander.create_publisher(JointState, ARM_COMMAND_TOPIC, 10)
     enable_pub = commander.create_publisher(Bool, "/enable_flag", 10)
-    assert ros.wait_for(lambda: command_pub.get_subscription_count() > 0 and inbox.count(FOLLOWER_STATE_TOPIC))
+    assert ros.wait_for(
+        lambda: command_pub.get_subscription_count() > 0 and inbox.count(FOLLOWER_STATE_TOPIC)
+    )
     start = np.asarray(inbox.last(FOLLOWER_STATE_TOPIC).position)
 
     target = start.copy()
@@ -130,8 +146,11 @@ def test_obeys_joint_ctrl_single_like_piper_ros(ros):
     def arrived() -> bool:
         command_pub.publish(message)
         position = np.asarray(inbox.last(FOLLOWER_STATE_TOPIC).position)
-        return (abs(position[0] - target[0]) < 0.03 and abs(position[6] - 0.03) < 0.005
-                and abs(position[4] - JOINT_UPPER[4]) < 0.03)
+        return (
+            abs(position[0] - target[0]) < 0.03
+            and abs(position[6] - 0.03) < 0.005
+            and abs(position[4] - JOINT_UPPER[4]) < 0.03
+        )
 
     assert ros.wait_for(arrived, timeout=30.0, period=0.1), inbox.last(FOLLOWER_STATE_TOPIC).position
 
@@ -154,8 +173,12 @@ def test_reset_and_next_subtask_services(ros):
     first = sim.twin.instruction
     response = call(ros, next_subtask, Trigger.Request())
     assert response.success and response.message == sim.twin.instruction
-    assert ros.wait_for(lambda: inbox.last(INSTRUCTION_TOPIC) is not None
-                        and inbox.last(INSTRUCTION_TOPIC).data == response.message)
+    assert ros.wait_for(
+        lambda: (
+            inbox.last(INSTRUCTION_TOPIC) is not None
+            and inbox.last(INSTRUCTION_TOPIC).data == response.message
+        )
+    )
     refused = call(ros, next_subtask, Trigger.Request())  # chain_length 2: nothing after the second
     assert not refused.success and "reset" in refused.message
 
@@ -182,7 +205,7 @@ def test_config_file_sets_only_declared_parameters(ros):
 
 @pytest.mark.slow
 def test_expert_leader_episode_records_into_a_bag_the_dataset_builder_converts(ros, tmp_path):
-    """Teleop in the twin: the expert is the leader, the recorder writes a bag, `reconvla dataset build` reads it."""
+    """Teleop in the twin: the expert leads, the recorder writes a bag, `reconvla dataset build` reads it."""
     import json
     import subprocess
     import sys
@@ -195,9 +218,16 @@ def test_expert_leader_episode_records_into_a_bag_the_dataset_builder_converts(r
 
     bags = tmp_path / "bags"
     sim = make_sim(ros, expert_leader=True, camera_rate=10.0, control_rate=10.0, task="pick red", seed=0)
-    recorder = ros.add_node(TeleopRecorder(context=ros.context, parameter_overrides=[
-        Parameter("output_dir", value=str(bags)), Parameter("min_free_gb", value=0.0),
-        Parameter("operator", value="expert")]))
+    recorder = ros.add_node(
+        TeleopRecorder(
+            context=ros.context,
+            parameter_overrides=[
+                Parameter("output_dir", value=str(bags)),
+                Parameter("min_free_gb", value=0.0),
+                Parameter("operator", value="expert"),
+            ],
+        )
+    )
     console = ros.make_node("console")
     start = console.create_client(Trigger, "/teleop_recorder/start_episode")
     stop = console.create_client(SetBool, "/teleop_recorder/stop_episode")
@@ -218,16 +248,33 @@ def test_expert_leader_episode_records_into_a_bag_the_dataset_builder_converts(r
 
     out = tmp_path / "dataset"
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "reconvla"), "dataset", "build", "--bags", str(bags),
-         "--out", str(out), "--fps", "5", "--json"],
-        capture_output=True, text=True, timeout=240,
+        [
+            str(Path(sys.executable).parent / "reconvla"),
+            "dataset",
+            "build",
+            "--bags",
+            str(bags),
+            "--out",
+            str(out),
+            "--fps",
+            "5",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     info = json.loads((out / "meta" / "info.json").read_text())
     assert info["total_episodes"] == 1 and info["total_frames"] >= 5, report
-    assert {"observation.images.base", "observation.images.wrist", "observation.state", "action",
-            "observation.gaze_box"} <= set(info["features"])
+    assert {
+        "observation.images.base",
+        "observation.images.wrist",
+        "observation.state",
+        "action",
+        "observation.gaze_box",
+    } <= set(info["features"])
 
 
 def test_bad_parameters_stop_the_node_with_one_clear_line():

@@ -1,4 +1,4 @@
-"""teleop_recorder over real DDS: services drive episodes, bags hold the topics, SIGTERM leaves a readable bag."""
+"""teleop_recorder over real DDS: services drive episodes, bags hold the topics, signals keep bags readable."""
 
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ def read_bag(path: Path) -> tuple[dict[str, int], dict[str, Any], dict[str, list
     with Reader(path) as reader:
         counts = {c.topic: c.msgcount for c in reader.connections}
         for connection, _, raw in reader.messages():
-            decoded.setdefault(connection.topic, []).append(typestore.deserialize_cdr(raw, connection.msgtype))
+            decoded.setdefault(connection.topic, []).append(
+                typestore.deserialize_cdr(raw, connection.msgtype)
+            )
     info = json.loads(decoded[EPISODE_INFO_TOPIC][-1].data)
     return counts, info, decoded
 
@@ -111,8 +113,16 @@ def test_episode_is_recorded_with_all_topics_and_metadata(ros, tmp_path):
     def enough() -> bool:
         robot.publish_all(0.5)
         counts = recorder.session.message_counts()
-        return all(counts.get(t, 0) >= 3 for t in (BASE_IMAGE_TOPIC, WRIST_IMAGE_TOPIC, FOLLOWER_STATE_TOPIC,
-                                                     LEADER_COMMAND_TOPIC, GAZE_BOX_TOPIC))
+        return all(
+            counts.get(t, 0) >= 3
+            for t in (
+                BASE_IMAGE_TOPIC,
+                WRIST_IMAGE_TOPIC,
+                FOLLOWER_STATE_TOPIC,
+                LEADER_COMMAND_TOPIC,
+                GAZE_BOX_TOPIC,
+            )
+        )
 
     assert ros.wait_for(enough, timeout=20.0, period=0.05), recorder.session.message_counts()
     assert call(ros, stop, SetBool.Request(data=True)).success
@@ -179,9 +189,23 @@ def test_signal_leaves_a_readable_bag(ros, tmp_path, signum):
     from std_srvs.srv import Trigger
 
     config = Path(__file__).resolve().parents[2] / "src" / "reconvla_ros" / "config" / "teleop_recorder.yaml"
-    cmd = [sys.executable, "-m", "reconvla_ros.teleop_recorder", "--ros-args", "--params-file", str(config),
-           "-p", f"output_dir:={tmp_path}", "-p", "task:=sigterm test", "-p", "min_free_gb:=0.0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    cmd = [
+        sys.executable,
+        "-m",
+        "reconvla_ros.teleop_recorder",
+        "--ros-args",
+        "--params-file",
+        str(config),
+        "-p",
+        f"output_dir:={tmp_path}",
+        "-p",
+        "task:=sigterm test",
+        "-p",
+        "min_free_gb:=0.0",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ)
+    )
     try:
         node = ros.make_node("sigterm_driver")
         start = node.create_client(Trigger, "/teleop_recorder/start_episode")
@@ -223,8 +247,16 @@ def test_config_file_sets_only_declared_parameters(ros, tmp_path):
 
 
 def test_bad_parameters_stop_the_node_with_one_clear_line(tmp_path):
-    cmd = [sys.executable, "-m", "reconvla_ros.teleop_recorder", "--ros-args",
-           "-p", f"output_dir:={tmp_path}", "-p", "topics:=[relative/topic]"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "reconvla_ros.teleop_recorder",
+        "--ros-args",
+        "-p",
+        f"output_dir:={tmp_path}",
+        "-p",
+        "topics:=[relative/topic]",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=dict(os.environ))
     assert result.returncode == 2
     assert "must be absolute" in result.stderr

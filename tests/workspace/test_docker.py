@@ -27,7 +27,10 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
         if not stripped.endswith("\\"):
             logical.append(current)
             current = ""
-    return [(entry.split(None, 1)[0].upper(), entry.split(None, 1)[1] if " " in entry else "") for entry in logical]
+    return [
+        (entry.split(None, 1)[0].upper(), entry.split(None, 1)[1] if " " in entry else "")
+        for entry in logical
+    ]
 
 
 def compose() -> dict:
@@ -67,8 +70,11 @@ def test_dockerfile_installs_the_stack():
 
 def test_entrypoint_sources_all_three_layers():
     script = (DOCKER / "entrypoint.sh").read_text()
-    for setup in ("/opt/ros/${ROS_DISTRO:-jazzy}/setup.bash", "/opt/underlay/install/setup.bash",
-                  "/opt/reconvla/install/setup.bash"):
+    for setup in (
+        "/opt/ros/${ROS_DISTRO:-jazzy}/setup.bash",
+        "/opt/underlay/install/setup.bash",
+        "/opt/reconvla/install/setup.bash",
+    ):
         assert f"source {setup}" in script or f'source "{setup}"' in script
     assert 'exec "$@"' in script
 
@@ -111,6 +117,10 @@ def test_compose_commands_use_existing_launch_files_and_arguments(service):
         tree = ast.parse(path.read_text())
         declared = set()
         for node in ast.walk(tree):
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "ARGUMENTS" for t in node.targets):
+            if isinstance(node, ast.Assign) and any(
+                getattr(t, "id", None) == "ARGUMENTS" for t in node.targets
+            ):
                 declared |= {entry[0] for entry in ast.literal_eval(node.value)}
-        assert arguments <= declared, f"{service}: {sorted(arguments - declared)} not declared by {launch_file}"
+        assert arguments <= declared, (
+            f"{service}: {sorted(arguments - declared)} not declared by {launch_file}"
+        )

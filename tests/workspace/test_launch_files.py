@@ -25,11 +25,27 @@ ROS_PKG = REPO / "src" / "reconvla_ros"
 PACKAGE = "reconvla_ros"
 
 EXPECTED_ARGUMENTS = {
-    "robot.launch.py": {"checkpoint", "instruction", "backend", "use_rviz", "can_port", "base_serial",
-                        "wrist_serial", "role"},
+    "robot.launch.py": {
+        "checkpoint",
+        "instruction",
+        "backend",
+        "use_rviz",
+        "can_port",
+        "base_serial",
+        "wrist_serial",
+        "role",
+    },
     "sim.launch.py": {"checkpoint", "use_rviz", "task", "seed"},
-    "record.launch.py": {"sim", "output_dir", "task", "operator", "min_free_gb", "can_port", "base_serial",
-                         "wrist_serial"},
+    "record.launch.py": {
+        "sim",
+        "output_dir",
+        "task",
+        "operator",
+        "min_free_gb",
+        "can_port",
+        "base_serial",
+        "wrist_serial",
+    },
 }
 EXTERNAL_PACKAGES = {"realsense2_camera", "orbbec_camera", "piper", "rviz2"}
 
@@ -68,7 +84,9 @@ def node_calls(tree: ast.Module) -> list[dict[str, Any]]:
             for keyword in node.keywords:
                 if keyword.arg in ("package", "executable", "name"):
                     value = keyword.value
-                    kw[keyword.arg] = PACKAGE if getattr(value, "id", None) == "PACKAGE" else ast.literal_eval(value)
+                    kw[keyword.arg] = (
+                        PACKAGE if getattr(value, "id", None) == "PACKAGE" else ast.literal_eval(value)
+                    )
             calls.append(kw)
     return calls
 
@@ -125,13 +143,26 @@ def test_launch_files_set_only_parameters_the_configs_know(name):
     for executable, keys in node_parameter_keys(launch_tree(name)).items():
         config = ROS_PKG / "config" / f"{executable}.yaml"
         documented = yaml.safe_load(config.read_text())[executable]["ros__parameters"]
-        assert keys <= set(documented), f"{name}: {executable} gets {sorted(keys - set(documented))} not in {config.name}"
+        assert keys <= set(documented), (
+            f"{name}: {executable} gets {sorted(keys - set(documented))} not in {config.name}"
+        )
 
 
 def test_robot_launch_uses_the_real_drivers_names():
     constants = string_constants(launch_tree("robot.launch.py"))
-    assert {"rs_launch.py", "dabai.launch.py", "wrist_camera", "piper_single_ctrl", "piper_ctrl_single_node",
-            "camera_namespace", "camera_name", "serial_no", "serial_number", "can_port", "auto_enable"} <= constants
+    assert {
+        "rs_launch.py",
+        "dabai.launch.py",
+        "wrist_camera",
+        "piper_single_ctrl",
+        "piper_ctrl_single_node",
+        "camera_namespace",
+        "camera_name",
+        "serial_no",
+        "serial_number",
+        "can_port",
+        "auto_enable",
+    } <= constants
 
 
 def test_setup_py_installs_launch_config_and_rviz():
@@ -150,7 +181,11 @@ def test_rviz_layout_is_rviz2_yaml_with_the_product_topics():
     displays = layout["Visualization Manager"]["Displays"]
     assert all(d["Class"].startswith("rviz_default_plugins/") for d in displays)
     topics = {d["Topic"]["Value"] for d in displays}
-    assert {"/camera/camera/color/image_raw", "/wrist_camera/color/image_raw", "/reconvla/attention"} <= topics
+    assert {
+        "/camera/camera/color/image_raw",
+        "/wrist_camera/color/image_raw",
+        "/reconvla/attention",
+    } <= topics
     images = [d for d in displays if d["Class"] == "rviz_default_plugins/Image"]
     # Best effort receives from both best-effort (drivers) and reliable publishers.
     assert all(d["Topic"]["Reliability Policy"] == "Best Effort" for d in images)
@@ -194,12 +229,36 @@ def _fake_prefix(root: Path) -> Path:
     package("rclcpp_components", ("component_container",))
     # Stand-ins for the drivers' launch files: they declare the arguments we pass and start one node.
     for name, launch_file, args, exe in (
-        ("realsense2_camera", "rs_launch.py",
-         ("camera_namespace", "camera_name", "serial_no", "rgb_camera.color_profile", "rgb_camera.color_format",
-          "enable_color", "enable_depth", "pointcloud.enable"), "realsense2_camera_node"),
-        ("orbbec_camera", "dabai.launch.py",
-         ("camera_name", "serial_number", "enable_depth", "enable_ir", "enable_point_cloud", "color_width",
-          "color_height", "color_fps"), "orbbec_camera_node"),
+        (
+            "realsense2_camera",
+            "rs_launch.py",
+            (
+                "camera_namespace",
+                "camera_name",
+                "serial_no",
+                "rgb_camera.color_profile",
+                "rgb_camera.color_format",
+                "enable_color",
+                "enable_depth",
+                "pointcloud.enable",
+            ),
+            "realsense2_camera_node",
+        ),
+        (
+            "orbbec_camera",
+            "dabai.launch.py",
+            (
+                "camera_name",
+                "serial_number",
+                "enable_depth",
+                "enable_ir",
+                "enable_point_cloud",
+                "color_width",
+                "color_height",
+                "color_fps",
+            ),
+            "orbbec_camera_node",
+        ),
     ):
         driver_share = package(name, (exe,))
         (driver_share / "launch").mkdir()
@@ -244,8 +303,13 @@ def expand(launch_file: Path, arguments: dict[str, str]) -> list[Any]:
                 visit(list(entity.visit(context) or []))
 
     # Enter through an include, as `ros2 launch file.py a:=b` does (sets the launch file locals).
-    visit([IncludeLaunchDescription(PythonLaunchDescriptionSource(str(launch_file)),
-                                    launch_arguments=arguments.items())])
+    visit(
+        [
+            IncludeLaunchDescription(
+                PythonLaunchDescriptionSource(str(launch_file)), launch_arguments=arguments.items()
+            )
+        ]
+    )
     return started
 
 
@@ -277,12 +341,19 @@ def _names(nodes: list[Any]) -> set[str]:
 
 
 def test_robot_launch_expands_with_the_launch_api(launch_env):
-    nodes = expand(launch_env / "robot.launch.py", {"base_serial": "831612073525", "instruction": "yes",
-                                                    "checkpoint": "/models/ckpt"})
+    nodes = expand(
+        launch_env / "robot.launch.py",
+        {"base_serial": "831612073525", "instruction": "yes", "checkpoint": "/models/ckpt"},
+    )
     names = _names(nodes)
-    assert {"realsense2_camera/realsense2_camera_node", "orbbec_camera/orbbec_camera_node",
-            "piper/piper_single_ctrl", f"{PACKAGE}/camera_ingest", f"{PACKAGE}/arm_command",
-            f"{PACKAGE}/policy"} <= names
+    assert {
+        "realsense2_camera/realsense2_camera_node",
+        "orbbec_camera/orbbec_camera_node",
+        "piper/piper_single_ctrl",
+        f"{PACKAGE}/camera_ingest",
+        f"{PACKAGE}/arm_command",
+        f"{PACKAGE}/policy",
+    } <= names
     assert "rviz2/rviz2" not in names
     by_exe = {n.node_executable: n for n in nodes}
     realsense = _parameters(by_exe["realsense2_camera_node"])
@@ -296,8 +367,10 @@ def test_robot_launch_expands_with_the_launch_api(launch_env):
     sdk = _names(expand(launch_env / "robot.launch.py", {"backend": "piper_sdk", "role": "robot"}))
     assert "piper/piper_single_ctrl" not in sdk and f"{PACKAGE}/policy" not in sdk
     assert f"{PACKAGE}/arm_command" in sdk
-    teleop = {n.node_executable: n for n in expand(launch_env / "robot.launch.py",
-                                                   {"backend": "piper_sdk", "teleop": "true"})}
+    teleop = {
+        n.node_executable: n
+        for n in expand(launch_env / "robot.launch.py", {"backend": "piper_sdk", "teleop": "true"})
+    }
     teleop_params = _parameters(teleop["arm_command"])
     assert teleop_params["teleop"] is True and teleop_params["joint_states_topic"] == "joint_states_single"
     assert _parameters(by_exe["arm_command"])["joint_states_topic"] == "joint_states"
@@ -320,7 +393,11 @@ def test_sim_and_record_launch_expand_with_the_launch_api(launch_env):
     real = _names(expand(launch_env / "record.launch.py", {"sim": "false"}))
     assert f"{PACKAGE}/teleop_recorder" in real and "realsense2_camera/realsense2_camera_node" in real
     assert f"{PACKAGE}/sim_robot" not in real and "piper/piper_single_ctrl" not in real
-    arm = _parameters(next(n for n in expand(launch_env / "record.launch.py", {"sim": "false"})
-                           if n.node_executable == "arm_command"))
+    arm = _parameters(
+        next(
+            n
+            for n in expand(launch_env / "record.launch.py", {"sim": "false"})
+            if n.node_executable == "arm_command"
+        )
+    )
     assert arm["backend"] == "piper_sdk" and arm["teleop"] is True and arm["auto_enable"] is False
-

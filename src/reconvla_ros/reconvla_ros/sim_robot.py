@@ -69,16 +69,38 @@ class SimRobot(Node):
         self.declare_parameter("wrist_frame_id", "wrist_camera_color_optical_frame", fixed)
         self.declare_parameter("joint_names", PIPER_JOINT_NAMES, fixed)
 
-        p = {name: self.get_parameter(name).value for name in (
-            "seed", "task", "chain_length", "image_width", "image_height", "physics_rate", "camera_rate",
-            "joint_state_rate", "control_rate", "expert_leader", "auto_enable", "base_frame_id",
-            "wrist_frame_id", "joint_names")}
-        rates = {name: float(p[name]) for name in ("physics_rate", "camera_rate", "joint_state_rate", "control_rate")}
+        p = {
+            name: self.get_parameter(name).value
+            for name in (
+                "seed",
+                "task",
+                "chain_length",
+                "image_width",
+                "image_height",
+                "physics_rate",
+                "camera_rate",
+                "joint_state_rate",
+                "control_rate",
+                "expert_leader",
+                "auto_enable",
+                "base_frame_id",
+                "wrist_frame_id",
+                "joint_names",
+            )
+        }
+        rates = {
+            name: float(p[name])
+            for name in ("physics_rate", "camera_rate", "joint_state_rate", "control_rate")
+        }
         for name, rate in rates.items():
             if not 0 < rate <= rates["physics_rate"]:
-                raise ValueError(f"{name} must be in (0, physics_rate={rates['physics_rate']}] Hz, got {rate}")
+                raise ValueError(
+                    f"{name} must be in (0, physics_rate={rates['physics_rate']}] Hz, got {rate}"
+                )
         if len(p["joint_names"]) != 7:
-            raise ValueError(f"joint_names must have 7 entries (6 joints + gripper), got {len(p['joint_names'])}")
+            raise ValueError(
+                f"joint_names must have 7 entries (6 joints + gripper), got {len(p['joint_names'])}"
+            )
         if int(p["chain_length"]) < 1:
             raise ValueError(f"chain_length must be >= 1, got {p['chain_length']}")
         self._joint_names = [str(n) for n in p["joint_names"]]
@@ -88,18 +110,30 @@ class SimRobot(Node):
         if env is None:
             from reconvla_core.sim import PiperCellEnv, SimConfig
 
-            env = PiperCellEnv(SimConfig(image_width=int(p["image_width"]), image_height=int(p["image_height"]),
-                                         control_hz=rates["control_rate"], clip_actions=True))
-        self.twin = RealtimeTwin(env, expert_leader=bool(p["expert_leader"]), auto_enable=bool(p["auto_enable"]))
+            env = PiperCellEnv(
+                SimConfig(
+                    image_width=int(p["image_width"]),
+                    image_height=int(p["image_height"]),
+                    control_hz=rates["control_rate"],
+                    clip_actions=True,
+                )
+            )
+        self.twin = RealtimeTwin(
+            env, expert_leader=bool(p["expert_leader"]), auto_enable=bool(p["auto_enable"])
+        )
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        latched = QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+        )
         self._base_pub = self.create_publisher(Image, "camera/camera/color/image_raw", QoSProfile(depth=5))
         self._wrist_pub = self.create_publisher(Image, "wrist_camera/color/image_raw", QoSProfile(depth=5))
         self._state_pub = self.create_publisher(JointState, "joint_states_single", reliable)
-        self._leader_pub = (self.create_publisher(JointState, "master/joint_states", reliable)
-                            if self.twin.expert_leader else None)
+        self._leader_pub = (
+            self.create_publisher(JointState, "master/joint_states", reliable)
+            if self.twin.expert_leader
+            else None
+        )
         self._instruction_pub = self.create_publisher(String, "instruction", latched)
         self._gaze_pub = self.create_publisher(Float32MultiArray, "reconvla/gaze_box", reliable)
         self.create_subscription(JointState, "joint_ctrl_single", self._on_command, reliable)
@@ -115,18 +149,26 @@ class SimRobot(Node):
         self._last_state_time = 0.0
         self._last_tick = time.monotonic()
         self._schedule = PeriodicSchedule(
-            {"camera": rates["camera_rate"], "joint_state": rates["joint_state_rate"],
-             "control": rates["control_rate"]}, start=self._last_tick)
+            {
+                "camera": rates["camera_rate"],
+                "joint_state": rates["joint_state_rate"],
+                "control": rates["control_rate"],
+            },
+            start=self._last_tick,
+        )
         self.create_timer(1.0 / rates["physics_rate"], self._on_tick)
         self.get_logger().info(
             f"twin running: seed {self._seed}, '{self.twin.instruction}', "
             f"{'expert leader' if self.twin.expert_leader else 'obeying joint_ctrl_single'}, "
-            f"cameras {p['image_width']}x{p['image_height']} at {rates['camera_rate']:g} Hz")
+            f"cameras {p['image_width']}x{p['image_height']} at {rates['camera_rate']:g} Hz"
+        )
 
     # ------------------------------------------------------------------ scene
     def _reset_scene(self, seed: int) -> str:
         task = str(self.get_parameter("task").value)
-        instruction = self.twin.reset(seed, task=task, chain_length=None if task.strip() else self._chain_length)
+        instruction = self.twin.reset(
+            seed, task=task, chain_length=None if task.strip() else self._chain_length
+        )
         self._seed = seed
         self._publish_instruction()
         return instruction
@@ -203,8 +245,9 @@ class SimRobot(Node):
         if self._last_state is not None and now > self._last_state_time:
             velocity = (state - self._last_state) / (now - self._last_state_time)
         self._last_state, self._last_state_time = state, now
-        msg = JointState(name=self._joint_names, position=state.tolist(), velocity=velocity.tolist(),
-                         effort=[0.0] * 7)
+        msg = JointState(
+            name=self._joint_names, position=state.tolist(), velocity=velocity.tolist(), effort=[0.0] * 7
+        )
         msg.header.stamp = stamp
         self._state_pub.publish(msg)
         if self._leader_pub is not None and self.twin.leader_command is not None:

@@ -237,7 +237,9 @@ class TeleopRecorder(Node):
         session = getattr(self, "session", None)  # absent when the constructor failed
         result = session.close() if session is not None else None
         if result is not None:
-            self.get_logger().warning(f"recorder stopping: episode {result.index} closed as interrupted ({result.path})")
+            self.get_logger().warning(
+                f"recorder stopping: episode {result.index} closed as interrupted ({result.path})"
+            )
         super().destroy_node()
 
 

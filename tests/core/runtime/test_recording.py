@@ -249,14 +249,17 @@ def test_real_bag_round_trip(tmp_path):
     typestore = get_typestore()
     types = typestore.types
     session = RecordingSession(tmp_path, min_free_gb=0.0, operator="bob")
-    raw_instruction = typestore.serialize_cdr(types["std_msgs/msg/String"](data="stack the blocks"),
-                                              "std_msgs/msg/String")
+    raw_instruction = typestore.serialize_cdr(
+        types["std_msgs/msg/String"](data="stack the blocks"), "std_msgs/msg/String"
+    )
     session.record(INSTRUCTION_TOPIC, "std_msgs/msg/String", T0, raw_instruction)
     path = session.start("stack the blocks")
-    header = types["std_msgs/msg/Header"](stamp=types["builtin_interfaces/msg/Time"](sec=1, nanosec=0),
-                                          frame_id="")
-    joint = types["sensor_msgs/msg/JointState"](header=header, name=["j"] * 7, position=np.full(7, 0.1),
-                                                velocity=np.zeros(0), effort=np.zeros(0))
+    header = types["std_msgs/msg/Header"](
+        stamp=types["builtin_interfaces/msg/Time"](sec=1, nanosec=0), frame_id=""
+    )
+    joint = types["sensor_msgs/msg/JointState"](
+        header=header, name=["j"] * 7, position=np.full(7, 0.1), velocity=np.zeros(0), effort=np.zeros(0)
+    )
 
     for _ in range(3):
         raw = typestore.serialize_cdr(joint, "sensor_msgs/msg/JointState")
@@ -268,6 +271,6 @@ def test_real_bag_round_trip(tmp_path):
         assert topics[FOLLOWER_STATE_TOPIC] == 3
         assert topics[INSTRUCTION_TOPIC] == 1
         info_conn = [c for c in reader.connections if c.topic == EPISODE_INFO_TOPIC]
-        (_, _, raw_info), = list(reader.messages(connections=info_conn))
+        ((_, _, raw_info),) = list(reader.messages(connections=info_conn))
     info = json.loads(typestore.deserialize_cdr(raw_info, "std_msgs/msg/String").data)
     assert info["task"] == "stack the blocks" and info["success"] is True and info["operator"] == "bob"

@@ -112,7 +112,9 @@ class BagWriterLike(Protocol):
     message_counts: dict[str, int]
 
     def open(self) -> Any: ...
-    def write_serialized(self, topic: str, msgtype: str, stamp_ns: int, cdr_bytes: bytes | memoryview) -> None: ...
+    def write_serialized(
+        self, topic: str, msgtype: str, stamp_ns: int, cdr_bytes: bytes | memoryview
+    ) -> None: ...
     def finish(self, episode_info: dict[str, Any] | None = None) -> dict[str, Any]: ...
     def abort(self, reason: str = "aborted") -> None: ...
 
@@ -141,7 +143,9 @@ def parse_topic_spec(spec: str, known_types: dict[str, str] | None = None) -> To
     name, sep, msgtype = text.partition(":")
     name = name.strip()
     if not name.startswith("/"):
-        raise ValueError(f"topic {name!r} must be absolute (start with '/') so bags do not depend on namespaces")
+        raise ValueError(
+            f"topic {name!r} must be absolute (start with '/') so bags do not depend on namespaces"
+        )
     if sep:
         return TopicSpec(name, normalise_msgtype(msgtype))
     return TopicSpec(name, known.get(name))
@@ -389,7 +393,9 @@ class RecordingSession:
         result = self._result_locked(success=bool(success), discarded=False, info=dict(written or info))
         self._last_result = result
         self._reset_locked()
-        logger.info("episode %d stopped (success=%s, %d messages)", result.index, success, result.num_messages)
+        logger.info(
+            "episode %d stopped (success=%s, %d messages)", result.index, success, result.num_messages
+        )
         return result
 
     def _result_locked(self, *, success: bool, discarded: bool, info: dict[str, Any]) -> EpisodeResult:

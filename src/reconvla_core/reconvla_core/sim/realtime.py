@@ -25,7 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from reconvla_core.piper import ACTION_DIM, GRIPPER_MAX, GRIPPER_MIN, JOINT_LOWER, JOINT_UPPER, MAX_JOINT_SPEED
+from reconvla_core.piper import (
+    ACTION_DIM,
+    GRIPPER_MAX,
+    GRIPPER_MIN,
+    JOINT_LOWER,
+    JOINT_UPPER,
+    MAX_JOINT_SPEED,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +86,9 @@ def driver_target(position: Sequence[float]) -> np.ndarray:
     send garbage; the twin refuses them)."""
     values = np.asarray(list(position), dtype=np.float64)
     if values.shape[0] < ACTION_DIM:
-        raise ValueError(f"joint_ctrl_single needs 7 positions (6 joints rad + gripper m), got {values.shape[0]}")
+        raise ValueError(
+            f"joint_ctrl_single needs 7 positions (6 joints rad + gripper m), got {values.shape[0]}"
+        )
     values = values[:ACTION_DIM]
     if not np.all(np.isfinite(values)):
         raise ValueError("joint_ctrl_single position has non-finite values")
@@ -111,8 +120,9 @@ class Frame:
 class RealtimeTwin:
     """A ``PiperCellEnv`` driven in real time with the real driver's command semantics."""
 
-    def __init__(self, env: Any, *, expert_leader: bool = False, auto_enable: bool = True,
-                 max_step_s: float = 0.1) -> None:
+    def __init__(
+        self, env: Any, *, expert_leader: bool = False, auto_enable: bool = True, max_step_s: float = 0.1
+    ) -> None:
         if max_step_s <= 0:
             raise ValueError(f"max_step_s must be > 0, got {max_step_s}")
         self.env = env
@@ -210,8 +220,12 @@ class RealtimeTwin:
             return Progress(False, False, True, int(self.env.completed))
         before = self.instruction
         info = self.env.check_progress()  # moves on to the next subtask of the chain on success
-        return Progress(bool(info["subtask_success"]), self.instruction != before, bool(info["done"]),
-                        int(info["completed"]))
+        return Progress(
+            bool(info["subtask_success"]),
+            self.instruction != before,
+            bool(info["done"]),
+            int(info["completed"]),
+        )
 
     # ------------------------------------------------------------------ reading
     def state(self) -> np.ndarray:
