@@ -125,11 +125,22 @@ class ReconVLA(nn.Module):
         }
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        self.llm.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False})
+        """Activation checkpointing of the LLM layers (transformers >= 5.20 renamed the method)."""
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        if hasattr(self.llm, "activation_checkpointing_enable"):
+            self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def gradient_checkpointing_disable(self) -> None:
-        self.llm.gradient_checkpointing_disable()
+        if hasattr(self.llm, "activation_checkpointing_disable"):
+            self.llm.activation_checkpointing_disable()
+        else:
+            self.llm.gradient_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.llm.modules())
 
     def train(self, mode: bool = True) -> ReconVLA:
         super().train(mode)
