@@ -63,7 +63,8 @@ def test_tiny_run_lowers_both_losses_and_writes_artefacts(pretrained: dict[str, 
     assert (final / "reconstruction.safetensors").is_file()  # kept for the finetune stage
     policy = ReconVLA.from_pretrained(final)  # inference: no reconstruction weights
     assert policy.reconstruction is None and policy.norm_stats is not None
-    assert json.loads((final / "training.json").read_text())["steps"] == 24
+    training = json.loads((final / "metadata.json").read_text())["training"]
+    assert training["steps"] == 24 and training["stage"] == "pretrain"
 
 
 def test_interrupted_run_resumes_identically(make_config: Any, tmp_path: Path) -> None:
@@ -160,3 +161,18 @@ def test_bad_config_fails_before_any_work(make_config: Any, tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="global_batch_size 6 is not divisible"):
         train(config)
     assert not (tmp_path / "x").exists()  # nothing was created
+
+
+def test_paper_knobs_on_tiny_bf16_checkpointing_and_closed_loop_eval(make_config: Any, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The paper recipe's switches (bf16 autocast, gradient checkpointing) plus the sim closed-loop check."""
+    config = make_config(tmp_path / "knobs", **{"train.max_steps": 2, "train.mixed_precision": "bf16",
+                                                "train.gradient_checkpointing": "true", "eval.at_end": "true",
+                                                "eval.max_samples": 2, "eval.sim_episodes": 1,
+                                                "eval.sim_max_steps": 5})
+    with caplog.at_level("INFO", logger="reconvla_core.train"):
+        result = train(config)
+    assert "gradient checkpointing on (1 module(s))" in caplog.text
+    assert "mixed precision bf16" in caplog.text
+    assert result["steps"] == 2 and 0 < result["final_recon_loss"] < 2 and result["final_action_loss"] > 0
+    assert result["val"]["sim_avg_len"] >= 0.0 and "action_l1_gripper_m" in result["val"]

@@ -130,7 +130,7 @@ class EvalSection:
     at_end: bool = True
     max_samples: int = 64  # held-out samples per validation
     sim_episodes: int = 0  # > 0: also a short closed-loop run in the simulation twin (if available)
-    sim_max_steps: int = 60
+    sim_max_steps: int = 60  # control steps per subtask (at the twin's 10 Hz) before it counts as failed
 
 
 @dataclass

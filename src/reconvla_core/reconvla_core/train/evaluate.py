@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from reconvla_core.policy import Policy
 from reconvla_core.train.data import move_to_device, process_raw
 
 logger = logging.getLogger(__name__)
@@ -107,23 +108,42 @@ def _action_l1(run: Any) -> dict[str, float]:
 
 
 def _closed_loop(run: Any) -> dict[str, float]:
-    """A few episodes in the simulation twin through reconvla_core.sim.evaluate, when it is available."""
+    """A few CALVIN-style chains in the simulation twin with the model being trained (main process)."""
     try:
-        from reconvla_core.sim import evaluate as sim_evaluate
+        from reconvla_core.sim.evaluate import evaluate_policy
     except ImportError as error:
         logger.warning("closed-loop evaluation skipped: simulator not available (%s)", error)
         return {}
     result = torch.zeros(2, dtype=torch.float64, device=run.accelerator.device)
     if run.accelerator.is_main_process:
+        from reconvla_core.sim.env import SimConfig
+        from reconvla_core.sim.tasks import make_eval_chains
+
         model = run.accelerator.unwrap_model(run.model)
         model.eval()
         try:
-            report = sim_evaluate.evaluate_model(model, episodes=run.config.eval.sim_episodes,
-                                                 max_steps=run.config.eval.sim_max_steps)
+            sim_config = SimConfig(subtask_time_limit_s=run.config.eval.sim_max_steps / SimConfig().control_hz)
+            metrics, _ = evaluate_policy(TrainingModelPolicy(model), make_eval_chains(run.config.eval.sim_episodes),
+                                         config=sim_config, progress=False)
         finally:
             model.train()
-        result[0] = float(report.get("success_rate", 0.0))
-        result[1] = float(report.get("avg_len", 0.0))
+        result[0] = float(metrics["success_by_position"][0])
+        result[1] = float(metrics["avg_len"])
+        logger.info("closed loop in the sim twin: avg_len %.2f over %d chains", metrics["avg_len"], metrics["chains"])
     if run.accelerator.num_processes > 1:
-        result = run.accelerator.reduce(result, reduction="sum")
-    return {"sim_success_rate": float(result[0]), "sim_avg_len": float(result[1])}
+        result = run.accelerator.reduce(result, reduction="sum")  # only the main process contributed
+    return {"sim_first_subtask_success": float(result[0]), "sim_avg_len": float(result[1])}
+
+
+class TrainingModelPolicy(Policy):
+    """The in-memory model as a ``reconvla_core.policy.Policy`` (no checkpoint round trip)."""
+
+    name = "training-model"
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def infer(self, obs: dict[str, Any]) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model.predict_action(obs["base_image"], obs["wrist_image"], str(obs["instruction"]),
+                                             np.asarray(obs["state"]))

@@ -72,21 +72,34 @@ def train(config: TrainConfig, *, resume: bool = False, step_callback: StepCallb
     """Run one training stage; returns {"steps", "final_loss", "final_action_loss", "final_recon_loss",
     "samples_per_s", "checkpoint", ...}. ``step_callback(step, metrics)`` runs after every step."""
     accum = validate_config(config, world_size())  # every config error surfaces before any work
-    run = setup_run(config, accum=accum, resume=resume)
     try:
-        with run.stopper:
-            while run.state.step < run.state.total_steps:
-                run.last = train_step(run)
-                after_step(run)
-                if step_callback is not None:
-                    step_callback(run.state.step, run.last)
-                if run.stopper.should_stop(run.accelerator):
-                    run.state.interrupted = True
-                    break
-        return finish(run)
+        run = setup_run(config, accum=accum, resume=resume)
+        try:
+            with run.stopper:
+                while run.state.step < run.state.total_steps:
+                    run.last = train_step(run)
+                    after_step(run)
+                    if step_callback is not None:
+                        step_callback(run.state.step, run.last)
+                    if run.stopper.should_stop(run.accelerator):
+                        run.state.interrupted = True
+                        break
+            return finish(run)
+        finally:
+            run.logs.close()
+            run.accelerator.end_training()
     finally:
-        run.logs.close()
-        run.accelerator.end_training()
+        release_accelerator_state()
+
+
+def release_accelerator_state() -> None:
+    """accelerate keeps one process-wide AcceleratorState: forget it so a later train() in the same
+    process (pretrain then finetune from Python, tests) may choose another mixed precision. The
+    distributed process group (PartialState) stays up."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
 
 
 def setup_run(config: TrainConfig, *, accum: int, resume: bool) -> Run:
@@ -124,7 +137,8 @@ def setup_run(config: TrainConfig, *, accum: int, resume: bool) -> Run:
         apply_lora(model, config)
     groups = select_trainable(model, config)
     if config.train.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
+        enabled = enable_gradient_checkpointing(model)
+        logger.info("gradient checkpointing on (%d module(s))", enabled)
     total_steps = plan_steps(config, data)
     optimizer = build_optimizer(groups, config)
     scheduler = build_scheduler(optimizer, config, total_steps)

@@ -7,7 +7,6 @@ denoiser it trains is the pretrained one (the authors' code silently re-initiali
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -102,28 +101,46 @@ def check_carried_over(model: nn.Module, root: Path) -> dict[str, Any]:
 
 
 def save_final(run: Any) -> Path:
-    """The inference checkpoint: LoRA merged, norm stats, tokenizer, training metadata."""
+    """The inference checkpoint: LoRA merged, norm stats, tokenizer, training metadata (metadata.json
+    "training": stage, steps, data, init) and the resolved train_config.yaml.
+
+    Under DeepSpeed ZeRO-3 / FSDP the parameters are sharded: the full state dict is gathered onto
+    the main process and loaded into a fresh (meta-initialised) model, which is what gets saved.
+    """
     from reconvla_core.train.optim import is_lora, merge_lora
 
     accelerator = run.accelerator
     final = run.output_dir / "final"
     accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(run.model)
-    state_dict = None
     if accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
-        state_dict = accelerator.get_state_dict(run.model)  # gathered full weights on the main process
+        state_dict = accelerator.get_state_dict(run.model)  # collective: every process takes part
+        if accelerator.is_main_process:
+            model = _unsharded_copy(model, state_dict)
     if is_lora(model):
         merge_lora(model, adapter_dir=final / "lora_adapter" if accelerator.is_main_process else None)
     if accelerator.is_main_process:
         final.mkdir(parents=True, exist_ok=True)
-        if state_dict is not None:
-            model.load_state_dict(state_dict, strict=False)
-        model.save_pretrained(final)
-        (final / "train_config.yaml").write_text(to_yaml(run.config))
-        (final / "training.json").write_text(json.dumps({
+        model.save_pretrained(final, metadata={"training": {
             "stage": run.config.stage, "steps": run.state.step, "samples_seen": run.state.samples_seen,
-            "data": run.state.data, "init": run.init_info, "lora_merged": run.config.lora.enabled,
-        }, indent=2) + "\n")
+            "data": run.state.data, "init": run.init_info, "lora_merged": run.config.lora.enabled}})
+        (final / "train_config.yaml").write_text(to_yaml(run.config))
         logger.info("inference checkpoint -> %s", final)
     accelerator.wait_for_everyone()
     return final
+
+
+def _unsharded_copy(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """A plain CPU model holding the gathered weights (the sharded one cannot be saved directly)."""
+    from accelerate import init_empty_weights
+
+    if any("lora_" in key for key in state_dict):
+        raise NotImplementedError("LoRA under DeepSpeed ZeRO-3/FSDP: merge the adapters from the resumable "
+                                  "checkpoint with DDP or one process (LoRA rarely needs sharding)")
+    with init_empty_weights(include_buffers=False):
+        copy = type(model)(model.config, tokenizer=model.tokenizer, build_reconstruction=model.reconstruction is not None)
+    copy.load_state_dict({k: v.cpu() for k, v in state_dict.items()}, strict=False, assign=True)
+    if model.config.llm.tie_word_embeddings:
+        copy.llm.tie_weights()
+    copy.set_norm_stats(model.norm_stats)
+    return copy
