@@ -30,6 +30,15 @@ def image_at(camera: int, frame: int, height: int, width: int) -> np.ndarray:
     return rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
 
 
+def smooth_image_at(camera: int, frame: int, height: int, width: int) -> np.ndarray:
+    """A camera-like image (gradients and a block) that JPEG compresses well."""
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.stack([x * 255 // width, y * 255 // height, (x + y + 10 * camera) * 127 // (width + height)], -1)
+    left = (4 * frame) % max(1, width // 2)
+    image[height // 4 : height // 2, left : left + width // 4] = (200, 30 + 50 * camera, 40)
+    return image.astype(np.uint8)
+
+
 def gaze_at(frame: int) -> np.ndarray:
     return np.array([0.1 + 0.01 * frame, 0.2, 0.5 + 0.01 * frame, 0.6], dtype=np.float32)
 
@@ -50,6 +59,7 @@ class BagSpec:
     skip_wrist_frames: tuple[int, ...] = ()  # camera frames missing from the wrist stream
     storage: str = "mcap"
     write_leader: bool = True
+    smooth_images: bool = False  # camera-like content instead of noise (for lossy-codec tests)
 
 
 def write_bag(path: Path, spec: BagSpec) -> Path:
@@ -69,9 +79,10 @@ def write_bag(path: Path, spec: BagSpec) -> Path:
                 if spec.write_leader:
                     bag.write_joint_state(itf.LEADER_COMMAND_TOPIC, stamp, action_at(t, spec.episode))
             else:
-                bag.write_image(itf.BASE_IMAGE_TOPIC, stamp, image_at(0, i, spec.height, spec.width))
+                render = smooth_image_at if spec.smooth_images else image_at
+                bag.write_image(itf.BASE_IMAGE_TOPIC, stamp, render(0, i, spec.height, spec.width))
                 if i not in spec.skip_wrist_frames:
-                    bag.write_image(itf.WRIST_IMAGE_TOPIC, stamp, image_at(1, i, spec.height, spec.width))
+                    bag.write_image(itf.WRIST_IMAGE_TOPIC, stamp, render(1, i, spec.height, spec.width))
                 if spec.gaze:
                     bag.write_gaze_box(stamp, gaze_at(i), valid=i not in spec.gaze_invalid_frames)
         bag.finish({"success": spec.success, "operator": spec.operator, "instruction": spec.instruction})

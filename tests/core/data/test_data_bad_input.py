@@ -96,7 +96,7 @@ def test_interrupted_build_leaves_no_complete_looking_dataset(tmp_path, make_bag
         make_bag(f"ep{episode}", seconds=3.0, height=120, width=160, episode=episode)
     out = tmp_path / "ds"
     command = [sys.executable, "-m", "reconvla_core.cli.main", "dataset", "build", "--bags", str(tmp_path / "bags"),
-               "--out", str(out), "--workers", "1"]
+               "--out", str(out), "--workers", "1", "--image-format", "png"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".ds.partial-*/data")) and process.poll() is None and time.monotonic() < deadline:

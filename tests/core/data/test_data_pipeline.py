@@ -30,7 +30,7 @@ def _check_sample(sample, frame, camera_frame, n_frames, episode=0, height=24, w
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 def test_sim_rate_bag_to_sample(tmp_path, make_bag, storage):
     make_bag("ep_a", seconds=2.0, storage=storage, gaze_invalid_frames=(3,))
-    report = build_dataset(BuildConfig(bags=[tmp_path / "bags"], out=tmp_path / "ds", gaze="sim"))
+    report = build_dataset(BuildConfig(bags=[tmp_path / "bags"], out=tmp_path / "ds", gaze="sim", image_format="png"))
     assert (report.episodes, report.frames, report.dropped_frames, report.gaze_fallbacks) == (1, 21, 0, 1)
     ds = VLADataset([DatasetSource(tmp_path / "ds")], chunk_size=K, val_fraction=0.0)
     assert len(ds) == 21
@@ -47,7 +47,7 @@ def test_sim_rate_bag_to_sample(tmp_path, make_bag, storage):
 def test_real_robot_rates_align_by_nearest(tmp_path, make_bag):
     """Cameras at 30 Hz and joints at 200 Hz onto a 10 fps grid: frame k = camera frame 3k, joint 20k."""
     make_bag("robot", seconds=1.5, camera_hz=30.0, joint_hz=200.0, episode=2)
-    report = build_dataset(BuildConfig(bags=[tmp_path / "bags"], out=tmp_path / "ds", gaze="sim"))
+    report = build_dataset(BuildConfig(bags=[tmp_path / "bags"], out=tmp_path / "ds", gaze="sim", image_format="png"))
     assert (report.frames, report.dropped_frames) == (16, 0)
     ds = VLADataset([DatasetSource(tmp_path / "ds")], chunk_size=K, val_fraction=0.0)
     for frame in (0, 5, 15):
@@ -62,7 +62,7 @@ def test_gaps_beyond_tolerance_are_dropped_and_counted(tmp_path, make_bag):
     np.testing.assert_allclose(episode.timestamps, [0, 0.1, 0.2, 0.6, 0.7, 0.8, 0.9, 1.0], atol=1e-9)
     loose = read_episode(path, align=AlignConfig(fps=10, tolerance_s=0.2))
     assert loose.dropped_frames == 0 and loose.num_frames == 11
-    report = build_dataset(BuildConfig(bags=[path], out=tmp_path / "ds", gaze="sim"))
+    report = build_dataset(BuildConfig(bags=[path], out=tmp_path / "ds", gaze="sim", image_format="png"))
     assert (report.frames, report.dropped_frames) == (8, 3)
 
 
@@ -102,3 +102,56 @@ def test_augmentation_keeps_shapes_and_moves_the_gaze_box(tmp_path, make_bag):
     assert not np.array_equal(a["base_image"], b["base_image"])
     np.testing.assert_array_equal(a["actions"], b["actions"])
     assert np.all((b["gaze_box"] >= 0) & (b["gaze_box"] <= 1)) and not np.allclose(a["gaze_box"], b["gaze_box"])
+
+
+@pytest.mark.parametrize("frame_id", ["", "c", "camera_color_optical_frame", "abc"])
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "mono8"])
+def test_fast_image_parse_matches_rosbags(frame_id, encoding):
+    from reconvla_core.data.bag_reader import image_to_rgb, parse_image_cdr
+    from reconvla_core.data.bag_writer import get_typestore
+
+    ts = get_typestore()
+    channels = 1 if encoding == "mono8" else 3
+    rng = np.random.default_rng(len(frame_id))
+    height, width, step = 5, 7, 7 * channels + 3  # padded rows
+    data = rng.integers(0, 256, size=height * step, dtype=np.uint8)
+    types = ts.types
+    msg = types["sensor_msgs/msg/Image"](
+        header=types["std_msgs/msg/Header"](stamp=types["builtin_interfaces/msg/Time"](sec=1, nanosec=2),
+                                            frame_id=frame_id),
+        height=height, width=width, encoding=encoding, is_bigendian=0, step=step, data=data)
+    raw = ts.serialize_cdr(msg, "sensor_msgs/msg/Image")
+    fast = image_to_rgb(parse_image_cdr(raw))
+    reference = image_to_rgb(ts.deserialize_cdr(raw, "sensor_msgs/msg/Image"))
+    np.testing.assert_array_equal(fast, reference)
+    rows = data.reshape(height, step)[:, : width * channels].reshape(height, width, channels)
+    expected = {"rgb8": rows, "bgr8": rows[..., ::-1], "mono8": np.repeat(rows, 3, axis=2)}[encoding]
+    np.testing.assert_array_equal(fast, expected)
+
+
+def test_indexed_and_scanning_readers_agree(tmp_path, make_bag):
+    from reconvla_core.data.bag_reader import BagTopics, _read_episode_scan
+
+    path = make_bag("robot", seconds=1.0, camera_hz=30.0, joint_hz=200.0, skip_wrist_frames=(4, 5))
+    fast = read_episode(path)
+    slow = _read_episode_scan(path, BagTopics(), AlignConfig())
+    assert fast._index is not None and slow._index is None
+    for name in ("timestamps", "state", "action", "gaze"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name))
+    assert (fast.dropped_frames, fast.info, fast.instruction) == (slow.dropped_frames, slow.info, slow.instruction)
+    for (i, base_a, wrist_a), (j, base_b, wrist_b) in zip(fast.iter_frames(), slow._iter_frames_scan(), strict=True):
+        assert i == j
+        np.testing.assert_array_equal(base_a, base_b)
+        np.testing.assert_array_equal(wrist_a, wrist_b)
+
+
+def test_default_jpeg_frames_are_close_to_the_recorded_ones(tmp_path, make_bag):
+    make_bag("ep", seconds=0.5, height=48, width=64, smooth_images=True)
+    build_dataset(BuildConfig(bags=[tmp_path / "bags"], out=tmp_path / "ds"))
+    sample = VLADataset([tmp_path / "ds"], val_fraction=0.0)[3]
+    from data_synthetic import smooth_image_at
+
+    for camera, key in ((0, "base_image"), (1, "wrist_image")):
+        error = sample[key].astype(np.float64) - smooth_image_at(camera, 3, 48, 64)
+        psnr = 10 * np.log10(255.0**2 / np.mean(error**2))
+        assert psnr > 38, psnr

@@ -32,7 +32,7 @@ def dataset(tmp_path, make_bag):
     make_bag("ep0", seconds=1.0, episode=0, instruction="pick up the red block")
     make_bag("ep1", seconds=1.5, episode=1, instruction="push the blue cube to the left")
     make_bag("ep2", seconds=0.5, episode=2, instruction="pick up the red block")
-    build_dataset(BuildConfig(bags=[tmp_path / "bags"], out=tmp_path / "ds", gaze="sim"))
+    build_dataset(BuildConfig(bags=[tmp_path / "bags"], out=tmp_path / "ds", gaze="sim", image_format="png"))
     return tmp_path / "ds"
 
 

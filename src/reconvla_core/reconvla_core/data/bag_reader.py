@@ -127,6 +127,7 @@ class BagEpisode:
     dropped_frames: int
     image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # role -> (height, width)
     _image_index: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # role -> (T,) msg index
+    _index: McapIndex | None = field(default=None, repr=False)  # pass-1 MCAP index, reused by pass 2
 
     @property
     def name(self) -> str:
@@ -147,6 +148,29 @@ class BagEpisode:
 
     def iter_frames(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Yield ``(frame_index, base_rgb, wrist_rgb)`` in frame order (second pass over the bag)."""
+        index = self._index if self._index is not None else McapIndex.open(self.path)
+        if index is not None:
+            yield from self._iter_frames_indexed(index)
+            return
+        yield from self._iter_frames_scan()
+
+    def _iter_frames_indexed(self, index: McapIndex) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Random access through the MCAP message index: only the selected images are read."""
+        typestore = get_typestore()
+        with index:
+            channels = {role: index.channel(getattr(self.topics, role)) for role in ("base_image", "wrist_image")}
+            cache: dict[str, tuple[int, np.ndarray]] = {}
+            for frame in range(self.num_frames):
+                images = []
+                for role, (channel_id, msgtype) in channels.items():
+                    ordinal = int(self._image_index[role][frame])
+                    if role not in cache or cache[role][0] != ordinal:  # fps above the camera rate reuses frames
+                        msg = parse_image_cdr(index.read(channel_id, ordinal), msgtype)
+                        cache[role] = (ordinal, image_to_rgb(msg, self.path))
+                    images.append(cache[role][1])
+                yield frame, images[0], images[1]
+
+    def _iter_frames_scan(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         roles = ("base_image", "wrist_image")
         wanted = {role: self._image_index[role] for role in roles}
         topic_role = {getattr(self.topics, role): role for role in roles}
@@ -167,7 +191,7 @@ class BagEpisode:
                 counters[role] += 1
                 frames = users[role].get(counters[role])
                 if frames:
-                    image = image_to_rgb(typestore.deserialize_cdr(raw, connection.msgtype), self.path)
+                    image = image_to_rgb(parse_image_cdr(raw, connection.msgtype), self.path)
                     for frame in frames:
                         pending.setdefault(frame, {})[role] = image
                 while next_frame in pending and len(pending[next_frame]) == 2:
@@ -178,6 +202,121 @@ class BagEpisode:
                     break
         if next_frame != self.num_frames:
             raise BagError(self.path, f"image stream ended early: got {next_frame} of {self.num_frames} frames")
+
+
+class McapIndex:
+    """Random access to an indexed, uncompressed single-file MCAP bag (what rosbags and ros2 write by
+    default) through its chunk and message indexes: message times without reading payloads, and
+    single messages by seeking. ``open`` returns None for layouts it does not handle (the caller
+    then scans the bag with rosbags)."""
+
+    def __init__(self, path: Path, reader: Any, storage: Any) -> None:
+        self.path = path
+        self._reader = reader
+        self._storage_path = Path(storage.path)
+        self._chunks = list(storage.chunks)
+        self._connections = list(reader.connections)
+        self._custom = getattr(reader.storage.metadata, "custom", None) or {}
+        self._file: Any = None  # opened on first read; read() reopens it after close()
+        self._topics = {c.topic: (c.id, c.msgtype) for c in self._connections}
+        self._entries: dict[int, list[tuple[int, int]]] | None = None  # channel -> [(log_time, file offset)]
+
+    @classmethod
+    def open(cls, path: Path) -> McapIndex | None:
+        from rosbags.rosbag2 import Reader
+
+        reader = Reader(path)
+        reader.open()
+        try:
+            storages = getattr(reader.storage, "storages", [])
+            if len(storages) != 1 or type(storages[0]).__name__ != "McapReader":
+                return None
+            storage = storages[0]
+            chunks = getattr(storage, "chunks", None)
+            if not chunks or any(chunk.compression for chunk in chunks):
+                return None
+            index = cls(path, reader, storage)
+        finally:
+            if reader.is_open:
+                reader.close()  # everything needed is copied; messages are read from the file directly
+        return index
+
+    def __enter__(self) -> McapIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    @property
+    def connections(self) -> list[Any]:
+        return self._connections
+
+    @property
+    def custom(self) -> dict[str, str]:
+        return self._custom
+
+    def _handle(self) -> Any:
+        if self._file is None:
+            self._file = open(self._storage_path, "rb")  # noqa: SIM115 - closed in close()
+        return self._file
+
+    def channel(self, topic: str) -> tuple[int, str]:
+        return self._topics[topic]
+
+    def _index(self) -> dict[int, list[tuple[int, int]]]:
+        """Every message's (log_time, absolute record offset), per channel, in time order."""
+        import struct
+
+        if self._entries is not None:
+            return self._entries
+        entries: dict[int, list[tuple[int, int]]] = {}
+        handle = self._handle()
+        for chunk in self._chunks:
+            records_start = chunk.chunk_start_offset + 9 + 40 + len(chunk.compression)
+            for channel_id, offset in chunk.message_index_offsets.items():
+                handle.seek(offset)
+                header = handle.read(15)
+                if len(header) != 15 or header[0] != 0x07:
+                    raise BagError(self.path, f"broken MCAP message index at byte {offset}")
+                (length,) = struct.unpack_from("<I", header, 11)
+                body = handle.read(length)
+                if len(body) != length:
+                    raise BagError(self.path, "MCAP message index cut short (truncated file?)")
+                pairs = np.frombuffer(body, dtype="<u8").reshape(-1, 2)
+                target = entries.setdefault(channel_id, [])
+                target.extend(zip(pairs[:, 0].tolist(), (pairs[:, 1] + records_start).tolist()))
+        for values in entries.values():
+            values.sort()
+        self._entries = entries
+        return entries
+
+    def stamps(self, channel_id: int) -> np.ndarray:
+        return np.array([stamp for stamp, _ in self._index().get(channel_id, [])], dtype=np.int64)
+
+    def read(self, channel_id: int, ordinal: int) -> bytes:
+        """Payload of the channel's ``ordinal``-th message (time order)."""
+        import struct
+
+        _, offset = self._index()[channel_id][ordinal]
+        handle = self._handle()
+        handle.seek(offset)
+        header = handle.read(9 + 22)
+        if len(header) != 31 or header[0] != 0x05:
+            raise BagError(self.path, f"no MCAP message record at byte {offset} (corrupt file?)")
+        (length,) = struct.unpack_from("<Q", header, 1)
+        data = handle.read(length - 22)
+        if len(data) != length - 22:
+            raise BagError(self.path, "MCAP message cut short (truncated file?)")
+        return data
+
+    def messages(self, channel_id: int) -> Iterator[tuple[int, bytes]]:
+        for ordinal, (stamp, _) in enumerate(self._index().get(channel_id, [])):
+            yield stamp, self.read(channel_id, ordinal)
 
 
 def _open_reader(path: Path) -> Any:
@@ -196,15 +335,53 @@ def image_to_rgb(msg: Any, bag: Path | str = "") -> np.ndarray:
     data = np.asarray(msg.data, dtype=np.uint8)
     if data.size < height * step:
         raise BagError(bag, f"image data has {data.size} bytes, expected {height * step}")
-    rows = data[: height * step].reshape(height, step)[:, : width * channels]
-    image = rows.reshape(height, width, channels)
+    if step == width * channels:
+        image = data[: height * step].reshape(height, width, channels)  # no copy
+    else:  # row padding: cut each row to width * channels
+        image = data[: height * step].reshape(height, step)[:, : width * channels].reshape(height, width, channels)
     if encoding in ("bgr8", "bgra8"):
         image = image[..., 2::-1]
     elif channels == 4:
         image = image[..., :3]
     elif channels == 1:
         image = np.repeat(image, 3, axis=2)
-    return np.ascontiguousarray(image)
+    return image if image.flags.c_contiguous else np.ascontiguousarray(image)
+
+
+class _RawImage:
+    """The fields of a sensor_msgs/Image parsed straight from little-endian CDR (no payload copy)."""
+
+    __slots__ = ("height", "width", "encoding", "step", "data")
+
+    def __init__(self, height: int, width: int, encoding: str, step: int, data: np.ndarray) -> None:
+        self.height, self.width, self.encoding, self.step, self.data = height, width, encoding, step, data
+
+
+def parse_image_cdr(raw: bytes, msgtype: str = "sensor_msgs/msg/Image") -> Any:
+    """sensor_msgs/Image from CDR bytes: a fast zero-copy parse for little-endian CDR, else rosbags."""
+    import struct
+
+    try:
+        if raw[1] != 0x01:  # not CDR little-endian
+            raise ValueError("big-endian CDR")
+        body = memoryview(raw)[4:]
+
+        def align(pos: int, size: int) -> int:
+            return (pos + size - 1) // size * size
+
+        (frame_len,) = struct.unpack_from("<I", body, 8)
+        pos = align(12 + frame_len, 4)
+        height, width, enc_len = struct.unpack_from("<III", body, pos)
+        encoding = bytes(body[pos + 12 : pos + 12 + enc_len]).rstrip(b"\x00").decode()
+        pos = pos + 12 + enc_len + 1  # is_bigendian (uint8)
+        pos = align(pos, 4)
+        step, size = struct.unpack_from("<II", body, pos)
+        data = np.frombuffer(body, dtype=np.uint8, count=size, offset=pos + 8)
+        if size < height * step:
+            raise ValueError("short image payload")
+        return _RawImage(height, width, encoding, step, data)
+    except (ValueError, struct.error, IndexError, UnicodeDecodeError):
+        return get_typestore().deserialize_cdr(raw, msgtype)
 
 
 def joint_vector(msg: Any) -> np.ndarray:
@@ -250,8 +427,16 @@ def read_episode(
 
 
 def _read_episode(path: Path, topics: BagTopics, align: AlignConfig) -> BagEpisode:
-    typestore = get_typestore()
-    role_of = {
+    if align.stamp_source == "log":
+        index = McapIndex.open(path)
+        if index is not None:
+            with index:
+                return _read_episode_indexed(path, topics, align, index)
+    return _read_episode_scan(path, topics, align)
+
+
+def _role_map(topics: BagTopics) -> dict[str, str]:
+    return {
         topics.base_image: "base_image",
         topics.wrist_image: "wrist_image",
         topics.follower_state: "follower_state",
@@ -260,6 +445,99 @@ def _read_episode(path: Path, topics: BagTopics, align: AlignConfig) -> BagEpiso
         topics.gaze_box: "gaze_box",
         topics.episode_info: "episode_info",
     }
+
+
+def _check_topics(path: Path, topics: BagTopics, align: AlignConfig, available: dict[str, str]) -> None:
+    required = ["base_image", "wrist_image", "follower_state", "leader_command"]
+    if align.require_gaze:
+        required.append("gaze_box")
+    for role in required:
+        topic = getattr(topics, role)
+        if topic not in available:
+            raise MissingTopicError(path, topic, role, list(available))
+    for role, types in (("base_image", _IMAGE_TYPES), ("wrist_image", _IMAGE_TYPES),
+                        ("follower_state", _JOINT_TYPES), ("leader_command", _JOINT_TYPES)):
+        msgtype = available[getattr(topics, role)]
+        if msgtype not in types:
+            raise BagError(path, f"{getattr(topics, role)} has type {msgtype}, expected {sorted(types)[0]}")
+
+
+def _read_episode_indexed(path: Path, topics: BagTopics, align: AlignConfig, index: McapIndex) -> BagEpisode:
+    """Pass 1 through the MCAP index: image times without their payloads, every other message read."""
+    typestore = get_typestore()
+    available = {c.topic: c.msgtype for c in index.connections}
+    _check_topics(path, topics, align, available)
+    stamps: dict[str, list[int]] = {}
+    values: dict[str, list[Any]] = {"follower_state": [], "leader_command": [], "gaze_box": []}
+    image_sizes: dict[str, tuple[int, int]] = {}
+    instructions: list[str] = []
+    info_texts: list[str] = []
+    for topic, role in _role_map(topics).items():
+        if topic not in available:
+            stamps[role] = []
+            continue
+        channel_id, msgtype = index.channel(topic)
+        if role in ("base_image", "wrist_image"):
+            stamps[role] = index.stamps(channel_id).tolist()
+            if stamps[role]:
+                msg = typestore.deserialize_cdr(index.read(channel_id, 0), msgtype)
+                image_sizes[role] = (int(msg.height), int(msg.width))
+            continue
+        if role in ("follower_state", "leader_command", "gaze_box"):
+            stamps[role] = index.stamps(channel_id).tolist()
+            values[role] = _LazyValues(_lazy_decoder(path, index, role, topic, channel_id, msgtype))
+            continue
+        stamps[role] = []
+        for log_ns, raw in index.messages(channel_id):
+            _decode_into(path, role, topic, msgtype, log_ns, raw, align, stamps, values, instructions, info_texts)
+    info = _parse_info(path, info_texts, index.custom)
+    instruction = instructions[-1] if instructions else str(info.get("instruction") or info.get("task") or "")
+    episode = _align(path, topics, align, stamps, values, image_sizes, info, instruction)
+    episode._index = index
+    return episode
+
+
+def _lazy_decoder(path: Path, index: McapIndex, role: str, topic: str, channel_id: int, msgtype: str) -> Any:
+    def decode(ordinal: int) -> np.ndarray:
+        stamps: dict[str, list[int]] = {role: []}
+        values: dict[str, list[Any]] = {role: []}
+        _decode_into(path, role, topic, msgtype, 0, index.read(channel_id, ordinal), AlignConfig(), stamps, values,
+                     [], [])
+        return values[role][0]
+
+    return decode
+
+
+def _decode_into(
+    path: Path, role: str, topic: str, msgtype: str, log_ns: int, raw: bytes, align: AlignConfig,
+    stamps: dict[str, list[int]], values: dict[str, list[Any]], instructions: list[str], info_texts: list[str],
+) -> None:
+    """Decode one non-image message of pass 1 into the per-role lists."""
+    typestore = get_typestore()
+    if role in ("follower_state", "leader_command"):
+        msg = typestore.deserialize_cdr(raw, msgtype)
+        try:
+            values[role].append(joint_vector(msg))
+        except ValueError as error:
+            raise BagError(path, f"{topic}: {error}") from None
+        stamps[role].append((_header_ns(msg) or log_ns) if align.stamp_source == "header" else log_ns)
+    elif role == "gaze_box":
+        data = np.asarray(typestore.deserialize_cdr(raw, msgtype).data, dtype=np.float32)
+        if data.shape[0] < 4:
+            raise BagError(path, f"{topic}: gaze box needs 4 or 5 values, got {data.shape[0]}")
+        valid = float(data[4]) if data.shape[0] > 4 else 1.0
+        values["gaze_box"].append(np.concatenate([data[:4], [valid]]).astype(np.float32))
+        stamps[role].append(log_ns)
+    elif role == "instruction":
+        instructions.append(str(typestore.deserialize_cdr(raw, msgtype).data))
+    elif role == "episode_info":
+        info_texts.append(str(typestore.deserialize_cdr(raw, msgtype).data))
+
+
+def _read_episode_scan(path: Path, topics: BagTopics, align: AlignConfig) -> BagEpisode:
+    """Pass 1 by reading every message (sqlite3, compressed MCAP, header-stamp alignment)."""
+    typestore = get_typestore()
+    role_of = _role_map(topics)
     stamps: dict[str, list[int]] = {role: [] for role in role_of.values()}
     values: dict[str, list[Any]] = {"follower_state": [], "leader_command": [], "gaze_box": []}
     image_sizes: dict[str, tuple[int, int]] = {}
@@ -267,21 +545,13 @@ def _read_episode(path: Path, topics: BagTopics, align: AlignConfig) -> BagEpiso
     info_texts: list[str] = []
     with _open_reader(path) as reader:
         available = {c.topic: c.msgtype for c in reader.connections}
-        required = ["base_image", "wrist_image", "follower_state", "leader_command"]
-        if align.require_gaze:
-            required.append("gaze_box")
-        for role in required:
-            topic = getattr(topics, role)
-            if topic not in available:
-                raise MissingTopicError(path, topic, role, list(available))
+        _check_topics(path, topics, align, available)
         custom = getattr(reader.storage.metadata, "custom", None) or {}
         connections = [c for c in reader.connections if c.topic in role_of]
         for connection, log_ns, raw in reader.messages(connections=connections):
             role = role_of[connection.topic]
             msgtype = connection.msgtype
             if role in ("base_image", "wrist_image"):
-                if msgtype not in _IMAGE_TYPES:
-                    raise BagError(path, f"{connection.topic} has type {msgtype}, expected sensor_msgs/msg/Image")
                 stamp = log_ns
                 if align.stamp_source == "header" or role not in image_sizes:
                     msg = typestore.deserialize_cdr(raw, msgtype)
@@ -289,29 +559,35 @@ def _read_episode(path: Path, topics: BagTopics, align: AlignConfig) -> BagEpiso
                     if align.stamp_source == "header":
                         stamp = _header_ns(msg) or log_ns
                 stamps[role].append(stamp)
-            elif role in ("follower_state", "leader_command"):
-                if msgtype not in _JOINT_TYPES:
-                    raise BagError(path, f"{connection.topic} has type {msgtype}, expected sensor_msgs/msg/JointState")
-                msg = typestore.deserialize_cdr(raw, msgtype)
-                try:
-                    values[role].append(joint_vector(msg))
-                except ValueError as error:
-                    raise BagError(path, f"{connection.topic}: {error}") from None
-                stamps[role].append((_header_ns(msg) or log_ns) if align.stamp_source == "header" else log_ns)
-            elif role == "gaze_box":
-                data = np.asarray(typestore.deserialize_cdr(raw, msgtype).data, dtype=np.float32)
-                if data.shape[0] < 4:
-                    raise BagError(path, f"{connection.topic}: gaze box needs 4 or 5 values, got {data.shape[0]}")
-                valid = float(data[4]) if data.shape[0] > 4 else 1.0
-                values["gaze_box"].append(np.concatenate([data[:4], [valid]]).astype(np.float32))
-                stamps[role].append(log_ns)
-            elif role == "instruction":
-                instructions.append(str(typestore.deserialize_cdr(raw, msgtype).data))
-            elif role == "episode_info":
-                info_texts.append(str(typestore.deserialize_cdr(raw, msgtype).data))
+            else:
+                _decode_into(path, role, connection.topic, msgtype, log_ns, raw, align, stamps, values,
+                             instructions, info_texts)
     info = _parse_info(path, info_texts, custom)
     instruction = instructions[-1] if instructions else str(info.get("instruction") or info.get("task") or "")
     return _align(path, topics, align, stamps, values, image_sizes, info, instruction)
+
+
+class _LazyValues:
+    """A stream whose messages are decoded only when selected (pass 1 through the MCAP index:
+    of a 200 Hz joint stream only the messages nearest to the 10 fps grid are decoded)."""
+
+    def __init__(self, decode: Any) -> None:
+        self._decode = decode
+        self._cache: dict[int, np.ndarray] = {}
+
+    def take(self, ordinals: np.ndarray) -> np.ndarray:
+        rows = []
+        for ordinal in np.asarray(ordinals).tolist():
+            if ordinal not in self._cache:
+                self._cache[ordinal] = self._decode(ordinal)
+            rows.append(self._cache[ordinal])
+        return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+
+
+def _take(values: Any, ordinals: np.ndarray) -> np.ndarray:
+    if isinstance(values, _LazyValues):
+        return values.take(ordinals)
+    return np.stack(values)[ordinals]
 
 
 def _parse_info(path: Path, texts: list[str], custom: dict[str, str]) -> dict[str, Any]:
@@ -332,7 +608,7 @@ def _align(
     topics: BagTopics,
     align: AlignConfig,
     stamps: dict[str, list[int]],
-    values: dict[str, list[Any]],
+    values: dict[str, Any],
     image_sizes: dict[str, tuple[int, int]],
     info: dict[str, Any],
     instruction: str,
@@ -369,7 +645,7 @@ def _align(
     gaze = None
     if arrays["gaze_box"].size:
         index, distance = _nearest(arrays["gaze_box"], grid)
-        boxes = np.stack(values["gaze_box"])[order["gaze_box"][index]]
+        boxes = _take(values["gaze_box"], order["gaze_box"][index])
         boxes[distance > tolerance_ns] = np.array([0, 0, 1, 1, 0], dtype=np.float32)  # no box near: invalid
         gaze = boxes.astype(np.float32)
     if dropped:
@@ -381,8 +657,8 @@ def _align(
         fps=align.fps,
         timestamps=((grid - grid[0]) / 1e9).astype(np.float64),
         stamps_ns=grid,
-        state=np.stack(values["follower_state"])[kept["follower_state"]].astype(np.float32),
-        action=np.stack(values["leader_command"])[kept["leader_command"]].astype(np.float32),
+        state=_take(values["follower_state"], kept["follower_state"]).astype(np.float32),
+        action=_take(values["leader_command"], kept["leader_command"]).astype(np.float32),
         gaze=gaze,
         info=info,
         instruction=instruction,

@@ -39,7 +39,7 @@ class BuildConfig:
     gaze_box_threshold: float = 0.3
     include_unsuccessful: bool = False
     strict: bool = False
-    image_format: str = "png"
+    image_format: str = "jpeg"
     overwrite: bool = False
     batch_frames: int = 16
     encode_workers: int | None = None
@@ -108,8 +108,9 @@ def peek_success(path: Path) -> bool | None:
     if not meta.is_file():
         return None
     try:
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         with open(meta, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle) or {}
+            data = yaml.load(handle, Loader=loader) or {}  # noqa: S506 - a safe loader
         custom = (data.get("rosbag2_bagfile_information") or {}).get("custom_data") or {}
         if EPISODE_INFO_CUSTOM_KEY not in custom:
             return None
