@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +102,9 @@ def make_tiny_grounding_dino(directory: Path) -> Path:
     )
 
     try:
-        from transformers import GroundingDinoImageProcessorPil as ImageProcessor  # no torchvision needed
+        from transformers import (
+            GroundingDinoImageProcessorPil as ImageProcessor,  # no torchvision needed
+        )
     except ImportError:
         from transformers import GroundingDinoImageProcessor as ImageProcessor
     import torch

@@ -9,7 +9,11 @@ import pytest
 from rosbags.rosbag2 import Reader
 
 from reconvla_core import interfaces as itf
-from reconvla_core.data.bag_writer import EPISODE_INFO_CUSTOM_KEY, EpisodeBagWriter, get_typestore
+from reconvla_core.data.bag_writer import (
+    EPISODE_INFO_CUSTOM_KEY,
+    EpisodeBagWriter,
+    get_typestore,
+)
 from reconvla_core.piper import ACTION_NAMES
 
 pytestmark = pytest.mark.unit

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from data_synthetic import action_at, gaze_at, image_at, state_at
 
 from reconvla_core.data.bag_reader import AlignConfig, read_episode
 from reconvla_core.data.build import BuildConfig, build_dataset
 from reconvla_core.data.dataset import DatasetSource, VLADataset, split_episodes
-
-from data_synthetic import action_at, gaze_at, image_at, state_at
 
 pytestmark = pytest.mark.unit
 K = 5

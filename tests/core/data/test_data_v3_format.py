@@ -14,8 +14,8 @@ from reconvla_core.data.build import BuildConfig, build_dataset
 from reconvla_core.data.lerobot_v3 import (
     QUANTILE_KEYS,
     STAT_KEYS,
-    encode_png,
     decode_image,
+    encode_png,
     load_episodes,
     load_stats,
     load_tasks,
@@ -129,7 +129,7 @@ def test_stats_exact_on_known_data(dataset):
         np.testing.assert_allclose(entry["max"], values.max(0), atol=1e-6)
         np.testing.assert_allclose(entry["mean"], values.mean(0), atol=1e-6)
         np.testing.assert_allclose(entry["std"], values.std(0), atol=1e-6)
-        for q_key, q in zip(QUANTILE_KEYS, (0.01, 0.10, 0.50, 0.90, 0.99)):
+        for q_key, q in zip(QUANTILE_KEYS, (0.01, 0.10, 0.50, 0.90, 0.99), strict=False):
             np.testing.assert_allclose(entry[q_key], np.quantile(values, q, axis=0), atol=1e-6)
         assert entry["count"].tolist() == [33]
     assert stats["episode_index"]["max"] == [2] and stats["frame_index"]["max"] == [15]

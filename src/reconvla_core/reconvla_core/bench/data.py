@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "target_build_frames_per_s": BUILD_TARGET_FPS,
             "target_data_wait_fraction": WAIT_TARGET_FRACTION,
         }
-        formats = ("png", "jpeg") if args.image_format == "both" else (args.image_format,)
+        formats = ("jpeg", "png") if args.image_format == "both" else (args.image_format,)
         for image_format in formats:
             result[f"build_{image_format}"] = bench_build(workdir, args, image_format)
         root = workdir / f"dataset_{formats[0]}"

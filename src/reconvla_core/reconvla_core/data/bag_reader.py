@@ -156,7 +156,6 @@ class BagEpisode:
 
     def _iter_frames_indexed(self, index: McapIndex) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Random access through the MCAP message index: only the selected images are read."""
-        typestore = get_typestore()
         with index:
             channels = {role: index.channel(getattr(self.topics, role)) for role in ("base_image", "wrist_image")}
             cache: dict[str, tuple[int, np.ndarray]] = {}
@@ -183,7 +182,6 @@ class BagEpisode:
         next_frame = 0
         counters = {role: -1 for role in roles}
         last_needed = {role: int(indices.max()) if indices.size else -1 for role, indices in wanted.items()}
-        typestore = get_typestore()
         with _open_reader(self.path) as reader:
             connections = [c for c in reader.connections if c.topic in topic_role]
             for connection, _, raw in reader.messages(connections=connections):
@@ -289,7 +287,7 @@ class McapIndex:
                     raise BagError(self.path, "MCAP message index cut short (truncated file?)")
                 pairs = np.frombuffer(body, dtype="<u8").reshape(-1, 2)
                 target = entries.setdefault(channel_id, [])
-                target.extend(zip(pairs[:, 0].tolist(), (pairs[:, 1] + records_start).tolist()))
+                target.extend(zip(pairs[:, 0].tolist(), (pairs[:, 1] + records_start).tolist(), strict=False))
         for values in entries.values():
             values.sort()
         self._entries = entries

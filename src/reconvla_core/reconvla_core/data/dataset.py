@@ -31,7 +31,6 @@ from reconvla_core.data.lerobot_v3 import (
     WRIST_IMAGE_KEY,
     data_files,
     decode_image,
-    load_episodes,
     load_info,
     load_stats,
     load_tasks,
@@ -173,11 +172,11 @@ class _Source:
             raise ValueError(f"{root}: data rows are not ordered by (episode_index, frame_index)")
         starts = np.searchsorted(self.episode_index, self.episodes, side="left")
         ends = np.searchsorted(self.episode_index, self.episodes, side="right")
-        self.episode_end_row = {ep: int(end) for ep, end in zip(self.episodes, ends)}
+        self.episode_end_row = {ep: int(end) for ep, end in zip(self.episodes, ends, strict=False)}
         self.split_episodes = split_episodes(self.episodes, split, val_fraction, seed)
         keep = np.isin(self.episode_index, self.split_episodes)
         self.rows = np.flatnonzero(keep).astype(np.int64)
-        self.episode_start_row = {ep: int(start) for ep, start in zip(self.episodes, starts)}
+        self.episode_start_row = {ep: int(start) for ep, start in zip(self.episodes, starts, strict=False)}
         self.instructions = self._instructions(root)
         self.norm_stats = self._canonical_stats()
 
@@ -253,7 +252,7 @@ class VLADataset(_TorchDataset):
         self.sources = [_Source(spec, split, val_fraction, seed) for spec in self.specs]
         self.lengths = np.array([len(s) for s in self.sources], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
-        for spec, length in zip(self.specs, self.lengths):
+        for spec, length in zip(self.specs, self.lengths, strict=False):
             if length == 0:
                 logger.warning("source %s has no frames in split %r", spec.name, split)
         self.weights = np.array([spec.weight for spec in self.specs], dtype=np.float64)

@@ -197,7 +197,7 @@ class GroundingDinoGaze:
         sizes = [(int(image.shape[0]), int(image.shape[1])) for image in images]
         results = self._post_process(outputs, inputs, sizes)
         out = np.repeat(WHOLE_IMAGE[None], len(images), axis=0)
-        for row, (result, (height, width)) in enumerate(zip(results, sizes)):
+        for row, (result, (height, width)) in enumerate(zip(results, sizes, strict=False)):
             scores = result["scores"]
             if len(scores) == 0:
                 continue

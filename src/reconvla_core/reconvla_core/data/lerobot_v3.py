@@ -173,7 +173,7 @@ def numeric_stats(values: np.ndarray) -> dict[str, np.ndarray]:
         "count": np.array([array.shape[0]]),
     }
     quantiles = np.quantile(array, QUANTILES, axis=0)
-    for key, value in zip(QUANTILE_KEYS, quantiles):
+    for key, value in zip(QUANTILE_KEYS, quantiles, strict=False):
         stats[key] = value
     return stats
 
@@ -210,7 +210,7 @@ class ImageHistogram:
             "mean": mean,
             "std": np.sqrt(var),
         }
-        for key, q in zip(QUANTILE_KEYS, QUANTILES):
+        for key, q in zip(QUANTILE_KEYS, QUANTILES, strict=False):
             out[key] = np.array([levels[np.searchsorted(cumulative[c], q * totals[c])] for c in range(3)])
         shaped = {key: value.reshape(3, 1, 1) for key, value in out.items()}
         shaped["count"] = np.array([self.frames])
@@ -670,7 +670,7 @@ def load_tasks(root: str | Path) -> dict[int, str]:
         text_column = next((n for n in names if n != "task_index"), None)
     if text_column is None or "task_index" not in names:
         raise ValueError(f"{root}/{TASKS_PATH}: cannot find the task text and task_index columns in {names}")
-    return dict(zip(table.column("task_index").to_pylist(), table.column(text_column).to_pylist()))
+    return dict(zip(table.column("task_index").to_pylist(), table.column(text_column).to_pylist(), strict=False))
 
 
 def load_episodes(root: str | Path, with_stats: bool = False) -> list[dict[str, Any]]:
