@@ -103,6 +103,14 @@ def test_episode_is_recorded_with_all_topics_and_metadata(ros, tmp_path):
 
     # The task comes from the latched instruction (the task parameter is empty).
     assert ros.wait_for(lambda: recorder._last_instruction != "", timeout=15.0)
+    # QoS adapted to each publisher: best-effort cameras, reliable leader, transient-local instruction.
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+
+    assert ros.wait_for(lambda: len(recorder._subscriptions_by_topic) == 6, timeout=15.0)
+    subs = recorder._subscriptions_by_topic
+    assert subs[BASE_IMAGE_TOPIC].qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+    assert subs[LEADER_COMMAND_TOPIC].qos_profile.reliability == ReliabilityPolicy.RELIABLE
+    assert subs[INSTRUCTION_TOPIC].qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
     # Before the start nothing is written, whatever is published.
     robot.publish_all(0.0)
     response = call(ros, start, Trigger.Request())

@@ -12,9 +12,11 @@ Services (std_srvs, node-private names so several recorders can coexist):
 Publishes ``~/recording`` (std_msgs/Bool, transient local) whenever the state changes.
 
 Parameters (config/teleop_recorder.yaml): output_dir, topics (``/name`` or ``/name:pkg/msg/Type``;
-topics of unknown type are resolved from the graph when they appear), latched_topics, task,
-operator, min_free_gb (checked before each start; below half of it an open episode is
-stopped with success=False), disk_check_period, queue_depth.
+topics of unknown type are typed from the graph), latched_topics, task, operator, min_free_gb
+(checked before each start; below half of it an open episode is stopped with success=False),
+disk_check_period, queue_depth, qos_reliability: ``auto`` (default, like ``ros2 bag record``:
+each topic is subscribed when its publishers appear, reliable when they all are, so large camera
+frames from another process are retransmitted rather than dropped), ``reliable`` or ``best_effort``.
 On SIGINT/SIGTERM the open episode is finished (success=False, interrupted) so the bag is readable.
 """
 
@@ -36,9 +38,11 @@ from reconvla_core.interfaces import INSTRUCTION_TOPIC
 from reconvla_core.runtime.recording import (
     DEFAULT_LATCHED_TOPICS,
     DEFAULT_RECORD_TOPICS,
+    QOS_MODES,
     RecordingError,
     RecordingSession,
     TopicSpec,
+    adapt_qos,
     free_space_gb,
     normalise_msgtype,
     parse_topic_specs,
@@ -64,6 +68,7 @@ class TeleopRecorder(Node):
         self.declare_parameter("topics", list(DEFAULT_RECORD_TOPICS), read_only)
         self.declare_parameter("latched_topics", list(DEFAULT_LATCHED_TOPICS), read_only)
         self.declare_parameter("queue_depth", 100, read_only)
+        self.declare_parameter("qos_reliability", "auto", read_only)
         self.declare_parameter("task", "")
         self.declare_parameter("operator", "")
         self.declare_parameter("min_free_gb", 2.0)
@@ -74,6 +79,9 @@ class TeleopRecorder(Node):
         depth = int(self.get_parameter("queue_depth").value)
         min_free_gb = float(self.get_parameter("min_free_gb").value)
         disk_period = float(self.get_parameter("disk_check_period").value)
+        qos_mode = str(self.get_parameter("qos_reliability").value)
+        if qos_mode not in QOS_MODES:
+            raise ValueError(f"qos_reliability must be one of {QOS_MODES}, got {qos_mode!r}")
         if depth < 1:
             raise ValueError(f"queue_depth must be >= 1, got {depth}")
         if min_free_gb < 0:
@@ -90,16 +98,20 @@ class TeleopRecorder(Node):
             clock_ns=lambda: self.get_clock().now().nanoseconds,
         )
         self._depth = depth
+        self._qos_mode = qos_mode
         self._latched = frozenset(latched)
         self._last_instruction = ""
         self._subscriptions_by_topic: dict[str, Any] = {}
+        # auto: subscribe once publishers appear, with QoS adapted to theirs (like ros2 bag record);
+        # fixed reliability: subscribe now to every topic whose type is known.
         self._pending: list[TopicSpec] = []
         for spec in specs:
-            if spec.msgtype is None:
+            if qos_mode == "auto" or spec.msgtype is None:
                 self._pending.append(spec)
             else:
-                self._subscribe(spec.name, spec.msgtype)
-        self._discovery_timer = self.create_timer(1.0, self._discover_pending) if self._pending else None
+                self._subscribe(spec.name, spec.msgtype, self._fixed_qos(spec.name))
+        self._discovery_timer = self.create_timer(0.5, self._discover_pending) if self._pending else None
+        self._discover_pending()
 
         self._state_pub = self.create_publisher(
             Bool, "~/recording", QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -111,27 +123,25 @@ class TeleopRecorder(Node):
         self._publish_state()
         self.get_logger().info(
             f"recording {len(specs)} topics into {self.session.output_dir} "
-            f"(call ~/start_episode to begin; {len(self._pending)} topic types still unknown)"
+            f"(call ~/start_episode to begin; waiting for publishers on {len(self._pending)} of them)"
         )
 
     # ------------------------------------------------------------------ subscriptions
-    def _qos_for(self, topic: str) -> QoSProfile:
-        if topic in self._latched:
-            return QoSProfile(
-                depth=1,
-                reliability=ReliabilityPolicy.RELIABLE,
-                durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                history=HistoryPolicy.KEEP_LAST,
-            )
-        # Best effort receives from both best-effort (camera drivers) and reliable publishers.
+    def _profile(self, topic: str, reliability: str, durability: str) -> QoSProfile:
+        transient = durability == "transient_local"
         return QoSProfile(
-            depth=self._depth,
-            reliability=ReliabilityPolicy.BEST_EFFORT,
-            durability=DurabilityPolicy.VOLATILE,
+            depth=1 if transient else self._depth,
             history=HistoryPolicy.KEEP_LAST,
+            reliability=ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL if transient else DurabilityPolicy.VOLATILE,
         )
 
-    def _subscribe(self, topic: str, msgtype: str) -> None:
+    def _fixed_qos(self, topic: str) -> QoSProfile:
+        if topic in self._latched:  # the instruction: transient local, reliable
+            return self._profile(topic, "reliable", "transient_local")
+        return self._profile(topic, self._qos_mode, "volatile")
+
+    def _subscribe(self, topic: str, msgtype: str, qos: QoSProfile) -> None:
         msgtype = normalise_msgtype(msgtype)
         msg_class = message_class(msgtype)
         is_instruction = topic == INSTRUCTION_TOPIC and msgtype == "std_msgs/msg/String"
@@ -143,22 +153,37 @@ class TeleopRecorder(Node):
             self.session.record(topic, msgtype, stamp, raw)
 
         self._subscriptions_by_topic[topic] = self.create_subscription(
-            msg_class, topic, callback, self._qos_for(topic), raw=True
+            msg_class, topic, callback, qos, raw=True
         )
-        self.get_logger().debug(f"subscribed to {topic} [{msgtype}]")
+        self.get_logger().info(
+            f"recording {topic} [{msgtype}] ({qos.reliability.name.lower()}, {qos.durability.name.lower()})"
+        )
 
     def _discover_pending(self) -> None:
-        known = dict(self.get_topic_names_and_types())
         still_pending = []
         for spec in self._pending:
-            types = known.get(spec.name)
-            if not types:
+            publishers = self.get_publishers_info_by_topic(spec.name)
+            if not publishers:
                 still_pending.append(spec)
                 continue
+            msgtype = spec.msgtype or publishers[0].topic_type
+            if self._qos_mode == "auto":
+                offered = [
+                    (
+                        "reliable" if info.qos_profile.reliability == ReliabilityPolicy.RELIABLE else "best_effort",
+                        "transient_local"
+                        if info.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
+                        else "volatile",
+                    )
+                    for info in publishers
+                ]
+                qos = self._profile(spec.name, *adapt_qos(offered, latched=spec.name in self._latched))
+            else:
+                qos = self._fixed_qos(spec.name)
             try:
-                self._subscribe(spec.name, types[0])
+                self._subscribe(spec.name, msgtype, qos)
             except (ImportError, AttributeError, ValueError) as exc:
-                self.get_logger().error(f"cannot record {spec.name} [{types[0]}]: {exc}")
+                self.get_logger().error(f"cannot record {spec.name} [{msgtype}]: {exc}")
         self._pending = still_pending
         if not self._pending and self._discovery_timer is not None:
             self._discovery_timer.cancel()

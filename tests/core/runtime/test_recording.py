@@ -25,6 +25,7 @@ from reconvla_core.runtime.recording import (
     RecordingError,
     RecordingSession,
     TopicSpec,
+    adapt_qos,
     check_free_space,
     episode_dir_name,
     episode_index_of,
@@ -109,6 +110,17 @@ def test_duplicate_or_empty_topic_lists_raise():
         parse_topic_specs(["/a", "/a:std_msgs/String"])
     with pytest.raises(ValueError, match="empty"):
         parse_topic_specs([])
+
+
+def test_qos_adapts_to_the_publishers_like_ros2_bag():
+    assert adapt_qos([("reliable", "volatile")]) == ("reliable", "volatile")
+    assert adapt_qos([("reliable", "volatile"), ("best_effort", "volatile")]) == ("best_effort", "volatile")
+    assert adapt_qos([("reliable", "transient_local")], latched=True) == ("reliable", "transient_local")
+    assert adapt_qos([("reliable", "transient_local")], latched=False) == ("reliable", "volatile")
+    mixed = [("reliable", "transient_local"), ("reliable", "volatile")]
+    assert adapt_qos(mixed, latched=True) == ("reliable", "volatile")  # a volatile publisher must match too
+    with pytest.raises(ValueError):
+        adapt_qos([])
 
 
 def test_episode_names_are_sortable_and_parse_back(tmp_path):

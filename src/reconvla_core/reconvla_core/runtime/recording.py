@@ -166,6 +166,26 @@ def parse_topic_specs(specs: Iterable[str], known_types: dict[str, str] | None =
     return result
 
 
+QOS_MODES = ("auto", "reliable", "best_effort")
+
+
+def adapt_qos(offered: Iterable[tuple[str, str]], latched: bool = False) -> tuple[str, str]:
+    """Subscription (reliability, durability) for the publishers' offered QoS, as ``ros2 bag record``.
+
+    ``offered``: (reliability, durability) per publisher, each ``"reliable"``/``"best_effort"`` and
+    ``"transient_local"``/``"volatile"``. Reliable only when every publisher is reliable (a reliable
+    subscription does not match a best-effort publisher), which lets large messages such as camera
+    images be retransmitted instead of lost; transient local only for latched topics whose
+    publishers all offer it. Raises ValueError when there is no publisher to adapt to.
+    """
+    offers = list(offered)
+    if not offers:
+        raise ValueError("no publisher to adapt the QoS to")
+    reliability = "reliable" if all(r == "reliable" for r, _ in offers) else "best_effort"
+    durability = "transient_local" if latched and all(d == "transient_local" for _, d in offers) else "volatile"
+    return reliability, durability
+
+
 def slugify(text: str, max_len: int = 40) -> str:
     """Lower-case ASCII words joined by '-', at most ``max_len`` characters ('' for no words)."""
     slug = _SLUG_RE.sub("-", text.lower()).strip("-")
