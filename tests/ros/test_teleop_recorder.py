@@ -1,4 +1,4 @@
-"""teleop_recorder over real DDS: services drive episodes, bags hold the topics, signals keep bags readable."""
+"""teleop_recorder over real DDS: services drive episodes, bags hold the topics, signals keep bags whole."""
 
 from __future__ import annotations
 

@@ -132,7 +132,9 @@ class TeleopRecorder(Node):
         return QoSProfile(
             depth=1 if transient else self._depth,
             history=HistoryPolicy.KEEP_LAST,
-            reliability=ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT,
+            reliability=ReliabilityPolicy.RELIABLE
+            if reliability == "reliable"
+            else ReliabilityPolicy.BEST_EFFORT,
             durability=DurabilityPolicy.TRANSIENT_LOCAL if transient else DurabilityPolicy.VOLATILE,
         )
 
@@ -170,7 +172,9 @@ class TeleopRecorder(Node):
             if self._qos_mode == "auto":
                 offered = [
                     (
-                        "reliable" if info.qos_profile.reliability == ReliabilityPolicy.RELIABLE else "best_effort",
+                        "reliable"
+                        if info.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+                        else "best_effort",
                         "transient_local"
                         if info.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
                         else "volatile",

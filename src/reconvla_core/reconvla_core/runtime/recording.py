@@ -182,7 +182,9 @@ def adapt_qos(offered: Iterable[tuple[str, str]], latched: bool = False) -> tupl
     if not offers:
         raise ValueError("no publisher to adapt the QoS to")
     reliability = "reliable" if all(r == "reliable" for r, _ in offers) else "best_effort"
-    durability = "transient_local" if latched and all(d == "transient_local" for _, d in offers) else "volatile"
+    durability = (
+        "transient_local" if latched and all(d == "transient_local" for _, d in offers) else "volatile"
+    )
     return reliability, durability
 
 
