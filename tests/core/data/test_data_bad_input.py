@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from reconvla_core.cli.main import main as cli_main
@@ -111,3 +112,43 @@ def test_interrupted_build_leaves_no_complete_looking_dataset(tmp_path, make_bag
     # A later build succeeds and the result is complete.
     report = build_dataset(BuildConfig(bags=[tmp_path / "bags"], out=out))
     assert report.episodes == 8 and is_dataset(out)
+
+
+def test_image_size_change_is_reported(tmp_path, make_bag):
+    make_bag("a_first", height=24, width=32)
+    make_bag("b_bigger", height=48, width=64)
+    report = build_dataset(BuildConfig(bags=[tmp_path / "bags"], out=tmp_path / "ds"))
+    assert report.episodes == 1
+    assert report.failed == [{"bag": "b_bigger", "reason": "base_image is 64x48, the dataset's is 32x24"}]
+
+
+def test_topic_names_are_configurable(tmp_path, make_bag, capsys):
+    from reconvla_core import interfaces as itf
+    from reconvla_core.data.bag_writer import EpisodeBagWriter
+
+    path = tmp_path / "bags" / "old_realsense"
+    with EpisodeBagWriter(path) as bag:  # realsense2_camera <= 4.54 names the topic /camera/color/image_raw
+        for i in range(5):
+            stamp = 1_000_000_000 + i * 100_000_000
+            bag.write_image("/camera/color/image_raw", stamp, np.full((4, 6, 3), i, dtype=np.uint8))
+            bag.write_image(itf.WRIST_IMAGE_TOPIC, stamp, np.full((4, 6, 3), 10 + i, dtype=np.uint8))
+            bag.write_joint_state("/puppet/joint_states", stamp, np.full(7, 0.1 * i))
+            bag.write_joint_state(itf.LEADER_COMMAND_TOPIC, stamp, np.full(7, 0.2 * i))
+        bag.finish({"success": True, "instruction": "touch the cube"})
+    rc = cli_main(["dataset", "build", "--bags", str(path), "--out", str(tmp_path / "bad"), "--gaze", "sim", "--json"])
+    assert rc == 2 and "/camera/camera/color/image_raw (base_image)" in capsys.readouterr().err
+    rc = cli_main(["dataset", "build", "--bags", str(path), "--out", str(tmp_path / "ds"), "--gaze", "boxes",
+                   str(tmp_path / "none.json"), "--json"])
+    assert rc == 2 and "none.json" in capsys.readouterr().err  # the boxes file must exist
+    (tmp_path / "boxes.json").write_text("{}")
+    rc = cli_main(["dataset", "build", "--bags", str(path), "--out", str(tmp_path / "ds"), "--gaze", "boxes",
+                   str(tmp_path / "boxes.json"), "--topic", "base_image=/camera/color/image_raw",
+                   "--topic", "follower_state=/puppet/joint_states", "--image-format", "png", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert rc == 0 and (result["episodes"], result["frames"], result["gaze_fallbacks"]) == (1, 5, 5)
+    from reconvla_core.data.dataset import VLADataset
+
+    sample = VLADataset([tmp_path / "ds"], val_fraction=0.0)[2]
+    assert sample["base_image"].max() == 2 and sample["wrist_image"].min() == 12
+    np.testing.assert_allclose(sample["state"], np.full(7, 0.2), atol=1e-6)
+    assert sample["instruction"] == "touch the cube"
