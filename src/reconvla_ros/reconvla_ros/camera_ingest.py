@@ -24,7 +24,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from reconvla_core.interfaces import BASE_IMAGE_TOPIC, MODEL_FRAME_TOPIC, WRIST_IMAGE_TOPIC
-from reconvla_core.runtime.image import SUPPORTED_ENCODINGS, ImageEncodingError, image_to_rgb, rgb_to_fields
+from reconvla_core.runtime.image import check_layout, image_to_rgb, rgb_to_fields
 from reconvla_core.runtime.sync import FramePairer
 from reconvla_ros.common import (
     DIAGNOSTICS_TOPIC,
@@ -77,7 +77,7 @@ class CameraIngest(Node):
             "wrist_topic": WRIST_IMAGE_TOPIC,
             "frame_topic": MODEL_FRAME_TOPIC.lstrip("/"),
             "qos_reliability": "best_effort",
-            "qos_depth": 5,
+            "qos_depth": 2,
             "sync_tolerance": 0.02,
             "buffer_size": 4,
             "max_frame_age": 1.0,
@@ -115,21 +115,16 @@ class CameraIngest(Node):
         return load_stitch(checkpoint or None, preset)
 
     def _to_rgb(self, msg: Image) -> np.ndarray:
-        if msg.encoding not in SUPPORTED_ENCODINGS:
-            raise ImageEncodingError(
-                f"unsupported image encoding {msg.encoding!r}: supported are {', '.join(SUPPORTED_ENCODINGS)}"
-            )
         if self._bridge is not None:
             return np.asarray(self._bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8"))
         return image_to_rgb(msg)
 
     def _on_image(self, stream: str, msg: Image) -> None:
         now = now_s(self)
-        try:
-            rgb = self._to_rgb(msg)
-        except Exception as error:  # ImageEncodingError, ImageLayoutError, CvBridgeError
-            self.counts["malformed"] += 1
-            self.get_logger().warning(f"dropping {stream} image: {error}", throttle_duration_sec=5.0)
+        try:  # fields only: pixels are converted once the frame has a partner
+            check_layout(msg.height, msg.width, msg.encoding, msg.step, len(msg.data))
+        except ValueError as error:  # ImageEncodingError, ImageLayoutError
+            self._drop_malformed(stream, error)
             return
         stamp = stamp_to_s(msg.header.stamp)
         max_age = self._p["max_frame_age"]
@@ -139,11 +134,16 @@ class CameraIngest(Node):
                 f"dropping {stream} image {now - stamp:.3f} s old (max_frame_age {max_age} s); "
                 "are the camera and this PC's clocks in sync?", throttle_duration_sec=5.0)
             return
-        pair = self._pairer.add(stream, stamp, rgb, now)
+        pair = self._pairer.add(stream, stamp, msg, now)
         if pair is None:
             return
         try:
-            frame = np.ascontiguousarray(self._stitch(pair.base, pair.wrist), dtype=np.uint8)
+            base, wrist = self._to_rgb(pair.base), self._to_rgb(pair.wrist)
+        except Exception as error:  # CvBridgeError or a layout the field check let through
+            self._drop_malformed("paired", error)
+            return
+        try:
+            frame = np.ascontiguousarray(self._stitch(base, wrist), dtype=np.uint8)
             fields = rgb_to_fields(frame, "rgb8")
         except Exception as error:
             self.counts["stitch_errors"] += 1
@@ -155,6 +155,10 @@ class CameraIngest(Node):
         out.header.frame_id = self._p["frame_id"]
         self._frame_pub.publish(out)
         self.counts["published"] += 1
+
+    def _drop_malformed(self, stream: str, error: Exception) -> None:
+        self.counts["malformed"] += 1
+        self.get_logger().warning(f"dropping {stream} image: {error}", throttle_duration_sec=5.0)
 
     def diagnostics_values(self) -> dict[str, float]:
         values = self._pairer.diagnostics(now_s(self))

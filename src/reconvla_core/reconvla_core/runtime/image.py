@@ -45,12 +45,11 @@ class ImageFields:
     data: bytes
 
 
-def fields_to_rgb(
-    height: int, width: int, encoding: str, step: int, data: bytes | bytearray | memoryview | Any,
-    is_bigendian: int = 0,
-) -> np.ndarray:
-    """The image as an (H, W, 3) uint8 RGB array (a copy; the message buffer is not kept)."""
-    del is_bigendian  # single-byte channels: byte order is irrelevant (cv_bridge does the same)
+def check_layout(height: int, width: int, encoding: str, step: int, data_size: int) -> int:
+    """Validate the fields without touching the pixels; returns the channel count.
+
+    Raises ImageEncodingError / ImageLayoutError exactly as ``fields_to_rgb`` would.
+    """
     channels = CHANNELS.get(encoding)
     if channels is None:
         raise ImageEncodingError(
@@ -63,12 +62,24 @@ def fields_to_rgb(
     row_bytes = width * channels
     if step < row_bytes:
         raise ImageLayoutError(f"step {step} is smaller than width*channels = {row_bytes} for {encoding}")
-    buffer = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8)
     needed = (height - 1) * step + row_bytes
-    if buffer.size < needed:
+    if data_size < needed:
         raise ImageLayoutError(
-            f"image data has {buffer.size} bytes, {width}x{height} {encoding} with step {step} needs {needed}"
+            f"image data has {data_size} bytes, {width}x{height} {encoding} with step {step} needs {needed}"
         )
+    return channels
+
+
+def fields_to_rgb(
+    height: int, width: int, encoding: str, step: int, data: bytes | bytearray | memoryview | Any,
+    is_bigendian: int = 0,
+) -> np.ndarray:
+    """The image as an (H, W, 3) uint8 RGB array (a copy; the message buffer is not kept)."""
+    del is_bigendian  # single-byte channels: byte order is irrelevant (cv_bridge does the same)
+    buffer = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8)
+    channels = check_layout(height, width, encoding, step, buffer.size)
+    height, width, step = int(height), int(width), int(step)
+    row_bytes = width * channels
     if buffer.size >= height * step:
         rows = buffer[: height * step].reshape(height, step)[:, :row_bytes]
     else:  # the last row has no padding: view with strides, as cv_bridge does

@@ -1,0 +1,443 @@
+"""ROS-layer overhead, missed control ticks and memory slope of the deployed node graph.
+
+camera_ingest, policy (tiny model by default) and arm_command (piper_ros backend) each run in
+their own process, as the launch files run them, with real DDS between them. This process plays
+the cameras (base + wrist images at ``--camera-rate``) and the piper_ros driver (feedback at
+``--feedback-rate``, a perfect follower of joint_ctrl_single). The nodes are instrumented
+subclasses that append (frame stamp, event, time.monotonic()) lines to a file per process while
+measuring; CLOCK_MONOTONIC is system-wide, so the parent merges them after the run.
+
+Figures:
+- ``overhead_p50_ms`` / ``overhead_p99_ms``: per chunk, camera image publish -> command published
+  by arm_command's first control tick after the chunk arrived, MINUS what is not ROS-layer work
+  and is reported separately: the model's inference time (``inference_*``), the time the frame
+  waited because the policy worker was still busy with the previous inference
+  (``policy_busy_wait_*``) and the wait for the next control tick (``tick_wait_*``, under one
+  period by construction of a fixed-rate loop). What remains is DDS transport (3 hops), image
+  conversion, pairing, stitching, policy pre/post-processing, queue push, and the arm_command tick
+  (feedback, queue sample, safety filter, command publish); ``camera_to_policy_*``,
+  ``policy_wake_*``, ``policy_to_arm_*`` and ``arm_tick_*`` break it down.
+- ``missed_ticks``: control periods lost at ``--control-rate``: a tick that starts more than 1.5
+  periods after the previous one counts the periods it skipped (arm_command's own definition).
+- ``rss_slope_mb_per_min``: least-squares slope of the three node processes' summed RSS, sampled
+  every second after the warm-up (per-node slopes in ``rss_slope_by_node``).
+rclpy is imported inside the functions that run nodes only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+QUICK_OVERRIDES = {"duration": 15.0, "warmup": 3.0}
+ROLES = ("arm", "ingest", "policy")
+FOLLOWER_START = [0.0, 1.0, -1.0, 0.0, 0.3, 0.0, 0.03]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--duration", type=float, default=60.0, help="measured seconds after the warm-up")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds between all nodes ready and measuring")
+    parser.add_argument("--control-rate", type=float, default=30.0, help="arm_command control rate (Hz)")
+    parser.add_argument("--camera-rate", type=float, default=30.0, help="camera frame rate (Hz)")
+    parser.add_argument("--feedback-rate", type=float, default=100.0, help="fake piper_ros joint_states_single rate")
+    parser.add_argument("--image-width", type=int, default=640)
+    parser.add_argument("--image-height", type=int, default=480)
+    parser.add_argument("--model", choices=("tiny", "stub"), default="tiny",
+                        help="tiny: a random tiny ReconVLA checkpoint; stub: constant actions (no torch)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="use this checkpoint instead of a tiny one")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--action-rate", type=float, default=10.0, help="spacing of chunk steps (Hz)")
+    parser.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for the nodes to start")
+
+
+# --- statistics ------------------------------------------------------------------------------
+def _percentiles(values: list[float], prefix: str) -> dict[str, float]:
+    if not values:
+        return {f"{prefix}_p50_ms": math.nan, f"{prefix}_p99_ms": math.nan}
+    data = np.asarray(values) * 1e3
+    return {f"{prefix}_p50_ms": round(float(np.percentile(data, 50)), 3),
+            f"{prefix}_p99_ms": round(float(np.percentile(data, 99)), 3)}
+
+
+def _slope_per_min(samples: list[tuple[float, float]]) -> float:
+    if len(samples) < 3:
+        return math.nan
+    t, y = np.array(samples).T
+    return float(np.polyfit(t / 60.0, y, 1)[0])
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return math.nan
+
+
+def missed_ticks(tick_starts: list[float], period: float) -> int:
+    """Control periods skipped: each gap over 1.5 periods counts round(gap / period) - 1."""
+    gaps = np.diff(np.sort(np.asarray(tick_starts, dtype=np.float64)))
+    late = gaps[gaps > 1.5 * period]
+    return int(np.sum(np.round(late / period) - 1))
+
+
+def breakdown(events: dict[int, dict[str, float]]) -> dict[str, list[float]]:
+    """Per executed chunk: end-to-end, what is excluded from the overhead, the overhead and its parts."""
+    names = ("overhead", "end_to_end", "inference", "policy_busy_wait", "tick_wait", "camera_to_policy",
+             "camera_to_ingest", "ingest_processing", "ingest_to_policy", "policy_wake", "policy_to_arm", "arm_tick")
+    parts: dict[str, list[float]] = {name: [] for name in names}
+    needed = ("camera_publish", "policy_arrival", "worker_wait_start", "worker_pick", "inference_s",
+              "chunk_arrival", "tick_start", "command_sent")
+    for e in events.values():
+        if not all(k in e for k in needed):
+            continue
+        end_to_end = e["command_sent"] - e["camera_publish"]
+        busy = max(0.0, e["worker_wait_start"] - e["policy_arrival"])
+        tick_wait = max(0.0, e["tick_start"] - e["chunk_arrival"])
+        parts["end_to_end"].append(end_to_end)
+        parts["inference"].append(e["inference_s"])
+        parts["policy_busy_wait"].append(busy)
+        parts["tick_wait"].append(tick_wait)
+        parts["overhead"].append(end_to_end - e["inference_s"] - busy - tick_wait)
+        parts["camera_to_policy"].append(e["policy_arrival"] - e["camera_publish"])
+        if all(k in e for k in ("ingest_base_arrival", "ingest_wrist_arrival", "frame_published")):
+            paired = max(e["ingest_base_arrival"], e["ingest_wrist_arrival"])
+            parts["camera_to_ingest"].append(paired - e["camera_publish"])
+            parts["ingest_processing"].append(e["frame_published"] - paired)
+            parts["ingest_to_policy"].append(e["policy_arrival"] - e["frame_published"])
+        parts["policy_wake"].append(e["worker_pick"] - max(e["policy_arrival"], e["worker_wait_start"]))
+        parts["policy_to_arm"].append(e["chunk_arrival"] - e["worker_pick"] - e["inference_s"])
+        parts["arm_tick"].append(e["command_sent"] - e["tick_start"])
+    return parts
+
+
+# --- the node processes ----------------------------------------------------------------------
+class _EventLog:
+    """Appends [key, name, t] JSON lines while measuring (a file: no memory growth in the node)."""
+
+    def __init__(self, path: str, measuring: Any) -> None:
+        self._file = open(path, "w", buffering=1)  # noqa: SIM115 - closed in close()
+        self._measuring = measuring
+        self._lock = threading.Lock()
+
+    def mark(self, key: int, name: str, value: float | None = None) -> None:
+        if self._measuring.is_set():
+            line = json.dumps([key, name, time.monotonic() if value is None else value])
+            with self._lock:
+                self._file.write(line + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _make_node(role: str, cfg: dict[str, Any], context: Any, log: _EventLog) -> Any:
+    """The instrumented product node for ``role``."""
+    from rclpy.parameter import Parameter
+
+    from reconvla_ros.common import stamp_to_s
+
+    def key_of(stamp: Any) -> int:
+        return int(round(stamp_to_s(stamp) * 1e9))
+
+    def params(values: dict[str, Any]) -> list:
+        return [Parameter(k, value=v) for k, v in values.items()]
+
+    if role == "ingest":
+        from reconvla_ros.camera_ingest import CameraIngest
+
+        class BenchIngest(CameraIngest):
+            def _on_image(self, stream: str, msg: Any) -> None:
+                key = key_of(msg.header.stamp)
+                log.mark(key, f"ingest_{stream}_arrival")
+                published = self.counts["published"]
+                super()._on_image(stream, msg)
+                if self.counts["published"] > published:
+                    log.mark(key, "frame_published")
+
+        return BenchIngest(context=context, parameter_overrides=params(
+            {"model_preset": "tiny", "checkpoint": cfg["checkpoint"] or ""}))
+
+    if role == "arm":
+        from reconvla_ros.arm_command import ArmCommand
+
+        class BenchArm(ArmCommand):
+            pending: list[int] = []
+
+            def _on_chunk(self, msg: Any) -> None:
+                key = key_of(msg.header.stamp)
+                log.mark(key, "chunk_arrival")
+                self.pending.append(key)
+                super()._on_chunk(msg)
+
+            def _tick(self) -> None:
+                tick_start = time.monotonic()
+                log.mark(0, "tick", tick_start)
+                sent = self.counts["sent"]
+                super()._tick()
+                if self.counts["sent"] > sent:
+                    done = time.monotonic()
+                    keys, self.pending = self.pending, []
+                    for key in keys:
+                        log.mark(key, "tick_start", tick_start)
+                        log.mark(key, "command_sent", done)
+
+        return BenchArm(context=context, parameter_overrides=params({
+            "backend": "piper_ros", "control_rate": cfg["control_rate"], "auto_enable": True,
+            "observation_timeout": 0.5, "chunk_timeout": 2.0}))
+
+    from reconvla_core.runtime.predictor import ModelPredictor, Prediction
+    from reconvla_ros.policy import PolicyNode
+
+    def stub(frame: Any, instruction: str, state: Any, with_attention: bool) -> Prediction:
+        return Prediction(np.repeat(np.asarray(state)[None], 5, axis=0))
+
+    inner = ModelPredictor.from_checkpoint(cfg["checkpoint"], cfg["device"]) if cfg["checkpoint"] else stub
+    last = {"s": 0.0}
+
+    def timed(frame: Any, instruction: str, state: Any, with_attention: bool) -> Any:
+        t0 = time.monotonic()
+        out = inner(frame, instruction, state, with_attention)
+        last["s"] = time.monotonic() - t0
+        return out
+
+    class BenchPolicy(PolicyNode):
+        def _on_frame(self, msg: Any) -> None:
+            log.mark(key_of(msg.header.stamp), "policy_arrival")
+            super()._on_frame(msg)
+
+        def _next_input(self, last_seq: int) -> Any:
+            wait_start = time.monotonic()
+            item = super()._next_input(last_seq)
+            if item is not None:
+                key = key_of(item[1].header.stamp)
+                log.mark(key, "worker_wait_start", wait_start)
+                log.mark(key, "worker_pick")
+            return item
+
+        def _infer_once(self, frame_msg: Any, state: Any, state_time: float, instruction: str) -> None:
+            before = self.counts["chunks"]
+            super()._infer_once(frame_msg, state, state_time, instruction)
+            if self.counts["chunks"] > before:
+                log.mark(key_of(frame_msg.header.stamp), "inference_s", last["s"])
+
+    return BenchPolicy(predictor=timed, context=context, parameter_overrides=params({
+        "instruction": "put the red block in the blue bowl", "viz_rate": 0.0, "max_obs_age": 2.0,
+        "action_rate": cfg["action_rate"]}))
+
+
+def _node_process(role: str, cfg_json: str, events_path: str, ready: Any, measuring: Any, stop: Any) -> None:
+    """Child process: one product node spun until ``stop``; events to ``events_path``."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    cfg = json.loads(cfg_json)
+    log = _EventLog(events_path, measuring)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = executor = None
+    try:
+        node = _make_node(role, cfg, context, log)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        ready.set()
+        while not stop.is_set() and context.ok():
+            executor.spin_once(timeout_sec=0.05)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if executor is not None:
+            executor.shutdown(timeout_sec=2.0)
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)
+        log.close()
+
+
+def _bench_node(args: argparse.Namespace, context: Any, log: _EventLog) -> Any:
+    """Cameras (base + wrist, same stamp) and a perfect-follower piper_ros driver."""
+    from rclpy.node import Node
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image, JointState
+
+    from reconvla_ros.common import COMMAND_QOS, stamp_to_s
+
+    node = Node("bench_cameras_and_driver", context=context)
+    base_pub = node.create_publisher(Image, "/camera/camera/color/image_raw", qos_profile_sensor_data)
+    wrist_pub = node.create_publisher(Image, "/wrist_camera/color/image_raw", qos_profile_sensor_data)
+    state_pub = node.create_publisher(JointState, "joint_states_single", 10)
+    rng = np.random.default_rng(0)
+    width, height = args.image_width, args.image_height
+    pixels = [rng.integers(0, 255, (height, width, 3), dtype=np.uint8).tobytes() for _ in range(2)]
+    follower = {"position": list(FOLLOWER_START)}
+
+    def publish_images() -> None:
+        stamp = node.get_clock().now().to_msg()
+        log.mark(int(round(stamp_to_s(stamp) * 1e9)), "camera_publish")  # before: includes the publish calls
+        for publisher, data in zip((base_pub, wrist_pub), pixels):
+            msg = Image(height=height, width=width, encoding="rgb8", step=width * 3, data=data)
+            msg.header.stamp = stamp
+            publisher.publish(msg)
+
+    def on_command(msg: JointState) -> None:
+        follower["position"] = list(msg.position)
+
+    def publish_state() -> None:
+        msg = JointState(position=follower["position"])
+        msg.header.stamp = node.get_clock().now().to_msg()
+        state_pub.publish(msg)
+
+    node.create_subscription(JointState, "joint_ctrl_single", on_command, COMMAND_QOS)
+    node.create_timer(1.0 / args.camera_rate, publish_images)
+    node.create_timer(1.0 / args.feedback_rate, publish_state)
+    return node
+
+
+def _tiny_checkpoint(directory: Path) -> Path:
+    from reconvla_core.model import ReconVLA, ReconVLAConfig
+    from reconvla_core.piper import GRIPPER_MAX, JOINT_LOWER, JOINT_UPPER
+
+    model = ReconVLA(ReconVLAConfig.from_preset("tiny"), build_reconstruction=False)
+    low = np.array(JOINT_LOWER + (0.0,)) * 0.5
+    high = np.array(JOINT_UPPER + (GRIPPER_MAX,)) * 0.5
+    entry = {"min": low.tolist(), "max": high.tolist(), "q01": low.tolist(), "q99": high.tolist(),
+             "mean": ((low + high) / 2).tolist(), "std": ((high - low) / 4).tolist()}
+    model.set_norm_stats({"action": entry, "observation.state": entry})
+    return model.save_pretrained(directory / "tiny")
+
+
+def _read_events(paths: list[Path]) -> tuple[dict[int, dict[str, float]], list[float]]:
+    events: dict[int, dict[str, float]] = {}
+    ticks: list[float] = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            key, name, value = json.loads(line)
+            if name == "tick":
+                ticks.append(value)
+            else:
+                events.setdefault(key, {}).setdefault(name, value)
+    return events, ticks
+
+
+# --- the benchmark ---------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    spawn = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="reconvla-bench-ros-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        checkpoint = args.checkpoint
+        if checkpoint is None and args.model == "tiny":
+            checkpoint = _tiny_checkpoint(tmp)
+        cfg = json.dumps({"checkpoint": str(checkpoint) if checkpoint else "", "device": args.device,
+                          "control_rate": args.control_rate, "action_rate": args.action_rate})
+        measuring, stop = spawn.Event(), spawn.Event()
+        processes: dict[str, Any] = {}
+        readies: dict[str, Any] = {}
+        for role in ROLES:
+            readies[role] = spawn.Event()
+            processes[role] = spawn.Process(target=_node_process, name=f"bench-{role}", args=(
+                role, cfg, str(tmp / f"{role}.jsonl"), readies[role], measuring, stop))
+        context = rclpy.Context()
+        rclpy.init(context=context)
+        log = _EventLog(str(tmp / "bench.jsonl"), measuring)
+        node = executor = None
+        spin_stop = threading.Event()
+        spinner = None
+        rss: dict[str, list[tuple[float, float]]] = {role: [] for role in ROLES}
+        try:
+            for process in processes.values():
+                process.start()
+            deadline = time.monotonic() + args.start_timeout
+            for role, ready in readies.items():
+                if not ready.wait(timeout=max(0.0, deadline - time.monotonic())):
+                    raise RuntimeError(f"bench ros: the {role} node did not start within {args.start_timeout} s "
+                                       f"(exit code {processes[role].exitcode})")
+            node = _bench_node(args, context, log)
+            executor = SingleThreadedExecutor(context=context)
+            executor.add_node(node)
+
+            def spin() -> None:
+                while not spin_stop.is_set() and context.ok():
+                    executor.spin_once(timeout_sec=0.05)
+
+            spinner = threading.Thread(target=spin, name="bench-spin")
+            spinner.start()
+            time.sleep(args.warmup)
+            measuring.set()
+            start = time.monotonic()
+            while (elapsed := time.monotonic() - start) < args.duration:
+                for role, process in processes.items():
+                    rss[role].append((elapsed, _rss_mb(process.pid)))
+                time.sleep(min(1.0, max(0.0, args.duration - elapsed)))
+            measured = time.monotonic() - start
+            measuring.clear()
+            time.sleep(0.5)  # let the last lines land
+        finally:
+            measuring.clear()
+            stop.set()
+            for process in processes.values():
+                if process.pid is not None:
+                    process.join(timeout=60.0)
+                    if process.is_alive():
+                        process.terminate()
+                        process.join(timeout=10.0)
+            spin_stop.set()
+            if spinner is not None:
+                spinner.join(timeout=10.0)
+            if executor is not None:
+                executor.shutdown(timeout_sec=2.0)
+            if node is not None:
+                node.destroy_node()
+            rclpy.try_shutdown(context=context)
+            log.close()
+        events, ticks = _read_events([tmp / f"{name}.jsonl" for name in (*ROLES, "bench")])
+
+    parts = breakdown(events)
+    event_counts: dict[str, int] = {}
+    for record in events.values():
+        for name in record:
+            event_counts[name] = event_counts.get(name, 0) + 1
+    period = 1.0 / args.control_rate
+    samples = min(len(rss[role]) for role in ROLES)
+    total_rss = [(rss[ROLES[0]][i][0], sum(rss[role][i][1] for role in ROLES)) for i in range(samples)]
+    result: dict[str, Any] = {}
+    result.update(_percentiles(parts["overhead"], "overhead"))
+    result["missed_ticks"] = missed_ticks(ticks, period)
+    result["control_rate_hz"] = round((len(ticks) - 1) / (max(ticks) - min(ticks)), 3) if len(ticks) > 1 else 0.0
+    result["duration_s"] = round(measured, 1)
+    result["rss_slope_mb_per_min"] = round(_slope_per_min(total_rss), 3)
+    result["rss_slope_by_node"] = {role: round(_slope_per_min(rss[role]), 3) for role in ROLES}
+    result["rss_mb_by_node"] = {role: round(rss[role][-1][1], 1) if rss[role] else math.nan for role in ROLES}
+    for name in ("end_to_end", "inference", "policy_busy_wait", "tick_wait", "camera_to_policy", "camera_to_ingest",
+                 "ingest_processing", "ingest_to_policy", "policy_wake", "policy_to_arm", "arm_tick"):
+        result.update(_percentiles(parts[name], name))
+    gaps = np.diff(np.sort(ticks)) * 1e3 if len(ticks) > 1 else np.array([math.nan])
+    result.update({
+        "tick_interval_max_ms": round(float(np.max(gaps)), 3),
+        "ticks": len(ticks),
+        "chunks_measured": len(parts["overhead"]),
+        "event_counts": event_counts,
+        "target_control_rate_hz": args.control_rate,
+        "model": "checkpoint" if args.checkpoint else args.model,
+        "image_size": f"{args.image_width}x{args.image_height}",
+        "definition": ("overhead = camera publish -> command published, minus model inference, minus the wait for "
+                       "a busy policy worker, minus the wait for the next control tick; one process per node, "
+                       "real DDS"),
+    })
+    return result
