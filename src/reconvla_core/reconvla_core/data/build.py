@@ -37,6 +37,7 @@ class BuildConfig:
     gaze_model_dir: Path | None = None
     gaze_batch_size: int = 8
     gaze_box_threshold: float = 0.3
+    gaze_device: str = "cpu"
     include_unsuccessful: bool = False
     strict: bool = False
     image_format: str = "jpeg"
@@ -127,8 +128,8 @@ def build_dataset(config: BuildConfig) -> BuildReport:
     bags = find_bags(config.bags)
     backend = make_gaze_backend(
         config.gaze, boxes_file=config.gaze_boxes_file, model_dir=config.gaze_model_dir,
-        **({"batch_size": config.gaze_batch_size, "box_threshold": config.gaze_box_threshold}
-           if config.gaze == "grounding-dino" else {}),
+        **({"batch_size": config.gaze_batch_size, "box_threshold": config.gaze_box_threshold,
+            "device": config.gaze_device} if config.gaze == "grounding-dino" else {}),
     )
     align = AlignConfig(
         fps=config.fps, tolerance_s=config.tolerance_s, stamp_source=config.stamp_source,

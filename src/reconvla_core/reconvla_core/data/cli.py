@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--gaze-model", type=Path, default=None,
                        help="local Grounding DINO directory (for --gaze grounding-dino)")
     build.add_argument("--gaze-batch-size", type=int, default=8)
+    build.add_argument("--gaze-device", default="cpu", help="torch device for Grounding DINO (cpu, cuda, cuda:1)")
     build.add_argument("--gaze-threshold", type=float, default=0.3,
                        help="Grounding DINO box score threshold; below it the frame falls back to the whole image")
     build.add_argument("--fps", type=float, default=10.0, help="dataset frame rate (default 10)")
@@ -97,6 +98,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         gaze_model_dir=args.gaze_model,
         gaze_batch_size=args.gaze_batch_size,
         gaze_box_threshold=args.gaze_threshold,
+        gaze_device=args.gaze_device,
         include_unsuccessful=args.include_unsuccessful,
         strict=args.strict,
         image_format=args.image_format,

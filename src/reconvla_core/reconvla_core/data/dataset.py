@@ -30,7 +30,7 @@ from reconvla_core.data.lerobot_v3 import (
     STATE_KEY,
     WRIST_IMAGE_KEY,
     data_files,
-    decode_image,
+    decode_cell,
     load_info,
     load_stats,
     load_tasks,
@@ -352,14 +352,7 @@ class VLADataset(_TorchDataset):
 
     @staticmethod
     def _decode(source: _Source, cell: Any) -> np.ndarray:
-        if isinstance(cell, dict):
-            if cell.get("bytes"):
-                return decode_image(cell["bytes"])
-            if cell.get("path"):
-                return decode_image((Path(source.spec.root) / cell["path"]).read_bytes())
-        if isinstance(cell, (bytes, bytearray)):
-            return decode_image(bytes(cell))
-        raise ValueError(f"{source.spec.root}: image cell holds neither bytes nor a path")
+        return decode_cell(source.spec.root, cell)
 
     def _parquet(self, source_id: int, file_id: int) -> Any:
         import pyarrow.parquet as pq

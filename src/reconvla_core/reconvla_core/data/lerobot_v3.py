@@ -157,6 +157,18 @@ def decode_image(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+def decode_cell(root: str | Path, cell: Any) -> np.ndarray:
+    """An image column cell (``{"bytes", "path"}`` struct or raw bytes) -> HxWx3 uint8 RGB."""
+    if isinstance(cell, dict):
+        if cell.get("bytes"):
+            return decode_image(cell["bytes"])
+        if cell.get("path"):
+            return decode_image((Path(root) / cell["path"]).read_bytes())
+    if isinstance(cell, (bytes, bytearray)):
+        return decode_image(bytes(cell))
+    raise ValueError(f"{root}: image cell holds neither bytes nor a path")
+
+
 # ---------------------------------------------------------------------- stats
 def numeric_stats(values: np.ndarray) -> dict[str, np.ndarray]:
     """LeRobot stats of an (N, D) or (N,) array: min max mean std count q01..q99 (exact, population std)."""

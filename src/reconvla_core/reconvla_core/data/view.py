@@ -14,7 +14,7 @@ from reconvla_core.data.lerobot_v3 import (
     GAZE_KEY,
     WRIST_IMAGE_KEY,
     data_files,
-    decode_image,
+    decode_cell,
     load_episodes,
     load_info,
     load_tasks,
@@ -51,9 +51,9 @@ def read_episode_frames(root: str | Path, episode: int, max_frames: int | None =
         frame_index = table.column("frame_index").to_numpy()
         for row in np.flatnonzero(np.isin(frame_index, wanted)):
             frames.append(int(frame_index[row]))
-            base.append(decode_image(table.column(BASE_IMAGE_KEY)[int(row)].as_py()["bytes"]))
+            base.append(decode_cell(root, table.column(BASE_IMAGE_KEY)[int(row)].as_py()))
             if WRIST_IMAGE_KEY in table.column_names:
-                wrist.append(decode_image(table.column(WRIST_IMAGE_KEY)[int(row)].as_py()["bytes"]))
+                wrist.append(decode_cell(root, table.column(WRIST_IMAGE_KEY)[int(row)].as_py()))
             if GAZE_KEY in table.column_names:
                 boxes.append(np.asarray(table.column(GAZE_KEY)[int(row)].as_py(), dtype=np.float32))
     task_index = episodes[episode].get("tasks") or [""]
