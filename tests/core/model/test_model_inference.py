@@ -108,3 +108,15 @@ def test_sample_gaze_image_needs_the_branch(model):
     obs = make_observation(5)
     with pytest.raises(ValueError, match="load_reconstruction=True"):
         model.sample_gaze_image(obs["base_image"], obs["wrist_image"], obs["instruction"], obs["state"])
+
+
+def test_fixed_shape_step_matches_the_reference(model):
+    """The masked, fixed-shape step that a CUDA graph captures, run eagerly on the CPU."""
+    from reconvla_core.model.decoding import ActionDecoder
+
+    cfg = model.config
+    obs = make_observation(6)
+    embeds, _ = model.prepare_prompt(obs["base_image"], obs["wrist_image"], obs["instruction"], obs["state"])
+    decoder = ActionDecoder(model.llm, cfg.first_action_token_id, cfg.n_bins, cfg.action_tokens_per_chunk,
+                            capacity=embeds.shape[1] + 50, use_cuda_graph=False, fixed_shapes=True)
+    assert decoder(embeds).tolist() == reference_constrained_greedy(model, embeds)

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     (ours_ms, ours_tokens), (naive_ms, naive_tokens) = _time_pair(
         lambda: model.decode_action_tokens(embeds), lambda: model.naive_decode_tokens(embeds),
         device, args.iters, args.warmup)
+    prefill_ms, _ = _time(lambda: _prefill(model, embeds), device, max(3, args.iters // 3), 1)
     e2e_ms, _ = _time(lambda: model.predict_action(obs["base_image"], obs["wrist_image"], obs["instruction"],
                                                    obs["state"]), device, max(3, args.iters // 3), 1)
     ours_actions = model.processor.decode_actions(ours_tokens.cpu().numpy())
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "naive_p50_ms": round(naive_p50, 3), "naive_p99_ms": round(float(np.percentile(naive_ms, 99)), 3),
         "speedup": round(naive_p50 / p50, 3), "identical": identical,
         "predict_action_p50_ms": round(float(np.percentile(e2e_ms, 50)), 3),
+        "prefill_p50_ms": round(float(np.percentile(prefill_ms, 50)), 3),
         "tokens_per_chunk": model.config.action_tokens_per_chunk,
         "prompt_tokens": int(embeds.shape[1]), "preset": model.config.preset, "weights": source,
         "fit_steps": fit_steps, "fit_final_loss": fit_loss, "device": str(device), "dtype": args.dtype,
@@ -181,6 +183,14 @@ def _time_pair(first: Any, second: Any, device: Any, iters: int, warmup: int) ->
     rounds = [(_time(first, device, 1, warmup if i == 0 else 0), _time(second, device, 1, warmup if i == 0 else 0))
               for i in range(iters)]
     return tuple((np.concatenate([r[j][0] for r in rounds]), rounds[-1][j][1]) for j in range(2))
+
+
+def _prefill(model: Any, embeds: Any) -> Any:
+    """The prompt pass alone (shared by both decoders): what the per-token work adds to."""
+    import torch
+
+    with torch.inference_mode():
+        return model.llm.get_decoder()(inputs_embeds=embeds, use_cache=False).last_hidden_state
 
 
 def _try_decode(model: Any, tokens: Any) -> np.ndarray | None:

@@ -7,7 +7,8 @@ The fast path (``ActionDecoder``):
   work too) that writes one KV slot, attends over the buffer with a validity mask, and computes
   logits only for the action-token rows of the LM head; the next input embedding is gathered from
   the action ids' embedding rows. No end-of-sequence step, no host sync until the chunk is done.
-- on CUDA the step is captured once in a CUDA graph and replayed per token.
+- on CUDA the step is captured once in a CUDA graph and replayed per token (re-captured when the
+  weights change in place, e.g. after an optimiser step).
 
 The baseline is plain ``transformers`` ``generate`` (greedy, unconstrained, full-vocabulary logits).
 """
@@ -29,7 +30,10 @@ class _FusedLayer(NamedTuple):
     qkv_weight: torch.Tensor  # (H*hd + 2*KV*hd, D), input RMSNorm weight and attention scale folded in
     qkv_bias: torch.Tensor | None
     o_weight: torch.Tensor
-    gate_up_weight: torch.Tensor  # (2*I, D), post-attention RMSNorm weight folded in
+    gate_up_weight: torch.Tensor | None  # (2*I, D), post-attention RMSNorm weight folded in (eager path)
+    gate_weight: torch.Tensor  # the module weights (CUDA graph path)
+    up_weight: torch.Tensor
+    mlp_norm_weight: torch.Tensor
     down_weight: torch.Tensor
     eps_attn: float
     eps_mlp: float
@@ -39,7 +43,7 @@ class ActionDecoder:
     """Greedy decoding of ``num_tokens`` action tokens for prompts of up to ``capacity - num_tokens``."""
 
     def __init__(self, llm: Any, first_token_id: int, n_bins: int, num_tokens: int, capacity: int,
-                 use_cuda_graph: bool | None = None) -> None:
+                 use_cuda_graph: bool | None = None, fixed_shapes: bool | None = None) -> None:
         decoder = llm.get_decoder()
         config = decoder.config
         if "sliding_attention" in getattr(config, "layer_types", []):
@@ -74,6 +78,9 @@ class ActionDecoder:
         self.pos = torch.zeros(1, dtype=torch.long, device=device)  # position of the current token
         self.graph = None
         self.use_cuda_graph = device.type == "cuda" if use_cuda_graph is None else use_cuda_graph
+        # Fixed shapes (masked attention over the whole buffer, separate gate/up): what a CUDA graph
+        # captures; selectable without a graph so CPU tests exercise the same code.
+        self.fixed_shapes = self.use_cuda_graph if fixed_shapes is None else fixed_shapes or self.use_cuda_graph
         self._fused = self._fuse()
         self._version = self._weights_version()
         if self.use_cuda_graph:
@@ -87,14 +94,14 @@ class ActionDecoder:
                 * weight.element_size() and weight.dtype == self.action_embeds.dtype)
 
     def _fuse(self) -> list[_FusedLayer | None]:
-        """Folded weights per layer for the eager path, None where a projection is wrapped (LoRA).
+        """Folded weights per layer, None where a projection is wrapped (LoRA): then the modules run.
 
-        QKV and gate/up are concatenated (one GEMV each), the RMSNorm weights are folded into the
-        following projections and the attention scale into the query rows: fewer, cheaper kernels
-        per token where kernel launches dominate (CPU). The CUDA graph path uses the modules as is.
+        Q, K and V are concatenated into one GEMV with the input RMSNorm weight and the attention
+        scale folded in (folded in fp32, then cast). On the eager path (CPU, where kernel launches
+        dominate) gate and up are concatenated too, with the post-attention norm weight folded in;
+        on the CUDA graph path they stay separate, as a folded copy of Qwen2-7B's MLP would cost
+        about 7.6 GB.
         """
-        if self.use_cuda_graph:
-            return [None] * len(self.layers)
         fused: list[_FusedLayer | None] = []
         for layer in self.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -104,15 +111,21 @@ class ActionDecoder:
             if not is_silu or not all(type(m) is nn.Linear for m in projections):
                 fused.append(None)
                 continue
+            dtype = attn.q_proj.weight.dtype
             scale = torch.ones(self.num_heads + 2 * self.num_kv_heads, self.head_dim, device=self.slots.device)
             scale[:self.num_heads] = attn.scaling
-            scale = scale.reshape(-1, 1).to(attn.q_proj.weight.dtype)  # (rows, 1)
-            qkv_weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
-            qkv_weight = qkv_weight * layer.input_layernorm.weight[None, :] * scale
+            scale = scale.reshape(-1, 1)  # (rows, 1), fp32
+            qkv_weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).float()
+            qkv_weight = (qkv_weight * layer.input_layernorm.weight.float()[None, :] * scale).to(dtype)
             biases = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
-            qkv_bias = torch.cat(biases) * scale[:, 0] if all(b is not None for b in biases) else None
-            gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]) * layer.post_attention_layernorm.weight[None, :]
-            fused.append(_FusedLayer(qkv_weight, qkv_bias, attn.o_proj.weight, gate_up, mlp.down_proj.weight,
+            qkv_bias = (torch.cat(biases).float() * scale[:, 0]).to(dtype) if all(b is not None for b in biases) else None
+            mlp_norm = layer.post_attention_layernorm.weight
+            gate_up = None
+            if not self.fixed_shapes:
+                gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).float() * mlp_norm.float()[None, :]
+                gate_up = gate_up.to(dtype)
+            fused.append(_FusedLayer(qkv_weight, qkv_bias, attn.o_proj.weight, gate_up, mlp.gate_proj.weight,
+                                     mlp.up_proj.weight, mlp_norm, mlp.down_proj.weight,
                                      layer.input_layernorm.variance_epsilon,
                                      layer.post_attention_layernorm.variance_epsilon))
         return fused
@@ -163,16 +176,23 @@ class ActionDecoder:
             scores = torch.matmul(q.reshape(1, h_kv, h_q // h_kv, hd), keys.transpose(2, 3))
             if length is None:  # CUDA graph: fixed shapes, mask the empty slots
                 scores = scores.masked_fill(invalid, float("-inf"))
-            out = torch.matmul(torch.softmax(scores.float(), dim=-1).to(values.dtype), values)  # (1, KV, G, hd)
+            weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
+            out = torch.matmul(weights, values)  # (1, KV, G, hd)
             out = out.reshape(1, 1, h_q * hd)
             if fused is not None:
                 x = x + F.linear(out, fused.o_weight)
-                gate, up = F.linear(F.rms_norm(x, (self.hidden_size,), None, fused.eps_mlp), fused.gate_up_weight).chunk(2, dim=-1)
+                if fused.gate_up_weight is not None:  # norm weight folded into the concatenated gate/up
+                    h = F.rms_norm(x, (self.hidden_size,), None, fused.eps_mlp)
+                    gate, up = F.linear(h, fused.gate_up_weight).chunk(2, dim=-1)
+                else:
+                    h = F.rms_norm(x, (self.hidden_size,), fused.mlp_norm_weight, fused.eps_mlp)
+                    gate, up = F.linear(h, fused.gate_weight), F.linear(h, fused.up_weight)
                 x = x + F.linear(F.silu(gate) * up, fused.down_weight)
             else:
                 x = x + attn.o_proj(out)
                 x = x + layer.mlp(layer.post_attention_layernorm(x))
-        hidden = self.decoder.norm(x)[:, 0]  # (1, D)
+        norm = self.decoder.norm
+        hidden = F.rms_norm(x, (self.hidden_size,), norm.weight, norm.variance_epsilon)[:, 0]  # (1, D)
         self.token.copy_(F.linear(hidden, self.head_weight, self.head_bias).argmax(dim=-1))
 
     def _capture(self) -> None:
@@ -208,7 +228,7 @@ class ActionDecoder:
             if self.graph is not None:
                 self.graph.replay()
             else:
-                self._step(prompt_len + step)
+                self._step(None if self.fixed_shapes else prompt_len + step)
             bins[step:step + 1].copy_(self.token)
             self.pos.add_(1)
         return bins + self.first_token_id
