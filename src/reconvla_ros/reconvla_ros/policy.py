@@ -34,18 +34,23 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from reconvla_core.interfaces import ACTION_CHUNK_TOPIC, ATTENTION_TOPIC, INSTRUCTION_TOPIC, JOINT_STATES_TOPIC
-from reconvla_core.interfaces import MODEL_FRAME_TOPIC
+from reconvla_core.interfaces import (
+    ACTION_CHUNK_TOPIC,
+    ATTENTION_TOPIC,
+    INSTRUCTION_TOPIC,
+    JOINT_STATES_TOPIC,
+    MODEL_FRAME_TOPIC,
+)
 from reconvla_core.piper import ACTION_NAMES
 from reconvla_core.runtime.image import image_to_rgb, rgb_to_fields
 from reconvla_core.runtime.overlay import render_attention_overlay
 from reconvla_core.runtime.predictor import DTYPES, ModelPredictor, Predictor, check_prediction
 from reconvla_ros.common import (
+    COMMAND_QOS,
     DIAGNOSTICS_TOPIC,
     LATCHED_QOS,
     SENSOR_QOS,
     STATE_QOS,
-    COMMAND_QOS,
     JointStateError,
     diagnostic_array,
     diagnostic_status,
