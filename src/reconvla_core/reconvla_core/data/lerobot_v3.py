@@ -471,6 +471,7 @@ class EpisodeWriter:
         os.close(fd)
         self.staged_path = Path(name)
         self._writer = pq.ParquetWriter(self.staged_path, parent.schema, compression="NONE", use_dictionary=False)
+        self._pending: list[tuple[dict[str, list[Any]], dict[str, np.ndarray], int, int]] = []
         self._done = False
 
     def add_frames(
@@ -483,8 +484,6 @@ class EpisodeWriter:
         timestamps: np.ndarray,
     ) -> None:
         """Append B frames: images HxWx3 uint8, state/action (B, 7), gaze (B, 5), timestamps (B,) s."""
-        import pyarrow as pa
-
         count = len(base_images)
         arrays = {
             STATE_KEY: np.asarray(state, dtype=np.float32).reshape(count, -1),
@@ -507,28 +506,37 @@ class EpisodeWriter:
         pool = self.parent._pool
         assert pool is not None
         image_format = self.parent.image_format
-        futures = {key: [pool.submit(encode_image, frame, image_format) for frame in frames] for key, frames in images.items()}
+        futures = {key: [pool.submit(encode_image, frame, image_format) for frame in frames]
+                   for key, frames in images.items()}
         for key, frames in images.items():
             for frame in frames:
                 self.histograms[key].update(frame)
+        # Double buffering: this batch encodes in the pool while the caller reads the next one.
+        self._pending.append((futures, arrays, self.length, count))
+        for key, value in arrays.items():
+            self._columns[key].append(value)
+        self.length += count
+        while len(self._pending) > 1:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        """Wait for the oldest batch's encodes and append its rows to the staged file."""
+        import pyarrow as pa
+
+        futures, arrays, start, count = self._pending.pop(0)
+        schema = self.parent.schema
         columns: dict[str, Any] = {}
         for key in IMAGE_KEYS:
-            columns[key] = pa.array(
-                [{"bytes": future.result(), "path": None} for future in futures[key]], type=self.parent.schema.field(key).type
-            )
+            cells = [{"bytes": future.result(), "path": None} for future in futures[key]]
+            columns[key] = pa.array(cells, type=schema.field(key).type)
         for key in (STATE_KEY, ACTION_KEY, GAZE_KEY):
             flat = pa.array(arrays[key].reshape(-1))
             columns[key] = pa.FixedSizeListArray.from_arrays(flat, arrays[key].shape[1])
         columns["timestamp"] = pa.array(arrays["timestamp"])
-        frame_index = np.arange(self.length, self.length + count, dtype=np.int64)
-        columns["frame_index"] = pa.array(frame_index)
+        columns["frame_index"] = pa.array(np.arange(start, start + count, dtype=np.int64))
         for key in ("episode_index", "index", "task_index"):  # filled in at commit time
             columns[key] = pa.array(np.zeros(count, dtype=np.int64))
-        table = pa.Table.from_pydict(columns, schema=self.parent.schema)
-        self._writer.write_table(table)
-        for key, value in arrays.items():
-            self._columns[key].append(value)
-        self.length += count
+        self._writer.write_table(pa.Table.from_pydict(columns, schema=schema))
 
     def numeric_columns(self, episode_index: int, task_index: int, index_start: int) -> dict[str, np.ndarray]:
         columns = {key: np.concatenate(values) for key, values in self._columns.items()}
@@ -547,6 +555,8 @@ class EpisodeWriter:
     def finish(self) -> EpisodeSummary:
         if self._done:
             raise RuntimeError("episode already finished or discarded")
+        while self._pending:
+            self._write_pending()
         self._writer.close()
         self._done = True
         if self.length == 0:
@@ -557,6 +567,10 @@ class EpisodeWriter:
     def discard(self) -> None:
         if self._done:
             return
+        for futures, *_ in self._pending:
+            for future in (f for batch in futures.values() for f in batch):
+                future.cancel()
+        self._pending.clear()
         self._writer.close()
         self._done = True
         self.staged_path.unlink(missing_ok=True)
