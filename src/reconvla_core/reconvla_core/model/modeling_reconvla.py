@@ -73,6 +73,10 @@ class ReconVLA(nn.Module):
         d_vision, d_llm = config.vision.hidden_size, config.llm.hidden_size
         self.projector = nn.Sequential(nn.Linear(d_vision, d_llm), nn.GELU(), nn.Linear(d_llm, d_llm))
         self.llm = build_llm(config, self.processor.pad_token_id, self.processor.eos_token_id)
+        paths = [name for name in ("llm_path", "vision_path", "llava_path", "vae_path") if getattr(config, name)]
+        if paths:
+            logger.warning("config names %s but ReconVLA(config) builds random weights; load them with "
+                           "ReconVLA.from_backbones(config)", ", ".join(paths))
         self.reconstruction: nn.Module | None = None
         if build_reconstruction and config.builds_reconstruction:
             from reconvla_core.model.reconstruction import ReconstructionBranch  # imports diffusers

@@ -260,26 +260,27 @@ class ReconstructionBranch(nn.Module):
         """Epsilon-MSE averaged over ``num_noise_draws`` noise/timestep draws per sample."""
         x0 = self.encode_target(target_pixels)  # (B, N, C), no grad
         draws = self.num_noise_draws
+        dtype = self.denoiser.x_embed.weight.dtype  # fp32 unless someone cast the whole model
         with torch.autocast(device_type=h_r.device.type, enabled=False):
             x0 = x0.float().repeat_interleave(draws, dim=0)  # (B*n, N, C)
-            cond = h_r.float().repeat_interleave(draws, dim=0)  # (B*n, N, D)
+            cond = h_r.to(dtype).repeat_interleave(draws, dim=0)  # (B*n, N, D)
             t = torch.randint(0, self.scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
             noise = torch.randn_like(x0)
             x_t = self.scheduler.add_noise(x0, noise, t)
-            eps = self.denoiser(x_t, t, cond)
-            return F.mse_loss(eps, noise)
+            eps = self.denoiser(x_t.to(dtype), t, cond)
+            return F.mse_loss(eps.float(), noise)
 
     @torch.no_grad()
     def sample(self, h_r: torch.Tensor, num_steps: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """A few-step DDIM sample of the gaze image from h_R; pixels (B, 3, V, V) in [-1, 1]."""
         scheduler = DDIMScheduler.from_config(self.scheduler.config, timestep_spacing="trailing")
         scheduler.set_timesteps(num_steps, device=h_r.device)
-        cond = h_r.float()
+        cond = h_r.to(self.denoiser.x_embed.weight.dtype)
         b, n, _ = cond.shape
         x = torch.randn((b, n, self.denoiser.final.linear.out_features), generator=generator,
                         device=cond.device if generator is None else generator.device).to(cond.device)
         with torch.autocast(device_type=h_r.device.type, enabled=False):
             for t in scheduler.timesteps:
-                eps = self.denoiser(x, t.expand(b).to(cond.device), cond)
-                x = scheduler.step(eps, t, x).prev_sample
+                eps = self.denoiser(x.to(cond.dtype), t.expand(b).to(cond.device), cond)
+                x = scheduler.step(eps.float(), t, x).prev_sample
         return self.vae.decode(unpack_latents(x, self.grid_size))
