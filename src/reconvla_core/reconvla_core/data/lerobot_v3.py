@@ -149,6 +149,11 @@ def encode_image(rgb: np.ndarray, image_format: str = "png") -> bytes:
     raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
 
 
+def _encode_and_count(rgb: np.ndarray, image_format: str) -> tuple[bytes, np.ndarray]:
+    """Pool task: the encoded frame and its stats histogram (both off the reading thread)."""
+    return encode_image(rgb, image_format), ImageHistogram.count(rgb)
+
+
 def decode_image(data: bytes) -> np.ndarray:
     """PNG/JPEG bytes -> HxWx3 uint8 RGB."""
     from PIL import Image
@@ -197,10 +202,18 @@ class ImageHistogram:
         self.counts = np.zeros((3, 256), dtype=np.int64)
         self.frames = 0
 
-    def update(self, rgb: np.ndarray) -> None:
+    @staticmethod
+    def count(rgb: np.ndarray) -> np.ndarray:
+        """(3, 256) channel histograms of one frame (every ``_STATS_PIXEL_STRIDE``-th pixel)."""
         sample = rgb[::_STATS_PIXEL_STRIDE, ::_STATS_PIXEL_STRIDE].reshape(-1, 3)
         keyed = sample.astype(np.uint16) + _CHANNEL_OFFSETS  # channel c -> bins 256c .. 256c + 255
-        self.counts += np.bincount(keyed.reshape(-1), minlength=768).reshape(3, 256)
+        return np.bincount(keyed.reshape(-1), minlength=768).reshape(3, 256)
+
+    def update(self, rgb: np.ndarray) -> None:
+        self.add(self.count(rgb))
+
+    def add(self, counts: np.ndarray) -> None:
+        self.counts += counts
         self.frames += 1
 
     def merge(self, other: ImageHistogram) -> None:
@@ -506,11 +519,8 @@ class EpisodeWriter:
         pool = self.parent._pool
         assert pool is not None
         image_format = self.parent.image_format
-        futures = {key: [pool.submit(encode_image, frame, image_format) for frame in frames]
+        futures = {key: [pool.submit(_encode_and_count, frame, image_format) for frame in frames]
                    for key, frames in images.items()}
-        for key, frames in images.items():
-            for frame in frames:
-                self.histograms[key].update(frame)
         # Double buffering: this batch encodes in the pool while the caller reads the next one.
         self._pending.append((futures, arrays, self.length, count))
         for key, value in arrays.items():
@@ -527,7 +537,11 @@ class EpisodeWriter:
         schema = self.parent.schema
         columns: dict[str, Any] = {}
         for key in IMAGE_KEYS:
-            cells = [{"bytes": future.result(), "path": None} for future in futures[key]]
+            cells = []
+            for future in futures[key]:
+                encoded, counts = future.result()
+                self.histograms[key].add(counts)
+                cells.append({"bytes": encoded, "path": None})
             columns[key] = pa.array(cells, type=schema.field(key).type)
         for key in (STATE_KEY, ACTION_KEY, GAZE_KEY):
             flat = pa.array(arrays[key].reshape(-1))
