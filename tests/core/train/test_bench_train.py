@@ -14,7 +14,7 @@ pytestmark = pytest.mark.unit
 def test_bench_train_tiny_measures_both_variants() -> None:
     parser = argparse.ArgumentParser()
     bench_train.add_arguments(parser)
-    args = parser.parse_args(["--steps", "2", "--warmup", "1", "--batch-size", "2"])
+    args = parser.parse_args(["--steps", "2", "--warmup", "1", "--batch-size", "2", "--breakdown"])
     result = bench_train.run(args)
     assert result["preset"] == "tiny" and result["device"] == "cpu" and result["dtype"] == "fp32"
     assert len(result["step_s_with_recon_all"]) == len(result["step_s_without_recon_all"]) == 2
@@ -23,3 +23,4 @@ def test_bench_train_tiny_measures_both_variants() -> None:
     # The 'with' variant really runs the diffusion loss (epsilon-MSE ~ 1 at init) on top of the action CE.
     assert result["loss_with_recon"] > result["loss_without_recon"] + 0.5
     assert result["params_denoiser"] > 0
+    assert result["vae_encode_s"] > 0 and result["denoiser_fwd_bwd_s"] >= 0

@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     parser.add_argument("--recon-target", choices=("gaze", "full"), default="gaze",
                         help="the reconstruction target of the 'with' variant")
+    parser.add_argument("--tf32", choices=("on", "off"), default="on",
+                        help="TF32 tensor cores for fp32 matmuls/convs on CUDA (the fp32 denoiser; default on, "
+                        "as train.allow_tf32)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the branch's parts alone: VAE encode of the target, denoiser loss fwd+bwd")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -56,6 +61,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     steps = args.steps or (6 if paper else 10)
     checkpointing = args.gradient_checkpointing == "on" or (args.gradient_checkpointing == "auto" and paper)
     torch.manual_seed(args.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
+        torch.backends.cudnn.allow_tf32 = args.tf32 == "on"
 
     started = time.perf_counter()
     model = build_model(args.preset, args.recon_target, device, dtype)
@@ -97,6 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": batch_size,
         "gradient_checkpointing": checkpointing,
         "optimizer": args.optimizer,
+        "tf32": args.tf32 == "on" and device.type == "cuda",
         "recon_target": args.recon_target,
         "steps_timed": steps,
         "step_s_with_recon": with_s,
@@ -116,6 +125,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "without_recon_means": "same model and batch, reconstruction target dropped: the branch is skipped "
                                "as with recon_target none",
     }
+    if args.breakdown and model.reconstruction is not None:
+        result.update(branch_breakdown(model, batch, device, steps))
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     if args.preset == "paper" and result["recon_overhead_pct"] > 15.0:
@@ -170,6 +181,46 @@ def synthetic_batch(model: Any, batch_size: int, device: Any, seed: int) -> dict
         ))
     batch = model.processor.collate(samples)
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def branch_breakdown(model: Any, batch: dict[str, Any], device: Any, steps: int) -> dict[str, float]:
+    """Median time of the reconstruction branch's parts alone: the frozen VAE encoding the target, and
+    the denoiser's diffusion loss forward + backward on a stand-in condition h_R."""
+    import torch
+
+    recon = model.reconstruction
+    pixels = batch["recon_pixel_values"]
+    b, n, d = pixels.shape[0], model.config.num_image_tokens, model.config.llm.hidden_size
+    h_r = torch.randn(b, n, d, device=device, dtype=model.projector[0].weight.dtype, requires_grad=True)
+
+    def timed(fn: Any) -> float:
+        times = []
+        for _ in range(steps + 1):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times[1:])
+
+    def vae() -> None:
+        with torch.no_grad():
+            recon.encode_target(pixels)
+
+    def denoiser() -> None:
+        recon.loss(h_r, pixels).backward()  # includes one VAE encode
+        recon.denoiser.zero_grad(set_to_none=True)
+
+    vae_s = timed(vae)
+    loss_s = timed(denoiser)
+    return {"vae_encode_s": vae_s, "denoiser_fwd_bwd_s": max(0.0, loss_s - vae_s)}
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def train_step(model: Any, optimizer: Any, params: list[Any], batch: dict[str, Any], device: Any) -> float:

@@ -131,6 +131,8 @@ def setup_run(config: TrainConfig, *, accum: int, resume: bool) -> Run:
     if resume and existing is None:
         logger.warning("--resume: no checkpoint in %s, starting from step 0", output_dir)
     set_seed(config.seed)
+    torch.backends.cuda.matmul.allow_tf32 = config.train.allow_tf32
+    torch.backends.cudnn.allow_tf32 = config.train.allow_tf32
     data = build_data(config, need_val=config.eval.at_end or config.eval.every_steps > 0)
     model, init_info = build_model(config, data.stats)
     if config.lora.enabled:
