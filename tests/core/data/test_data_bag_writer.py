@@ -99,3 +99,12 @@ def test_refuses_existing_dir_and_bad_input(tmp_path):
         pass
     msgs, _, _ = _read_all(tmp_path / "unfinished")
     assert json.loads(msgs[itf.EPISODE_INFO_TOPIC][0][2].data)["success"] is False
+
+
+def test_writer_and_build_import_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import reconvla_core.data.bag_writer, reconvla_core.data.build, reconvla_core.data.cli; "
+            "sys.exit(int('torch' in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -2,7 +2,7 @@
 
 - ``bag_writer.EpisodeBagWriter``: one episode -> one MCAP rosbag2 directory.
 - ``bag_reader``: rosbag2 (MCAP / sqlite3) -> episodes aligned onto the dataset fps.
-- ``lerobot_v3``: the LeRobot v3.0 writer and meta readers.
+- ``lerobot_v3``: the LeRobot v3.0 writer and meta readers; ``build``: bags -> dataset.
 - ``gaze``: gaze-box annotation backends (sim, boxes file, Grounding DINO).
 - ``dataset``: ``VLADataset`` / ``DatasetSource`` / ``load_stats`` for training.
 
@@ -16,11 +16,19 @@ from typing import Any
 
 _LAZY = {
     "EpisodeBagWriter": "reconvla_core.data.bag_writer",
+    "AlignConfig": "reconvla_core.data.bag_reader",
+    "BagError": "reconvla_core.data.bag_reader",
     "BagTopics": "reconvla_core.data.bag_reader",
     "read_episode": "reconvla_core.data.bag_reader",
+    "BuildConfig": "reconvla_core.data.build",
+    "build_dataset": "reconvla_core.data.build",
+    "LeRobotV3Writer": "reconvla_core.data.lerobot_v3",
+    "load_info": "reconvla_core.data.lerobot_v3",
+    "load_stats": "reconvla_core.data.lerobot_v3",
     "VLADataset": "reconvla_core.data.dataset",
     "DatasetSource": "reconvla_core.data.dataset",
-    "load_stats": "reconvla_core.data.lerobot_v3",
+    "FeatureMap": "reconvla_core.data.dataset",
+    "MixtureSampler": "reconvla_core.data.dataset",
 }
 
 __all__ = sorted(_LAZY)
