@@ -297,3 +297,67 @@ def test_auto_enable_enables_the_driver_once_feedback_arrives(ros):
     assert ros.wait_for(lambda: driver.enable_flags == [True] and len(driver.commands) > 3)
     assert arm.safety.mode.value == "enabled"
     np.testing.assert_allclose(driver.take()[-1].position, HOME)  # holding: no chunk yet
+
+
+def _fake_sdk_module():
+    """FakePiperInterfaceV2 from the core backend tests (the SDK seam, with its exact signatures)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "core" / "runtime" / "test_piper_sdk_backend.py"
+    spec = importlib.util.spec_from_file_location("piper_sdk_fake_for_ros_tests", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_piper_sdk_backend_in_the_node_with_teleop(ros):
+    from sensor_msgs.msg import JointState
+    from std_srvs.srv import SetBool, Trigger
+
+    from reconvla_core.runtime.piper_sdk_backend import PiperSdkBackend
+    from reconvla_ros.common import SENSOR_QOS
+
+    fake = _fake_sdk_module().FakePiperInterfaceV2()
+    fake.joint_msgs.time_stamp = 1.0
+    js = fake.joint_msgs.joint_state
+    js.joint_2, js.joint_3, js.joint_5 = 57296, -57296, 17189  # ~1.0, -1.0, 0.3 rad
+    fake.gripper_msgs.gripper_state.grippers_angle = 30000  # 0.03 m
+    fake.joint_ctrl_msgs.time_stamp = 1.0
+    fake.joint_ctrl_msgs.joint_ctrl.joint_1 = 10000  # the leader's joint1 at 10 deg
+    fake.gripper_ctrl_msgs.gripper_ctrl.grippers_angle = 45000
+    backend = PiperSdkBackend("can0", gripper_effort=1000, interface_factory=lambda can: fake, enable_poll_s=0.0)
+    from rclpy.parameter import Parameter
+
+    from reconvla_ros.arm_command import ArmCommand
+
+    overrides = {"backend": "piper_sdk", "teleop": True, "speed_percent": 30, "observation_timeout": 5.0}
+    arm = ros.add_node(ArmCommand(backend=backend, context=ros.context,
+                                  parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()]))
+    client = ros.make_node("operator")
+    leader: list = []
+    client.create_subscription(JointState, "master/joint_states", leader.append, SENSOR_QOS)
+
+    def leader_published() -> bool:
+        fake.joint_ctrl_msgs.time_stamp += 1.0  # new frames from the leader on the bus
+        return bool(leader)
+
+    assert ros.wait_for(leader_published, period=0.1)
+    np.testing.assert_allclose(leader[-1].position, [math.radians(10.0), 0, 0, 0, 0, 0, 0.045])
+    assert "JointCtrl" not in fake.names()  # disabled: no motion command on the bus
+
+    fake.joint_msgs.time_stamp += 1.0
+    assert call(ros, client, SetBool, "/arm_command/enable", SetBool.Request(data=True)).success
+    assert ros.wait_for(lambda: "JointCtrl" in fake.names())
+    joint_call = next(args for name, args in list(fake.calls) if name == "JointCtrl")
+    assert joint_call == {"joint_1": 0, "joint_2": 57296, "joint_3": -57296, "joint_4": 0, "joint_5": 17189,
+                          "joint_6": 0}  # holding where the arm is (no chunk yet)
+    motion = next(args for name, args in list(fake.calls) if name == "MotionCtrl_2")
+    assert (motion["ctrl_mode"], motion["move_mode"], motion["is_mit_mode"]) == (0x01, 0x01, 0x00)
+
+    assert call(ros, client, Trigger, "/arm_command/estop", Trigger.Request()).success
+    assert ("EmergencyStop", {"emergency_stop": 0x01}) in list(fake.calls)
+    count = fake.names().count("JointCtrl")
+    ticks = arm.counts["ticks"]
+    assert ros.wait_for(lambda: arm.counts["ticks"] > ticks + 10)
+    assert fake.names().count("JointCtrl") == count  # nothing after estop
