@@ -23,7 +23,6 @@ def make_observation(seed: int = 0, base_shape=(240, 320), wrist_shape=(200, 260
 
 def build_tiny(norm_stats: dict, seed: int = 0, **overrides):
     import torch
-
     from reconvla_core.model import ReconVLA, ReconVLAConfig
 
     torch.manual_seed(seed)

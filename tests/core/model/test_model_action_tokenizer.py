@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from reconvla_core.model.action_tokenizer import (
     ActionTokenizer,
     Normalizer,

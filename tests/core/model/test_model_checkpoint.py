@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 import torch
 from model_helpers import build_tiny, make_observation
-
 from reconvla_core.model import ReconVLA, ReconVLAConfig
-from reconvla_core.model.checkpoint import RECON_FILE, STATS_FILE, WEIGHTS_FILE, CheckpointError
+from reconvla_core.model.checkpoint import (
+    RECON_FILE,
+    STATS_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+)
 
 
 def _actions(model, seed=0):
@@ -103,9 +107,13 @@ def test_weights_that_do_not_fit_the_config(norm_stats, tmp_path):
 def _tiny_hf_parts(tmp_path):
     """A Qwen2 LLM, a SigLIP vision tower and a VAE saved with the libraries' own save_pretrained."""
     from diffusers import AutoencoderKL
-    from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
-
     from reconvla_core.model.tokenization import build_byte_tokenizer
+    from transformers import (
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
 
     torch.manual_seed(11)
     llm = Qwen2ForCausalLM(Qwen2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -124,7 +132,7 @@ def _tiny_hf_parts(tmp_path):
 
 
 def test_backbones_from_qwen2_and_siglip_directories(tmp_path, norm_stats):
-    llm, vision, vae = _tiny_hf_parts(tmp_path)
+    llm, vision, _ = _tiny_hf_parts(tmp_path)
     model = ReconVLA.from_backbones(ReconVLAConfig.from_preset("tiny", recon_target="gaze"),
                                     llm_path=tmp_path / "qwen2", vision_path=tmp_path / "siglip",
                                     vae_path=tmp_path / "vae")
@@ -150,7 +158,12 @@ def test_backbones_from_qwen2_and_siglip_directories(tmp_path, norm_stats):
 
 
 def test_backbones_from_a_llava_directory(tmp_path, norm_stats):
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, Qwen2Config, SiglipVisionConfig
+    from transformers import (
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
 
     torch.manual_seed(12)
     llava = LlavaForConditionalGeneration(LlavaConfig(

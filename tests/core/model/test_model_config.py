@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from reconvla_core.model import ReconVLAConfig
 
 

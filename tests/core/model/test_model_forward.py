@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from model_helpers import build_tiny, make_batch
-
 from reconvla_core.model import ReconVLA, ReconVLAConfig
 from reconvla_core.model.reconstruction import pack_latents, unpack_latents
 

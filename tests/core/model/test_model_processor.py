@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from model_helpers import INSTRUCTION
-
 from reconvla_core.model.processing_reconvla import IGNORE_INDEX, resize
 
 

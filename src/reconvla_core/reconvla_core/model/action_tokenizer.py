@@ -111,7 +111,8 @@ def check_array(value: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
 def validate_norm_stats(stats: Mapping[str, Any], action_dim: int, state_dim: int) -> dict[str, Any]:
     """Checks a LeRobot stats.json dict; returns the 'action' and 'observation.state' entries as lists."""
     if not isinstance(stats, Mapping):
-        raise ValueError(f"norm stats must be a dict (LeRobot stats.json), got {type(stats).__name__}")
+        # ValueError, like every other bad input (the CLI reports ValueError as a one-line error)
+        raise ValueError(f"norm stats must be a dict (LeRobot stats.json), got {type(stats).__name__}")  # noqa: TRY004
     out: dict[str, Any] = {}
     for key, dim in (("action", action_dim), ("observation.state", state_dim)):
         if key not in stats:

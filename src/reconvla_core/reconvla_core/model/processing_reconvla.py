@@ -37,7 +37,7 @@ IGNORE_INDEX = -100
 def check_image(image: Any, name: str) -> np.ndarray:
     """An HxWx3 uint8 RGB array, or ValueError naming the argument."""
     if not isinstance(image, np.ndarray):
-        raise ValueError(f"{name} must be an HxWx3 uint8 numpy array, got {type(image).__name__}")
+        raise ValueError(f"{name} must be an HxWx3 uint8 numpy array, got {type(image).__name__}")  # noqa: TRY004
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"{name} must have shape HxWx3, got {image.shape}")
     if image.dtype != np.uint8:
@@ -108,7 +108,7 @@ class ReconVLAProcessor:
         base = check_image(base_image, "base_image")
         wrist = check_image(wrist_image, "wrist_image")
         size = size or self.config.vision.image_size
-        top = int(round(size * self.config.stitch_top_fraction))
+        top = round(size * self.config.stitch_top_fraction)
         return np.concatenate([resize(base, size, top), resize(wrist, size, size - top)], axis=0)
 
     def gaze_image(self, base_image: np.ndarray, wrist_image: np.ndarray, gaze_box: Any, size: int) -> np.ndarray:
