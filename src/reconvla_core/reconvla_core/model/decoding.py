@@ -57,7 +57,9 @@ class ActionDecoder:
         head = llm.get_output_embeddings()
         self.head_weight = head.weight[first_token_id:first_token_id + n_bins]  # (n_bins, D), a view
         self.head_bias = None if head.bias is None else head.bias[first_token_id:first_token_id + n_bins]
-        self.action_embeds = llm.get_input_embeddings().weight[first_token_id:first_token_id + n_bins]
+        embedding = llm.get_input_embeddings().weight
+        self._embedding_ptr = embedding.data_ptr()
+        self.action_embeds = embedding[first_token_id:first_token_id + n_bins]  # (n_bins, D), a view
         weight = self.action_embeds
         device, dtype = weight.device, weight.dtype
         self.num_heads = config.num_attention_heads
@@ -87,12 +89,13 @@ class ActionDecoder:
             self._capture()
 
     def matches(self, llm: Any, prompt_len: int) -> bool:
-        """Whether this decoder can serve ``llm`` for a prompt of ``prompt_len`` tokens."""
+        """Whether this decoder can serve ``llm`` for a prompt of ``prompt_len`` tokens (same module,
+        same weight storage: a move or cast of the model needs a new decoder)."""
         weight = llm.get_input_embeddings().weight
         return (llm is self.llm and prompt_len + self.num_tokens <= self.capacity
-                and weight.data_ptr() == self.action_embeds.data_ptr() - self.first_token_id * weight.stride(0)
-                * weight.element_size() and weight.dtype == self.action_embeds.dtype)
+                and weight.data_ptr() == self._embedding_ptr and weight.dtype == self.action_embeds.dtype)
 
+    @torch.no_grad()
     def _fuse(self) -> list[_FusedLayer | None]:
         """Folded weights per layer, None where a projection is wrapped (LoRA): then the modules run.
 
@@ -131,6 +134,7 @@ class ActionDecoder:
         return fused
 
     def _weights_version(self) -> int:
+        """Sum of the parameters' in-place version counters: changes after any optimiser step."""
         return sum(p._version for p in self.llm.parameters())
 
     def _refresh(self) -> None:
