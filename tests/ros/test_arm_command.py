@@ -361,3 +361,19 @@ def test_piper_sdk_backend_in_the_node_with_teleop(ros):
     ticks = arm.counts["ticks"]
     assert ros.wait_for(lambda: arm.counts["ticks"] > ticks + 10)
     assert fake.names().count("JointCtrl") == count  # nothing after estop
+
+
+def test_shipped_config_matches_the_declared_parameters(ros):
+    from pathlib import Path
+
+    from rclpy.parameter import Parameter, parameter_dict_from_yaml_file
+
+    from reconvla_ros.arm_command import ArmCommand
+
+    path = Path(__file__).resolve().parents[2] / "src" / "reconvla_ros" / "config" / "arm_command.yaml"
+    params = [Parameter.from_parameter_msg(p)
+              for p in parameter_dict_from_yaml_file(str(path), target_nodes=["arm_command"]).values()]
+    node = ros.add_node(ArmCommand(context=ros.context, parameter_overrides=params))
+    for param in params:
+        assert node.has_parameter(param.name), f"{param.name} in the yaml is not a parameter of the node"
+        assert node.get_parameter(param.name).type_ == param.type_, param.name

@@ -214,3 +214,19 @@ def test_parameter_validation(ros):
         with pytest.raises(ValueError, match=name):
             PolicyNode(predictor=RecordingPredictor(), context=ros.context,
                        parameter_overrides=[Parameter(name, value=value)])
+
+
+def test_shipped_config_matches_the_declared_parameters(ros):
+    from pathlib import Path
+
+    from rclpy.parameter import Parameter, parameter_dict_from_yaml_file
+
+    from reconvla_ros.policy import PolicyNode
+
+    path = Path(__file__).resolve().parents[2] / "src" / "reconvla_ros" / "config" / "policy.yaml"
+    params = [Parameter.from_parameter_msg(p)
+              for p in parameter_dict_from_yaml_file(str(path), target_nodes=["policy"]).values()]
+    node = ros.add_node(PolicyNode(predictor=RecordingPredictor(), context=ros.context, parameter_overrides=params))
+    for param in params:
+        assert node.has_parameter(param.name), f"{param.name} in the yaml is not a parameter of the node"
+        assert node.get_parameter(param.name).type_ == param.type_, param.name
