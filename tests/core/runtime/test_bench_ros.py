@@ -38,6 +38,10 @@ def test_breakdown_excludes_model_busy_wait_and_tick_wait():
     assert parts["policy_busy_wait"][0] == pytest.approx(0.020)
     assert parts["tick_wait"][0] == pytest.approx(0.017)
     assert parts["overhead"][0] == pytest.approx(0.151 - 0.100 - 0.020 - 0.017)
+    assert parts["stitch"] == []  # no stitch time recorded in this event
+    event["stitch_s"] = 0.004
+    with_stitch = bench_ros.breakdown({1: event})
+    assert with_stitch["overhead_excluding_stitch"][0] == pytest.approx(parts["overhead"][0] - 0.004)
     pieces = (parts["camera_to_policy"][0] + parts["policy_wake"][0] + parts["policy_to_arm"][0]
               + parts["arm_tick"][0])
     assert pieces == pytest.approx(parts["overhead"][0])

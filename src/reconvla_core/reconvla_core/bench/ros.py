@@ -16,7 +16,9 @@ Figures:
   period by construction of a fixed-rate loop). What remains is DDS transport (3 hops), image
   conversion, pairing, stitching, policy pre/post-processing, queue push, and the arm_command tick
   (feedback, queue sample, safety filter, command publish); ``camera_to_policy_*``,
-  ``policy_wake_*``, ``policy_to_arm_*`` and ``arm_tick_*`` break it down.
+  ``policy_wake_*``, ``policy_to_arm_*`` and ``arm_tick_*`` break it down. The stitch (the model
+  processor's resize of both camera views, arguably model pre-processing) is inside the overhead;
+  ``stitch_*`` and ``overhead_excluding_stitch_*`` show it separately.
 - ``missed_ticks``: control periods lost at ``--control-rate``: a tick that starts more than 1.5
   periods after the previous one counts the periods it skipped (arm_command's own definition).
 - ``rss_slope_mb_per_min``: least-squares slope of the three node processes' summed RSS, sampled
@@ -97,7 +99,8 @@ def missed_ticks(tick_starts: list[float], period: float) -> int:
 def breakdown(events: dict[int, dict[str, float]]) -> dict[str, list[float]]:
     """Per executed chunk: end-to-end, what is excluded from the overhead, the overhead and its parts."""
     names = ("overhead", "end_to_end", "inference", "policy_busy_wait", "tick_wait", "camera_to_policy",
-             "camera_to_ingest", "ingest_processing", "ingest_to_policy", "policy_wake", "policy_to_arm", "arm_tick")
+             "camera_to_ingest", "ingest_processing", "ingest_to_policy", "policy_wake", "policy_to_arm", "arm_tick",
+             "stitch", "overhead_excluding_stitch")
     parts: dict[str, list[float]] = {name: [] for name in names}
     needed = ("camera_publish", "policy_arrival", "worker_wait_start", "worker_pick", "inference_s",
               "chunk_arrival", "tick_start", "command_sent")
@@ -118,6 +121,9 @@ def breakdown(events: dict[int, dict[str, float]]) -> dict[str, list[float]]:
             parts["camera_to_ingest"].append(paired - e["camera_publish"])
             parts["ingest_processing"].append(e["frame_published"] - paired)
             parts["ingest_to_policy"].append(e["policy_arrival"] - e["frame_published"])
+        if "stitch_s" in e:
+            parts["stitch"].append(e["stitch_s"])
+            parts["overhead_excluding_stitch"].append(parts["overhead"][-1] - e["stitch_s"])
         parts["policy_wake"].append(e["worker_pick"] - max(e["policy_arrival"], e["worker_wait_start"]))
         parts["policy_to_arm"].append(e["chunk_arrival"] - e["worker_pick"] - e["inference_s"])
         parts["arm_tick"].append(e["command_sent"] - e["tick_start"])
@@ -159,6 +165,20 @@ def _make_node(role: str, cfg: dict[str, Any], context: Any, log: _EventLog) -> 
         from reconvla_ros.camera_ingest import CameraIngest
 
         class BenchIngest(CameraIngest):
+            stitch_s = 0.0
+
+            def __init__(self, **kwargs: Any) -> None:
+                super().__init__(**kwargs)
+                stitch = self._stitch
+
+                def timed_stitch(base: Any, wrist: Any) -> Any:
+                    t0 = time.monotonic()
+                    out = stitch(base, wrist)
+                    self.stitch_s = time.monotonic() - t0
+                    return out
+
+                self._stitch = timed_stitch
+
             def _on_image(self, stream: str, msg: Any) -> None:
                 key = key_of(msg.header.stamp)
                 log.mark(key, f"ingest_{stream}_arrival")
@@ -166,6 +186,7 @@ def _make_node(role: str, cfg: dict[str, Any], context: Any, log: _EventLog) -> 
                 super()._on_image(stream, msg)
                 if self.counts["published"] > published:
                     log.mark(key, "frame_published")
+                    log.mark(key, "stitch_s", self.stitch_s)
 
         return BenchIngest(context=context, parameter_overrides=params(
             {"model_preset": "tiny", "checkpoint": cfg["checkpoint"] or ""}))
@@ -379,6 +400,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             spinner = threading.Thread(target=spin, name="bench-spin")
             spinner.start()
             time.sleep(args.warmup)
+            load_start = os.getloadavg()[0]
             measuring.set()
             start = time.monotonic()
             while (elapsed := time.monotonic() - start) < args.duration:
@@ -424,8 +446,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["rss_slope_mb_per_min"] = round(_slope_per_min(total_rss), 3)
     result["rss_slope_by_node"] = {role: round(_slope_per_min(rss[role]), 3) for role in ROLES}
     result["rss_mb_by_node"] = {role: round(rss[role][-1][1], 1) if rss[role] else math.nan for role in ROLES}
-    for name in ("end_to_end", "inference", "policy_busy_wait", "tick_wait", "camera_to_policy", "camera_to_ingest",
-                 "ingest_processing", "ingest_to_policy", "policy_wake", "policy_to_arm", "arm_tick"):
+    for name in ("overhead_excluding_stitch", "stitch", "end_to_end", "inference", "policy_busy_wait", "tick_wait",
+                 "camera_to_policy", "camera_to_ingest", "ingest_processing", "ingest_to_policy", "policy_wake",
+                 "policy_to_arm", "arm_tick"):
         result.update(_percentiles(parts[name], name))
     gaps = np.diff(np.sort(ticks)) * 1e3 if len(ticks) > 1 else np.array([math.nan])
     result.update({
@@ -436,6 +459,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "target_control_rate_hz": args.control_rate,
         "model": "checkpoint" if args.checkpoint else args.model,
         "image_size": f"{args.image_width}x{args.image_height}",
+        "load_average_1min_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "definition": ("overhead = camera publish -> command published, minus model inference, minus the wait for "
                        "a busy policy worker, minus the wait for the next control tick; one process per node, "
                        "real DDS"),
