@@ -76,8 +76,8 @@ def _teacher_forced(run: Any) -> dict[str, float]:
 def _action_l1(run: Any) -> dict[str, float]:
     """Mean |predicted - true| action in robot units (rad, m), from greedy decoding as the policy does."""
     accelerator = run.accelerator
-    if accelerator.distributed_type.value == "DEEPSPEED":
-        return {}  # sharded parameters: decoding outside the engine is not possible
+    if not _can_decode(accelerator):
+        return {}
     result = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # L1 sum, gripper sum, count
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(run.model)
@@ -107,8 +107,18 @@ def _action_l1(run: Any) -> dict[str, float]:
     return {"action_l1_joints_rad": float(result[0] / result[2]), "action_l1_gripper_m": float(result[1] / result[2])}
 
 
+def _can_decode(accelerator: Any) -> bool:
+    """Greedy decoding runs on the unwrapped model of the main process: not with sharded parameters."""
+    if accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
+        logger.info("decoded-action metrics skipped under %s (sharded parameters)", accelerator.distributed_type.value)
+        return False
+    return True
+
+
 def _closed_loop(run: Any) -> dict[str, float]:
     """A few CALVIN-style chains in the simulation twin with the model being trained (main process)."""
+    if not _can_decode(run.accelerator):
+        return {}
     try:
         from reconvla_core.sim.evaluate import evaluate_policy
     except ImportError as error:

@@ -112,7 +112,7 @@ def plot_loss_curve(metrics_path: Path, out_png: Path, title: str = "") -> Path 
     handles, labels = ax.get_legend_handles_labels()
     if val:
         ax2 = ax.twinx()
-        line = ax2.plot(*zip(*val), "o--", color="tab:green", label="val action-token accuracy")
+        line = ax2.plot(*zip(*val), "o--", color="tab:purple", label="val action-token accuracy")
         ax2.set_ylabel("accuracy")
         ax2.set_ylim(0, 1)
         handles += line

@@ -30,8 +30,18 @@ def build_model(config: TrainConfig, stats: list[dict[str, Any]]) -> tuple[nn.Mo
     else:
         model_config = ReconVLAConfig.from_preset(config.model.preset, recon_target=config.model.recon_target,
                                                   chunk_size=config.model.chunk_size, **config.model.options)
-        model = ReconVLA(model_config)
-        info = {"init": f"preset {config.model.preset} (random init of the trained parts)"}
+        if model_config.llava_path or (model_config.llm_path and model_config.vision_path):
+            model = ReconVLA.from_backbones(model_config)  # local weight directories named in model.options
+            info = {"init": "backbones", **{k: getattr(model_config, k) for k in
+                                             ("llava_path", "llm_path", "vision_path", "vae_path") if getattr(model_config, k)}}
+            if model_config.builds_reconstruction and not model_config.vae_path:
+                logger.warning("no model.options.vae_path: the reconstruction targets come from a random VAE")
+        else:
+            model = ReconVLA(model_config)
+            info = {"init": f"preset {config.model.preset}, random weights"}
+            if config.model.preset != "tiny":
+                logger.warning("preset %s with random weights: set model.options.llava_path (or llm_path + "
+                               "vision_path) and vae_path to start from pretrained backbones", config.model.preset)
     if stats:
         model.set_norm_stats(stats[0])  # the checkpoint's stats: the first (target) dataset's
     return model, info
