@@ -128,11 +128,13 @@ def test_fast_image_parse_matches_rosbags(frame_id, encoding):
     np.testing.assert_array_equal(fast, expected)
 
 
-def test_indexed_and_scanning_readers_agree(tmp_path, make_bag):
+@pytest.mark.parametrize(("storage", "index_class"), [("mcap", "McapIndex"), ("sqlite3", "SqliteIndex")])
+def test_indexed_and_scanning_readers_agree(tmp_path, make_bag, storage, index_class):
     from reconvla_core.data.bag_reader import BagTopics, _read_episode_scan
 
-    path = make_bag("robot", seconds=1.0, camera_hz=30.0, joint_hz=200.0, skip_wrist_frames=(4, 5))
+    path = make_bag("robot", seconds=1.0, camera_hz=30.0, joint_hz=200.0, skip_wrist_frames=(4, 5), storage=storage)
     fast = read_episode(path)
+    assert type(fast._index).__name__ == index_class
     slow = _read_episode_scan(path, BagTopics(), AlignConfig())
     assert fast._index is not None and slow._index is None
     for name in ("timestamps", "state", "action", "gaze"):

@@ -127,7 +127,7 @@ class BagEpisode:
     dropped_frames: int
     image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # role -> (height, width)
     _image_index: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # role -> (T,) msg index
-    _index: McapIndex | None = field(default=None, repr=False)  # pass-1 MCAP index, reused by pass 2
+    _index: McapIndex | SqliteIndex | None = field(default=None, repr=False)  # pass-1 index, reused by pass 2
 
     @property
     def name(self) -> str:
@@ -148,13 +148,13 @@ class BagEpisode:
 
     def iter_frames(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Yield ``(frame_index, base_rgb, wrist_rgb)`` in frame order (second pass over the bag)."""
-        index = self._index if self._index is not None else McapIndex.open(self.path)
+        index = self._index if self._index is not None else open_index(self.path)
         if index is not None:
             yield from self._iter_frames_indexed(index)
             return
         yield from self._iter_frames_scan()
 
-    def _iter_frames_indexed(self, index: McapIndex) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    def _iter_frames_indexed(self, index: McapIndex | SqliteIndex) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Random access through the MCAP message index: only the selected images are read."""
         with index:
             channels = {role: index.channel(getattr(self.topics, role)) for role in ("base_image", "wrist_image")}
@@ -317,6 +317,109 @@ class McapIndex:
             yield stamp, self.read(channel_id, ordinal)
 
 
+class SqliteIndex:
+    """Random access to a single-file, uncompressed sqlite3 rosbag2 (Humble's default storage):
+    message times per topic from the ``messages`` table, payloads fetched by row id. Same
+    interface as :class:`McapIndex`; ``open`` returns None for layouts it does not handle."""
+
+    def __init__(self, path: Path, db_path: Path, connections: list[Any], custom: dict[str, str]) -> None:
+        self.path = path
+        self._db_path = db_path
+        self._connections = connections
+        self._custom = custom
+        self._db: Any = None
+        self._topic_ids: dict[str, int] = {}
+        self._rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # topic id -> (timestamps, row ids)
+        self._topics = {c.topic: c.msgtype for c in connections}
+
+    @classmethod
+    def open(cls, path: Path) -> SqliteIndex | None:
+        from rosbags.rosbag2 import Reader
+
+        reader = Reader(path)
+        reader.open()
+        try:
+            storages = getattr(reader.storage, "storages", [])
+            if len(storages) != 1 or type(storages[0]).__name__ != "Sqlite3Reader":
+                return None
+            if reader.compression_mode not in (None, "", "none"):
+                return None
+            db_path = Path(storages[0].path)
+            if not db_path.is_file():
+                return None
+            custom = getattr(reader.storage.metadata, "custom", None) or {}
+            return cls(path, db_path, list(reader.connections), custom)
+        finally:
+            if reader.is_open:
+                reader.close()
+
+    def __enter__(self) -> SqliteIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def connections(self) -> list[Any]:
+        return self._connections
+
+    @property
+    def custom(self) -> dict[str, str]:
+        return self._custom
+
+    def _conn(self) -> Any:
+        import sqlite3
+
+        if self._db is None:
+            self._db = sqlite3.connect(f"file:{self._db_path}?immutable=1", uri=True, check_same_thread=False)
+            self._topic_ids = {name: int(tid) for tid, name in self._db.execute("SELECT id, name FROM topics")}
+        return self._db
+
+    def channel(self, topic: str) -> tuple[int, str]:
+        self._conn()
+        if topic not in self._topic_ids:
+            raise BagError(self.path, f"topic {topic} is declared but has no table entry")
+        return self._topic_ids[topic], self._topics[topic]
+
+    def _index(self, topic_id: int) -> tuple[np.ndarray, np.ndarray]:
+        if topic_id not in self._rows:
+            rows = self._conn().execute(
+                "SELECT timestamp, id FROM messages WHERE topic_id = ? ORDER BY timestamp, id", (topic_id,)
+            ).fetchall()
+            table = np.array(rows, dtype=np.int64).reshape(-1, 2)
+            self._rows[topic_id] = (table[:, 0], table[:, 1])
+        return self._rows[topic_id]
+
+    def stamps(self, channel_id: int) -> np.ndarray:
+        return self._index(channel_id)[0]
+
+    def read(self, channel_id: int, ordinal: int) -> bytes:
+        row_id = int(self._index(channel_id)[1][ordinal])
+        found = self._conn().execute("SELECT data FROM messages WHERE id = ?", (row_id,)).fetchone()
+        if found is None:
+            raise BagError(self.path, f"message row {row_id} vanished")
+        return bytes(found[0])
+
+    def messages(self, channel_id: int) -> Iterator[tuple[int, bytes]]:
+        stamps, _ = self._index(channel_id)
+        for ordinal, stamp in enumerate(stamps.tolist()):
+            yield stamp, self.read(channel_id, ordinal)
+
+
+def open_index(path: Path) -> McapIndex | SqliteIndex | None:
+    """The random-access reader for this bag's storage, or None (then the bag is scanned)."""
+    if any(path.glob("*.mcap")):
+        return McapIndex.open(path)
+    if any(path.glob("*.db3")):
+        return SqliteIndex.open(path)
+    return None
+
+
 def _open_reader(path: Path) -> Any:
     from rosbags.rosbag2 import Reader
 
@@ -426,7 +529,7 @@ def read_episode(
 
 def _read_episode(path: Path, topics: BagTopics, align: AlignConfig) -> BagEpisode:
     if align.stamp_source == "log":
-        index = McapIndex.open(path)
+        index = open_index(path)
         if index is not None:
             with index:
                 return _read_episode_indexed(path, topics, align, index)
@@ -460,8 +563,10 @@ def _check_topics(path: Path, topics: BagTopics, align: AlignConfig, available: 
             raise BagError(path, f"{getattr(topics, role)} has type {msgtype}, expected {sorted(types)[0]}")
 
 
-def _read_episode_indexed(path: Path, topics: BagTopics, align: AlignConfig, index: McapIndex) -> BagEpisode:
-    """Pass 1 through the MCAP index: image times without their payloads, every other message read."""
+def _read_episode_indexed(
+    path: Path, topics: BagTopics, align: AlignConfig, index: McapIndex | SqliteIndex
+) -> BagEpisode:
+    """Pass 1 through the storage index: image times without their payloads, every other message read."""
     typestore = get_typestore()
     available = {c.topic: c.msgtype for c in index.connections}
     _check_topics(path, topics, align, available)
@@ -495,7 +600,9 @@ def _read_episode_indexed(path: Path, topics: BagTopics, align: AlignConfig, ind
     return episode
 
 
-def _lazy_decoder(path: Path, index: McapIndex, role: str, topic: str, channel_id: int, msgtype: str) -> Any:
+def _lazy_decoder(
+    path: Path, index: McapIndex | SqliteIndex, role: str, topic: str, channel_id: int, msgtype: str
+) -> Any:
     def decode(ordinal: int) -> np.ndarray:
         stamps: dict[str, list[int]] = {role: []}
         values: dict[str, list[Any]] = {role: []}
