@@ -215,3 +215,15 @@ def test_vision_tower_from_a_full_siglip_directory(tmp_path):
                                     llm_path=tmp_path / "qwen2", vision_path=tmp_path / "siglip")
     assert torch.equal(model.vision.encoder.layers[0].self_attn.q_proj.weight,
                        siglip.vision_model.encoder.layers[0].self_attn.q_proj.weight)
+
+
+def test_loaded_config_records_where_the_weights_came_from(tmp_path, caplog):
+    _tiny_hf_parts(tmp_path)
+    with caplog.at_level("WARNING"):
+        model = ReconVLA.from_backbones(ReconVLAConfig.from_preset("tiny", recon_target="none"),
+                                        llm_path=tmp_path / "qwen2", vision_path=tmp_path / "siglip")
+    assert model.config.llm_path == str(tmp_path / "qwen2") and model.processor.config is model.config
+    assert "builds random weights" not in caplog.text
+    with caplog.at_level("WARNING"):
+        ReconVLA(model.config)  # a config naming weight dirs, built randomly: the user is told
+    assert "builds random weights" in caplog.text

@@ -118,7 +118,6 @@ def _load_checkpoint(path: Path, config: ReconVLAConfig, load_reconstruction: bo
                      device: str | torch.device | None, dtype: torch.dtype | None) -> ReconVLA:
     from accelerate import init_empty_weights
 
-    from reconvla_core.model.modeling_reconvla import ReconVLA
 
     for name in (WEIGHTS_FILE, STATS_FILE):
         if not (path / name).is_file():
@@ -131,7 +130,7 @@ def _load_checkpoint(path: Path, config: ReconVLAConfig, load_reconstruction: bo
         raise FileNotFoundError(f"checkpoint file {path / RECON_FILE} is missing (needed for "
                                 "load_reconstruction=True)")
     with init_empty_weights(include_buffers=False):
-        model = ReconVLA(config, tokenizer=tokenizer, build_reconstruction=with_recon)
+        model = _build(config, tokenizer, with_recon)
     target = "cpu" if device is None else str(device)
     state = _read_safetensors(path / WEIGHTS_FILE, target)
     if with_recon:
@@ -200,7 +199,6 @@ def from_backbones(config: ReconVLAConfig, llm_path: str | Path | None = None, v
     from accelerate import init_empty_weights
     from transformers import LlavaForConditionalGeneration, Qwen2ForCausalLM, SiglipVisionModel
 
-    from reconvla_core.model.modeling_reconvla import ReconVLA
 
     llm_path = llm_path or config.llm_path
     vision_path = vision_path or config.vision_path
@@ -251,8 +249,10 @@ def from_backbones(config: ReconVLAConfig, llm_path: str | Path | None = None, v
         logger.warning("no tokenizer directory found; using the local byte-level tokenizer")
         tokenizer = build_byte_tokenizer()
 
+    config = config.replace(llm_path=_str(llm_path), vision_path=_str(vision_path), llava_path=_str(llava_path),
+                            vae_path=_str(vae_path), tokenizer_path=_str(tokenizer_path))  # provenance
     with init_empty_weights(include_buffers=False):
-        model = ReconVLA(config, tokenizer=tokenizer, build_reconstruction=False)
+        model = _build(config, tokenizer, False)
     vision_state = vision_module.state_dict()
     wanted = model.vision.state_dict()
     _assign(model.vision, {k: vision_state[k] for k in wanted if k in vision_state}, f"vision weights ({vision_path or llava_path})")
@@ -270,6 +270,20 @@ def from_backbones(config: ReconVLAConfig, llm_path: str | Path | None = None, v
     model.vision.requires_grad_(False)
     model.vision.eval()
     return model
+
+
+def _build(config: ReconVLAConfig, tokenizer: Any, build_reconstruction: bool) -> ReconVLA:
+    """The model skeleton; the weight directories named in the config are what is being loaded."""
+    from reconvla_core.model.modeling_reconvla import ReconVLA
+
+    paths = {name: None for name in ("llm_path", "vision_path", "llava_path", "vae_path")}
+    model = ReconVLA(config.replace(**paths), tokenizer=tokenizer, build_reconstruction=build_reconstruction)
+    model.config = model.processor.config = config
+    return model
+
+
+def _str(path: str | Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _assign(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
