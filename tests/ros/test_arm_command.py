@@ -377,3 +377,38 @@ def test_shipped_config_matches_the_declared_parameters(ros):
     for param in params:
         assert node.has_parameter(param.name), f"{param.name} in the yaml is not a parameter of the node"
         assert node.get_parameter(param.name).type_ == param.type_, param.name
+
+
+def test_a_failing_feedback_read_holds_instead_of_crashing(ros):
+    from reconvla_core.runtime.backend import ArmFeedback
+
+    class FlakyBackend:
+        def __init__(self) -> None:
+            self.sent: list = []
+            self.reads = 0
+
+        def connect(self): pass
+        def enable(self, timeout_s=5.0): return True
+        def disable(self): pass
+        def emergency_stop(self): pass
+        def close(self): pass
+
+        def send(self, positions, speed_percent):
+            self.sent.append(positions.copy())
+
+        def read_state(self):
+            self.reads += 1
+            if self.reads > 5:
+                raise OSError("CAN bus read failed")
+            return ArmFeedback(np.array(HOME), float(self.reads))
+
+    from rclpy.parameter import Parameter
+
+    from reconvla_ros.arm_command import ArmCommand
+
+    backend = FlakyBackend()
+    arm = ros.add_node(ArmCommand(backend=backend, context=ros.context, parameter_overrides=[
+        Parameter("auto_enable", value=True), Parameter("observation_timeout", value=0.2)]))
+    assert ros.wait_for(lambda: arm.counts["feedback_errors"] > 20)
+    assert arm.counts["ticks"] > 20  # the control loop kept running
+    assert all(np.array_equal(p, HOME) for p in backend.sent)  # and only ever held the last position

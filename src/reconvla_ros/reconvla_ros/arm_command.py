@@ -235,7 +235,7 @@ class ArmCommand(Node):
         self._closing = False
         self._leader_stamp: float | None = None
         self.counts = {"chunks": 0, "bad_chunks": 0, "stale_chunks": 0, "sent": 0, "send_errors": 0,
-                       "missed_ticks": 0, "ticks": 0}
+                       "feedback_errors": 0, "missed_ticks": 0, "ticks": 0}
         self._tick_times: deque[float] = deque(maxlen=300)
         self._last_tick: float | None = None
 
@@ -286,7 +286,12 @@ class ArmCommand(Node):
         self.safety.note_chunk(now)
 
     def _read_feedback(self, now: float) -> ArmFeedback | None:
-        feedback = self.backend.read_state()
+        try:
+            feedback = self.backend.read_state()
+        except Exception as error:  # a bus read error: no fresh feedback, the observation watchdog holds
+            self.counts["feedback_errors"] += 1
+            self.get_logger().error(f"reading arm feedback failed: {error}", throttle_duration_sec=2.0)
+            return None
         if feedback is not None and feedback.source_stamp != self._last_feedback_stamp:
             if self.safety.observe(feedback.positions, now):
                 self._last_feedback_stamp = feedback.source_stamp
