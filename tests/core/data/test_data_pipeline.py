@@ -156,3 +156,42 @@ def test_default_jpeg_frames_are_close_to_the_recorded_ones(tmp_path, make_bag):
         error = sample[key].astype(np.float64) - smooth_image_at(camera, 3, 48, 64)
         psnr = 10 * np.log10(255.0**2 / np.mean(error**2))
         assert psnr > 38, psnr
+
+
+def test_header_stamps_align_when_receive_times_lag(tmp_path):
+    """Images arriving 40 ms late (log time) but stamped at capture: --stamp-source header recovers them."""
+    from data_synthetic import T0
+
+    from reconvla_core import interfaces as itf
+    from reconvla_core.data.bag_writer import EpisodeBagWriter, get_typestore
+
+    ts = get_typestore()
+    types = ts.types
+    path = tmp_path / "lagging"
+    sec = 1_000_000_000
+    with EpisodeBagWriter(path) as bag:
+        for i in range(11):  # 10 Hz, 1 s
+            capture = T0 + i * sec // 10
+            for topic, camera in ((itf.BASE_IMAGE_TOPIC, 0), (itf.WRIST_IMAGE_TOPIC, 1)):
+                image = image_at(camera, i, 6, 8)
+                msg = types["sensor_msgs/msg/Image"](
+                    header=types["std_msgs/msg/Header"](
+                        stamp=types["builtin_interfaces/msg/Time"](sec=capture // sec, nanosec=capture % sec),
+                        frame_id="cam"),
+                    height=6, width=8, encoding="rgb8", is_bigendian=0, step=24, data=image.reshape(-1))
+                bag.write_serialized(topic, "sensor_msgs/msg/Image", capture + 40_000_000,
+                                     ts.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+            for j in range(20):  # joints at 200 Hz, no lag
+                stamp = capture + j * sec // 200
+                if i < 10 or j == 0:
+                    bag.write_joint_state(itf.FOLLOWER_STATE_TOPIC, stamp, state_at((stamp - T0) / sec))
+                    bag.write_joint_state(itf.LEADER_COMMAND_TOPIC, stamp, action_at((stamp - T0) / sec))
+        bag.finish({"success": True, "instruction": "pick up the red block"})
+    by_log = read_episode(path, align=AlignConfig(fps=10))
+    by_header = read_episode(path, align=AlignConfig(fps=10, stamp_source="header"))
+    assert by_header.num_frames == 11 and by_header.dropped_frames == 0
+    for frame, base, _ in by_header.iter_frames():
+        np.testing.assert_array_equal(base, image_at(0, frame, 6, 8))
+    np.testing.assert_allclose(by_header.state[5], state_at(0.5).astype(np.float32), atol=1e-6)
+    # On receive times the joint state paired with image 5 is the one from 40 ms later.
+    np.testing.assert_allclose(by_log.state[5], state_at(0.54).astype(np.float32), atol=1e-6)
