@@ -100,9 +100,9 @@ def write_synthetic_bags(folder: Path, args: argparse.Namespace) -> int:
 
 
 def bench_build(workdir: Path, args: argparse.Namespace, image_format: str) -> dict[str, Any]:
-    from reconvla_core.data.build import BuildConfig, build_dataset
-
     import os
+
+    from reconvla_core.data.build import BuildConfig, build_dataset
 
     out = workdir / f"dataset_{image_format}"
     load_before = os.getloadavg()[0]
