@@ -140,3 +140,21 @@ def test_missing_stats_raise(tiny_model, observation):
 def test_resize_keeps_uint8():
     out = resize(np.zeros((7, 9, 3), np.uint8), 5, 4)
     assert out.shape == (4, 5, 3) and out.dtype == np.uint8
+
+
+def test_per_call_norm_stats_override(processor, observation):
+    from reconvla_core.model.action_tokenizer import stats_from_bounds
+
+    wide = stats_from_bounds(np.full(7, -10.0), np.full(7, 10.0))
+    own = processor(**observation)
+    other = processor(**observation, norm_stats={"action": wide, "observation.state": wide})
+    assert not torch.equal(own["input_ids"], other["input_ids"])  # different bins for state and actions
+    assert processor(**observation)["input_ids"].equal(own["input_ids"])  # the bound stats are unchanged
+
+
+def test_processor_pickles_for_dataloader_workers(processor, observation):
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(processor))
+    a, b = processor(**observation), clone(**observation)
+    assert all(torch.equal(a[k], b[k]) for k in a)
