@@ -10,6 +10,9 @@ real drivers' names):
   reconvla/gaze_box               std_msgs/Float32MultiArray [x1, y1, x2, y2, valid], normalised
 Subscribes (as piper_ros does): joint_ctrl_single (sensor_msgs/JointState: position rad + gripper m,
 velocity[6] = speed %), enable_flag (std_msgs/Bool).
+  ~/status                        std_msgs/String JSON {seed, instruction, subtask_index, completed,
+                                  done, subtask_steps} every control period (drives recording and
+                                  evaluation sessions, e.g. `reconvla demo`)
 Services: ~/reset (std_srvs/Trigger; the next scene seed), ~/next_subtask (std_srvs/Trigger).
 
 QoS as the real drivers publish: reliable, keep last (best-effort and reliable subscribers both
@@ -20,6 +23,7 @@ own rates (reconvla_core.sim.realtime.PeriodicSchedule).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -136,6 +140,7 @@ class SimRobot(Node):
         )
         self._instruction_pub = self.create_publisher(String, "instruction", latched)
         self._gaze_pub = self.create_publisher(Float32MultiArray, "reconvla/gaze_box", reliable)
+        self._status_pub = self.create_publisher(String, "~/status", reliable)
         self.create_subscription(JointState, "joint_ctrl_single", self._on_command, reliable)
         self.create_subscription(Bool, "enable_flag", self._on_enable, reliable)
         self.create_service(Trigger, "~/reset", self._on_reset)
@@ -230,6 +235,7 @@ class SimRobot(Node):
                 self.get_logger().info(f"subtask done ({progress.completed} in a row)")
             if progress.instruction_changed:
                 self._publish_instruction()
+            self._publish_status()
         if "joint_state" in due:
             self._publish_joint_states(stamp, now)
         if "camera" in due:
@@ -238,6 +244,12 @@ class SimRobot(Node):
             self._wrist_pub.publish(image_message(frame.wrist_image, stamp, self._wrist_frame))
             box = [float(v) for v in frame.gaze_box] + [1.0 if frame.gaze_valid else 0.0]
             self._gaze_pub.publish(Float32MultiArray(data=box))
+
+    def _publish_status(self) -> None:
+        env = self.twin.env
+        status = {"seed": self._seed, "instruction": self.twin.instruction, "subtask_index": int(env.subtask_index),
+                  "completed": int(env.completed), "done": self.twin.done, "subtask_steps": int(env.subtask_steps)}
+        self._status_pub.publish(String(data=json.dumps(status)))
 
     def _publish_joint_states(self, stamp: Any, now: float) -> None:
         state = self.twin.state()

@@ -20,6 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="extra episodes from `sim collect` recorded alongside (no ROS)")
     demo.add_argument("--train-steps", type=int, default=None)
     demo.add_argument("--chains", type=int, default=None, help="fixed evaluation chains")
+    demo.add_argument("--deploy-seconds", type=float, default=None, help="closed-loop ROS deployment time")
     demo.add_argument("--json", action="store_true", help="print report.json on stdout")
     demo.set_defaults(func=cmd_demo)
 
@@ -44,7 +45,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     config = DemoConfig.for_mode(args.out or default_out_dir(), args.quick, pretrained=args.pretrained,
                                  seed=args.seed, ros_episodes=args.episodes, sim_episodes=args.sim_episodes,
-                                 train_steps=args.train_steps, eval_chains=args.chains)
+                                 train_steps=args.train_steps, eval_chains=args.chains,
+                                 deploy_seconds=args.deploy_seconds)
     report = run_demo(config)
     out = config.out_dir
     summary = (
