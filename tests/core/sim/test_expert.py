@@ -21,9 +21,13 @@ def test_expert_completes_a_chain_within_limits():
             _, info = env.step(action, render=False)
             task = chain.tasks[info["subtask_index"]]
             if info["subtask_success"] and task.family == "pick":
-                # Held by friction alone: both fingers touch, no constraint attaches the block.
+                # Held by friction alone: both fingers touch, no constraint attaches the block
+                # (the only constraint is the finger coupling, between two arm links).
+                block = env.bodies[f"{task.obj}_block"]
                 assert all(env.touching_gripper(f"{task.obj}_block"))
-                assert env._client.getNumConstraints() == 0
+                for index in range(env._client.getNumConstraints()):
+                    info = env._client.getConstraintInfo(env._client.getConstraintUniqueId(index))
+                    assert info[0] == env.arm.body and info[2] == env.arm.body and block not in (info[0], info[2])
                 pos, _ = env.object_pose(f"{task.obj}_block")
                 assert pos[2] > BLOCK_SIZE / 2 + 0.05
                 picked = True

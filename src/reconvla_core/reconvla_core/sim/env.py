@@ -469,6 +469,10 @@ class PiperCellEnv:
             self._expert = ScriptedExpert(self)
         return self._expert.act()
 
+    def restart_expert(self) -> None:
+        """Make the scripted expert plan afresh from the current state (e.g. after skipping a subtask)."""
+        self._expert = None
+
     # ------------------------------------------------------------------ teardown
     def _require_scene(self) -> None:
         if self.arm is None:

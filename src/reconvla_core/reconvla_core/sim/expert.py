@@ -36,7 +36,7 @@ OPEN_STEPS_S = 0.4  # s to let go
 SETTLE_TOL = 0.01  # rad: the arm has reached the command
 MAX_GRASP_TRIES = 3
 WRIST_MARGIN = 0.25  # rad kept from the joint-6 limit when choosing a grasp yaw
-BOWL_SPOT_OFFSET = 0.03  # m from the bowl centre when a block lies in it already
+BOWL_SPOT_OFFSET = (0.022, 0.027)  # m from the bowl centre: first block, second block
 IK_SEEDS = (
     (0.0, 1.2, -1.2, 0.0, 0.9, 0.0),
     (0.0, 1.5, -1.0, 0.0, -0.9, 0.0),
@@ -192,7 +192,7 @@ class ScriptedExpert:
             dest_yaw = self._choose_yaw(np.array([dest_pos[0], dest_pos[1], TRAVEL_Z]), self._tcp_yaw())
         else:
             dest_pos, dest_rot = env.object_pose(f"{task.dest}_block")
-            release_bottom = dest_pos[2] + BLOCK_SIZE / 2 + 0.006
+            release_bottom = dest_pos[2] + BLOCK_SIZE / 2 + 0.003
             dest_yaw = self._choose_yaw(
                 np.array([dest_pos[0], dest_pos[1], TRAVEL_Z]), block_yaw(dest_rot)
             )
@@ -218,7 +218,10 @@ class ScriptedExpert:
         yield from self._hold()
 
     def _bowl_spot(self, bowl: str, block: str) -> np.ndarray:
-        """Where to drop into the bowl: its centre, or beside the blocks already in it."""
+        """Where to drop into the bowl: off-centre, leaving room for a second block opposite.
+
+        An empty bowl gets the block ``BOWL_SPOT_OFFSET[0]`` from its centre towards the robot;
+        a bowl with a block already gets it ``BOWL_SPOT_OFFSET[1]`` on the side away from it."""
         centre, _ = self.env.object_pose(bowl)
         inside = []
         for name in self.env.bodies:
@@ -226,12 +229,14 @@ class ScriptedExpert:
                 pos, _ = self.env.object_pose(name)
                 if math.hypot(pos[0] - centre[0], pos[1] - centre[1]) < BOWL_INNER_RADIUS:
                     inside.append(pos[:2] - centre[:2])
+        towards_robot = -centre[:2] / max(float(np.linalg.norm(centre[:2])), 1e-6)
         if not inside:
-            return centre
-        away = -np.mean(inside, axis=0)
-        if np.linalg.norm(away) < 1e-3:
-            away = np.array([-centre[0], -centre[1]])  # towards the robot
-        offset = BOWL_SPOT_OFFSET * away / np.linalg.norm(away)
+            offset = BOWL_SPOT_OFFSET[0] * towards_robot
+        else:
+            away = -np.mean(inside, axis=0)
+            if np.linalg.norm(away) < 1e-3:
+                away = -towards_robot
+            offset = BOWL_SPOT_OFFSET[1] * away / np.linalg.norm(away)
         return np.array([centre[0] + offset[0], centre[1] + offset[1], centre[2]])
 
     def _grasp(self, block: str) -> Iterator[None]:

@@ -6,7 +6,8 @@ box fingers (opening 0..0.07 m, the finger pads move symmetrically). Joint comma
 are position targets; :class:`SimArm` ramps its internal set-point towards the target at
 no more than ``MAX_JOINT_SPEED`` (3 rad/s) and the gripper at ``GRIPPER_SPEED``, and
 PyBullet's position motors with finite forces track that set-point, so contacts, the
-table and held objects push back. Grasping is by friction only (no attach constraint).
+table and held objects push back. Grasping is by friction only (no constraint ever attaches
+an object; the only constraint is the gear that couples the two fingers, as the real linkage does).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ FINGER_LENGTH = 0.05
 FINGER_THICKNESS = 0.012
 FINGER_WIDTH = 0.022
 PALM_LENGTH = 0.065
-FINGER_FRICTION = 1.5
+FINGER_FRICTION = 1.0
 # Wrist camera (on the palm, looking along the fingers), in the flange frame.
 WRIST_CAMERA_OFFSET = (-0.055, 0.0, 0.035)
 LINK_RGBA = (0.82, 0.82, 0.84, 1.0)
@@ -214,8 +215,17 @@ class SimArm:
         self.finger_links = (links["finger_left"], links["finger_right"])
         for link in self.finger_links:
             client.changeDynamics(  # type: ignore[attr-defined]
-                self.body, link, lateralFriction=FINGER_FRICTION, spinningFriction=0.003, frictionAnchor=1
+                self.body, link, lateralFriction=FINGER_FRICTION, spinningFriction=0.003
             )
+        # The real gripper's fingers are coupled by its linkage; without this the two
+        # force-limited fingers could slide together along the closing axis with a held block.
+        # A gear between the two finger joints (ratio -1: equal openings) models that linkage; it
+        # never touches a scene object: grasping stays friction only.
+        self.finger_coupling = client.createConstraint(  # type: ignore[attr-defined]
+            self.body, self.finger_ids[0], self.body, self.finger_ids[1],
+            jointType=p.JOINT_GEAR, jointAxis=[0, 1, 0], parentFramePosition=[0, 0, 0], childFramePosition=[0, 0, 0],
+        )
+        client.changeConstraint(self.finger_coupling, gearRatio=-1, erp=0.2, maxForce=200)  # type: ignore[attr-defined]
         self.setpoint = np.zeros(6)
         self.target = np.zeros(6)
         self.gripper_setpoint = GRIPPER_MAX
@@ -281,7 +291,9 @@ class SimArm:
         fingers = self._p.getJointStates(self.body, self.finger_ids)  # type: ignore[attr-defined]
         joints = np.array([s[0] for s in joint_states])
         velocities = np.array([s[1] for s in joint_states])
-        opening = float(fingers[0][0] + fingers[1][0])
+        # The fingers' joint limits are soft in PyBullet (a few mm past the stop under violent arm
+        # motion); the real gripper cannot open past its mechanical stop, so report it saturated.
+        opening = float(np.clip(fingers[0][0] + fingers[1][0], GRIPPER_MIN, GRIPPER_MAX))
         return ArmState(joints=joints, gripper=opening, velocities=velocities)
 
     def link_pose(self, link: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,53 @@
+"""Evaluation metrics and `reconvla eval sim`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reconvla_core.cli.main import main
+from reconvla_core.sim.evaluate import ChainResult, summarise
+
+
+def test_summarise_calvin_metrics():
+    results = [
+        ChainResult(0, 5, ["pick", "place", "stack", "place", "pick"], 100),
+        ChainResult(1, 2, ["stack", "place", "pick", "place", "place"], 100),
+        ChainResult(2, 0, ["place", "pick", "place", "stack", "place"], 100),
+    ]
+    metrics = summarise(results)
+    assert metrics["avg_len"] == pytest.approx(7 / 3)
+    assert metrics["success_by_position"] == pytest.approx([2 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3])
+    # attempts: chain0 all 5; chain1 stack, place (ok) + pick (failed); chain2 place (failed)
+    assert metrics["per_task_attempts"] == {"pick": 3, "place": 4, "stack": 2}
+    assert metrics["per_task"]["pick"] == pytest.approx(2 / 3)
+    assert metrics["per_task"]["place"] == pytest.approx(3 / 4)
+    assert metrics["per_task"]["stack"] == pytest.approx(1.0)
+
+
+def test_eval_sim_random_and_expert(tmp_path, capsys):
+    out = tmp_path / "random"
+    code = main(["eval", "sim", "--policy", "random", "--chains", "2", "--json", "--out", str(out),
+                 "--image-size", "48x32", "--time-limit", "3", "--record", "1"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"avg_len", "success_by_position", "per_task", "chains", "steps_per_s"}
+    assert result["chains"] == 2 and len(result["success_by_position"]) == 5
+    assert result["avg_len"] == 0.0  # random joint targets do not solve tasks
+    assert (out / "eval.json").is_file() and (out / "eval_sim.png").stat().st_size > 1000
+    assert (out / "rollout_00.gif").is_file() and (out / "rollout_00_first.png").is_file()
+    assert json.loads((out / "eval.json").read_text())["avg_len"] == result["avg_len"]
+
+    code = main(["eval", "sim", "--policy", "expert", "--chains", "1", "--json", "--out", str(tmp_path / "e"),
+                 "--image-size", "48x32", "--record", "0"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["avg_len"] == 5.0 and result["success_by_position"] == [1.0] * 5
+
+
+def test_eval_sim_bad_policy_is_a_clear_error(tmp_path, capsys):
+    code = main(["eval", "sim", "--policy", str(tmp_path / "missing"), "--chains", "1", "--json"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--policy must be 'expert', 'random' or a checkpoint directory" in err
