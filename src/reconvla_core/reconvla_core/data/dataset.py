@@ -84,14 +84,16 @@ class DatasetSource:
 
     root: str | Path
     weight: float = 1.0
-    features: FeatureMap | Mapping[str, str | None] | str = field(default_factory=FeatureMap)
+    features: FeatureMap | Mapping[str, str | None] | str | None = field(default_factory=FeatureMap)
     name: str | None = None
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         if not (self.weight > 0 and math.isfinite(self.weight)):
             raise ValueError(f"DatasetSource {self.root}: weight must be > 0, got {self.weight}")
-        if isinstance(self.features, str):
+        if self.features is None:
+            self.features = FeatureMap()
+        elif isinstance(self.features, str):
             if self.features not in KNOWN_FEATURE_MAPS:
                 raise ValueError(f"unknown feature map {self.features!r}; known: {sorted(KNOWN_FEATURE_MAPS)}")
             self.features = KNOWN_FEATURE_MAPS[self.features]
