@@ -30,7 +30,8 @@ def _free_port() -> int:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    """CPU only (gloo), also on a machine with a GPU: the reference run below is on the CPU too."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def _train_cli(dataset: Path, out: Path, overrides: list[str], *extra: str) -> list[str]:
@@ -41,7 +42,9 @@ def _train_cli(dataset: Path, out: Path, overrides: list[str], *extra: str) -> l
 def test_two_processes_make_the_same_update_as_one(tiny_dataset: Path, make_config: Any, small_overrides: Any,
                                                   tmp_path: Path) -> None:
     """Global batch 4: 2 processes x 2 per device (DDP over gloo) vs 1 process x 2 per device x 2 accumulation."""
-    settings = {"train.max_steps": 2, "optim.lr": 1e-3}  # dropout is 0 in the tiny model; data order is fixed
+    # Dropout is 0 in the tiny model; data order and noise draws are functions of (seed, micro-batch).
+    settings = {"train.max_steps": 2, "optim.lr": 1e-3, "train.cpu": "true", "eval.at_end": "true",
+                "eval.max_samples": 4}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", str(_free_port())]
@@ -51,11 +54,13 @@ def test_two_processes_make_the_same_update_as_one(tiny_dataset: Path, make_conf
     ddp = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(proc.stdout.strip().splitlines()) == 1  # one JSON object, from the main process only
     assert ddp["num_processes"] == 2 and ddp["steps"] == 2
+    assert ddp["val"]["samples"] == 4 and "action_l1_joints_rad" in ddp["val"]  # validation across processes
     assert "2 per device x 2 processes x 1 accumulation" in proc.stderr
 
     single = train(make_config(tmp_path / "single", **settings))
     assert single["num_processes"] == 1
     assert single["final_loss"] == pytest.approx(ddp["final_loss"], rel=1e-5)
+    assert single["val"]["action_l1_joints_rad"] == pytest.approx(ddp["val"]["action_l1_joints_rad"], rel=1e-5)
     for name in ("model.safetensors", "reconstruction.safetensors"):
         a = load_file(str(Path(single["checkpoint"]) / name))
         b = load_file(str(Path(ddp["checkpoint"]) / name))

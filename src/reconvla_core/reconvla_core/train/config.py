@@ -76,6 +76,7 @@ class TrainSection:
     max_steps: int | None = None  # optimiser steps; overrides epochs when set
     mixed_precision: str = "no"  # no | bf16 | fp16
     gradient_checkpointing: bool = False
+    cpu: bool = False  # run on the CPU even when a GPU is present (debugging, reference runs)
     allow_tf32: bool = True  # CUDA: TF32 tensor cores for fp32 matmuls (the fp32 denoiser); no effect on CPU
 
 

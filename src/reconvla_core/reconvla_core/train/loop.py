@@ -114,7 +114,7 @@ def setup_run(config: TrainConfig, *, accum: int, resume: bool) -> Run:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
         # Several processes on a machine without GPUs (accelerate launch --multi_gpu / torchrun on CPU):
         # data parallel over gloo instead of silently running N independent copies.
-        cpu=launched > 1 and not torch.cuda.is_available(),
+        cpu=config.train.cpu or (launched > 1 and not torch.cuda.is_available()),
     )
     if accelerator.num_processes != launched:
         raise RuntimeError(f"launched {launched} processes but accelerate set up {accelerator.num_processes} "
