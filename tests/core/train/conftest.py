@@ -107,6 +107,7 @@ def tiny_overrides(**extra: Any) -> list[str]:
         "train.global_batch_size": 4, "train.per_device_batch_size": 2, "logging.progress_bar": "false",
         "eval.every_steps": 0, "eval.at_end": "false", "checkpoint.every_steps": 0, "logging.tensorboard": "false",
         "logging.loss_curve": "false", "data.val_fraction": 0.2,
+        "train.cpu": "true",  # exact comparisons assume deterministic CPU kernels, also on a GPU machine
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]

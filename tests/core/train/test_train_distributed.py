@@ -43,7 +43,7 @@ def test_two_processes_make_the_same_update_as_one(tiny_dataset: Path, make_conf
                                                   tmp_path: Path) -> None:
     """Global batch 4: 2 processes x 2 per device (DDP over gloo) vs 1 process x 2 per device x 2 accumulation."""
     # Dropout is 0 in the tiny model; data order and noise draws are functions of (seed, micro-batch).
-    settings = {"train.max_steps": 2, "optim.lr": 1e-3, "train.cpu": "true", "eval.at_end": "true",
+    settings = {"train.max_steps": 2, "optim.lr": 1e-3, "eval.at_end": "true",
                 "eval.max_samples": 4}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

@@ -29,8 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "field names (lr=1e-4). Run under `accelerate launch` for several processes.",
     )
     parser.add_argument("--config", default="tiny-sim", help="shipped config name or YAML file (default tiny-sim)")
-    parser.add_argument("--data", nargs="+", metavar="DIR[:WEIGHT]",
-                        help="dataset directories (replace data.sources); WEIGHT = mixing weight")
+    parser.add_argument("--data", nargs="+", metavar="DIR[:WEIGHT[:FEATURES]]",
+                        help="dataset directories (replace data.sources); WEIGHT = mixing weight, FEATURES = "
+                        "column map of an external LeRobot v3 port (libero, bridge)")
     parser.add_argument("--out", type=Path, help="output directory (checkpoints, final/, logs)")
     parser.add_argument("--max-steps", type=int, help="optimiser steps (overrides the epochs of the config)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")

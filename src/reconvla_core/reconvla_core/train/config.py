@@ -429,7 +429,13 @@ def load_train_config(
 
 
 def parse_data_arg(text: str) -> dict[str, Any]:
-    """``DIR`` or ``DIR:WEIGHT`` (a mixing weight, e.g. ``bridge:0.0625``)."""
+    """``DIR``, ``DIR:WEIGHT`` or ``DIR:WEIGHT:FEATURES`` (mixing weight; column map such as libero, bridge)."""
+    parts = text.rsplit(":", 2)
+    if len(parts) == 3 and parts[0] and parts[2].isidentifier():
+        try:
+            return {"path": parts[0], "weight": float(parts[1]), "features": parts[2]}
+        except ValueError:
+            pass
     head, sep, tail = text.rpartition(":")
     if sep and head:
         try:
