@@ -12,10 +12,13 @@ from reconvla_core.bench import ros as bench_ros
 pytestmark = pytest.mark.unit
 
 
-def test_importing_the_bench_does_not_import_rclpy():
+def test_importing_the_bench_and_the_runtime_does_not_import_rclpy_or_torch():
     import subprocess
 
-    code = "import sys, reconvla_core.bench.ros; sys.exit('rclpy' in sys.modules)"
+    modules = ["reconvla_core.bench.ros"] + [f"reconvla_core.runtime.{name}" for name in (
+        "safety", "action_queue", "image", "sync", "overlay", "backend", "piper_sdk_backend", "frames", "predictor")]
+    code = (f"import sys; import {', '.join(modules)}; "
+            "sys.exit(bool({'rclpy', 'torch', 'piper_sdk'} & set(sys.modules)))")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
