@@ -137,10 +137,10 @@ def test_cli_reports_config_errors_before_importing_torch(tmp_path: Path) -> Non
     code = ("import sys; from reconvla_core.cli.main import main; rc = main(sys.argv[1:]); "
             "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, "train", "--config", "tiny-sim", "--data",
-                           str(tmp_path / "missing"), "optim.lrr=1"], capture_output=True, text=True, timeout=120)
+                           str(tmp_path / "missing"), "optim.lrr=1"], capture_output=True, text=True, check=False, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("reconvla train: error: unknown config key 'optim.lrr'")
     proc = subprocess.run([sys.executable, "-c", code, "train", "--data", str(tmp_path / "missing")],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, check=False, timeout=120)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     assert proc.stdout == ""

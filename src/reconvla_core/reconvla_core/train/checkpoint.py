@@ -23,7 +23,10 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ class SignalStopper:
         self.requested: str | None = None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> SignalStopper:
+    def __enter__(self) -> Self:
         if self.enabled and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.getsignal(sig)

@@ -172,7 +172,7 @@ class TrainConfig:
     def warmup_for(self, total_steps: int) -> int:
         if self.optim.warmup_steps is not None:
             return min(self.optim.warmup_steps, total_steps)
-        return int(round(self.optim.warmup_ratio * total_steps))
+        return round(self.optim.warmup_ratio * total_steps)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -147,8 +147,8 @@ def build_data(config: TrainConfig, *, need_val: bool = True) -> TrainData:
     from reconvla_core.data import DatasetSource, VLADataset
 
     sources = [DatasetSource(s.path, weight=s.weight, features=s.features) for s in config.data.sources]
-    common = dict(chunk_size=config.model.chunk_size, processor=None, val_fraction=config.data.val_fraction,
-                  seed=config.seed)
+    common: dict[str, Any] = {"chunk_size": config.model.chunk_size, "processor": None,
+                              "val_fraction": config.data.val_fraction, "seed": config.seed}
     train = VLADataset(sources, split="train", augment=config.data.augment, **common)
     val = None
     if need_val and config.data.val_fraction > 0:
