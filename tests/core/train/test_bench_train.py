@@ -24,3 +24,17 @@ def test_bench_train_tiny_measures_both_variants() -> None:
     assert result["loss_with_recon"] > result["loss_without_recon"] + 0.5
     assert result["params_denoiser"] > 0
     assert result["vae_encode_s"] > 0 and result["denoiser_fwd_bwd_s"] >= 0
+
+
+def test_bench_train_default_is_tiny_plus_paper_when_a_gpu_allows() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine the default run also builds the 7B paper geometry")
+    parser = argparse.ArgumentParser()
+    bench_train.add_arguments(parser)
+    args = parser.parse_args(["--steps", "1", "--warmup", "0", "--batch-size", "2"])
+    assert args.preset == "auto"
+    result = bench_train.run(args)
+    assert result["preset"] == "tiny" and result["device"] == "cpu" and result["ratio"] > 0
+    assert result["paper"] == {"skipped": "no CUDA GPU"}
