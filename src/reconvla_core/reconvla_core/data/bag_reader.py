@@ -164,7 +164,9 @@ class BagEpisode:
                 for role, (channel_id, msgtype) in channels.items():
                     ordinal = int(self._image_index[role][frame])
                     if role not in cache or cache[role][0] != ordinal:  # fps above the camera rate reuses frames
-                        msg = parse_image_cdr(index.read(channel_id, ordinal), msgtype)
+                        payload = index.read_view(channel_id, ordinal) if hasattr(index, "read_view") else \
+                            index.read(channel_id, ordinal)
+                        msg = parse_image_cdr(payload, msgtype)
                         cache[role] = (ordinal, image_to_rgb(msg, self.path))
                     images.append(cache[role][1])
                 yield frame, images[0], images[1]
@@ -216,6 +218,7 @@ class McapIndex:
         self._connections = list(reader.connections)
         self._custom = getattr(reader.storage.metadata, "custom", None) or {}
         self._file: Any = None  # opened on first read; read() reopens it after close()
+        self._map: Any = None  # read-only mmap of the file for zero-copy image payloads
         self._topics = {c.topic: (c.id, c.msgtype) for c in self._connections}
         self._entries: dict[int, list[tuple[int, int]]] | None = None  # channel -> [(log_time, file offset)]
 
@@ -246,6 +249,12 @@ class McapIndex:
         self.close()
 
     def close(self) -> None:
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # frames still reference it (e.g. in the encode queue): freed with them
+                pass
+            self._map = None
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -311,6 +320,23 @@ class McapIndex:
         if len(data) != length - 22:
             raise BagError(self.path, "MCAP message cut short (truncated file?)")
         return data
+
+    def read_view(self, channel_id: int, ordinal: int) -> memoryview:
+        """Like :meth:`read`, as a zero-copy view into a memory map of the file (for images)."""
+        import mmap
+        import struct
+
+        _, offset = self._index()[channel_id][ordinal]
+        if self._map is None:
+            self._map = mmap.mmap(self._handle().fileno(), 0, access=mmap.ACCESS_READ)
+        view = memoryview(self._map)
+        if offset + 31 > len(view) or view[offset] != 0x05:
+            raise BagError(self.path, f"no MCAP message record at byte {offset} (corrupt file?)")
+        (length,) = struct.unpack_from("<Q", view, offset + 1)
+        end = offset + 9 + length
+        if end > len(view):
+            raise BagError(self.path, "MCAP message cut short (truncated file?)")
+        return view[offset + 31 : end]
 
     def messages(self, channel_id: int) -> Iterator[tuple[int, bytes]]:
         for ordinal, (stamp, _) in enumerate(self._index().get(channel_id, [])):
@@ -458,7 +484,7 @@ class _RawImage:
         self.height, self.width, self.encoding, self.step, self.data = height, width, encoding, step, data
 
 
-def parse_image_cdr(raw: bytes, msgtype: str = "sensor_msgs/msg/Image") -> Any:
+def parse_image_cdr(raw: bytes | memoryview, msgtype: str = "sensor_msgs/msg/Image") -> Any:
     """sensor_msgs/Image from CDR bytes: a fast zero-copy parse for little-endian CDR, else rosbags."""
     import struct
 
@@ -482,7 +508,7 @@ def parse_image_cdr(raw: bytes, msgtype: str = "sensor_msgs/msg/Image") -> Any:
             raise ValueError("short image payload")
         return _RawImage(height, width, encoding, step, data)
     except (ValueError, struct.error, IndexError, UnicodeDecodeError):
-        return get_typestore().deserialize_cdr(raw, msgtype)
+        return get_typestore().deserialize_cdr(bytes(raw), msgtype)
 
 
 def joint_vector(msg: Any) -> np.ndarray:
