@@ -76,6 +76,15 @@ def test_collect_writes_readable_bags(tmp_path, capsys):
         instructions.append(instruction)
     assert total == result["frames"]
     assert instructions[0] != instructions[1]  # one subtask per episode, consecutive in a chain
+    # The frame helper (also `reconvla sim frames`): base | wrist side by side, 4 per row.
+    import imageio.v2 as imageio
+
+    from reconvla_core.sim.collect import save_episode_frames
+
+    sheet = imageio.imread(save_episode_frames(bags[0], tmp_path / "sheet.png", every=5))
+    assert sheet.shape[1] == 4 * 2 * 48 and sheet.shape[0] % 32 == 0
+    assert main(["sim", "frames", str(bags[1]), "--out", str(tmp_path / "ep.gif")]) == 0
+    assert (tmp_path / "ep.gif").stat().st_size > 0
 
 
 def test_collect_refuses_a_non_empty_output(tmp_path):

@@ -26,8 +26,8 @@ def test_expert_completes_a_chain_within_limits():
                 block = env.bodies[f"{task.obj}_block"]
                 assert all(env.touching_gripper(f"{task.obj}_block"))
                 for index in range(env._client.getNumConstraints()):
-                    info = env._client.getConstraintInfo(env._client.getConstraintUniqueId(index))
-                    assert info[0] == env.arm.body and info[2] == env.arm.body and block not in (info[0], info[2])
+                    constraint = env._client.getConstraintInfo(env._client.getConstraintUniqueId(index))
+                    assert constraint[0] == env.arm.body == constraint[2] and block not in constraint[:3]
                 pos, _ = env.object_pose(f"{task.obj}_block")
                 assert pos[2] > BLOCK_SIZE / 2 + 0.05
                 picked = True

@@ -3,6 +3,24 @@
 Importing this package does not import PyBullet (names load lazily), so ``reconvla --help``
 stays fast. Main entry points: ``PiperCellEnv``, ``SimConfig``, ``make_eval_chains``,
 ``Task``, ``Chain``, ``evaluate_policy``, ``collect``.
+
+Modules: ``kinematics`` (DH forward kinematics, damped-least-squares IK), ``robot`` (URDF built
+from the DH tables with simple shapes, speed-limited position control, coupled parallel
+gripper), ``scene`` (seeded layouts: 5 coloured blocks, 2 bowls, 1-2 distractors), ``tasks``
+(pick / place / stack, 4 paraphrases each, CALVIN-style chains), ``success`` (pose checks),
+``camera`` (TinyRenderer, gaze-box projection), ``env`` (``PiperCellEnv``), ``expert``
+(``ScriptedExpert``), ``evaluate`` (chains -> metrics, chart, rollouts), ``collect``
+(expert demonstrations -> rosbag2), ``cli`` (``reconvla sim collect|frames``, ``reconvla eval sim``).
+
+Decisions worth knowing:
+- One collected episode = one subtask (constant instruction), cut from chains so training
+  scenes look like evaluation scenes; later subtasks start where the previous one ended.
+- The gaze box is the block the current subtask manipulates, in every phase (the same object
+  the instruction-phrase detector picks on real data).
+- Grasping is by friction only; the two fingers are coupled by a gear constraint (the real
+  gripper's linkage). The measured gripper opening is saturated at the mechanical range.
+- Objects live where a top-down grasp is reachable under the PiPer's joint limits (radius
+  0.18..0.365 m, bearing +-55 deg); bowls hold at most two blocks per chain.
 """
 
 from __future__ import annotations

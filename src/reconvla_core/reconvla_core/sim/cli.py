@@ -58,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     collect.add_argument("--seed", type=int, default=0, help="collection seed (scenes disjoint from eval)")
     _add_sim_options(collect)
     collect.set_defaults(func=cmd_collect)
+    frames = sim_sub.add_parser("frames", help="save a collected episode's frames as a GIF or a PNG contact sheet")
+    frames.add_argument("bag", type=Path, help="episode bag directory (from sim collect or the recorder)")
+    frames.add_argument("--out", type=Path, required=True, help="output .gif or .png")
+    frames.add_argument("--every", type=_positive, default=2, help="keep every N-th frame (default 2)")
+    frames.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    frames.set_defaults(func=cmd_frames)
     sim.set_defaults(func=lambda args: _help(sim))
 
     evaluate = subparsers.add_parser("eval", help="closed-loop evaluation")
@@ -88,6 +94,15 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     result = collect(args.out, args.episodes, seed=args.seed, config=_config(args), progress=True)
     emit_result(result, args.json)
+    return 0
+
+
+def cmd_frames(args: argparse.Namespace) -> int:
+    from reconvla_core.cli.main import emit_result
+    from reconvla_core.sim.collect import save_episode_frames
+
+    path = save_episode_frames(args.bag, args.out, every=args.every)
+    emit_result({"out": str(path)}, args.json)
     return 0
 
 

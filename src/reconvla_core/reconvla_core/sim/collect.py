@@ -153,3 +153,48 @@ def collect(
         "out_dir": str(out),
         "image_size": [config.image_width, config.image_height],
     }
+
+
+def save_episode_frames(bag_dir: str | Path, out_path: str | Path, every: int = 2, max_frames: int = 200) -> Path:
+    """Write a collected episode's frames (base view with its gaze box | wrist view) as a GIF,
+    or as one contact-sheet PNG when ``out_path`` ends in ``.png``. Returns the path written."""
+    import imageio.v2 as imageio
+    from rosbags.rosbag2 import Reader
+
+    from reconvla_core.data.bag_writer import get_typestore
+    from reconvla_core.sim.evaluate import draw_box
+
+    bag = Path(bag_dir)
+    if not bag.is_dir():
+        raise FileNotFoundError(f"{bag} is not a rosbag2 directory")
+    typestore = get_typestore()
+    images: dict[str, list[np.ndarray]] = {itf.BASE_IMAGE_TOPIC: [], itf.WRIST_IMAGE_TOPIC: []}
+    boxes: list[np.ndarray] = []
+    with Reader(bag) as reader:
+        for connection, _, raw in reader.messages():
+            if connection.topic in images:
+                msg = typestore.deserialize_cdr(raw, connection.msgtype)
+                rgb = np.asarray(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)[:, : msg.width * 3]
+                images[connection.topic].append(rgb.reshape(msg.height, msg.width, 3))
+            elif connection.topic == itf.GAZE_BOX_TOPIC:
+                boxes.append(np.asarray(typestore.deserialize_cdr(raw, connection.msgtype).data[:4]))
+    count = min(len(images[itf.BASE_IMAGE_TOPIC]), len(images[itf.WRIST_IMAGE_TOPIC]))
+    if count == 0:
+        raise ValueError(f"{bag} has no camera frames on {itf.BASE_IMAGE_TOPIC} / {itf.WRIST_IMAGE_TOPIC}")
+    frames = []
+    for i in range(0, count, max(1, every))[:max_frames]:
+        base = images[itf.BASE_IMAGE_TOPIC][i]
+        if i < len(boxes):
+            base = draw_box(base, boxes[i])
+        frames.append(np.concatenate([base, images[itf.WRIST_IMAGE_TOPIC][i]], axis=1))
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".png":
+        columns = 4
+        pad = (-len(frames)) % columns
+        frames += [np.zeros_like(frames[0])] * pad
+        rows = [np.concatenate(frames[r : r + columns], axis=1) for r in range(0, len(frames), columns)]
+        imageio.imwrite(out, np.concatenate(rows, axis=0))
+    else:
+        imageio.mimsave(out, frames, duration=0.1 * every, loop=0)
+    return out
