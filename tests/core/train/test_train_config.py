@@ -42,7 +42,8 @@ def test_overrides_are_parsed_to_field_types(fake_dataset: Path) -> None:
     config = load_train_config(
         "tiny-sim",
         ["optim.lr=3e-4", "lr_denoiser=1e-3", "train.max_steps=7", "lora.enabled=true",
-         "lora.target_modules=q_proj,v_proj", "train.grad_accum_steps=null", "optim.betas=[0.9, 0.95]"],
+         "lora.target_modules=q_proj,v_proj", "train.grad_accum_steps=null", "optim.betas=[0.9, 0.95]",
+         "train.mixed_precision=no", "name=2024"],
         data=[f"{fake_dataset}:0.5"],
     )
     assert config.optim.lr == 3e-4 and isinstance(config.optim.lr, float)
@@ -50,6 +51,7 @@ def test_overrides_are_parsed_to_field_types(fake_dataset: Path) -> None:
     assert config.train.max_steps == 7 and isinstance(config.train.max_steps, int)
     assert config.lora.enabled is True and config.lora.target_modules == ["q_proj", "v_proj"]
     assert config.optim.betas == [0.9, 0.95]
+    assert config.train.mixed_precision == "no" and config.name == "2024"  # string fields keep the text
     assert config.data.sources[0].path == str(fake_dataset) and config.data.sources[0].weight == 0.5
     other = load_train_config("tiny-sim", data=[f"{fake_dataset}:0.0625:bridge", str(fake_dataset)])
     assert [(s.weight, s.features) for s in other.data.sources] == [(0.0625, "bridge"), (1.0, "reconvla")]
@@ -112,8 +114,9 @@ def test_missing_data_and_init_checkpoint(tmp_path: Path, fake_dataset: Path) ->
 def test_yaml_file_with_extends(tmp_path: Path, fake_dataset: Path) -> None:
     path = tmp_path / "mine.yaml"
     path.write_text(f"extends: tiny-sim\noptim:\n  lr: 1.0e-4\ndata:\n  sources: ['{fake_dataset}']\n")
+    path.write_text(path.read_text() + "train:\n  mixed_precision: no\n")  # unquoted: a YAML 1.1 bool
     config = load_train_config(str(path))
-    assert config.name == "mine" and config.optim.lr == 1e-4
+    assert config.name == "mine" and config.optim.lr == 1e-4 and config.train.mixed_precision == "no"
     assert config.optim.lr_denoiser == 1e-3  # inherited
     assert config.data.sources[0].path == str(fake_dataset)
     validate_config(config)
@@ -144,3 +147,14 @@ def test_cli_reports_config_errors_before_importing_torch(tmp_path: Path) -> Non
                           capture_output=True, text=True, check=False, timeout=120)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_cli_takes_overrides_anywhere_on_the_line() -> None:
+    from reconvla_core.cli.main import build_parser
+    from reconvla_core.train.cli import split_data_and_overrides
+
+    args = build_parser().parse_args(["train", "--data", "a", "b:0.5", "lr=1e-3", "--out", "o",
+                                      "train.max_steps=5", "--json", "train.mixed_precision=no"])
+    data, overrides = split_data_and_overrides(args.data, args.overrides)
+    assert data == ["a", "b:0.5"] and args.json and str(args.out) == "o"
+    assert overrides == ["lr=1e-3", "train.max_steps=5", "train.mixed_precision=no"]

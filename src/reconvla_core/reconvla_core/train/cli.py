@@ -20,7 +20,33 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets key=value overrides come before, between and after the options
+    (``train --data D lr=1e-3 --out O train.max_steps=5``): plain argparse takes one positional run only."""
+
+    _parsing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        if self._parsing:  # parse_known_intermixed_args calls back into parse_known_args (Python < 3.13)
+            return super().parse_known_args(args, namespace)
+        self._parsing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing = False
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    default_class = subparsers._parser_class
+    subparsers._parser_class = _IntermixedParser
+    try:
+        parser = _add_train_parser(subparsers)
+    finally:
+        subparsers._parser_class = default_class
+    parser.set_defaults(func=run_train)
+
+
+def _add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train",
         help="train ReconVLA (pretrain or finetune stage) on LeRobot v3 datasets",
@@ -41,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="print the path of a shipped accelerate config (single_gpu, ddp, fsdp, "
                         "deepspeed_zero2, deepspeed_zero3) and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    parser.set_defaults(func=run_train)
+    return parser
 
 
 def run_train(args: argparse.Namespace) -> int:

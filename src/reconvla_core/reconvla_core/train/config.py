@@ -259,7 +259,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 pass
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if inner is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted no/off/yes/on as a bool
+            return "yes" if value else "no"
+        if isinstance(value, (str, int, float)):
             return str(value)
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value  # Any
@@ -341,18 +343,40 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``optim.lr=1e-4`` -> (["optim", "lr"], 1e-4). The value is read as YAML (numbers, bools, lists, null)."""
+    """``optim.lr=1e-4`` -> (["optim", "lr"], 1e-4). The value is read as YAML (numbers, bools, lists, null),
+    except for string fields, which take the text as written (``train.mixed_precision=no`` stays "no")."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' is not key=value (e.g. optim.lr=1e-4)")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
         raise ConfigError(f"override '{text}' has an empty key")
+    keys = key.split(".")
+    field_type = _field_type(keys)
+    if field_type is not None:
+        inner, optional = _strip_optional(field_type)
+        if inner is str and not (optional and raw.strip().lower() in ("null", "none", "~")):
+            return keys, raw.strip()
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    return key.split("."), value
+    return keys, value
+
+
+def _field_type(keys: list[str]) -> Any | None:
+    """The annotation of the field at a dotted path of TrainConfig, or None if there is none."""
+    cls: Any = TrainConfig
+    for i, key in enumerate(keys):
+        if not _is_dataclass_type(cls):
+            return None
+        hints = _resolve_hints(cls)
+        if key not in hints:
+            return None
+        if i == len(keys) - 1:
+            return hints[key]
+        cls, _ = _strip_optional(hints[key])
+    return None
 
 
 def _leaf_index() -> dict[str, list[list[str]]]:
@@ -381,7 +405,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if len(keys) == 1 and keys[0] not in {f.name for f in dataclasses.fields(TrainConfig)}:
             paths = leaves.get(keys[0], [])
             if len(paths) == 1:
-                keys = paths[0]
+                keys, value = parse_override(".".join(paths[0]) + "=" + text.split("=", 1)[1])
             elif len(paths) > 1:
                 options = ", ".join(".".join(p) for p in paths)
                 raise ConfigError(f"override '{text}' is ambiguous; use one of: {options}")
