@@ -103,27 +103,11 @@ def release_accelerator_state() -> None:
 
 
 def setup_run(config: TrainConfig, *, accum: int, resume: bool) -> Run:
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    """Accelerator, data, model (stage init, LoRA, frozen parts), optimiser and schedule, resumed state."""
+    from accelerate.utils import set_seed
 
     output_dir = Path(config.output_dir)
-    launched = world_size()
-    accelerator = Accelerator(
-        gradient_accumulation_steps=accum,
-        mixed_precision=config.train.mixed_precision,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
-        # Several processes on a machine without GPUs (accelerate launch --multi_gpu / torchrun on CPU):
-        # data parallel over gloo instead of silently running N independent copies.
-        cpu=config.train.cpu or (launched > 1 and not torch.cuda.is_available()),
-    )
-    if accelerator.num_processes != launched:
-        raise RuntimeError(f"launched {launched} processes but accelerate set up {accelerator.num_processes} "
-                           f"({accelerator.distributed_type.value}); check the accelerate config / launcher")
-    if accelerator.gradient_accumulation_steps != accum:  # e.g. a DeepSpeed config that fixes it
-        raise ValueError(
-            f"the accelerate config sets gradient accumulation {accelerator.gradient_accumulation_steps}, the "
-            f"training config needs {accum} (global batch {config.train.global_batch_size}); remove it there"
-        )
+    accelerator = make_accelerator(config, accum)
     existing = latest_checkpoint(output_dir)
     if existing is not None and not resume:
         raise FileExistsError(f"{output_dir} already holds checkpoints ({existing.name}); pass --resume to "
@@ -131,16 +115,8 @@ def setup_run(config: TrainConfig, *, accum: int, resume: bool) -> Run:
     if resume and existing is None:
         logger.warning("--resume: no checkpoint in %s, starting from step 0", output_dir)
     set_seed(config.seed)
-    torch.backends.cuda.matmul.allow_tf32 = config.train.allow_tf32
-    torch.backends.cudnn.allow_tf32 = config.train.allow_tf32
     data = build_data(config, need_val=config.eval.at_end or config.eval.every_steps > 0)
-    model, init_info = build_model(config, data.stats)
-    if config.lora.enabled:
-        apply_lora(model, config)
-    groups = select_trainable(model, config)
-    if config.train.gradient_checkpointing:
-        enabled = enable_gradient_checkpointing(model)
-        logger.info("gradient checkpointing on (%d module(s))", enabled)
+    model, groups, init_info = build_trainable_model(config, data)
     total_steps = plan_steps(config, data)
     optimizer = build_optimizer(groups, config)
     scheduler = build_scheduler(optimizer, config, total_steps)
@@ -167,6 +143,46 @@ def setup_run(config: TrainConfig, *, accum: int, resume: bool) -> Run:
     return Run(config=config, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
                data=data, processor=processor, output_dir=output_dir, accum=accum, state=state, logs=logs,
                stopper=SignalStopper(config.checkpoint.on_signal), batches=iter(loader), init_info=init_info)
+
+
+def make_accelerator(config: TrainConfig, accum: int) -> Any:
+    """The Accelerator for this launch; its process count and accumulation must match the config's."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    launched = world_size()
+    accelerator = Accelerator(
+        gradient_accumulation_steps=accum,
+        mixed_precision=config.train.mixed_precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+        # Several processes on a machine without GPUs (accelerate launch --multi_gpu / torchrun on CPU):
+        # data parallel over gloo instead of silently running N independent copies.
+        cpu=config.train.cpu or (launched > 1 and not torch.cuda.is_available()),
+    )
+    if accelerator.num_processes != launched:
+        raise RuntimeError(f"launched {launched} processes but accelerate set up {accelerator.num_processes} "
+                           f"({accelerator.distributed_type.value}); check the accelerate config / launcher")
+    if accelerator.gradient_accumulation_steps != accum:  # e.g. a DeepSpeed config that fixes it
+        raise ValueError(
+            f"the accelerate config sets gradient accumulation {accelerator.gradient_accumulation_steps}, the "
+            f"training config needs {accum} (global batch {config.train.global_batch_size}); remove it there"
+        )
+    torch.backends.cuda.matmul.allow_tf32 = config.train.allow_tf32
+    torch.backends.cudnn.allow_tf32 = config.train.allow_tf32
+    return accelerator
+
+
+def build_trainable_model(config: TrainConfig, data: TrainData) -> tuple[nn.Module, dict[str, list], dict[str, Any]]:
+    """The stage's model with LoRA (optional), everything outside the parameter groups frozen, and
+    activation checkpointing; returns (model, parameter groups, where the weights came from)."""
+    model, init_info = build_model(config, data.stats)
+    if config.lora.enabled:
+        apply_lora(model, config)
+    groups = select_trainable(model, config)
+    if config.train.gradient_checkpointing:
+        enabled = enable_gradient_checkpointing(model)
+        logger.info("gradient checkpointing on (%d module(s))", enabled)
+    return model, groups, init_info
 
 
 def plan_steps(config: TrainConfig, data: TrainData) -> int:
