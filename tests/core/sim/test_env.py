@@ -117,6 +117,8 @@ def test_bad_arguments_raise_clear_errors(env):
         env.reset(seed=0, task=f"pick {missing}")
     with pytest.raises(ValueError, match="unknown task"):
         env.reset(seed=0, task="juggle the red block")
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        env.reset(seed=-1)
     with pytest.raises(ValueError, match="either chain= or task="):
         env.reset(chain=make_eval_chains(1)[0], task=f"pick {blocks[0]}")
     env.reset(seed=0)

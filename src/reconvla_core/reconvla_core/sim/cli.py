@@ -6,6 +6,11 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from reconvla_core.policy import Policy
+    from reconvla_core.sim.env import PiperCellEnv, SimConfig
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +41,7 @@ def _add_sim_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
 
-def _config(args: argparse.Namespace):  # -> SimConfig
+def _config(args: argparse.Namespace) -> SimConfig:
     from reconvla_core.sim.env import SimConfig
 
     kwargs = {"image_width": args.image_size[0], "image_height": args.image_size[1], "control_hz": args.control_hz}
@@ -106,7 +111,7 @@ def cmd_frames(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_policy(spec: str, env, device: str = "cpu", dtype: str = "float32"):  # -> Policy
+def make_policy(spec: str, env: PiperCellEnv, device: str = "cpu", dtype: str = "float32") -> Policy:
     """``expert`` | ``random`` | a checkpoint directory -> a Policy (the expert is bound to ``env``)."""
     from reconvla_core.policy import CheckpointPolicy, ExpertPolicy, RandomPolicy
 

@@ -97,6 +97,8 @@ def collect(
 
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    if seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {seed}")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"output directory {out} exists and is not empty; choose a new --out")

@@ -83,6 +83,8 @@ def _footprint(kind: str) -> float:
 
 def sample_layout(seed: int) -> Layout:
     """Random layout for ``seed``: 5 blocks (distinct colours), 2 bowls, 1-2 distractors."""
+    if int(seed) < 0:
+        raise ValueError(f"scene seed must be >= 0, got {seed}")
     rng = np.random.default_rng([int(seed), 1])
     names = list(COLOURS)
     block_colours = [names[i] for i in rng.permutation(len(names))[:N_BLOCKS]]

@@ -211,4 +211,6 @@ def make_eval_chains(n: int = 100, seed: int = 0) -> list[Chain]:
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     return [chain_for_scene(int(seed) * 100003 + i) for i in range(n)]
