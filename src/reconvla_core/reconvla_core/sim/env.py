@@ -454,7 +454,9 @@ class PiperCellEnv:
         return centre + (signs * half) @ rot.T
 
     def gaze_box(self, name: str | None = None) -> np.ndarray:
-        """Normalised xyxy box of the current target (or ``name``) projected into the base image."""
+        """Normalised xyxy box of the current target (or ``name``) in the base image: the object's
+        bounding box corners projected through the camera (ground truth, also when occluded by the
+        gripper), clipped to the image."""
         corners = self.object_corners(name or self.target_object)
         return cam.box_from_points(cam.project(corners, self.base_view, self.base_proj))
 
