@@ -191,6 +191,20 @@ def _sim_parameters(seed: int, image_size: tuple[int, int], expert_leader: bool,
             "physics_rate": 100.0, "joint_state_rate": 50.0}
 
 
+def start_episode(client: GraphClient, timeout: float = 30.0) -> None:
+    """Start a recorder episode; the recorder may still be waiting for the latched instruction."""
+    from std_srvs.srv import Trigger
+
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = client.call("/teleop_recorder/start_episode", Trigger, timeout=timeout)
+        if answer.success:
+            return
+        if "no task text" not in answer.message or time.monotonic() > deadline:
+            raise RuntimeError(f"teleop_recorder refused to start an episode: {answer.message}")
+        time.sleep(0.2)
+
+
 def record_demonstrations(bags_dir: Path, episodes: int, seed: int, image_size: tuple[int, int], log_dir: Path,
                           subtask_timeout: float = 60.0, progress: Callable[[int, bool], None] | None = None
                           ) -> dict[str, Any]:
@@ -211,8 +225,6 @@ def record_demonstrations(bags_dir: Path, episodes: int, seed: int, image_size: 
     with running_graph(nodes, log_dir) as (processes, client):
         if not client.wait_for(lambda: client.status_count > 0, timeout=120.0, check=processes.check_alive):
             raise TimeoutError("sim_robot published no status within 120 s (see its log in " + str(log_dir) + ")")
-        client.call("/teleop_recorder/start_episode", Trigger, timeout=30.0)  # waits for the services
-        client.call("/teleop_recorder/discard_episode", Trigger)
         while recorded < episodes:
             status = client.latest_status()
             if status.get("done"):
@@ -222,9 +234,7 @@ def record_demonstrations(bags_dir: Path, episodes: int, seed: int, image_size: 
                                 and not client.latest_status().get("done"), timeout=30.0)
                 continue
             index, scene = status.get("subtask_index"), status.get("seed")
-            answer = client.call("/teleop_recorder/start_episode", Trigger)
-            if not answer.success:
-                raise RuntimeError(f"teleop_recorder refused to start an episode: {answer.message}")
+            start_episode(client)
 
             def subtask_over() -> bool:
                 now = client.latest_status()
