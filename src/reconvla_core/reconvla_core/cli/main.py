@@ -40,14 +40,14 @@ class CLIError(Exception):
 def emit_result(result: dict[str, Any], as_json: bool) -> None:
     """Print a command's result: one JSON object with --json, else readable key: value lines."""
     if as_json:
-        sys.stdout.write(json.dumps(result, default=_json_default) + "\n")
+        sys.stdout.write(json.dumps(result, default=json_default) + "\n")
     else:
         for key, value in result.items():
-            sys.stdout.write(f"{key}: {json.dumps(value, default=_json_default)}\n")
+            sys.stdout.write(f"{key}: {json.dumps(value, default=json_default)}\n")
     sys.stdout.flush()
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     if hasattr(value, "__fspath__"):

@@ -453,26 +453,13 @@ def _open_reader(path: Path) -> Any:
 
 
 def image_to_rgb(msg: Any, bag: Path | str = "") -> np.ndarray:
-    """sensor_msgs/Image -> HxWx3 uint8 RGB (rgb8, bgr8, rgba8, bgra8, mono8), honouring ``step`` padding."""
-    encoding = str(msg.encoding).lower()
-    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8uc3": 3, "8uc1": 1}.get(encoding)
-    if channels is None:
-        raise BagError(bag, f"unsupported image encoding {msg.encoding!r} (rgb8/bgr8/rgba8/bgra8/mono8 work)")
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    data = np.asarray(msg.data, dtype=np.uint8)
-    if data.size < height * step:
-        raise BagError(bag, f"image data has {data.size} bytes, expected {height * step}")
-    if step == width * channels:
-        image = data[: height * step].reshape(height, width, channels)  # no copy
-    else:  # row padding: cut each row to width * channels
-        image = data[: height * step].reshape(height, step)[:, : width * channels].reshape(height, width, channels)
-    if encoding in ("bgr8", "bgra8"):
-        image = image[..., 2::-1]
-    elif channels == 4:
-        image = image[..., :3]
-    elif channels == 1:
-        image = np.repeat(image, 3, axis=2)
-    return image if image.flags.c_contiguous else np.ascontiguousarray(image)
+    """sensor_msgs/Image -> HxWx3 uint8 RGB with the nodes' conversion (runtime.image); errors name the bag."""
+    from reconvla_core.runtime.image import image_to_rgb as convert
+
+    try:
+        return convert(msg)
+    except ValueError as error:  # ImageEncodingError / ImageLayoutError
+        raise BagError(bag, str(error)) from error
 
 
 class _RawImage:

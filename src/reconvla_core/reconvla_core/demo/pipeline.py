@@ -117,27 +117,34 @@ def _record(config: DemoConfig, graph: Any) -> dict[str, Any]:
 
     bags = config.out_dir / "bags"
     result: dict[str, Any] = {}
-    if config.sim_episodes:
-        import threading
+    if config.sim_episodes:  # the plain-Python collector fills the second core while ROS records in real time
+        from concurrent.futures import ThreadPoolExecutor
 
-        from reconvla_core.sim import SimConfig, collect
+        from reconvla_core.sim import SimConfig
+        from reconvla_core.sim.collect import collect
 
         width, height = config.image_size
-        direct: dict[str, Any] = {}
-        worker = threading.Thread(target=lambda: direct.update(collect(
-            bags / "sim_collect", config.sim_episodes, seed=config.seed + 1000,
-            config=SimConfig(image_width=width, image_height=height), progress=False)), daemon=True)
-        worker.start()
+        pool = ThreadPoolExecutor(max_workers=1)
+        direct = pool.submit(collect, bags / "sim_collect", config.sim_episodes, seed=config.seed + 1000,
+                             config=SimConfig(image_width=width, image_height=height), progress=False)
+    successful = 0
+
+    def on_episode(count: int, ok: bool) -> None:
+        nonlocal successful
+        successful += int(ok)
+        bar.update(1)
+        bar.set_postfix(successful=successful)
+
     bar = tqdm(total=config.ros_episodes, desc="record (ROS teleop)", unit="episode")
     ros = graph.record_demonstrations(
         bags / "ros", config.ros_episodes, seed=config.seed, image_size=config.image_size,
-        log_dir=config.out_dir / "logs" / "record",
-        progress=lambda n, ok: (bar.update(1), bar.set_postfix(successful=ok)))
+        log_dir=config.out_dir / "logs" / "record", progress=on_episode)
     bar.close()
     result["ros"] = ros
     if config.sim_episodes:
-        worker.join()
-        result["sim_collect"] = {k: v for k, v in direct.items() if k != "bags"}
+        logger.info("waiting for the direct collector (%d episodes)", config.sim_episodes)
+        result["sim_collect"] = {k: v for k, v in direct.result().items() if k != "bags"}  # re-raises its errors
+        pool.shutdown()
     result["episodes"] = ros["episodes"] + int(result.get("sim_collect", {}).get("episodes", 0))
     result["successful"] = ros["successful"] + int(result.get("sim_collect", {}).get("successful", 0))
     return result

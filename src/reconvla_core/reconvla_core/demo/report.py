@@ -10,16 +10,10 @@ from typing import Any
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> Path:
-    path.write_text(json.dumps(data, indent=2, default=_default) + "\n")
+    from reconvla_core.cli.main import json_default
+
+    path.write_text(json.dumps(data, indent=2, default=json_default) + "\n")
     return path
-
-
-def _default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if hasattr(value, "__fspath__"):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def plot_success_by_position(series: Mapping[str, Sequence[float]], path: Path, title: str,

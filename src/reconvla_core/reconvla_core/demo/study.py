@@ -107,7 +107,8 @@ def _prepare_dataset(config: StudyConfig) -> Path:
     if config.data is not None:
         return config.data
     from reconvla_core.data.build import BuildConfig, build_dataset
-    from reconvla_core.sim import SimConfig, collect
+    from reconvla_core.sim import SimConfig
+    from reconvla_core.sim.collect import collect
 
     width, height = config.image_size
     collect(config.out_dir / "bags", config.episodes, seed=1,
