@@ -29,3 +29,7 @@ GRIPPER_MAX = 0.07  # m (the driver clamps at 0.08)
 # SDK integer units.
 SDK_JOINT_UNIT_RAD = math.radians(0.001)  # one SDK joint unit (0.001 deg) in rad
 SDK_GRIPPER_UNIT_M = 1e-6  # one SDK gripper unit (0.001 mm) in m
+
+# Bounds of a full state / action vector (ACTION_NAMES order): joint limits + gripper range.
+ACTION_LOWER: tuple[float, ...] = JOINT_LOWER + (GRIPPER_MIN,)
+ACTION_UPPER: tuple[float, ...] = JOINT_UPPER + (GRIPPER_MAX,)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from reconvla_core.piper import ACTION_DIM, GRIPPER_MAX, GRIPPER_MIN, JOINT_LOWER, JOINT_UPPER
+from reconvla_core.piper import ACTION_DIM, ACTION_LOWER, ACTION_UPPER
 
 if TYPE_CHECKING:
     from reconvla_core.sim.env import PiperCellEnv
@@ -67,8 +67,8 @@ class RandomPolicy(Policy):
         self.seed = int(seed)
         self.chunk_size = int(chunk_size)
         self._rng = np.random.default_rng(self.seed)
-        self._lower = np.asarray(JOINT_LOWER + (GRIPPER_MIN,))
-        self._upper = np.asarray(JOINT_UPPER + (GRIPPER_MAX,))
+        self._lower = np.asarray(ACTION_LOWER)
+        self._upper = np.asarray(ACTION_UPPER)
 
     def infer(self, obs: dict[str, Any]) -> np.ndarray:
         return self._rng.uniform(self._lower, self._upper, size=(self.chunk_size, ACTION_DIM))

@@ -36,13 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from reconvla_core import piper
 from reconvla_core.piper import (
     ACTION_DIM,
     ACTION_NAMES,
     GRIPPER_MAX,
-    GRIPPER_MIN,
-    JOINT_LOWER,
-    JOINT_UPPER,
 )
 from reconvla_core.sim import camera as cam
 from reconvla_core.sim import success as checks
@@ -59,8 +57,8 @@ from reconvla_core.sim.tasks import Chain, Task, plan_chain
 
 logger = logging.getLogger(__name__)
 
-ACTION_LOWER = np.asarray(JOINT_LOWER + (GRIPPER_MIN,), dtype=np.float64)
-ACTION_UPPER = np.asarray(JOINT_UPPER + (GRIPPER_MAX,), dtype=np.float64)
+ACTION_LOWER = np.asarray(piper.ACTION_LOWER, dtype=np.float64)
+ACTION_UPPER = np.asarray(piper.ACTION_UPPER, dtype=np.float64)
 # Start pose: gripper open, pointing straight down, TCP at (0.20, 0, 0.115) (IK of that pose).
 HOME_JOINTS = np.array([0.0, 1.3266, -0.7418, 0.0, 1.0733, 0.0])
 
@@ -246,7 +244,6 @@ class PiperCellEnv:
                 )
 
     def _build(self, layout: Layout) -> None:
-        import pybullet as p
 
         from reconvla_core.sim.robot import SimArm
 

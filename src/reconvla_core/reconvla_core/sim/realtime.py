@@ -26,11 +26,9 @@ from typing import Any
 import numpy as np
 
 from reconvla_core.piper import (
+    ACTION_LOWER,
+    ACTION_UPPER,
     ACTION_DIM,
-    GRIPPER_MAX,
-    GRIPPER_MIN,
-    JOINT_LOWER,
-    JOINT_UPPER,
     MAX_JOINT_SPEED,
 )
 
@@ -38,8 +36,8 @@ logger = logging.getLogger(__name__)
 
 DRIVER_DEFAULT_SPEED_PERCENT = 30  # piper_ros uses 30 % when a command carries no speed
 DRIVER_GRIPPER_CLAMP = 0.08  # piper_ros clamps the gripper command at 80 mm
-_LOWER = np.asarray(JOINT_LOWER + (GRIPPER_MIN,), dtype=np.float64)
-_UPPER = np.asarray(JOINT_UPPER + (GRIPPER_MAX,), dtype=np.float64)
+_LOWER = np.asarray(ACTION_LOWER, dtype=np.float64)
+_UPPER = np.asarray(ACTION_UPPER, dtype=np.float64)
 
 
 class PeriodicSchedule:
