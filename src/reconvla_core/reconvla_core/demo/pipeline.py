@@ -34,10 +34,10 @@ class DemoConfig:
     quick: bool = False
     pretrained: bool = False
     seed: int = 0
-    ros_episodes: int = 24  # demonstrations recorded through the ROS graph (real time)
-    sim_episodes: int = 0  # extra demonstrations from `sim collect` (same bags, no ROS), run alongside
+    ros_episodes: int = 40  # demonstrations recorded through the ROS graph (real time)
+    sim_episodes: int = 60  # extra demonstrations from `sim collect` (same bags, no ROS), run alongside
     image_size: tuple[int, int] = (160, 120)
-    train_steps: int = 400
+    train_steps: int = 2000
     eval_chains: int = 20
     deploy_seconds: float = 20.0
     overrides: list[str] = dataclasses.field(default_factory=list)  # train key=value overrides
