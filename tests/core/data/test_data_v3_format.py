@@ -116,7 +116,8 @@ def test_tasks_and_episodes_parquet(dataset):
 def test_stats_exact_on_known_data(dataset):
     stats = load_stats(dataset)
     info = json.loads((dataset / "meta/info.json").read_text())
-    assert set(stats) == set(info["features"])
+    # every feature, plus the builder's cached delta-action stats (see test_data_delta_stats.py)
+    assert set(stats) == set(info["features"]) | {"action_delta"}
     lengths = {0: 11, 1: 16, 2: 6}
     state = np.concatenate([[state_at(k * 0.1, e) for k in range(n)] for e, n in lengths.items()]).astype(np.float32)
     action = np.concatenate([[action_at(k * 0.1, e) for k in range(n)] for e, n in lengths.items()]).astype(np.float32)

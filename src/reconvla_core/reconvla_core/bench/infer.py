@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prefill_ms, _ = _time(lambda: _prefill(model, embeds), device, max(3, args.iters // 3), 1)
     e2e_ms, _ = _time(lambda: model.predict_action(obs["base_image"], obs["wrist_image"], obs["instruction"],
                                                    obs["state"]), device, max(3, args.iters // 3), 1)
-    ours_actions = model.processor.decode_actions(ours_tokens.cpu().numpy())
-    naive_actions = _try_decode(model, naive_tokens)
+    ours_actions = model.processor.decode_actions(ours_tokens.cpu().numpy(), state=obs["state"])
+    naive_actions = _try_decode(model, naive_tokens, obs["state"])
     identical = naive_actions is not None and bool(np.array_equal(ours_actions, naive_actions))
     p50, naive_p50 = float(np.percentile(ours_ms, 50)), float(np.percentile(naive_ms, 50))
     result: dict[str, Any] = {
@@ -193,9 +193,9 @@ def _prefill(model: Any, embeds: Any) -> Any:
         return model.llm.get_decoder()(inputs_embeds=embeds, use_cache=False).last_hidden_state
 
 
-def _try_decode(model: Any, tokens: Any) -> np.ndarray | None:
+def _try_decode(model: Any, tokens: Any, state: Any) -> np.ndarray | None:
     try:
-        return model.processor.decode_actions(tokens.cpu().numpy())
+        return model.processor.decode_actions(tokens.cpu().numpy(), state=state)
     except ValueError as error:  # the unconstrained baseline emitted a non-action token or stopped early
         logger.info("naive baseline output is not an action chunk: %s", error)
         return None

@@ -29,6 +29,9 @@ _LAZY = {
     "DatasetSource": "reconvla_core.data.dataset",
     "FeatureMap": "reconvla_core.data.dataset",
     "MixtureSampler": "reconvla_core.data.dataset",
+    "action_delta_stats": "reconvla_core.data.dataset",
+    "compute_action_delta_stats": "reconvla_core.data.dataset",
+    "write_action_delta_stats": "reconvla_core.data.dataset",
 }
 
 __all__ = sorted(_LAZY)

@@ -28,7 +28,11 @@ from reconvla_core.data.lerobot_v3 import (
     BASE_IMAGE_KEY,
     GAZE_KEY,
     STATE_KEY,
+    ACTION_DELTA_KEY,
+    DEFAULT_DELTA_CHUNK,
+    STATS_PATH,
     WRIST_IMAGE_KEY,
+    action_delta_stats,
     data_files,
     decode_cell,
     load_info,
@@ -45,7 +49,9 @@ except ImportError:  # pragma: no cover - exercised only without torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DatasetSource", "FeatureMap", "MixtureSampler", "VLADataset", "load_stats"]
+__all__ = ["DatasetSource", "FeatureMap", "MixtureSampler", "VLADataset", "action_delta_stats",
+           "compute_action_delta_stats", "load_stats", "write_action_delta_stats"]
+
 
 WHOLE_IMAGE_BOX = np.array([0.0, 0.0, 1.0, 1.0], dtype=np.float32)
 
@@ -112,10 +118,59 @@ class AugmentConfig:
     saturation: float = 0.2
 
 
+def _read_numeric(root: Path, state_key: str, action_key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    states, actions, episodes = [], [], []
+    for path in data_files(root):
+        table = pq.read_table(path, columns=[state_key, action_key, "episode_index"])
+        states.append(_column_to_numpy(table.column(state_key)))
+        actions.append(_column_to_numpy(table.column(action_key)))
+        episodes.append(_column_to_numpy(table.column("episode_index")).reshape(-1))
+    if not states:
+        raise FileNotFoundError(f"{root} has no data/*/*.parquet files")
+    return np.concatenate(states), np.concatenate(actions), np.concatenate(episodes)
+
+
+def compute_action_delta_stats(roots: str | Path | Sequence[str | Path], chunk_size: int,
+                               state_key: str = STATE_KEY, action_key: str = ACTION_KEY) -> dict[str, list]:
+    """Delta stats (see ``action_delta_stats``) pooled over one or more LeRobot v3 dataset roots,
+    as JSON-ready lists (the "action_delta" entry of the norm stats)."""
+    if isinstance(roots, (str, Path)):
+        roots = [roots]
+    parts = [_read_numeric(Path(root), state_key, action_key) for root in roots]
+    offset, episodes = 0, []
+    for _, _, episode in parts:  # keep episodes of different roots apart
+        episodes.append(episode.astype(np.int64) + offset)
+        offset = int(episodes[-1].max()) + 1 if episode.size else offset
+    stats = action_delta_stats(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                               np.concatenate(episodes), chunk_size)
+    return {key: np.asarray(value).tolist() for key, value in stats.items()}
+
+
+def write_action_delta_stats(root: str | Path, chunk_size: int = DEFAULT_DELTA_CHUNK) -> dict[str, list]:
+    """Compute the delta stats of one dataset and cache them in its meta/stats.json ("action_delta")."""
+    import json
+
+    root = Path(root)
+    entry = compute_action_delta_stats(root, chunk_size)
+    path = root / STATS_PATH
+    stats = json.loads(path.read_text())
+    stats[ACTION_DELTA_KEY] = entry
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(stats, indent=2) + "\n")
+    partial.replace(path)  # atomic: an interrupted write leaves the old stats.json
+    return entry
+
+
+_DELTA_CACHE: dict[tuple[str, int, int], dict[str, list]] = {}
+
+
 class _Source:
     """Everything loaded for one dataset: numeric arrays, episode table, row-group map."""
 
-    def __init__(self, spec: DatasetSource, split: str, val_fraction: float, seed: int) -> None:
+    def __init__(self, spec: DatasetSource, split: str, val_fraction: float, seed: int,
+                 chunk_size: int = DEFAULT_DELTA_CHUNK) -> None:
         import pyarrow.parquet as pq
 
         self.spec = spec
@@ -180,6 +235,7 @@ class _Source:
         self.rows = np.flatnonzero(keep).astype(np.int64)
         self.episode_start_row = {ep: int(start) for ep, start in zip(self.episodes, starts, strict=False)}
         self.instructions = self._instructions(root)
+        self.chunk_size = chunk_size
         self.norm_stats = self._canonical_stats()
 
     def _instructions(self, root: Path) -> dict[int, str]:
@@ -192,7 +248,20 @@ class _Source:
                                (GAZE_KEY, self.fmap.gaze_box)):
             if key is not None and key in self.stats:
                 out[canonical] = self.stats[key]
+        out[ACTION_DELTA_KEY] = self._delta_stats()
         return out
+
+    def _delta_stats(self) -> dict[str, list]:
+        """Stats of a_{t+k} - s_t for this source's chunk size: cached in meta/stats.json by the
+        builder, else computed once per process from all its frames (every split)."""
+        cached = self.stats.get(ACTION_DELTA_KEY)
+        if cached is not None and list(np.asarray(cached.get("chunk_size", [-1])).reshape(-1)) == [self.chunk_size]:
+            return cached
+        key = (str(Path(self.spec.root).resolve()), self.chunk_size, int(self.episode_index.size))
+        if key not in _DELTA_CACHE:
+            stats = action_delta_stats(self.state, self.action, self.episode_index, self.chunk_size)
+            _DELTA_CACHE[key] = {name: np.asarray(value).tolist() for name, value in stats.items()}
+        return _DELTA_CACHE[key]
 
     def __len__(self) -> int:
         return int(self.rows.size)
@@ -251,7 +320,7 @@ class VLADataset(_TorchDataset):
         self.split = split
         self.seed = seed
         self.augment = AugmentConfig() if augment is True else (augment or None)
-        self.sources = [_Source(spec, split, val_fraction, seed) for spec in self.specs]
+        self.sources = [_Source(spec, split, val_fraction, seed, chunk_size) for spec in self.specs]
         self.lengths = np.array([len(s) for s in self.sources], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
         for spec, length in zip(self.specs, self.lengths, strict=False):

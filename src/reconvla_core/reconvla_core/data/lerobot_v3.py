@@ -5,6 +5,7 @@ The layout follows lerobot 0.4.x (``lerobot/datasets/utils.py``, ``lerobot_datas
 
     meta/info.json                                codebase_version "v3.0", fps, robot_type, features, paths
     meta/stats.json                               per feature: min max mean std count q01 q10 q50 q90 q99
+                                                  (+ "action_delta": a_{t+k} - s_t, chunk 5, for delta actions)
     meta/tasks.parquet                            task strings (pandas index) -> task_index
     meta/episodes/chunk-000/file-000.parquet      one row per episode (+ per-episode stats/* columns)
     data/chunk-000/file-000.parquet               one row per frame, many episodes per file
@@ -175,6 +176,32 @@ def decode_cell(root: str | Path, cell: Any) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- stats
+ACTION_DELTA_KEY = "action_delta"  # stats of a_{t+k} - s_t (delta action mode), see action_delta_stats
+DEFAULT_DELTA_CHUNK = 5  # the chunk size the writer caches delta stats for in meta/stats.json
+
+
+def action_delta_stats(state: np.ndarray, action: np.ndarray, episode_index: np.ndarray,
+                       chunk_size: int) -> dict[str, np.ndarray]:
+    """LeRobot-style stats of a_{t+k} - s_t over every frame t and offset k = 0..chunk_size-1 that
+    stays inside t's episode (VLADataset pads chunks past the episode end; padded steps are excluded).
+    Rows must be ordered by (episode, frame), as in a LeRobot v3 dataset. Adds ``chunk_size``."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    state = np.asarray(state, dtype=np.float64)
+    action = np.asarray(action, dtype=np.float64)
+    episode_index = np.asarray(episode_index).reshape(-1)
+    if state.ndim != 2 or action.shape != state.shape or episode_index.shape[0] != state.shape[0]:
+        raise ValueError(f"state {state.shape}, action {action.shape} and episode_index "
+                         f"{episode_index.shape} must be (N, D), (N, D), (N,)")
+    n = state.shape[0]
+    deltas = [action[k:] - state[:n - k] for k in range(min(chunk_size, n))]
+    same = [episode_index[k:] == episode_index[:n - k] for k in range(min(chunk_size, n))]
+    values = np.concatenate([d[m] for d, m in zip(deltas, same, strict=True)])
+    stats = numeric_stats(values)
+    stats["chunk_size"] = np.array([chunk_size])
+    return stats
+
+
 def numeric_stats(values: np.ndarray) -> dict[str, np.ndarray]:
     """LeRobot stats of an (N, D) or (N,) array: min max mean std count q01..q99 (exact, population std)."""
     array = np.asarray(values, dtype=np.float64)
@@ -439,6 +466,11 @@ class LeRobotV3Writer:
         stats = {key: numeric_stats(np.concatenate(values)) for key, values in self._numeric.items()}
         stats.update({key: hist.stats() for key, hist in self._images.items()})
         ordered = {key: stats[key] for key in self.features if key in stats}
+        if all(key in self._numeric for key in (STATE_KEY, ACTION_KEY, "episode_index")):
+            # cached for training in delta action mode (VLADataset computes other chunk sizes itself)
+            ordered[ACTION_DELTA_KEY] = action_delta_stats(
+                np.concatenate(self._numeric[STATE_KEY]), np.concatenate(self._numeric[ACTION_KEY]),
+                np.concatenate(self._numeric["episode_index"]), DEFAULT_DELTA_CHUNK)
         _write_json(staging / STATS_PATH, _jsonable(ordered))
         write_tasks(staging / TASKS_PATH, self._tasks)
         write_episodes(staging / EPISODES_PATH.format(chunk_index=0, file_index=0), self._episodes)

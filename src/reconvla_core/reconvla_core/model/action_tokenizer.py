@@ -108,23 +108,47 @@ def check_array(value: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
     return array
 
 
-def validate_norm_stats(stats: Mapping[str, Any], action_dim: int, state_dim: int) -> dict[str, Any]:
-    """Checks a LeRobot stats.json dict; returns the 'action' and 'observation.state' entries as lists."""
+DELTA_KEY = "action_delta"
+
+
+def validate_norm_stats(stats: Mapping[str, Any], action_dim: int, state_dim: int,
+                        require_delta: bool = False) -> dict[str, Any]:
+    """Checks a LeRobot stats.json dict; returns the 'action' and 'observation.state' entries as lists,
+    and the 'action_delta' entry (stats of a_{t+k} - s_t, for delta action mode) when present."""
     if not isinstance(stats, Mapping):
         # ValueError, like every other bad input (the CLI reports ValueError as a one-line error)
         raise ValueError(f"norm stats must be a dict (LeRobot stats.json), got {type(stats).__name__}")  # noqa: TRY004
+    if require_delta and DELTA_KEY not in stats:
+        raise ValueError(f"norm stats lack the {DELTA_KEY!r} entry, which action_mode 'delta' needs "
+                         "(reconvla_core.data.action_delta_stats computes it from a dataset)")
     out: dict[str, Any] = {}
-    for key, dim in (("action", action_dim), ("observation.state", state_dim)):
+    keys = [("action", action_dim), ("observation.state", state_dim)]
+    if DELTA_KEY in stats:
+        keys.append((DELTA_KEY, action_dim))
+    for key, dim in keys:
         if key not in stats:
             raise ValueError(f"norm stats lack the {key!r} entry (expected LeRobot stats.json layout)")
         entry = stats[key]
         clean: dict[str, Any] = {}
         for stat in STAT_KEYS:
             clean[stat] = _stat(entry, stat, key, dim).tolist()
-        if "count" in entry:
-            clean["count"] = np.asarray(entry["count"]).reshape(-1).tolist()
+        for extra in ("count", "chunk_size"):
+            if extra in entry:
+                clean[extra] = np.asarray(entry[extra]).reshape(-1).tolist()
         out[key] = clean
     return out
+
+
+def mixed_action_entry(stats: Mapping[str, Any], relative_dims: Sequence[int]) -> Mapping[str, Any]:
+    """The action normaliser's stats: 'action_delta' for the relative dims, 'action' for the others."""
+    if not relative_dims:
+        return stats["action"]
+    absolute, delta = stats["action"], stats[DELTA_KEY]
+    relative = np.zeros(len(np.asarray(absolute["q01"]).reshape(-1)), dtype=bool)
+    relative[list(relative_dims)] = True
+    return {key: np.where(relative, np.asarray(delta[key], dtype=np.float64).reshape(-1),
+                          np.asarray(absolute[key], dtype=np.float64).reshape(-1)).tolist()
+            for key in STAT_KEYS}
 
 
 def stats_from_bounds(low: Sequence[float], high: Sequence[float], count: int = 1) -> dict[str, Any]:
@@ -143,7 +167,9 @@ def piper_norm_stats() -> dict[str, Any]:
     low = list(piper.JOINT_LOWER) + [piper.GRIPPER_MIN]
     high = list(piper.JOINT_UPPER) + [piper.GRIPPER_MAX]
     entry = stats_from_bounds(low, high)
-    return {"action": entry, "observation.state": dict(entry)}
+    span = np.asarray(high) - np.asarray(low)
+    delta = stats_from_bounds(-span, span)  # any move within the limits (for random delta-mode models)
+    return {"action": entry, "observation.state": dict(entry), DELTA_KEY: delta}
 
 
 def _stat(entry: Mapping[str, Any], key: str, name: str, dim: int) -> np.ndarray:

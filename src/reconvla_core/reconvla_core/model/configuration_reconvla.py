@@ -21,6 +21,7 @@ from typing import Any
 RECON_TARGETS: tuple[str, ...] = ("none", "full", "gaze")
 NORM_MODES: tuple[str, ...] = ("q01_q99", "min_max", "mean_std")
 DIM_MODES: tuple[str, ...] = ("normalize", "identity", "binary")
+ACTION_MODES: tuple[str, ...] = ("absolute", "delta")
 CONFIG_FORMAT_VERSION = 1
 
 
@@ -162,6 +163,15 @@ class ReconVLAConfig:
     # "binary" (thresholded at the middle of the stats range; decodes to the range's ends).
     action_dim_modes: tuple[str, ...] | None = None
     state_dim_modes: tuple[str, ...] | None = None
+    # "absolute": the action tokens encode the chunk's targets a_{t+k} as they are. "delta": for the
+    # dims in delta_action_dims they encode a_{t+k} - s_t (relative to the observed state, normalised
+    # with the "action_delta" norm stats); the other dims stay absolute. Decoding adds the state back,
+    # so predict_action / decode_actions return absolute robot-unit actions in both modes.
+    # Checkpoints saved before this field existed load as "absolute".
+    action_mode: str = "absolute"
+    # Dims made relative in delta mode; None = every dim but the last (PiPer: the 6 joints, the
+    # gripper opening stays absolute). Each must also index the state.
+    delta_action_dims: tuple[int, ...] | None = None
     # First token id of the 256 action bins; None = the last n_bins ids of the LLM vocabulary.
     action_token_offset: int | None = None
 
@@ -192,7 +202,7 @@ class ReconVLAConfig:
             value = getattr(self, name)
             if isinstance(value, dict):
                 setattr(self, name, _from_dict(cls, value, prefix=name))
-        for name in ("action_dim_modes", "state_dim_modes", "attention_layers"):
+        for name in ("action_dim_modes", "state_dim_modes", "attention_layers", "delta_action_dims"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, tuple(value))
@@ -226,6 +236,15 @@ class ReconVLAConfig:
     def builds_reconstruction(self) -> bool:
         return self.recon_target != "none"
 
+    @property
+    def relative_dims(self) -> tuple[int, ...]:
+        """The action dims encoded relative to the state (empty in absolute mode)."""
+        if self.action_mode != "delta":
+            return ()
+        if self.delta_action_dims is not None:
+            return tuple(self.delta_action_dims)
+        return tuple(range(self.action_dim - 1))
+
     def dim_modes(self, which: str) -> tuple[str, ...]:
         modes = self.action_dim_modes if which == "action" else self.state_dim_modes
         size = self.action_dim if which == "action" else self.state_dim
@@ -241,6 +260,14 @@ class ReconVLAConfig:
             raise ValueError(f"recon_target must be one of {RECON_TARGETS}, got {self.recon_target!r}")
         if self.norm_mode not in NORM_MODES:
             raise ValueError(f"norm_mode must be one of {NORM_MODES}, got {self.norm_mode!r}")
+        if self.action_mode not in ACTION_MODES:
+            raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {self.action_mode!r}")
+        if self.delta_action_dims is not None:
+            dims = self.delta_action_dims
+            limit = min(self.action_dim, self.state_dim)
+            if (any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < limit for i in dims)
+                    or len(set(dims)) != len(dims)):
+                raise ValueError(f"delta_action_dims must list distinct dims in [0, {limit}), got {dims!r}")
         for name, size in (("action_dim_modes", self.action_dim), ("state_dim_modes", self.state_dim)):
             modes = getattr(self, name)
             if modes is None:

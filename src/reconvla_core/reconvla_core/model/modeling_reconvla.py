@@ -233,7 +233,7 @@ class ReconVLA(nn.Module):
         """One chunk: (K, action_dim) actions in robot units (+ the (grid, grid) attention map if asked)."""
         embeds, image_mask = self.prepare_prompt(base_image, wrist_image, instruction, state, stitched_image)
         tokens = self.decode_action_tokens(embeds)
-        actions = self.processor.decode_actions(tokens.cpu().numpy())
+        actions = self.processor.decode_actions(tokens.cpu().numpy(), state=state)
         if not return_attention:
             return actions
         return actions, self.attention_map(embeds, tokens, image_mask)

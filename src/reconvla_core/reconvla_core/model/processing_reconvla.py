@@ -25,7 +25,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from reconvla_core.model.action_tokenizer import ActionTokenizer, Normalizer, check_array, validate_norm_stats
+from reconvla_core.model.action_tokenizer import (
+    ActionTokenizer,
+    Normalizer,
+    check_array,
+    mixed_action_entry,
+    validate_norm_stats,
+)
 from reconvla_core.model.configuration_reconvla import ReconVLAConfig
 from reconvla_core.model.tokenization import IM_END, IM_START, IMAGE_TOKEN
 
@@ -85,18 +91,22 @@ class ReconVLAProcessor:
 
     # Statistics ------------------------------------------------------------------------------
     def set_norm_stats(self, stats: Mapping[str, Any]) -> None:
-        self.norm_stats = validate_norm_stats(stats, self.config.action_dim, self.config.state_dim)
+        self.norm_stats = self._validate(stats)
         self._normalizers = self._build_normalizers(self.norm_stats)
+
+    def _validate(self, stats: Mapping[str, Any]) -> dict[str, Any]:
+        cfg = self.config
+        return validate_norm_stats(stats, cfg.action_dim, cfg.state_dim, require_delta=bool(cfg.relative_dims))
 
     def _build_normalizers(self, stats: Mapping[str, Any]) -> tuple[Normalizer, Normalizer]:
         cfg = self.config
-        return (Normalizer(stats["action"], cfg.norm_mode, cfg.dim_modes("action"), "action"),
+        action_entry = mixed_action_entry(stats, cfg.relative_dims)
+        return (Normalizer(action_entry, cfg.norm_mode, cfg.dim_modes("action"), "action"),
                 Normalizer(stats["observation.state"], cfg.norm_mode, cfg.dim_modes("state"), "observation.state"))
 
     def normalizers(self, norm_stats: Mapping[str, Any] | None = None) -> tuple[Normalizer, Normalizer]:
         if norm_stats is not None:
-            clean = validate_norm_stats(norm_stats, self.config.action_dim, self.config.state_dim)
-            return self._build_normalizers(clean)
+            return self._build_normalizers(self._validate(norm_stats))
         if self._normalizers is None:
             raise ValueError("no normalisation stats: call model.set_norm_stats(stats) with the dataset's "
                              "meta/stats.json (or load a checkpoint that has norm_stats.json)")
@@ -188,7 +198,8 @@ class ReconVLAProcessor:
 
         sample: dict[str, torch.Tensor] = {"pixel_values": self.pixel_values(frame)}
         if actions is not None:
-            action_arr = check_array(actions, (cfg.chunk_size, cfg.action_dim), "actions")
+            action_arr = self.to_relative(check_array(actions, (cfg.chunk_size, cfg.action_dim), "actions"),
+                                          state_arr)
             action_tokens = self.action_tokenizer.encode(action_norm.normalize(action_arr))  # (K, D)
             ids = ids + action_tokens.reshape(-1).tolist() + [self.eos_token_id]
             labels = torch.full((len(ids),), IGNORE_INDEX, dtype=torch.long)
@@ -243,12 +254,35 @@ class ReconVLAProcessor:
         return batch
 
     # Decoding --------------------------------------------------------------------------------
-    def decode_actions(self, token_ids: Any, norm_stats: Mapping[str, Any] | None = None) -> np.ndarray:
-        """K*D action token ids -> (K, D) actions in robot units."""
+    def to_relative(self, actions: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """(K, D) absolute actions -> what the tokens encode (delta mode: minus the state on the relative dims)."""
+        dims = list(self.config.relative_dims)
+        if not dims:
+            return actions
+        out = np.array(actions, dtype=np.float64, copy=True)
+        out[:, dims] -= np.asarray(state, dtype=np.float64)[dims]
+        return out
+
+    def to_absolute(self, actions: np.ndarray, state: Any) -> np.ndarray:
+        """The inverse of ``to_relative``: decoded values -> absolute robot-unit actions."""
+        dims = list(self.config.relative_dims)
+        if not dims:
+            return actions
+        if state is None:
+            raise ValueError("state is needed to decode delta actions (action_mode 'delta')")
+        state_arr = check_array(state, (self.config.state_dim,), "state")
+        out = np.array(actions, dtype=np.float64, copy=True)
+        out[:, dims] += state_arr[dims]
+        return out
+
+    def decode_actions(self, token_ids: Any, norm_stats: Mapping[str, Any] | None = None,
+                       state: Any = None) -> np.ndarray:
+        """K*D action token ids -> (K, D) absolute actions in robot units. ``state`` (the observed
+        state the prompt carried) is required in delta action mode, where it is added back."""
         cfg = self.config
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
         if ids.shape[0] != cfg.action_tokens_per_chunk:
             raise ValueError(f"expected {cfg.action_tokens_per_chunk} action tokens, got {ids.shape[0]}")
         action_norm, _ = self.normalizers(norm_stats)
         values = self.action_tokenizer.decode(ids).reshape(cfg.chunk_size, cfg.action_dim)
-        return action_norm.unnormalize(values)
+        return self.to_absolute(action_norm.unnormalize(values), state)
