@@ -11,8 +11,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
         "demo", help="the whole journey in the simulation twin: record, dataset, train, deploy, evaluate, report")
     demo.add_argument("--quick", action="store_true", help="smoke run (~5 minutes; figures not meaningful)")
-    demo.add_argument("--pretrained", action="store_true",
-                      help="skip record/dataset/train: deploy and evaluate the shipped tiny checkpoint")
+    demo.add_argument("--pretrained", type=Path, default=None, metavar="CHECKPOINT",
+                      help="skip record/dataset/train: deploy and evaluate this checkpoint (e.g. a `reconvla train` "
+                           "output's final/ directory)")
     demo.add_argument("--out", type=Path, default=None, help="run directory (default runs/demo-<time>)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--episodes", type=int, default=None, help="episodes recorded through the ROS graph")

@@ -21,18 +21,13 @@ from reconvla_core.demo.report import markdown_table, plot_success_by_position, 
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[4]
-# A tiny checkpoint made by this pipeline, shipped for `reconvla demo --pretrained` (see README).
-PRETRAINED_DIR = REPO_ROOT / "checkpoints" / "tiny-sim"
-
-
 @dataclasses.dataclass
 class DemoConfig:
     """Sizes of each stage. ``quick`` is a smoke run (minutes); the default fits ~20 minutes on 2 cores."""
 
     out_dir: Path
     quick: bool = False
-    pretrained: bool = False
+    pretrained: Path | None = None  # an existing checkpoint: skip record / dataset / train
     seed: int = 0
     ros_episodes: int = 40  # demonstrations recorded through the ROS graph (real time)
     sim_episodes: int = 60  # extra demonstrations from `sim collect` (same bags, no ROS), run alongside
@@ -82,15 +77,16 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         raise FileExistsError(f"{out} exists and is not empty; pass another --out")
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    timer = StageTimer(total=2 if config.pretrained else 5)
-    report: dict[str, Any] = {"quick": config.quick, "pretrained": config.pretrained, "seed": config.seed,
+    timer = StageTimer(total=2 if config.pretrained is not None else 5)
+    report: dict[str, Any] = {"quick": config.quick, "pretrained": config.pretrained is not None, "seed": config.seed,
                               "config": {k: (str(v) if isinstance(v, Path) else v)
                                          for k, v in dataclasses.asdict(config).items()}}
 
-    if config.pretrained:
-        if not (PRETRAINED_DIR / "config.json").is_file():
-            raise FileNotFoundError(f"no shipped checkpoint in {PRETRAINED_DIR}; run without --pretrained")
-        checkpoint = PRETRAINED_DIR
+    if config.pretrained is not None:
+        checkpoint = config.pretrained
+        if not (checkpoint / "config.json").is_file():
+            raise FileNotFoundError(f"--pretrained {checkpoint} is not a checkpoint directory (no config.json); "
+                                    "pass the final/ directory written by `reconvla train`")
         report["train"] = {"checkpoint": str(checkpoint), "steps": _checkpoint_steps(checkpoint), "shipped": True}
     else:
         report["record"] = timer.run("record demonstrations through the ROS graph",
@@ -189,13 +185,13 @@ def _evaluate(config: DemoConfig, checkpoint: Path) -> dict[str, Any]:
 
 
 def _checkpoint_steps(checkpoint: Path) -> int | None:
+    """Training steps recorded in a checkpoint's metadata.json (None when it has none)."""
     import json
 
-    for name in ("training_metadata.json", "metadata.json"):
-        path = checkpoint / name
-        if path.is_file():
-            return json.loads(path.read_text()).get("step") or json.loads(path.read_text()).get("steps")
-    return None
+    path = checkpoint / "metadata.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("training", {}).get("steps")
 
 
 def _write_report(config: DemoConfig, report: dict[str, Any]) -> None:
@@ -235,7 +231,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [f"- Trained the tiny ReconVLA for {train.get('steps')} steps"
               + (f" (final loss {train['final_loss']:.3f}: action {train['final_action_loss']:.3f}, "
                  f"reconstruction {train['final_recon_loss']:.3f})" if train.get("final_loss") is not None else "")
-              + (" (shipped checkpoint)" if train.get("shipped") else "") + "."]
+              + (" (given with --pretrained)" if train.get("shipped") else "") + "."]
     dep = report["deploy"]
     lines += [f"- Deployed it closed loop through ROS for {dep['seconds']} s: {dep['chunks']} action chunks, "
               f"{dep['commands']} arm commands, arm moved {dep['arm_motion_rad']} rad, "
