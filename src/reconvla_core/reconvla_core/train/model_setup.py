@@ -145,8 +145,11 @@ def _unsharded_copy(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn
     from accelerate import init_empty_weights
 
     if any("lora_" in key for key in state_dict):
-        raise NotImplementedError("LoRA under DeepSpeed ZeRO-3/FSDP: merge the adapters from the resumable "
-                                  "checkpoint with DDP or one process (LoRA rarely needs sharding)")
+        # Unsupported combination (peft cannot merge adapters into sharded weights); the resumable
+        # checkpoint is already saved, so nothing is lost.
+        raise ConfigError("lora.enabled with DeepSpeed ZeRO-3/FSDP cannot write the merged inference checkpoint: "
+                          "resume from the saved checkpoint with DDP or one process to merge the adapters "
+                          "(LoRA rarely needs sharding)")
     with init_empty_weights(include_buffers=False):
         copy = type(model)(model.config, tokenizer=model.tokenizer, build_reconstruction=model.reconstruction is not None)
     copy.load_state_dict({k: v.cpu() for k, v in state_dict.items()}, strict=False, assign=True)
