@@ -16,6 +16,7 @@ with the same clock.
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -204,7 +205,32 @@ class BagEpisode:
             raise BagError(self.path, f"image stream ended early: got {next_frame} of {self.num_frames} frames")
 
 
-class McapIndex:
+class _BagIndex(abc.ABC):
+    """What both index readers share: the bag's connections and custom metadata, context management."""
+
+    _connections: list[Any]
+    _custom: dict[str, str]
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the file or database handle."""
+
+    @property
+    def connections(self) -> list[Any]:
+        return self._connections
+
+    @property
+    def custom(self) -> dict[str, str]:
+        return self._custom
+
+
+class McapIndex(_BagIndex):
     """Random access to an indexed, uncompressed single-file MCAP bag (what rosbags and ros2 write by
     default) through its chunk and message indexes: message times without reading payloads, and
     single messages by seeking. ``open`` returns None for layouts it does not handle (the caller
@@ -242,12 +268,6 @@ class McapIndex:
                 reader.close()  # everything needed is copied; messages are read from the file directly
         return index
 
-    def __enter__(self) -> McapIndex:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         if self._map is not None:
             try:
@@ -258,14 +278,6 @@ class McapIndex:
         if self._file is not None:
             self._file.close()
             self._file = None
-
-    @property
-    def connections(self) -> list[Any]:
-        return self._connections
-
-    @property
-    def custom(self) -> dict[str, str]:
-        return self._custom
 
     def _handle(self) -> Any:
         if self._file is None:
@@ -343,7 +355,7 @@ class McapIndex:
             yield stamp, self.read(channel_id, ordinal)
 
 
-class SqliteIndex:
+class SqliteIndex(_BagIndex):
     """Random access to a single-file, uncompressed sqlite3 rosbag2 (Humble's default storage):
     message times per topic from the ``messages`` table, payloads fetched by row id. Same
     interface as :class:`McapIndex`; ``open`` returns None for layouts it does not handle."""
@@ -379,24 +391,10 @@ class SqliteIndex:
             if reader.is_open:
                 reader.close()
 
-    def __enter__(self) -> SqliteIndex:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
-
-    @property
-    def connections(self) -> list[Any]:
-        return self._connections
-
-    @property
-    def custom(self) -> dict[str, str]:
-        return self._custom
 
     def _conn(self) -> Any:
         import sqlite3
