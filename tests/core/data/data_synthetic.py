@@ -59,6 +59,7 @@ class BagSpec:
     storage: str = "mcap"
     write_leader: bool = True
     smooth_images: bool = False  # camera-like content instead of noise (for lossy-codec tests)
+    hold_leader_frames: tuple[int, ...] = ()  # joint-message indices where the leader repeats its last command
 
 
 def write_bag(path: Path, spec: BagSpec) -> Path:
@@ -76,7 +77,9 @@ def write_bag(path: Path, spec: BagSpec) -> Path:
             if kind == "joint":
                 bag.write_joint_state(itf.FOLLOWER_STATE_TOPIC, stamp, state_at(t, spec.episode))
                 if spec.write_leader:
-                    bag.write_joint_state(itf.LEADER_COMMAND_TOPIC, stamp, action_at(t, spec.episode))
+                    if i not in spec.hold_leader_frames:
+                        command = action_at(t, spec.episode)
+                    bag.write_joint_state(itf.LEADER_COMMAND_TOPIC, stamp, command)
             else:
                 render = smooth_image_at if spec.smooth_images else image_at
                 bag.write_image(itf.BASE_IMAGE_TOPIC, stamp, render(0, i, spec.height, spec.width))

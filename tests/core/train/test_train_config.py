@@ -55,7 +55,7 @@ def test_overrides_are_parsed_to_field_types(fake_dataset: Path) -> None:
     assert config.data.sources[0].path == str(fake_dataset) and config.data.sources[0].weight == 0.5
     other = load_train_config("tiny-sim", data=[f"{fake_dataset}:0.0625:bridge", str(fake_dataset)])
     assert [(s.weight, s.features) for s in other.data.sources] == [(0.0625, "bridge"), (1.0, "reconvla")]
-    assert config.group_lrs() == {"llm": 3e-4, "projector": 3e-4, "denoiser": 1e-3}
+    assert config.group_lrs() == {"llm": 3e-4, "projector": 3e-4, "denoiser": 1e-3, "vision": 3e-4}
     assert validate_config(config) == 2  # global 8 = 4 per device x 1 process x 2
 
 

@@ -115,6 +115,23 @@ def test_lora_trains_adapters_projector_and_denoiser_only(make_config: Any, tmp_
     assert ReconVLA.from_pretrained(final).reconstruction is None
 
 
+@pytest.mark.parametrize("train_vision", [True, False])
+def test_vision_tower_trains_only_when_the_config_says_so(make_config: Any, tmp_path: Path,
+                                                          train_vision: bool) -> None:
+    config = make_config(tmp_path / "run", **{"train.max_steps": 2, "optim.lr": 1e-2,
+                                              "model.options.train_vision": str(train_vision).lower()})
+    before = _initial_weights(config)
+    after = _weights(Path(train(config)["checkpoint"]))
+    vision = [name for name in before if name.startswith("vision.")]
+    changed = [name for name in vision if not torch.equal(before[name], after[name])]
+    assert vision
+    if train_vision:
+        assert len(changed) > len(vision) // 2, f"only {len(changed)} of {len(vision)} vision tensors trained"
+    else:
+        assert changed == []
+    assert any(not torch.equal(before[n], after[n]) for n in before if n.startswith("projector."))
+
+
 def _initial_weights(config: Any) -> dict[str, torch.Tensor]:
     """The weights train() starts from (same seed, same construction)."""
     from accelerate.utils import set_seed

@@ -9,6 +9,12 @@ from small parquet row groups (cached per worker) and decoded with PIL.
 ``processor(base_image=..., wrist_image=..., instruction=..., state=..., actions=...,
 gaze_box=..., norm_stats=<that source's stats>)``. Split is by episode, deterministic in
 ``seed``; ``ds.sampler(n, seed)`` draws sources by their weights (not their sizes).
+
+``static_threshold`` drops "no-op" frames as samples (OpenVLA does the same for BridgeData):
+frames whose commanded action moved less than the threshold in every dimension since the
+previous frame, e.g. while a demonstrator waits for the gripper to close. Their observation
+is the same as the frame that ends the wait, so they teach a policy to stop where it must go
+on. The frames still serve as chunk targets of earlier samples; the dataset is not changed.
 """
 
 from __future__ import annotations
@@ -170,7 +176,7 @@ class _Source:
     """Everything loaded for one dataset: numeric arrays, episode table, row-group map."""
 
     def __init__(self, spec: DatasetSource, split: str, val_fraction: float, seed: int,
-                 chunk_size: int = DEFAULT_DELTA_CHUNK) -> None:
+                 chunk_size: int = DEFAULT_DELTA_CHUNK, static_threshold: float | None = None) -> None:
         import pyarrow.parquet as pq
 
         self.spec = spec
@@ -232,6 +238,11 @@ class _Source:
         self.episode_end_row = {ep: int(end) for ep, end in zip(self.episodes, ends, strict=False)}
         self.split_episodes = split_episodes(self.episodes, split, val_fraction, seed)
         keep = np.isin(self.episode_index, self.split_episodes)
+        self.static_rows = 0
+        if static_threshold is not None:
+            static = static_frames(self.action, self.episode_index, static_threshold)
+            self.static_rows = int(np.count_nonzero(keep & static))
+            keep &= ~static
         self.rows = np.flatnonzero(keep).astype(np.int64)
         self.episode_start_row = {ep: int(start) for ep, start in zip(self.episodes, starts, strict=False)}
         self.instructions = self._instructions(root)
@@ -265,6 +276,21 @@ class _Source:
 
     def __len__(self) -> int:
         return int(self.rows.size)
+
+
+def static_frames(action: np.ndarray, episode_index: np.ndarray, threshold: float) -> np.ndarray:
+    """Rows whose action moved less than ``threshold`` in every dim since the episode's previous row.
+
+    The first row of an episode is never static. Rows must be grouped by episode in frame order.
+    """
+    if not (threshold > 0 and math.isfinite(threshold)):
+        raise ValueError(f"static_threshold must be a positive number, got {threshold!r}")
+    static = np.zeros(len(action), dtype=bool)
+    if len(action) > 1:
+        same_episode = episode_index[1:] == episode_index[:-1]
+        moved = np.abs(np.diff(action.astype(np.float64), axis=0)).max(axis=1)
+        static[1:] = same_episode & (moved < threshold)
+    return static
 
 
 def _column_to_numpy(column: Any) -> np.ndarray:
@@ -309,6 +335,7 @@ class VLADataset(_TorchDataset):
         augment: bool | AugmentConfig = False,
         seed: int = 0,
         image_cache_groups: int = 4,
+        static_threshold: float | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -320,7 +347,10 @@ class VLADataset(_TorchDataset):
         self.split = split
         self.seed = seed
         self.augment = AugmentConfig() if augment is True else (augment or None)
-        self.sources = [_Source(spec, split, val_fraction, seed, chunk_size) for spec in self.specs]
+        self.sources = [_Source(spec, split, val_fraction, seed, chunk_size, static_threshold) for spec in self.specs]
+        self.static_frames_dropped = sum(source.static_rows for source in self.sources)
+        if self.static_frames_dropped:
+            logger.info("%s split: %d static (no-op) frames dropped as samples", split, self.static_frames_dropped)
         self.lengths = np.array([len(s) for s in self.sources], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
         for spec, length in zip(self.specs, self.lengths, strict=False):

@@ -27,7 +27,7 @@ CONFIG_FORMAT_VERSION = 1
 
 @dataclass
 class VisionConfig:
-    """SigLIP vision tower (frozen). ``feature_layer`` indexes the hidden states (-2 = penultimate)."""
+    """SigLIP vision tower (frozen unless ``ReconVLAConfig.train_vision``). ``feature_layer`` indexes the hidden states (-2 = penultimate)."""
 
     hidden_size: int = 1152
     intermediate_size: int = 4304
@@ -178,6 +178,9 @@ class ReconVLAConfig:
     # Prompt and images.
     system_prompt: str = "A chat between a robot operator and a robot policy that outputs arm actions."
     stitch_top_fraction: float = 14 / 27  # base view on top, wrist view below; same at train and test
+    # Train the vision tower as well. The paper freezes its pretrained SigLIP; a tower built from
+    # random weights (the tiny preset trained from scratch) would stay a fixed random feature map.
+    train_vision: bool = False
 
     # Reconstruction branch (training only).
     recon_target: str = "gaze"

@@ -68,7 +68,7 @@ class ReconVLA(nn.Module):
         self.tokenizer = tokenizer if tokenizer is not None else build_byte_tokenizer()
         self.processor = ReconVLAProcessor(config, self.tokenizer)
         self.vision = build_vision_tower(config)
-        self.vision.requires_grad_(False)
+        self.vision.requires_grad_(config.train_vision)
         self.vision.eval()
         d_vision, d_llm = config.vision.hidden_size, config.llm.hidden_size
         self.projector = nn.Sequential(nn.Linear(d_vision, d_llm), nn.GELU(), nn.Linear(d_llm, d_llm))
@@ -120,13 +120,16 @@ class ReconVLA(nn.Module):
         return self.processor.norm_stats
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Trainable parameters by part (the vision tower and the VAE are frozen)."""
+        """Trainable parameters by part (the VAE is frozen; the vision tower unless ``train_vision``)."""
         denoiser = [] if self.reconstruction is None else self.reconstruction.denoiser.parameters()
-        return {
+        groups = {
             "llm": [p for p in self.llm.parameters() if p.requires_grad],
             "projector": [p for p in self.projector.parameters() if p.requires_grad],
             "denoiser": [p for p in denoiser if p.requires_grad],
         }
+        if self.config.train_vision:
+            groups["vision"] = list(self.vision.parameters())
+        return groups
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Activation checkpointing of the LLM layers (transformers >= 5.20 renamed the method)."""
@@ -148,7 +151,7 @@ class ReconVLA(nn.Module):
 
     def train(self, mode: bool = True) -> ReconVLA:
         super().train(mode)
-        self.vision.eval()  # frozen tower: always in eval mode
+        self.vision.eval()  # SigLIP has no dropout or batch norm: eval mode only keeps a frozen tower inert
         return self
 
     @property
@@ -157,9 +160,9 @@ class ReconVLA(nn.Module):
 
     # Forward ---------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> projected image tokens (B, N, D_llm). The vision tower runs without grad."""
+        """(B, 3, S, S) -> projected image tokens (B, N, D_llm). A frozen vision tower runs without grad."""
         dtype = self.vision.embeddings.patch_embedding.weight.dtype
-        with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_vision):
             out = self.vision(pixel_values=pixel_values.to(dtype), output_hidden_states=True)
             features = out.hidden_states[-1]  # (B, N, D_vision): output of the feature layer, no post-norm
         return self.projector(features.to(self.projector[0].weight.dtype))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import math
 import os
 import types
 import typing
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 ACCELERATE_CONFIG_DIR = CONFIG_DIR / "accelerate"
 
-PARAM_GROUPS: tuple[str, ...] = ("llm", "projector", "denoiser")
+PARAM_GROUPS: tuple[str, ...] = ("llm", "projector", "denoiser", "vision")
 RECON_TARGETS: tuple[str, ...] = ("none", "full", "gaze")
 MIXED_PRECISION: tuple[str, ...] = ("no", "bf16", "fp16")
 SCHEDULERS: tuple[str, ...] = ("cosine", "linear", "constant")
@@ -61,6 +62,9 @@ class DataSourceSection:
 class DataSection:
     sources: list[DataSourceSection] = field(default_factory=list)
     val_fraction: float = 0.1  # held-out episodes, per dataset
+    # Drop no-op frames as samples: the command moved less than this (rad / m) in every dim since
+    # the previous frame. None keeps every frame. See reconvla_core.data.dataset.
+    static_threshold: float | None = None
     augment: bool = False
     num_workers: int = 0
 
@@ -87,6 +91,7 @@ class OptimSection:
     lr_llm: float | None = None  # per-group learning rates; None -> lr
     lr_projector: float | None = None
     lr_denoiser: float | None = None
+    lr_vision: float | None = None  # only used with model.options.train_vision
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
@@ -161,12 +166,13 @@ class TrainConfig:
         return max(1, self.train.global_batch_size // per_step)
 
     def group_lrs(self) -> dict[str, float]:
-        """Learning rate of each parameter group (llm, projector, denoiser)."""
+        """Learning rate of each parameter group (llm, projector, denoiser, vision)."""
         optim = self.optim
         return {
             "llm": optim.lr_llm if optim.lr_llm is not None else optim.lr,
             "projector": optim.lr_projector if optim.lr_projector is not None else optim.lr,
             "denoiser": optim.lr_denoiser if optim.lr_denoiser is not None else optim.lr,
+            "vision": optim.lr_vision if optim.lr_vision is not None else optim.lr,
         }
 
     def warmup_for(self, total_steps: int) -> int:
@@ -539,6 +545,9 @@ def validate_config(config: TrainConfig, num_processes: int = 1, *, check_paths:
         _require(value >= 0, f"{section} must be >= 0, got {value}")
     _require(config.checkpoint.keep_last >= 1, f"checkpoint.keep_last must be >= 1, got {config.checkpoint.keep_last}")
     _require(0 <= config.data.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
+    threshold = config.data.static_threshold
+    _require(threshold is None or (isinstance(threshold, (int, float)) and 0 < threshold < math.inf),
+             f"data.static_threshold must be a positive number or null, got {threshold!r}")
 
     _require(bool(config.data.sources),
              "no training data: pass --data DIR [DIR ...] or set data.sources (LeRobot v3 dataset directories "

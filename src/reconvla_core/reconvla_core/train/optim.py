@@ -1,7 +1,8 @@
 """What trains and how: freezing, LoRA adapters (peft), parameter groups, optimiser, LR schedule.
 
 Trainable parameters are exactly those ``model.parameter_groups()`` returns (llm, projector,
-denoiser); everything else (vision tower, VAE) is frozen here, whatever the model's defaults.
+denoiser, and vision when the model config sets ``train_vision``); everything else (the VAE, a
+frozen vision tower) is frozen here, whatever the model's defaults.
 
 LoRA (``lora.enabled``): adapters are injected into the LLM's attention and MLP projections with
 peft; the LLM's own weights freeze, the adapters form the ``llm`` group (its learning rate), and
@@ -102,9 +103,9 @@ def select_trainable(model: nn.Module, config: TrainConfig) -> dict[str, list[nn
         groups["llm"] = [p for p in groups.get("llm", []) if p.requires_grad]
     groups = {name: [p for p in params if p.requires_grad] for name, params in groups.items()}
     counts = {name: sum(p.numel() for p in params) for name, params in groups.items()}
-    logger.info("trainable parameters: %s (frozen: %.2fM, vision tower, VAE%s)",
+    logger.info("trainable parameters: %s (frozen: %.2fM: VAE%s%s)",
                 ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()), frozen / 1e6,
-                ", LLM base weights" if config.lora.enabled else "")
+                "" if "vision" in counts else ", vision tower", ", LLM base weights" if config.lora.enabled else "")
     return {name: params for name, params in groups.items() if params}
 
 
