@@ -132,7 +132,9 @@ def _closed_loop(run: Any) -> dict[str, float]:
         model = run.accelerator.unwrap_model(run.model)
         model.eval()
         try:
-            sim_config = SimConfig(subtask_time_limit_s=run.config.eval.sim_max_steps / SimConfig().control_hz)
+            height, width = _camera_size(run)
+            sim_config = SimConfig(image_width=width, image_height=height,
+                                   subtask_time_limit_s=run.config.eval.sim_max_steps / SimConfig().control_hz)
             metrics, _ = evaluate_policy(TrainingModelPolicy(model), make_eval_chains(run.config.eval.sim_episodes),
                                          config=sim_config, progress=False)
         finally:
@@ -143,6 +145,13 @@ def _closed_loop(run: Any) -> dict[str, float]:
     if run.accelerator.num_processes > 1:
         result = run.accelerator.reduce(result, reduction="sum")  # only the main process contributed
     return {"sim_first_subtask_success": float(result[0]), "sim_avg_len": float(result[1])}
+
+
+def _camera_size(run: Any) -> tuple[int, int]:
+    """(height, width) of the first training dataset's base camera: the twin renders what the model saw."""
+    source = run.data.train.sources[0]
+    shape = source.info["features"][source.fmap.base_image]["shape"]
+    return int(shape[0]), int(shape[1])
 
 
 class TrainingModelPolicy(Policy):
