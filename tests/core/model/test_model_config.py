@@ -43,6 +43,7 @@ def test_overrides_and_round_trip():
     ({"colour": 3}, "colour"),
     ({"llm": {"num_attention_heads": 3}}, "llm.hidden_size"),
     ({"action_token_offset": 400}, "action tokens"),
+    ({"action_embedding_init": "zeros"}, "action_embedding_init"),
 ])
 def test_bad_values_name_the_field(overrides, field):
     with pytest.raises(ValueError, match=field.split(".")[0]):

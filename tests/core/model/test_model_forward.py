@@ -149,3 +149,23 @@ def test_paper_geometry_shrunk_in_width_and_depth(norm_stats, observation):
                                               observation["instruction"], observation["state"],
                                               return_attention=True)
     assert actions.shape == (5, 7) and attention.shape == (27, 27)
+
+
+def test_sinusoidal_action_rows_order_the_bins_and_spare_other_tokens():
+    torch.manual_seed(0)
+    plain = ReconVLA(ReconVLAConfig.from_preset("tiny", recon_target="none"))
+    torch.manual_seed(0)
+    config = ReconVLAConfig.from_preset("tiny", recon_target="none", action_embedding_init="sinusoidal")
+    model = ReconVLA(config)
+    first, n = config.first_action_token_id, config.n_bins
+    tables = zip((model.llm.get_input_embeddings().weight, model.llm.get_output_embeddings().weight),
+                 (plain.llm.get_input_embeddings().weight, plain.llm.get_output_embeddings().weight))
+    for table, plain_table in tables:
+        rows = torch.nn.functional.normalize(table[first:first + n].float(), dim=1)
+        similarity = rows @ rows.T
+        near, mid, far = (float(similarity.diagonal(k).mean()) for k in (1, 8, 128))
+        assert near > 0.95 and near > mid > far  # neighbouring bins alike, distant ones not
+        assert float(table[first:first + n].std()) == pytest.approx(float(table[:first].std()), rel=0.2)
+        assert torch.equal(table[:first], plain_table[:first])  # text rows untouched
+        random_rows = torch.nn.functional.normalize(plain_table[first:first + n].float(), dim=1)
+        assert float((random_rows @ random_rows.T).diagonal(1).mean()) < 0.3  # the library's init has no order

@@ -22,6 +22,7 @@ RECON_TARGETS: tuple[str, ...] = ("none", "full", "gaze")
 NORM_MODES: tuple[str, ...] = ("q01_q99", "min_max", "mean_std")
 DIM_MODES: tuple[str, ...] = ("normalize", "identity", "binary")
 ACTION_MODES: tuple[str, ...] = ("absolute", "delta")
+ACTION_EMBEDDING_INITS: tuple[str, ...] = ("random", "sinusoidal")
 CONFIG_FORMAT_VERSION = 1
 
 
@@ -174,6 +175,11 @@ class ReconVLAConfig:
     delta_action_dims: tuple[int, ...] | None = None
     # First token id of the 256 action bins; None = the last n_bins ids of the LLM vocabulary.
     action_token_offset: int | None = None
+    # How a randomly initialised LLM starts its action-bin rows (input embeddings and LM-head rows;
+    # the state tokens use them too): "random" (the library's init) or "sinusoidal" (features of the
+    # bin value, so neighbouring bins start alike and the model knows magnitudes from the first
+    # step). Pretrained LLM weights (from_backbones, our checkpoints) are never touched.
+    action_embedding_init: str = "random"
 
     # Prompt and images.
     system_prompt: str = "A chat between a robot operator and a robot policy that outputs arm actions."
@@ -265,6 +271,9 @@ class ReconVLAConfig:
             raise ValueError(f"norm_mode must be one of {NORM_MODES}, got {self.norm_mode!r}")
         if self.action_mode not in ACTION_MODES:
             raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {self.action_mode!r}")
+        if self.action_embedding_init not in ACTION_EMBEDDING_INITS:
+            raise ValueError(f"action_embedding_init must be one of {ACTION_EMBEDDING_INITS}, "
+                             f"got {self.action_embedding_init!r}")
         if self.delta_action_dims is not None:
             dims = self.delta_action_dims
             limit = min(self.action_dim, self.state_dim)

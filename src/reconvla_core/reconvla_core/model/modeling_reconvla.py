@@ -8,6 +8,7 @@ checkpoints or a LLaVA-style directory; ``from_backbones`` loads Qwen2 / SigLIP 
 
 from __future__ import annotations
 
+import math
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -59,6 +60,26 @@ def build_llm(config: ReconVLAConfig, pad_token_id: int | None = None, eos_token
     return Qwen2ForCausalLM(hf_config)
 
 
+@torch.no_grad()
+def init_action_rows_sinusoidal(llm: Qwen2ForCausalLM, config: ReconVLAConfig) -> None:
+    """Action-bin rows of the embedding table and LM head as sin/cos features of the bin value.
+
+    Bin b stands for v_b in [-1, 1]; its row is [sin(pi f_i v_b), cos(pi f_i v_b)] over D/2
+    frequencies f_i from 1/2 to n_bins/16 (geometric: neighbouring bins start with cosine
+    similarity ~0.99, bins 8 apart ~0.5), scaled to the table's own std. Similar values get
+    similar rows, so magnitudes are known before any training.
+    """
+    first, n = config.first_action_token_id, config.n_bins
+    values = torch.linspace(-1.0 + 1.0 / n, 1.0 - 1.0 / n, n)  # the bin centres
+    for weight in (llm.get_input_embeddings().weight, llm.get_output_embeddings().weight):
+        rows, dim = weight[first:first + n], weight.shape[1]
+        freqs = torch.logspace(math.log10(0.5), math.log10(max(1.0, n / 16)), (dim + 1) // 2)
+        angles = math.pi * values[:, None] * freqs[None, :]
+        features = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)[:, :dim]
+        features = features / features.std() * weight.float().std().clamp(min=1e-6)
+        rows.copy_(features.to(weight.dtype))
+
+
 class ReconVLA(nn.Module):
     """The vision-language-action model with its (optional) reconstruction branch."""
 
@@ -73,6 +94,8 @@ class ReconVLA(nn.Module):
         d_vision, d_llm = config.vision.hidden_size, config.llm.hidden_size
         self.projector = nn.Sequential(nn.Linear(d_vision, d_llm), nn.GELU(), nn.Linear(d_llm, d_llm))
         self.llm = build_llm(config, self.processor.pad_token_id, self.processor.eos_token_id)
+        if config.action_embedding_init == "sinusoidal":
+            init_action_rows_sinusoidal(self.llm, config)
         paths = [name for name in ("llm_path", "vision_path", "llava_path", "vae_path") if getattr(config, name)]
         if paths:
             logger.warning("config names %s but ReconVLA(config) builds random weights; load them with "
