@@ -169,3 +169,15 @@ def test_sinusoidal_action_rows_order_the_bins_and_spare_other_tokens():
         assert torch.equal(table[:first], plain_table[:first])  # text rows untouched
         random_rows = torch.nn.functional.normalize(plain_table[first:first + n].float(), dim=1)
         assert float((random_rows @ random_rows.T).diagonal(1).mean()) < 0.3  # the library's init has no order
+
+
+def test_sinusoidal_init_model_round_trips_through_a_checkpoint(tmp_path, norm_stats):
+    config = ReconVLAConfig.from_preset("tiny", recon_target="none", action_embedding_init="sinusoidal")
+    model = ReconVLA(config)
+    model.set_norm_stats(norm_stats)
+    with torch.no_grad():
+        model.llm.get_input_embeddings().weight.add_(0.01)  # "trained": the loaded rows must be these
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = ReconVLA.from_pretrained(tmp_path / "ckpt")
+    assert loaded.config.action_embedding_init == "sinusoidal"
+    assert torch.equal(loaded.llm.get_input_embeddings().weight, model.llm.get_input_embeddings().weight)

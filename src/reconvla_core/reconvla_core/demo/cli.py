@@ -14,6 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--pretrained", type=Path, default=None, metavar="CHECKPOINT",
                       help="skip record/dataset/train: deploy and evaluate this checkpoint (e.g. a `reconvla train` "
                            "output's final/ directory)")
+    demo.add_argument("--init", type=Path, default=None, metavar="CHECKPOINT",
+                      help="finetune this checkpoint on the recorded demonstrations (stage finetune) instead of "
+                           "training from random weights")
     demo.add_argument("--out", type=Path, default=None, help="run directory (default runs/demo-<time>)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--episodes", type=int, default=None, help="episodes recorded through the ROS graph")
@@ -41,10 +44,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from reconvla_core.cli.main import emit_result
+    from reconvla_core.cli.main import CLIError, emit_result
     from reconvla_core.demo.pipeline import DemoConfig, default_out_dir, run_demo
 
+    if args.init is not None and args.pretrained is not None:
+        raise CLIError("--init (finetune on fresh demonstrations) and --pretrained (skip training) exclude each other")
     config = DemoConfig.for_mode(args.out or default_out_dir(), args.quick, pretrained=args.pretrained,
+                                 init_from=args.init,
                                  seed=args.seed, ros_episodes=args.episodes, sim_episodes=args.sim_episodes,
                                  train_steps=args.train_steps, eval_chains=args.chains,
                                  deploy_seconds=args.deploy_seconds)

@@ -28,6 +28,7 @@ class DemoConfig:
     out_dir: Path
     quick: bool = False
     pretrained: Path | None = None  # an existing checkpoint: skip record / dataset / train
+    init_from: Path | None = None  # finetune this checkpoint on the recorded data instead of training from scratch
     seed: int = 0
     ros_episodes: int = 40  # demonstrations recorded through the ROS graph (real time)
     sim_episodes: int = 60  # extra demonstrations from `sim collect` (same bags, no ROS), run alongside
@@ -75,6 +76,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     out = config.out_dir
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; pass another --out")
+    for flag, checkpoint in (("--pretrained", config.pretrained), ("--init", config.init_from)):
+        if checkpoint is not None and not (checkpoint / "config.json").is_file():
+            raise FileNotFoundError(f"{flag} {checkpoint} is not a checkpoint directory (no config.json); "
+                                    "pass the final/ directory written by `reconvla train`")
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     timer = StageTimer(total=2 if config.pretrained is not None else 5)
@@ -84,9 +89,6 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
     if config.pretrained is not None:
         checkpoint = config.pretrained
-        if not (checkpoint / "config.json").is_file():
-            raise FileNotFoundError(f"--pretrained {checkpoint} is not a checkpoint directory (no config.json); "
-                                    "pass the final/ directory written by `reconvla train`")
         report["train"] = {"checkpoint": str(checkpoint), "steps": _checkpoint_steps(checkpoint), "shipped": True}
     else:
         report["record"] = timer.run("record demonstrations through the ROS graph",
@@ -157,7 +159,12 @@ def _build_dataset(config: DemoConfig) -> dict[str, Any]:
 def _train(config: DemoConfig) -> dict[str, Any]:
     from reconvla_core.train import load_train_config, train
 
-    overrides = [f"train.max_steps={config.train_steps}", f"seed={config.seed}", *config.overrides]
+    # Validate about ten times per run (the config's default cadence is for short runs).
+    overrides = [f"train.max_steps={config.train_steps}", f"seed={config.seed}",
+                 f"eval.every_steps={max(20, config.train_steps // 10)}"]
+    if config.init_from is not None:
+        overrides += ["stage=finetune", f"init_from={config.init_from}"]
+    overrides += config.overrides
     train_config = load_train_config("tiny-sim", overrides, data=[str(config.out_dir / "dataset")],
                                      output_dir=str(config.out_dir / "train"))
     result = train(train_config)
@@ -228,7 +235,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"- Built a LeRobot v3.0 dataset: {ds.get('episodes')} episodes, {ds.get('frames')} frames, "
                   f"{ds.get('gaze_fallbacks')} gaze fallbacks, {ds.get('dropped_frames')} dropped frames."]
     train = report["train"]
-    lines += [f"- Trained the tiny ReconVLA for {train.get('steps')} steps"
+    init_from = (train.get("init") or {}).get("init_from")
+    lines += [f"- {'Finetuned' if init_from else 'Trained'} the tiny ReconVLA for {train.get('steps')} steps"
+              + (f" from `{init_from}`" if init_from else " from random weights" if not train.get("shipped") else "")
               + (f" (final loss {train['final_loss']:.3f}: action {train['final_action_loss']:.3f}, "
                  f"reconstruction {train['final_recon_loss']:.3f})" if train.get("final_loss") is not None else "")
               + (" (given with --pretrained)" if train.get("shipped") else "") + "."]

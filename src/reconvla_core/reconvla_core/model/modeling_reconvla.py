@@ -72,6 +72,8 @@ def init_action_rows_sinusoidal(llm: Qwen2ForCausalLM, config: ReconVLAConfig) -
     first, n = config.first_action_token_id, config.n_bins
     values = torch.linspace(-1.0 + 1.0 / n, 1.0 - 1.0 / n, n)  # the bin centres
     for weight in (llm.get_input_embeddings().weight, llm.get_output_embeddings().weight):
+        if weight.is_meta:  # a skeleton that a checkpoint is about to fill: nothing to initialise
+            continue
         rows, dim = weight[first:first + n], weight.shape[1]
         freqs = torch.logspace(math.log10(0.5), math.log10(max(1.0, n / 16)), (dim + 1) // 2)
         angles = math.pi * values[:, None] * freqs[None, :]
