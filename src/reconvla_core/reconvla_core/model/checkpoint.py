@@ -152,7 +152,7 @@ def _load_checkpoint(path: Path, config: ReconVLAConfig, load_reconstruction: bo
     stats = _read_json(path / STATS_FILE)
     if stats is not None:
         model.set_norm_stats(stats)
-    model.vision.requires_grad_(model.config.train_vision)
+    model.set_vision_trainable(model.config.train_vision)
     if model.reconstruction is not None:
         model.reconstruction.vae.autoencoder.requires_grad_(False)
     _finish(model, device, dtype)
@@ -267,7 +267,7 @@ def from_backbones(config: ReconVLAConfig, llm_path: str | Path | None = None, v
         from reconvla_core.model.reconstruction import ReconstructionBranch
 
         model.reconstruction = ReconstructionBranch(config, autoencoder=autoencoder)
-    model.vision.requires_grad_(model.config.train_vision)
+    model.set_vision_trainable(model.config.train_vision)
     model.vision.eval()
     return model
 

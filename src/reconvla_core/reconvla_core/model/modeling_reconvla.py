@@ -91,7 +91,7 @@ class ReconVLA(nn.Module):
         self.tokenizer = tokenizer if tokenizer is not None else build_byte_tokenizer()
         self.processor = ReconVLAProcessor(config, self.tokenizer)
         self.vision = build_vision_tower(config)
-        self.vision.requires_grad_(config.train_vision)
+        self.set_vision_trainable(config.train_vision)
         self.vision.eval()
         d_vision, d_llm = config.vision.hidden_size, config.llm.hidden_size
         self.projector = nn.Sequential(nn.Linear(d_vision, d_llm), nn.GELU(), nn.Linear(d_llm, d_llm))
@@ -144,6 +144,16 @@ class ReconVLA(nn.Module):
     def norm_stats(self) -> dict[str, Any] | None:
         return self.processor.norm_stats
 
+    def vision_parameters(self) -> list[nn.Parameter]:
+        """The tower parameters that shape the features: patch/position embeddings and the kept layers
+        (the post-layernorm is never applied: the features are the feature layer's raw output)."""
+        return [*self.vision.embeddings.parameters(), *self.vision.encoder.parameters()]
+
+    def set_vision_trainable(self, trainable: bool) -> None:
+        self.vision.requires_grad_(False)
+        for param in self.vision_parameters():
+            param.requires_grad_(trainable)
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by part (the VAE is frozen; the vision tower unless ``train_vision``)."""
         denoiser = [] if self.reconstruction is None else self.reconstruction.denoiser.parameters()
@@ -153,7 +163,7 @@ class ReconVLA(nn.Module):
             "denoiser": [p for p in denoiser if p.requires_grad],
         }
         if self.config.train_vision:
-            groups["vision"] = list(self.vision.parameters())
+            groups["vision"] = self.vision_parameters()
         return groups
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
