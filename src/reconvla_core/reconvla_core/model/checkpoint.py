@@ -165,7 +165,7 @@ def _finish(model: ReconVLA, device: str | torch.device | None, dtype: torch.dty
     if device is not None:
         model.to(device)
     if dtype is not None:
-        for part in (model.vision, model.projector, model.llm):
+        for part in (model.vision, model.projector_norm, model.projector, model.llm):
             part.to(dtype)
     model.eval()
 
@@ -259,10 +259,13 @@ def from_backbones(config: ReconVLAConfig, llm_path: str | Path | None = None, v
     _assign(model.llm, llm_state, f"LLM weights ({llm_path or llava_path})")
     if config.llm.tie_word_embeddings:
         model.llm.tie_weights()
+    from reconvla_core.model.modeling_reconvla import build_projector, build_projector_norm
+
     if projector_state is not None:
         _assign(model.projector, projector_state, f"projector weights ({llava_path})")
     else:
-        model.projector = _fresh_projector(config, model.llm.get_input_embeddings().weight.dtype)
+        model.projector = build_projector(config).to(model.llm.get_input_embeddings().weight.dtype)
+    model.projector_norm = build_projector_norm(config).to(model.llm.get_input_embeddings().weight.dtype)
     if build_reconstruction and config.builds_reconstruction:
         from reconvla_core.model.reconstruction import ReconstructionBranch
 
@@ -295,12 +298,6 @@ def _assign(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: st
         module.load_state_dict({k: state[k] for k in expected}, strict=True, assign=True)
     except RuntimeError as error:
         raise CheckpointError(f"{what}: {error}") from error
-
-
-def _fresh_projector(config: ReconVLAConfig, dtype: torch.dtype) -> torch.nn.Module:
-    d_vision, d_llm = config.vision.hidden_size, config.llm.hidden_size
-    return torch.nn.Sequential(torch.nn.Linear(d_vision, d_llm), torch.nn.GELU(),
-                               torch.nn.Linear(d_llm, d_llm)).to(dtype)
 
 
 def _hf_dir(path: str | Path, what: str) -> Path:

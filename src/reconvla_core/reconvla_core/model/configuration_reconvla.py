@@ -187,6 +187,16 @@ class ReconVLAConfig:
     # Train the vision tower as well. The paper freezes its pretrained SigLIP; a tower built from
     # random weights (the tiny preset trained from scratch) would stay a fixed random feature map.
     train_vision: bool = False
+    # LayerNorm on the vision features before the projector (as InternVL's projector does). The
+    # raw feature-layer output of a tower trained from scratch is large (std ~6 in the tiny model)
+    # and would swamp the text embeddings; a pretrained LLaVA projector is trained without it.
+    projector_input_norm: bool = False
+    # Training only: each teacher-forced action token is replaced in the *input* by the pad token
+    # with this probability (the labels stay). Within a chunk the next tokens are predictable from
+    # the previous ones (smooth trajectories), so plain teacher forcing lets a small model continue
+    # a motion without looking at the image and never learn where a motion starts; dropping
+    # inputs (word dropout against exposure bias) makes the observation carry each token.
+    action_input_dropout: float = 0.0
 
     # Reconstruction branch (training only).
     recon_target: str = "gaze"
@@ -286,6 +296,8 @@ class ReconVLAConfig:
                 continue
             if len(modes) != size or any(m not in DIM_MODES for m in modes):
                 raise ValueError(f"{name} must list {size} entries from {DIM_MODES}, got {modes!r}")
+        if not 0.0 <= self.action_input_dropout < 1.0:
+            raise ValueError(f"action_input_dropout must be in [0, 1), got {self.action_input_dropout}")
         if self.recon_weight < 0:
             raise ValueError(f"recon_weight must be >= 0, got {self.recon_weight}")
         if not 0.0 < self.stitch_top_fraction < 1.0:

@@ -60,6 +60,23 @@ def build_llm(config: ReconVLAConfig, pad_token_id: int | None = None, eos_token
     return Qwen2ForCausalLM(hf_config)
 
 
+def build_projector(config: ReconVLAConfig) -> nn.Sequential:
+    """LLaVA's two-layer MLP (projector.0 / .2 hold LLaVA's linear_1 / linear_2), initialised like the
+    LLM's own linear layers (normal, std 0.02, zero bias) so fresh image tokens start at the scale of
+    the text embeddings instead of dwarfing them."""
+    d_vision, d_llm = config.vision.hidden_size, config.llm.hidden_size
+    projector = nn.Sequential(nn.Linear(d_vision, d_llm), nn.GELU(), nn.Linear(d_llm, d_llm))
+    for layer in (projector[0], projector[2]):
+        nn.init.normal_(layer.weight, std=0.02)
+        nn.init.zeros_(layer.bias)
+    return projector
+
+
+def build_projector_norm(config: ReconVLAConfig) -> nn.Module:
+    """LayerNorm on the vision features before the projector when the config asks for it."""
+    return nn.LayerNorm(config.vision.hidden_size) if config.projector_input_norm else nn.Identity()
+
+
 @torch.no_grad()
 def init_action_rows_sinusoidal(llm: Qwen2ForCausalLM, config: ReconVLAConfig) -> None:
     """Action-bin rows of the embedding table and LM head as sin/cos features of the bin value.
@@ -93,8 +110,8 @@ class ReconVLA(nn.Module):
         self.vision = build_vision_tower(config)
         self.set_vision_trainable(config.train_vision)
         self.vision.eval()
-        d_vision, d_llm = config.vision.hidden_size, config.llm.hidden_size
-        self.projector = nn.Sequential(nn.Linear(d_vision, d_llm), nn.GELU(), nn.Linear(d_llm, d_llm))
+        self.projector_norm = build_projector_norm(config)
+        self.projector = build_projector(config)
         self.llm = build_llm(config, self.processor.pad_token_id, self.processor.eos_token_id)
         if config.action_embedding_init == "sinusoidal":
             init_action_rows_sinusoidal(self.llm, config)
@@ -159,7 +176,8 @@ class ReconVLA(nn.Module):
         denoiser = [] if self.reconstruction is None else self.reconstruction.denoiser.parameters()
         groups = {
             "llm": [p for p in self.llm.parameters() if p.requires_grad],
-            "projector": [p for p in self.projector.parameters() if p.requires_grad],
+            "projector": [p for p in (*self.projector_norm.parameters(), *self.projector.parameters())
+                          if p.requires_grad],
             "denoiser": [p for p in denoiser if p.requires_grad],
         }
         if self.config.train_vision:
@@ -200,7 +218,7 @@ class ReconVLA(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_vision):
             out = self.vision(pixel_values=pixel_values.to(dtype), output_hidden_states=True)
             features = out.hidden_states[-1]  # (B, N, D_vision): output of the feature layer, no post-norm
-        return self.projector(features.to(self.projector[0].weight.dtype))
+        return self.projector(self.projector_norm(features.to(self.projector[0].weight.dtype)))
 
     def embed_inputs(self, input_ids: torch.Tensor, image_mask: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
         """Token embeddings with the projected image features at the image positions: (B, L, D)."""
@@ -218,7 +236,10 @@ class ReconVLA(nn.Module):
                 raise ValueError(f"batch lacks {key!r}; build it with model.processor and processor.collate")
         device = self.device
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        embeds = self.embed_inputs(batch["input_ids"], batch["image_mask"], batch["pixel_values"])
+        input_ids = batch["input_ids"]
+        if self.training and self.config.action_input_dropout > 0 and "labels" in batch:
+            input_ids = self._drop_action_inputs(input_ids, batch["labels"])
+        embeds = self.embed_inputs(input_ids, batch["image_mask"], batch["pixel_values"])
         hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                                         use_cache=False).last_hidden_state  # (B, L, D), after the final norm
 
@@ -235,6 +256,13 @@ class ReconVLA(nn.Module):
             loss = loss + self.config.recon_weight * recon_loss
         return ReconVLAOutput(loss=loss, action_loss=action_loss, recon_loss=recon_loss,
                               action_accuracy=action_accuracy)
+
+    def _drop_action_inputs(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced action tokens (labelled, in the action range) -> pad, each with the dropout rate."""
+        first = self.config.first_action_token_id
+        answer = (labels == input_ids) & (input_ids >= first) & (input_ids < first + self.config.n_bins)
+        drop = answer & (torch.rand(input_ids.shape, device=input_ids.device) < self.config.action_input_dropout)
+        return input_ids.masked_fill(drop, self.processor.pad_token_id)
 
     def _action_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CE over the full vocabulary, computed only where labels are set (shifted by one)."""
@@ -348,7 +376,7 @@ class ReconVLA(nn.Module):
             "params_total": count(self.parameters()),
             "params_trainable": count(p for p in self.parameters() if p.requires_grad),
             "params_vision": count(self.vision.parameters()),
-            "params_projector": count(self.projector.parameters()),
+            "params_projector": count(self.projector.parameters()) + count(self.projector_norm.parameters()),
             "params_llm": count(self.llm.parameters()),
             "params_reconstruction": 0 if recon is None else count(recon.parameters()),
             "params_denoiser": 0 if recon is None else count(recon.denoiser.parameters()),
