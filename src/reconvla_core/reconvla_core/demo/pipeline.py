@@ -31,9 +31,9 @@ class DemoConfig:
     init_from: Path | None = None  # finetune this checkpoint on the recorded data instead of training from scratch
     seed: int = 0
     ros_episodes: int = 40  # demonstrations recorded through the ROS graph (real time)
-    sim_episodes: int = 60  # extra demonstrations from `sim collect` (same bags, no ROS), run alongside
+    sim_episodes: int = 150  # extra demonstrations from `sim collect` (same bags, no ROS), run alongside
     image_size: tuple[int, int] = (160, 120)
-    train_steps: int = 2000
+    train_steps: int = 3000
     eval_chains: int = 20
     deploy_seconds: float = 20.0
     overrides: list[str] = dataclasses.field(default_factory=list)  # train key=value overrides
