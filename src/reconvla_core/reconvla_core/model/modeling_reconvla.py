@@ -8,8 +8,8 @@ checkpoints or a LLaVA-style directory; ``from_backbones`` loads Qwen2 / SigLIP 
 
 from __future__ import annotations
 
-import math
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
