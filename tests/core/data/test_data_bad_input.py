@@ -93,7 +93,10 @@ def test_cli_reports_bad_bags_in_json(tmp_path, mixed_bags, capsys):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_build_leaves_no_complete_looking_dataset(tmp_path, make_bag, sig):
-    for episode in range(8):
+    # Enough episodes that the signal lands mid-build even on a loaded machine (with 8, a busy CI
+    # machine once let the build finish between the check below and the signal).
+    episodes = 24
+    for episode in range(episodes):
         make_bag(f"ep{episode}", seconds=3.0, height=120, width=160, episode=episode)
     out = tmp_path / "ds"
     command = [sys.executable, "-m", "reconvla_core.cli.main", "dataset", "build", "--bags", str(tmp_path / "bags"),
@@ -111,7 +114,7 @@ def test_interrupted_build_leaves_no_complete_looking_dataset(tmp_path, make_bag
         assert not list(tmp_path.glob(".ds.partial-*"))  # cleaned up on Ctrl-C
     # A later build succeeds and the result is complete.
     report = build_dataset(BuildConfig(bags=[tmp_path / "bags"], out=out))
-    assert report.episodes == 8 and is_dataset(out)
+    assert report.episodes == episodes and is_dataset(out)
 
 
 def test_image_size_change_is_reported(tmp_path, make_bag):
