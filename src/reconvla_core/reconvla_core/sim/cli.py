@@ -1,4 +1,4 @@
-"""CLI: ``reconvla sim collect`` and ``reconvla eval sim``. PyBullet/torch load inside the commands."""
+"""CLI: ``reconvla sim collect|frames`` and ``reconvla eval sim|probe``. PyBullet/torch load inside the commands."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def _config(args: argparse.Namespace) -> SimConfig:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``sim collect`` and ``eval sim``."""
+    """Add ``sim collect``, ``sim frames``, ``eval sim`` and ``eval probe``."""
     sim = subparsers.add_parser("sim", help="simulation twin: collect demonstrations")
     sim_sub = sim.add_subparsers(dest="sim_command", metavar="SIM_COMMAND")
     collect = sim_sub.add_parser(
@@ -85,6 +85,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sim_eval.add_argument("--dtype", default="float32", help="checkpoint policy dtype: float32 | bfloat16 | float16")
     _add_sim_options(sim_eval)
     sim_eval.set_defaults(func=cmd_eval_sim)
+    probe = eval_sub.add_parser(
+        "probe", help="per-joint agreement with the expert while the expert drives (why a policy fails)")
+    probe.add_argument("--policy", required=True, help="expert | random | CHECKPOINT_DIR")
+    probe.add_argument("--chains", type=_positive, default=6, help="chains from the set (default 6)")
+    probe.add_argument("--seed", type=int, default=0, help="evaluation-set seed (default 0: the fixed set)")
+    probe.add_argument("--steps", type=_positive, default=14, help="expert steps per chain (default 14: the approach)")
+    probe.add_argument("--device", default="cpu")
+    _add_sim_options(probe)
+    probe.set_defaults(func=cmd_eval_probe)
     evaluate.set_defaults(func=lambda args: _help(evaluate))
 
 
@@ -150,4 +159,29 @@ def cmd_eval_sim(args: argparse.Namespace) -> int:
     metrics["files"] = files
     logger.info("eval sim %s: avg_len %.3f over %d chains -> %s", policy.name, metrics["avg_len"], len(chains), out)
     emit_result(metrics, args.json)
+    return 0
+
+
+def cmd_eval_probe(args: argparse.Namespace) -> int:
+    from reconvla_core.cli.main import CLIError, emit_result
+    from reconvla_core.sim.env import PiperCellEnv
+    from reconvla_core.sim.probe import probe_policy
+    from reconvla_core.sim.tasks import make_eval_chains
+
+    config = _config(args)
+    env = PiperCellEnv(config)
+    try:
+        policy = make_policy(args.policy, env, args.device)
+        result = probe_policy(policy, make_eval_chains(args.chains, seed=args.seed), env=env,
+                              steps_per_chain=args.steps)
+    except ValueError as error:
+        raise CLIError(str(error)) from error
+    finally:
+        env.close()
+    result["seed"] = args.seed
+    for name, joint in result["joints"].items():
+        logger.info("%s: %d moving frames, correlation %.2f, |predicted| %.3f rad vs |expert| %.3f rad", name,
+                    joint["moving_frames"], joint["correlation"], joint["mean_abs_predicted_rad"],
+                    joint["mean_abs_true_rad"])
+    emit_result(result, args.json)
     return 0

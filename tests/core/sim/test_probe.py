@@ -1,0 +1,53 @@
+"""`reconvla eval probe`: per-joint agreement with the expert while the expert drives."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from reconvla_core.cli.main import main
+from reconvla_core.policy import ExpertPolicy, Policy, RandomPolicy
+from reconvla_core.sim.probe import JOINT_NAMES, probe_policy
+from reconvla_core.sim.tasks import make_eval_chains
+
+
+class HoldStill(Policy):
+    """Predicts no motion: every joint's predicted motion is exactly zero."""
+
+    name = "hold-still"
+
+    def infer(self, obs):
+        return np.repeat(np.asarray(obs["state"], dtype=np.float64)[None], 5, axis=0)
+
+
+def test_probe_counts_frames_and_scores_a_motionless_policy(env):
+    chains = make_eval_chains(2)
+    result = probe_policy(HoldStill(), chains, env=env, steps_per_chain=10)
+    assert result["horizon"] == 5 and result["frames"] == 2 * (10 - 5 + 1)
+    assert set(result["joints"]) == set(JOINT_NAMES)
+    moving = [j for j in result["joints"].values() if j["moving_frames"] > 0]
+    assert moving, "the expert moves some joint during the approach"
+    for joint in moving:  # no predicted motion: no correlation, zero size, the expert's size is > 0
+        assert joint["correlation"] == 0.0 and joint["mean_abs_predicted_rad"] == 0.0
+        assert joint["mean_abs_true_rad"] > 0.05
+    random = probe_policy(RandomPolicy(seed=0, chunk_size=5), chains, env=env, steps_per_chain=10)
+    assert all(-1.0 <= j["correlation"] <= 1.0 for j in random["joints"].values())
+
+
+def test_probe_rejects_the_expert_and_short_runs(env):
+    with pytest.raises(ValueError, match="expert drives"):
+        probe_policy(ExpertPolicy(env), make_eval_chains(1), env=env)
+    with pytest.raises(ValueError, match="shorter than the policy's chunk"):
+        probe_policy(HoldStill(), make_eval_chains(1), env=env, steps_per_chain=3)
+
+
+def test_eval_probe_cli(capsys):
+    rc = main(["eval", "probe", "--policy", "random", "--chains", "1", "--steps", "6", "--image-size", "64x48",
+               "--json"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["chains"] == 1 and result["policy"] == "random" and set(result["joints"]) == set(JOINT_NAMES)
+    assert main(["eval", "probe", "--policy", "expert", "--chains", "1", "--image-size", "64x48"]) == 2
+    assert "expert drives" in capsys.readouterr().err
