@@ -166,6 +166,24 @@ def test_finetune_starts_from_the_pretrained_denoiser(pretrained: dict[str, Any]
     assert result["init"]["denoiser_carried_over"] is True and result["init"]["init_from"] == str(init)
 
 
+def test_finetune_applies_training_options_and_keeps_the_architecture(pretrained: dict[str, Any], make_config: Any,
+                                                                      tmp_path: Path, caplog) -> None:
+    from reconvla_core.train.data import build_data
+    from reconvla_core.train.model_setup import build_model
+
+    config = make_config(tmp_path / "ground", **{"stage": "finetune", "init_from": pretrained["checkpoint"],
+                                                 "train.max_steps": 2, "model.options.grounding_box_weight": 1.5,
+                                                 "model.options.action_embedding_init": "random", "eval.at_end": "true",
+                                                 "eval.max_samples": 4})
+    with caplog.at_level("WARNING"):
+        model, info = build_model(config, build_data(config, need_val=False).stats)
+    assert info["training_options"] == {"grounding_box_weight": 1.5}
+    assert model.config.grounding_box_weight == 1.5 and model.grounding_head is not None
+    assert "action_embedding_init='random' is ignored" in caplog.text  # architecture stays the checkpoint's
+    result = train(config)
+    assert result["val"]["grounding_loss"] >= 0.0  # the head trains and validation reports it
+
+
 def test_finetune_rejects_a_mismatched_checkpoint(pretrained: dict[str, Any], make_config: Any,
                                                   tmp_path: Path) -> None:
     config = make_config(tmp_path / "bad", **{"stage": "finetune", "init_from": pretrained["checkpoint"],

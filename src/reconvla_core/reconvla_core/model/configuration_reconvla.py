@@ -24,6 +24,10 @@ DIM_MODES: tuple[str, ...] = ("normalize", "identity", "binary")
 ACTION_MODES: tuple[str, ...] = ("absolute", "delta")
 ACTION_EMBEDDING_INITS: tuple[str, ...] = ("random", "sinusoidal")
 CONFIG_FORMAT_VERSION = 1
+# Options that only change training (the loss or its inputs), not the weights' layout or inference:
+# a finetune stage may set them on top of its init checkpoint's config.
+TRAINING_ONLY_OPTIONS: tuple[str, ...] = ("recon_weight", "num_noise_draws", "action_input_dropout",
+                                          "grounding_box_weight")
 
 
 @dataclass
@@ -197,6 +201,13 @@ class ReconVLAConfig:
     # a motion without looking at the image and never learn where a motion starts; dropping
     # inputs (word dropout against exposure bias) makes the observation carry each token.
     action_input_dropout: float = 0.0
+    # Training only: weight of an explicit-grounding auxiliary loss (0 = off, the paper's setting). A
+    # linear head on the hidden state that emits the first action token regresses the gaze box
+    # (normalised xyxy in the base view: the target object before the grasp, the destination after).
+    # It supervises "where" densely at every frame; a small model trained from scratch gets that
+    # signal from the action tokens only weakly (most tokens in a chunk are predictable from the
+    # previous ones). The head is not used at inference.
+    grounding_box_weight: float = 0.0
 
     # Reconstruction branch (training only).
     recon_target: str = "gaze"
@@ -298,6 +309,8 @@ class ReconVLAConfig:
                 raise ValueError(f"{name} must list {size} entries from {DIM_MODES}, got {modes!r}")
         if not 0.0 <= self.action_input_dropout < 1.0:
             raise ValueError(f"action_input_dropout must be in [0, 1), got {self.action_input_dropout}")
+        if not (isinstance(self.grounding_box_weight, (int, float)) and 0.0 <= self.grounding_box_weight < float("inf")):
+            raise ValueError(f"grounding_box_weight must be a finite number >= 0, got {self.grounding_box_weight!r}")
         if self.recon_weight < 0:
             raise ValueError(f"recon_weight must be >= 0, got {self.recon_weight}")
         if not 0.0 < self.stitch_top_fraction < 1.0:

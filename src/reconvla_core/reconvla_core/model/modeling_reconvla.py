@@ -37,6 +37,11 @@ class ReconVLAOutput:
     action_loss: torch.Tensor | None
     recon_loss: torch.Tensor | None
     action_accuracy: torch.Tensor | None
+    grounding_loss: torch.Tensor | None = None  # only with grounding_box_weight > 0
+
+
+# Metrics a forward pass reports (training logs and validation read them by these names).
+LOSS_KEYS: tuple[str, ...] = ("loss", "action_loss", "recon_loss", "action_accuracy", "grounding_loss")
 
 
 def build_vision_tower(config: ReconVLAConfig) -> SiglipVisionModel:
@@ -119,6 +124,9 @@ class ReconVLA(nn.Module):
         if paths:
             logger.warning("config names %s but ReconVLA(config) builds random weights; load them with "
                            "ReconVLA.from_backbones(config)", ", ".join(paths))
+        self.grounding_head: nn.Linear | None = None
+        if config.grounding_box_weight > 0:
+            self.enable_grounding_head()
         self.reconstruction: nn.Module | None = None
         if build_reconstruction and config.builds_reconstruction:
             from reconvla_core.model.reconstruction import ReconstructionBranch  # imports diffusers
@@ -174,8 +182,9 @@ class ReconVLA(nn.Module):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by part (the VAE is frozen; the vision tower unless ``train_vision``)."""
         denoiser = [] if self.reconstruction is None else self.reconstruction.denoiser.parameters()
+        head = [] if self.grounding_head is None else list(self.grounding_head.parameters())
         groups = {
-            "llm": [p for p in self.llm.parameters() if p.requires_grad],
+            "llm": [p for p in (*self.llm.parameters(), *head) if p.requires_grad],
             "projector": [p for p in (*self.projector_norm.parameters(), *self.projector.parameters())
                           if p.requires_grad],
             "denoiser": [p for p in denoiser if p.requires_grad],
@@ -183,6 +192,13 @@ class ReconVLA(nn.Module):
         if self.config.train_vision:
             groups["vision"] = self.vision_parameters()
         return groups
+
+    def enable_grounding_head(self) -> None:
+        """Build the explicit-grounding head (gaze box from the first action token's hidden state) if absent."""
+        if self.grounding_head is None:
+            self.grounding_head = nn.Linear(self.config.llm.hidden_size, 4).to(self.device)
+            nn.init.normal_(self.grounding_head.weight, std=0.02)
+            nn.init.zeros_(self.grounding_head.bias)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Activation checkpointing of the LLM layers (transformers >= 5.20 renamed the method)."""
@@ -251,11 +267,31 @@ class ReconVLA(nn.Module):
             b, n = hidden.shape[0], self.config.num_image_tokens
             h_r = hidden[batch["image_mask"]].view(b, n, -1)  # (B, N, D): no stop-gradient
             recon_loss = self.reconstruction.loss(h_r, batch["recon_pixel_values"])
+        grounding_loss = None
+        if self.grounding_head is not None and "grounding_box" in batch and "labels" in batch:
+            grounding_loss = self._grounding_loss(hidden, batch["labels"], batch["grounding_box"],
+                                                  batch["grounding_valid"])
         loss = action_loss
         if loss is not None and recon_loss is not None:
             loss = loss + self.config.recon_weight * recon_loss
+        if loss is not None and grounding_loss is not None:
+            loss = loss + self.config.grounding_box_weight * grounding_loss
         return ReconVLAOutput(loss=loss, action_loss=action_loss, recon_loss=recon_loss,
-                              action_accuracy=action_accuracy)
+                              action_accuracy=action_accuracy, grounding_loss=grounding_loss)
+
+    def _grounding_loss(self, hidden: torch.Tensor, labels: torch.Tensor, box: torch.Tensor,
+                        valid: torch.Tensor) -> torch.Tensor:
+        """L1 between the head's box (sigmoid, normalised xyxy) and the gaze box, read at the position
+        that emits the first action token; frames without a gaze box count zero."""
+        labelled = labels != IGNORE_INDEX
+        if not bool(labelled.any(dim=1).all()):
+            raise ValueError("every row needs labelled action tokens for the grounding loss")
+        emit = labelled.int().argmax(dim=1) - 1  # the first label is predicted from the position before it
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        predicted = torch.sigmoid(self.grounding_head(hidden[rows, emit]).float())  # (B, 4)
+        per_row = (predicted - box.float()).abs().mean(dim=1)
+        weight = valid.float()
+        return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
 
     def _drop_action_inputs(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Teacher-forced action tokens (labelled, in the action range) -> pad, each with the dropout rate."""

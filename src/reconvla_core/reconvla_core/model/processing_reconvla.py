@@ -211,6 +211,11 @@ class ReconVLAProcessor:
                 step_mask = torch.from_numpy(np.repeat(pad, cfg.action_dim))
                 labels[prompt_len:prompt_len + cfg.action_tokens_per_chunk][step_mask] = IGNORE_INDEX
             sample["labels"] = labels
+            if cfg.grounding_box_weight > 0:
+                known = gaze_box is not None and bool(gaze_valid)
+                sample["grounding_box"] = torch.tensor(
+                    check_array(gaze_box, (4,), "gaze_box") if known else np.zeros(4), dtype=torch.float32)
+                sample["grounding_valid"] = torch.tensor(known)
             if cfg.builds_reconstruction:
                 sample["recon_pixel_values"] = self.vae_pixels(
                     self._recon_frame(frame, base_image, wrist_image, gaze_box if gaze_valid else None))
@@ -248,7 +253,7 @@ class ReconVLAProcessor:
                 seq = s[key]
                 rows.append(torch.cat([seq, seq.new_full((length - seq.shape[0],), value)]))
             batch[key] = torch.stack(rows)
-        for key in ("pixel_values", "recon_pixel_values"):
+        for key in ("pixel_values", "recon_pixel_values", "grounding_box", "grounding_valid"):
             if key in samples[0]:
                 batch[key] = torch.stack([s[key] for s in samples])
         return batch

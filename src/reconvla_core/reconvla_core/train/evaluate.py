@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from reconvla_core.model.modeling_reconvla import LOSS_KEYS
 from reconvla_core.policy import Policy
 from reconvla_core.train.data import move_to_device, process_raw
 
@@ -47,7 +48,7 @@ def _teacher_forced(run: Any) -> dict[str, float]:
     indices = _val_indices(run)
     mine = indices[accelerator.process_index :: accelerator.num_processes]
     size = run.config.train.per_device_batch_size
-    keys = ("loss", "action_loss", "recon_loss", "action_accuracy")
+    keys = LOSS_KEYS
     sums = torch.zeros(len(keys) + 1, dtype=torch.float64, device=accelerator.device)
     model.eval()
     try:

@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from reconvla_core.model.modeling_reconvla import LOSS_KEYS
+
 logger = logging.getLogger(__name__)
 
-CURVE_KEYS = ("loss", "action_loss", "recon_loss")
+CURVE_KEYS = ("loss", "action_loss", "recon_loss", "grounding_loss")
 
 
 class MetricsLogger:
@@ -67,8 +69,7 @@ class MetricsLogger:
     def progress(self, step: int, metrics: dict[str, float]) -> None:
         if self.bar is None:
             return
-        shown = {k: f"{metrics[k]:.3f}" for k in ("loss", "action_loss", "recon_loss", "action_accuracy")
-                 if metrics.get(k) is not None}
+        shown = {k: f"{metrics[k]:.3f}" for k in LOSS_KEYS if metrics.get(k) is not None}
         if metrics.get("samples_per_s") is not None:
             shown["samples/s"] = f"{metrics['samples_per_s']:.1f}"
         self.bar.set_postfix(shown, refresh=False)

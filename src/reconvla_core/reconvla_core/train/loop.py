@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reconvla_core.model.modeling_reconvla import LOSS_KEYS
 from reconvla_core.train.checkpoint import (
     SignalStopper,
     TrainState,
@@ -42,7 +43,6 @@ from reconvla_core.train.optim import (
 logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, dict[str, float]], None]
-LOSS_KEYS = ("loss", "action_loss", "recon_loss", "action_accuracy")
 
 
 @dataclass

@@ -27,6 +27,9 @@ def build_model(config: TrainConfig, stats: list[dict[str, Any]]) -> tuple[nn.Mo
         model = ReconVLA.from_pretrained(config.init_from, load_reconstruction=True)
         check_matches_config(model, config)
         info = {"init_from": str(config.init_from), **check_carried_over(model, Path(config.init_from))}
+        applied = apply_training_options(model, config.model.options)
+        if applied:
+            info["training_options"] = applied
     else:
         model_config = ReconVLAConfig.from_preset(config.model.preset, recon_target=config.model.recon_target,
                                                   chunk_size=config.model.chunk_size, **config.model.options)
@@ -45,6 +48,29 @@ def build_model(config: TrainConfig, stats: list[dict[str, Any]]) -> tuple[nn.Mo
     if stats:
         model.set_norm_stats(stats[0])  # the checkpoint's stats: the first (target) dataset's
     return model, info
+
+
+def apply_training_options(model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+    """A finetune keeps its init checkpoint's architecture; the config's training-only options (loss
+    weights, input dropout) still apply. Other options that differ from the checkpoint are ignored, loudly."""
+    from reconvla_core.model.configuration_reconvla import TRAINING_ONLY_OPTIONS
+
+    applied: dict[str, Any] = {}
+    for name, value in options.items():
+        current = getattr(model.config, name, None)
+        if name in TRAINING_ONLY_OPTIONS:
+            if value != current:
+                setattr(model.config, name, value)
+                applied[name] = value
+        elif current is not None and value != current and not isinstance(current, (dict, tuple)):
+            logger.warning("finetune: model.options.%s=%r is ignored: the init checkpoint has %r", name, value,
+                           current)
+    if applied:
+        model.config.validate()
+        if model.config.grounding_box_weight > 0:
+            model.enable_grounding_head()
+        logger.info("finetune: training options on top of the checkpoint's config: %s", applied)
+    return applied
 
 
 def check_matches_config(model: nn.Module, config: TrainConfig) -> None:
