@@ -51,7 +51,7 @@ def reference_constrained_greedy(model, prompt_embeds):
     sequence = prompt_embeds
     tokens = []
     with torch.inference_mode():
-        for _ in range(cfg.action_tokens_per_chunk):
+        for _ in range(cfg.answer_tokens_per_chunk):
             hidden = model.llm.get_decoder()(inputs_embeds=sequence, use_cache=False).last_hidden_state[:, -1]
             logits = model.llm.get_output_embeddings()(hidden)[:, first:first + n_bins]
             token = first + int(logits.argmax(-1))

@@ -120,3 +120,32 @@ def test_fixed_shape_step_matches_the_reference(model):
     decoder = ActionDecoder(model.llm, cfg.first_action_token_id, cfg.n_bins, cfg.action_tokens_per_chunk,
                             capacity=embeds.shape[1] + 50, use_cuda_graph=False, fixed_shapes=True)
     assert decoder(embeds).tolist() == reference_constrained_greedy(model, embeds)
+
+
+def test_answer_box_starts_the_answer_and_the_actions_follow(norm_stats):
+    model = build_tiny(norm_stats, seed=6, recon_target="none", answer_box=True)
+    obs = make_observation(0)
+    processor = model.processor
+    sample = processor(**{k: obs[k] for k in ("base_image", "wrist_image", "instruction", "state", "actions",
+                                              "gaze_box")})
+    labelled = sample["input_ids"][sample["labels"] != -100].numpy()
+    assert len(labelled) == 4 + 35 + 1  # box, actions, EOS
+    box = processor.decode_box(labelled[:-1])
+    np.testing.assert_allclose(box, obs["gaze_box"], atol=1 / 256)  # within one bin of [0, 1]
+    plain = build_tiny(norm_stats, seed=6, recon_target="none").processor
+    expected = plain.decode_actions(plain(**{k: obs[k] for k in ("base_image", "wrist_image", "instruction",
+                                                                  "state", "actions")})["input_ids"][-36:-1])
+    np.testing.assert_allclose(processor.decode_actions(labelled[:-1]), expected)
+    no_box = processor(**{k: obs[k] for k in ("base_image", "wrist_image", "instruction", "state", "actions")},
+                       gaze_valid=False)
+    whole = processor.decode_box(no_box["input_ids"][no_box["labels"] != -100].numpy()[:-1])
+    np.testing.assert_allclose(whole, [0, 0, 1, 1], atol=1 / 256)  # no gaze box: the whole view
+    with pytest.raises(ValueError, match="expected 39 answer tokens"):
+        processor.decode_actions(labelled[4:-1])
+
+    embeds, _ = model.prepare_prompt(obs["base_image"], obs["wrist_image"], obs["instruction"], obs["state"])
+    tokens = model.decode_action_tokens(embeds)
+    assert tokens.tolist() == reference_constrained_greedy(model, embeds) and len(tokens) == 39
+    actions, attention = model.predict_action(obs["base_image"], obs["wrist_image"], obs["instruction"],
+                                              obs["state"], return_attention=True)
+    assert actions.shape == (5, 7) and attention.shape == (8, 8)

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "speedup": round(naive_p50 / p50, 3), "identical": identical,
         "predict_action_p50_ms": round(float(np.percentile(e2e_ms, 50)), 3),
         "prefill_p50_ms": round(float(np.percentile(prefill_ms, 50)), 3),
-        "tokens_per_chunk": model.config.action_tokens_per_chunk,
+        "tokens_per_chunk": model.config.answer_tokens_per_chunk,
         "prompt_tokens": int(embeds.shape[1]), "preset": model.config.preset, "weights": source,
         "fit_steps": fit_steps, "fit_final_loss": fit_loss, "device": str(device), "dtype": args.dtype,
         "iters": args.iters, "torch_threads": torch.get_num_threads(),

@@ -40,6 +40,7 @@ def model_info(config: Any) -> dict[str, Any]:
         "image_tokens": config.num_image_tokens,
         "grid_size": config.grid_size,
         "action_tokens_per_chunk": config.action_tokens_per_chunk,
+        "answer_tokens_per_chunk": config.answer_tokens_per_chunk,
         "chunk_size": config.chunk_size,
         "action_dim": config.action_dim,
         "latent_token_dim": config.latent_token_dim,

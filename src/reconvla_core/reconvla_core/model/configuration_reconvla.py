@@ -24,10 +24,11 @@ DIM_MODES: tuple[str, ...] = ("normalize", "identity", "binary")
 ACTION_MODES: tuple[str, ...] = ("absolute", "delta")
 ACTION_EMBEDDING_INITS: tuple[str, ...] = ("random", "sinusoidal")
 CONFIG_FORMAT_VERSION = 1
-# Options that only change training (the loss or its inputs), not the weights' layout or inference:
-# a finetune stage may set them on top of its init checkpoint's config.
-TRAINING_ONLY_OPTIONS: tuple[str, ...] = ("recon_weight", "num_noise_draws", "action_input_dropout",
-                                          "grounding_box_weight")
+# Options a finetune stage may set on top of its init checkpoint's config: they change the losses,
+# the training inputs or the answer format, never the layout of the checkpoint's weights.
+FINETUNE_OPTIONS: tuple[str, ...] = ("recon_weight", "num_noise_draws", "action_input_dropout",
+                                     "grounding_box_weight", "answer_box")
+BOX_TOKENS = 4  # x0, y0, x1, y1
 
 
 @dataclass
@@ -208,6 +209,12 @@ class ReconVLAConfig:
     # signal from the action tokens only weakly (most tokens in a chunk are predictable from the
     # previous ones). The head is not used at inference.
     grounding_box_weight: float = 0.0
+    # "Where" before "how" (an ECoT-style grounded answer; off = the paper's answer format): the answer
+    # starts with the gaze box as 4 bin tokens (x0, y0, x1, y1 of the base view, [0, 1] mapped onto the
+    # 256 action bins), then the action chunk. Training teaches the box from the dataset's gaze boxes
+    # (every frame says where the target is); at inference the model decodes its own box first and
+    # the action tokens attend to it, so the actions depend on the image through an explicit location.
+    answer_box: bool = False
 
     # Reconstruction branch (training only).
     recon_target: str = "gaze"
@@ -250,6 +257,16 @@ class ReconVLAConfig:
     @property
     def action_tokens_per_chunk(self) -> int:
         return self.chunk_size * self.action_dim
+
+    @property
+    def box_tokens(self) -> int:
+        """Tokens of the gaze box that starts the answer (0 unless ``answer_box``)."""
+        return BOX_TOKENS if self.answer_box else 0
+
+    @property
+    def answer_tokens_per_chunk(self) -> int:
+        """Tokens decoded per chunk: the box (if any), then the actions (the EOS is not decoded)."""
+        return self.box_tokens + self.action_tokens_per_chunk
 
     @property
     def first_action_token_id(self) -> int:

@@ -341,20 +341,20 @@ class ReconVLA(nn.Module):
         return actions, self.attention_map(embeds, tokens, image_mask)
 
     def decode_action_tokens(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
-        """Constrained greedy decoding: (K*D,) action token ids."""
+        """Constrained greedy decoding of the answer: (box tokens +) K*D action token ids."""
         cfg = self.config
         prompt_len = prompt_embeds.shape[1]
         decoder = self.__dict__.get("_action_decoder")
         if decoder is None or not decoder.matches(self.llm, prompt_len):
-            capacity = (prompt_len + cfg.action_tokens_per_chunk + 63) // 64 * 64 + 64  # room for longer prompts
-            decoder = ActionDecoder(self.llm, cfg.first_action_token_id, cfg.n_bins, cfg.action_tokens_per_chunk,
+            capacity = (prompt_len + cfg.answer_tokens_per_chunk + 63) // 64 * 64 + 64  # room for longer prompts
+            decoder = ActionDecoder(self.llm, cfg.first_action_token_id, cfg.n_bins, cfg.answer_tokens_per_chunk,
                                     capacity)
             self.__dict__["_action_decoder"] = decoder  # a cache, not a submodule: never saved or moved
         return decoder(prompt_embeds)
 
     def naive_decode_tokens(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
         """The unconstrained transformers.generate baseline (for benchmarks)."""
-        return naive_generate(self.llm, prompt_embeds, self.config.action_tokens_per_chunk,
+        return naive_generate(self.llm, prompt_embeds, self.config.answer_tokens_per_chunk,
                               self.processor.pad_token_id)
 
     @torch.inference_mode()

@@ -201,7 +201,8 @@ class ReconVLAProcessor:
             action_arr = self.to_relative(check_array(actions, (cfg.chunk_size, cfg.action_dim), "actions"),
                                           state_arr)
             action_tokens = self.action_tokenizer.encode(action_norm.normalize(action_arr))  # (K, D)
-            ids = ids + action_tokens.reshape(-1).tolist() + [self.eos_token_id]
+            box_ids = self.box_token_ids(gaze_box if gaze_valid else None) if cfg.answer_box else []
+            ids = ids + box_ids + action_tokens.reshape(-1).tolist() + [self.eos_token_id]
             labels = torch.full((len(ids),), IGNORE_INDEX, dtype=torch.long)
             labels[prompt_len:] = torch.tensor(ids[prompt_len:])
             if action_is_pad is not None:
@@ -209,7 +210,8 @@ class ReconVLAProcessor:
                 if pad.shape != (cfg.chunk_size,):
                     raise ValueError(f"action_is_pad must have shape ({cfg.chunk_size},), got {pad.shape}")
                 step_mask = torch.from_numpy(np.repeat(pad, cfg.action_dim))
-                labels[prompt_len:prompt_len + cfg.action_tokens_per_chunk][step_mask] = IGNORE_INDEX
+                first_action = prompt_len + cfg.box_tokens
+                labels[first_action:first_action + cfg.action_tokens_per_chunk][step_mask] = IGNORE_INDEX
             sample["labels"] = labels
             if cfg.grounding_box_weight > 0:
                 known = gaze_box is not None and bool(gaze_valid)
@@ -280,14 +282,33 @@ class ReconVLAProcessor:
         out[:, dims] += state_arr[dims]
         return out
 
+    def box_token_ids(self, gaze_box: Any) -> list[int]:
+        """The answer's box tokens: normalised xyxy in [0, 1] -> 4 bin tokens; None = the whole view."""
+        box = np.array([0.0, 0.0, 1.0, 1.0]) if gaze_box is None else check_array(gaze_box, (4,), "gaze_box")
+        return self.action_tokenizer.encode(box * 2.0 - 1.0).tolist()
+
+    def decode_box(self, token_ids: Any) -> np.ndarray | None:
+        """The box an answer starts with (normalised xyxy of the base view), None without ``answer_box``."""
+        ids = self._answer_ids(token_ids)
+        if not self.config.answer_box:
+            return None
+        return (self.action_tokenizer.decode(ids[: self.config.box_tokens]) + 1.0) / 2.0
+
+    def _answer_ids(self, token_ids: Any) -> np.ndarray:
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        if ids.shape[0] != self.config.answer_tokens_per_chunk:
+            raise ValueError(f"expected {self.config.answer_tokens_per_chunk} answer tokens "
+                             f"({self.config.box_tokens} box + {self.config.action_tokens_per_chunk} action), "
+                             f"got {ids.shape[0]}")
+        return ids
+
     def decode_actions(self, token_ids: Any, norm_stats: Mapping[str, Any] | None = None,
                        state: Any = None) -> np.ndarray:
-        """K*D action token ids -> (K, D) absolute actions in robot units. ``state`` (the observed
-        state the prompt carried) is required in delta action mode, where it is added back."""
+        """The decoded answer (box tokens if ``answer_box``, then K*D action tokens) -> (K, D) absolute
+        actions in robot units. ``state`` (the observed state the prompt carried) is required in delta
+        action mode, where it is added back."""
         cfg = self.config
-        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-        if ids.shape[0] != cfg.action_tokens_per_chunk:
-            raise ValueError(f"expected {cfg.action_tokens_per_chunk} action tokens, got {ids.shape[0]}")
+        ids = self._answer_ids(token_ids)[cfg.box_tokens:]
         action_norm, _ = self.normalizers(norm_stats)
         values = self.action_tokenizer.decode(ids).reshape(cfg.chunk_size, cfg.action_dim)
         return self.to_absolute(action_norm.unnormalize(values), state)

@@ -51,14 +51,14 @@ def build_model(config: TrainConfig, stats: list[dict[str, Any]]) -> tuple[nn.Mo
 
 
 def apply_training_options(model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
-    """A finetune keeps its init checkpoint's architecture; the config's training-only options (loss
-    weights, input dropout) still apply. Other options that differ from the checkpoint are ignored, loudly."""
-    from reconvla_core.model.configuration_reconvla import TRAINING_ONLY_OPTIONS
+    """A finetune keeps its init checkpoint's architecture; the config's FINETUNE_OPTIONS (loss weights,
+    input dropout, answer format) still apply. Other options that differ from the checkpoint are ignored, loudly."""
+    from reconvla_core.model.configuration_reconvla import FINETUNE_OPTIONS
 
     applied: dict[str, Any] = {}
     for name, value in options.items():
         current = getattr(model.config, name, None)
-        if name in TRAINING_ONLY_OPTIONS:
+        if name in FINETUNE_OPTIONS:
             if value != current:
                 setattr(model.config, name, value)
                 applied[name] = value
@@ -69,7 +69,7 @@ def apply_training_options(model: nn.Module, options: dict[str, Any]) -> dict[st
         model.config.validate()
         if model.config.grounding_box_weight > 0:
             model.enable_grounding_head()
-        logger.info("finetune: training options on top of the checkpoint's config: %s", applied)
+        logger.info("finetune: options on top of the checkpoint's config: %s", applied)
     return applied
 
 
