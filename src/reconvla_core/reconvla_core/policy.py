@@ -113,12 +113,14 @@ class CheckpointPolicy(Policy):
         )
         self.model.eval()
         self._torch = torch
+        self.last_box: np.ndarray | None = None
 
     def infer(self, obs: dict[str, Any]) -> np.ndarray:
         if obs.get("base_image") is None or obs.get("wrist_image") is None:
             raise ValueError("CheckpointPolicy needs base_image and wrist_image in the observation")
         with self._torch.inference_mode():
-            actions = self.model.predict_action(
+            prediction = self.model.predict(
                 obs["base_image"], obs["wrist_image"], str(obs["instruction"]), np.asarray(obs["state"])
             )
-        return check_chunk(actions)
+        self.last_box = prediction.box  # where the model looked (answer_box models), for probes and overlays
+        return check_chunk(prediction.actions)

@@ -51,3 +51,25 @@ def test_eval_probe_cli(capsys):
     assert result["chains"] == 1 and result["policy"] == "random" and set(result["joints"]) == set(JOINT_NAMES)
     assert main(["eval", "probe", "--policy", "expert", "--chains", "1", "--image-size", "64x48"]) == 2
     assert "expert drives" in capsys.readouterr().err
+
+
+def test_box_agreement():
+    from reconvla_core.sim.probe import box_agreement
+
+    assert box_agreement([0.1, 0.1, 0.3, 0.3], [0.1, 0.1, 0.3, 0.3]) == pytest.approx((1.0, 0.0))
+    iou, centre = box_agreement([0.0, 0.0, 0.2, 0.2], [0.1, 0.0, 0.3, 0.2])
+    assert iou == pytest.approx(0.02 / 0.06) and centre == pytest.approx(0.1)
+    assert box_agreement([0.0, 0.0, 0.1, 0.1], [0.5, 0.5, 0.6, 0.6])[0] == 0.0
+
+
+def test_probe_scores_the_gaze_box_of_a_policy_that_gives_one(env):
+    class Pointer(HoldStill):
+        """Points at the simulator's own gaze box: perfect grounding."""
+
+        def infer(self, obs):
+            self.last_box = env.gaze_box()
+            return super().infer(obs)
+
+    result = probe_policy(Pointer(), make_eval_chains(1), env=env, steps_per_chain=6)
+    assert result["gaze_box"] == {"frames": 6, "mean_iou": 1.0, "mean_centre_error": 0.0}
+    assert "gaze_box" not in probe_policy(HoldStill(), make_eval_chains(1), env=env, steps_per_chain=6)

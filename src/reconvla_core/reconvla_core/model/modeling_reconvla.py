@@ -40,6 +40,16 @@ class ReconVLAOutput:
     grounding_loss: torch.Tensor | None = None  # only with grounding_box_weight > 0
 
 
+@dataclass
+class ActionPrediction:
+    """One inference: (K, action_dim) actions in robot units, the answer's gaze box (normalised xyxy of
+    the base view; None unless ``answer_box``) and the (grid, grid) attention map when asked."""
+
+    actions: np.ndarray
+    box: np.ndarray | None = None
+    attention: np.ndarray | None = None
+
+
 # Metrics a forward pass reports (training logs and validation read them by these names).
 LOSS_KEYS: tuple[str, ...] = ("loss", "action_loss", "recon_loss", "action_accuracy", "grounding_loss")
 
@@ -329,16 +339,26 @@ class ReconVLA(nn.Module):
         return embeds, mask
 
     @torch.inference_mode()
+    def predict(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
+                state: Any, return_attention: bool = False,
+                stitched_image: np.ndarray | None = None) -> ActionPrediction:
+        """One chunk with what came with it: the box the answer started with (``answer_box``) and,
+        if asked, the attention map."""
+        embeds, image_mask = self.prepare_prompt(base_image, wrist_image, instruction, state, stitched_image)
+        tokens = self.decode_action_tokens(embeds)
+        ids = tokens.cpu().numpy()
+        return ActionPrediction(actions=self.processor.decode_actions(ids, state=state),
+                                box=self.processor.decode_box(ids),
+                                attention=self.attention_map(embeds, tokens, image_mask) if return_attention else None)
+
     def predict_action(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
                        state: Any, return_attention: bool = False,
                        stitched_image: np.ndarray | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """One chunk: (K, action_dim) actions in robot units (+ the (grid, grid) attention map if asked)."""
-        embeds, image_mask = self.prepare_prompt(base_image, wrist_image, instruction, state, stitched_image)
-        tokens = self.decode_action_tokens(embeds)
-        actions = self.processor.decode_actions(tokens.cpu().numpy(), state=state)
+        prediction = self.predict(base_image, wrist_image, instruction, state, return_attention, stitched_image)
         if not return_attention:
-            return actions
-        return actions, self.attention_map(embeds, tokens, image_mask)
+            return prediction.actions
+        return prediction.actions, prediction.attention
 
     def decode_action_tokens(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
         """Constrained greedy decoding of the answer: (box tokens +) K*D action token ids."""

@@ -8,7 +8,9 @@ correlation between predicted and true motion on those frames, and their mean si
 
 Reading it: a joint whose motion only the image can tell (the base yaw towards the named block)
 with correlation ~0 means the policy has not grounded the instruction; a joint with high
-correlation follows the task's phases (descend, lift).
+correlation follows the task's phases (descend, lift). A model that answers with a gaze box
+first (``answer_box``) is also scored on that box against the simulator's: mean IoU and the
+centre error in image widths/heights.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def probe_policy(policy: Policy, chains: Sequence[Chain], config: SimConfig | No
     expert = ExpertPolicy(env)
     predicted: list[np.ndarray] = []
     true: list[np.ndarray] = []
+    box_scores: list[tuple[float, float]] = []  # (IoU, centre error) of the policy's gaze box, if it gives one
     horizon = None
     try:
         for chain in chains:
@@ -48,6 +51,9 @@ def probe_policy(policy: Policy, chains: Sequence[Chain], config: SimConfig | No
             for _ in range(steps_per_chain):
                 command = check_chunk(expert.infer(obs))[0]
                 chunk = check_chunk(policy.infer(obs))
+                box = getattr(policy, "last_box", None)
+                if box is not None:
+                    box_scores.append(box_agreement(box, env.gaze_box()))
                 states.append(np.asarray(obs["state"], dtype=np.float64))
                 chunks.append(chunk)
                 commands.append(command)
@@ -71,5 +77,21 @@ def probe_policy(policy: Policy, chains: Sequence[Chain], config: SimConfig | No
         joints[name] = {"moving_frames": int(moving.sum()), "correlation": round(corr, 3),
                         "mean_abs_predicted_rad": round(float(np.abs(p).mean()), 4) if p.size else 0.0,
                         "mean_abs_true_rad": round(float(np.abs(t).mean()), 4) if t.size else 0.0}
-    return {"policy": policy.name, "chains": len(chains), "frames": int(len(target)), "horizon": horizon,
-            "steps_per_chain": steps_per_chain, "moving_rad": moving_rad, "joints": joints}
+    result = {"policy": policy.name, "chains": len(chains), "frames": int(len(target)), "horizon": horizon,
+              "steps_per_chain": steps_per_chain, "moving_rad": moving_rad, "joints": joints}
+    if box_scores:
+        scores = np.array(box_scores)
+        result["gaze_box"] = {"frames": len(scores), "mean_iou": round(float(scores[:, 0].mean()), 3),
+                              "mean_centre_error": round(float(scores[:, 1].mean()), 4)}
+    return result
+
+
+def box_agreement(predicted: np.ndarray, true: np.ndarray) -> tuple[float, float]:
+    """(IoU, centre distance) of two normalised xyxy boxes; the distance is in image widths/heights."""
+    p, t = np.asarray(predicted, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    inter_w = max(0.0, min(p[2], t[2]) - max(p[0], t[0]))
+    inter_h = max(0.0, min(p[3], t[3]) - max(p[1], t[1]))
+    inter = inter_w * inter_h
+    union = max(p[2] - p[0], 0.0) * max(p[3] - p[1], 0.0) + (t[2] - t[0]) * (t[3] - t[1]) - inter
+    centre = float(np.hypot((p[0] + p[2] - t[0] - t[2]) / 2, (p[1] + p[3] - t[1] - t[3]) / 2))
+    return (inter / union if union > 0 else 0.0), centre
