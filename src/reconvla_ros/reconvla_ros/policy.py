@@ -9,7 +9,8 @@ for the model. Per inference the worker checks that the frame is at most ``max_o
 
 - ``reconvla/action_chunk``: trajectory_msgs/JointTrajectory, joint_names joint1..joint6 + gripper,
   point i at ``time_from_start = i / action_rate``, header stamp = the frame's (observation) stamp;
-- ``reconvla/attention``: the colour-mapped attention overlay with its peak box, at most
+- ``reconvla/attention``: the colour-mapped attention overlay with the gaze box the model answered
+  with (green; ``answer_box`` checkpoints) or else the attention peak's box, at most
   ``viz_rate`` Hz (0 disables; attention costs an extra forward pass);
 - /diagnostics: inference time and observation-to-chunk latency.
 
@@ -267,7 +268,8 @@ class PolicyNode(Node):
         self._latency_ms.append((now_s(self) - stamp) * 1e3)
         if want_attention and prediction.attention is not None:
             self._last_viz = time.monotonic()
-            overlay = render_attention_overlay(frame, prediction.attention, cmap=self._p["colormap"])
+            overlay = render_attention_overlay(frame, prediction.attention, cmap=self._p["colormap"],
+                                               gaze_box=prediction.box)
             fields = rgb_to_fields(overlay)
             out = Image(height=fields.height, width=fields.width, encoding=fields.encoding,
                         is_bigendian=fields.is_bigendian, step=fields.step, data=fields.data)

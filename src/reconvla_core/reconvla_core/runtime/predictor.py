@@ -24,10 +24,12 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class Prediction:
-    """One inference: (K, 7) actions in robot units and, when asked, the (grid, grid) attention map."""
+    """One inference: (K, 7) actions in robot units, when asked the (grid, grid) attention map, and the
+    gaze box the model answered with (normalised xyxy of the model-input frame; ``answer_box`` models)."""
 
     actions: np.ndarray
     attention: np.ndarray | None = None
+    box: np.ndarray | None = None
 
 
 class Predictor(Protocol):
@@ -41,7 +43,7 @@ def check_prediction(prediction: Prediction) -> Prediction:
         raise ValueError(f"predictor returned actions of shape {actions.shape}; expected (K, {ACTION_DIM})")
     if not np.all(np.isfinite(actions)):
         raise ValueError("predictor returned non-finite actions")
-    return Prediction(actions, prediction.attention)
+    return Prediction(actions, prediction.attention, prediction.box)
 
 
 class ModelPredictor:
@@ -75,9 +77,11 @@ class ModelPredictor:
         import torch
 
         with self._lock, torch.inference_mode():
-            out = self.model.predict_action(None, None, instruction, np.asarray(state, dtype=np.float32),
-                                            return_attention=with_attention, stitched_image=frame)
-        if with_attention:
-            actions, attention = out
-            return Prediction(np.asarray(actions, dtype=np.float64), np.asarray(attention, dtype=np.float64))
-        return Prediction(np.asarray(out, dtype=np.float64))
+            out = self.model.predict(None, None, instruction, np.asarray(state, dtype=np.float32),
+                                     return_attention=with_attention, stitched_image=frame)
+        box = None
+        if out.box is not None:  # base-view box -> the stitched frame (base view on top)
+            top = float(self.model.config.stitch_top_fraction)
+            box = np.array([out.box[0], out.box[1] * top, out.box[2], out.box[3] * top], dtype=np.float64)
+        attention = None if out.attention is None else np.asarray(out.attention, dtype=np.float64)
+        return Prediction(np.asarray(out.actions, dtype=np.float64), attention, box)

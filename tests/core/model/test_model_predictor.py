@@ -1,0 +1,21 @@
+"""ModelPredictor (what the policy node runs): actions, attention and the answer's gaze box in frame coordinates."""
+
+from __future__ import annotations
+
+import numpy as np
+from model_helpers import build_tiny, make_observation
+
+from reconvla_core.runtime.predictor import ModelPredictor, check_prediction
+
+
+def test_model_predictor_maps_the_answer_box_into_the_stitched_frame(norm_stats):
+    model = build_tiny(norm_stats, seed=7, recon_target="none", answer_box=True)
+    obs = make_observation(0)
+    frame = model.processor.stitch(obs["base_image"], obs["wrist_image"])
+    prediction = check_prediction(ModelPredictor(model)(frame, obs["instruction"], obs["state"], True))
+    assert prediction.actions.shape == (5, 7) and prediction.attention.shape == (8, 8)
+    own = model.predict(None, None, obs["instruction"], obs["state"], stitched_image=frame).box
+    top = model.config.stitch_top_fraction  # the base view fills the top of the frame
+    np.testing.assert_allclose(prediction.box, [own[0], own[1] * top, own[2], own[3] * top])
+    plain = build_tiny(norm_stats, seed=7, recon_target="none")
+    assert ModelPredictor(plain)(frame, obs["instruction"], obs["state"], False).box is None
