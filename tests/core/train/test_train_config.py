@@ -38,6 +38,14 @@ def test_shipped_configs_by_name_and_paper_recipe() -> None:
     assert fine.warmup_for(1000) == 30
 
 
+def test_tiny_finetune_recipe_extends_tiny_sim() -> None:
+    tiny, fine = load_train_config("tiny-sim"), load_train_config("tiny-sim-finetune")
+    assert fine.stage == "finetune" and fine.init_from
+    assert fine.optim.lr == pytest.approx(1e-4) and fine.optim.lr < tiny.optim.lr
+    assert fine.optim.lr_denoiser == pytest.approx(1e-4)
+    assert fine.model == tiny.model and fine.data.static_threshold == tiny.data.static_threshold
+
+
 def test_overrides_are_parsed_to_field_types(fake_dataset: Path) -> None:
     config = load_train_config(
         "tiny-sim",

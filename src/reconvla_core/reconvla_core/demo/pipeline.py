@@ -33,7 +33,7 @@ class DemoConfig:
     ros_episodes: int = 40  # demonstrations recorded through the ROS graph (real time)
     sim_episodes: int = 150  # extra demonstrations from `sim collect` (same bags, no ROS), run alongside
     image_size: tuple[int, int] = (160, 120)
-    train_steps: int = 3000
+    train_steps: int | None = None  # None: 1,000 finetuning a checkpoint (--init), 3,000 from random weights
     eval_chains: int = 20
     deploy_seconds: float = 20.0
     overrides: list[str] = dataclasses.field(default_factory=list)  # train key=value overrides
@@ -44,7 +44,10 @@ class DemoConfig:
         if quick:
             config = dataclasses.replace(config, ros_episodes=3, sim_episodes=0, train_steps=20, eval_chains=3,
                                          deploy_seconds=8.0)
-        return dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
+        config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
+        if config.train_steps is None:
+            config = dataclasses.replace(config, train_steps=1000 if config.init_from is not None else 3000)
+        return config
 
 
 def default_out_dir(root: Path = Path("runs")) -> Path:
@@ -163,9 +166,10 @@ def _train(config: DemoConfig) -> dict[str, Any]:
     overrides = [f"train.max_steps={config.train_steps}", f"seed={config.seed}",
                  f"eval.every_steps={max(20, config.train_steps // 10)}"]
     if config.init_from is not None:
-        overrides += ["stage=finetune", f"init_from={config.init_from}"]
+        overrides += [f"init_from={config.init_from}"]
     overrides += config.overrides
-    train_config = load_train_config("tiny-sim", overrides, data=[str(config.out_dir / "dataset")],
+    recipe = "tiny-sim-finetune" if config.init_from is not None else "tiny-sim"
+    train_config = load_train_config(recipe, overrides, data=[str(config.out_dir / "dataset")],
                                      output_dir=str(config.out_dir / "train"))
     result = train(train_config)
     for name in ("loss_curve.png", "loss_curves.png"):
