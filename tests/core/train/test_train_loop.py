@@ -166,7 +166,7 @@ def test_finetune_starts_from_the_pretrained_denoiser(pretrained: dict[str, Any]
     assert result["init"]["denoiser_carried_over"] is True and result["init"]["init_from"] == str(init)
 
 
-def test_finetune_applies_training_options_and_keeps_the_architecture(pretrained: dict[str, Any], make_config: Any,
+def test_finetune_applies_finetune_options_and_keeps_the_architecture(pretrained: dict[str, Any], make_config: Any,
                                                                       tmp_path: Path, caplog) -> None:
     from reconvla_core.train.data import build_data
     from reconvla_core.train.model_setup import build_model
@@ -177,7 +177,7 @@ def test_finetune_applies_training_options_and_keeps_the_architecture(pretrained
                                                  "eval.max_samples": 4})
     with caplog.at_level("WARNING"):
         model, info = build_model(config, build_data(config, need_val=False).stats)
-    assert info["training_options"] == {"grounding_box_weight": 1.5}
+    assert info["finetune_options"] == {"grounding_box_weight": 1.5}
     assert model.config.grounding_box_weight == 1.5 and model.grounding_head is not None
     assert "action_embedding_init='random' is ignored" in caplog.text  # architecture stays the checkpoint's
     result = train(config)

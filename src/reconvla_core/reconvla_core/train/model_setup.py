@@ -27,9 +27,9 @@ def build_model(config: TrainConfig, stats: list[dict[str, Any]]) -> tuple[nn.Mo
         model = ReconVLA.from_pretrained(config.init_from, load_reconstruction=True)
         check_matches_config(model, config)
         info = {"init_from": str(config.init_from), **check_carried_over(model, Path(config.init_from))}
-        applied = apply_training_options(model, config.model.options)
+        applied = apply_finetune_options(model, config.model.options)
         if applied:
-            info["training_options"] = applied
+            info["finetune_options"] = applied
     else:
         model_config = ReconVLAConfig.from_preset(config.model.preset, recon_target=config.model.recon_target,
                                                   chunk_size=config.model.chunk_size, **config.model.options)
@@ -50,7 +50,7 @@ def build_model(config: TrainConfig, stats: list[dict[str, Any]]) -> tuple[nn.Mo
     return model, info
 
 
-def apply_training_options(model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+def apply_finetune_options(model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
     """A finetune keeps its init checkpoint's architecture; the config's FINETUNE_OPTIONS (loss weights,
     input dropout, answer format) still apply. Other options that differ from the checkpoint are ignored, loudly."""
     from reconvla_core.model.configuration_reconvla import FINETUNE_OPTIONS
