@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from reconvla_core.demo.report import markdown_table, mean_and_ci, plot_success_by_position, write_json
+from reconvla_core.runtime.overlay import gaze_box_in_frame
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +54,6 @@ class StudyConfig:
         return cls(out_dir=args.out or Path("runs") / time.strftime("study-recon-%Y%m%d-%H%M%S"), seeds=args.seeds,
                    data=args.data, episodes=args.episodes, train_steps=args.train_steps, chains=args.chains,
                    variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()))
-
-
-def gaze_box_in_frame(box: np.ndarray, top_fraction: float) -> np.ndarray:
-    """A normalised xyxy box of the base view -> the same box in the stitched frame (base on top)."""
-    x0, y0, x1, y1 = np.clip(np.asarray(box, dtype=np.float64), 0.0, 1.0)
-    return np.array([x0, y0 * top_fraction, x1, y1 * top_fraction])
 
 
 def attention_inside(attention: np.ndarray, box: np.ndarray) -> float:

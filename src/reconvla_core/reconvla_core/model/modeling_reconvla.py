@@ -80,11 +80,14 @@ def build_projector(config: ReconVLAConfig) -> nn.Sequential:
     LLM's own linear layers (normal, std 0.02, zero bias) so fresh image tokens start at the scale of
     the text embeddings instead of dwarfing them."""
     d_vision, d_llm = config.vision.hidden_size, config.llm.hidden_size
-    projector = nn.Sequential(nn.Linear(d_vision, d_llm), nn.GELU(), nn.Linear(d_llm, d_llm))
-    for layer in (projector[0], projector[2]):
-        nn.init.normal_(layer.weight, std=0.02)
-        nn.init.zeros_(layer.bias)
-    return projector
+    return nn.Sequential(init_like_llm(nn.Linear(d_vision, d_llm)), nn.GELU(), init_like_llm(nn.Linear(d_llm, d_llm)))
+
+
+def init_like_llm(layer: nn.Linear) -> nn.Linear:
+    """A fresh linear layer initialised as the LLM's own (normal, std 0.02, zero bias)."""
+    nn.init.normal_(layer.weight, std=0.02)
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 def build_projector_norm(config: ReconVLAConfig) -> nn.Module:
@@ -206,9 +209,7 @@ class ReconVLA(nn.Module):
     def enable_grounding_head(self) -> None:
         """Build the explicit-grounding head (gaze box from the first action token's hidden state) if absent."""
         if self.grounding_head is None:
-            self.grounding_head = nn.Linear(self.config.llm.hidden_size, 4).to(self.device)
-            nn.init.normal_(self.grounding_head.weight, std=0.02)
-            nn.init.zeros_(self.grounding_head.bias)
+            self.grounding_head = init_like_llm(nn.Linear(self.config.llm.hidden_size, 4)).to(self.device)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Activation checkpointing of the LLM layers (transformers >= 5.20 renamed the method)."""

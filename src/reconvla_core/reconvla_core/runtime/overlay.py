@@ -49,6 +49,12 @@ def peak_box(attention: np.ndarray, radius_cells: int = 1) -> tuple[float, float
     return x1 / cols, y1 / rows, x2 / cols, y2 / rows
 
 
+def gaze_box_in_frame(box: Sequence[float], top_fraction: float) -> np.ndarray:
+    """A normalised xyxy box of the base view -> the same box in the stitched frame (base on top)."""
+    x0, y0, x1, y1 = np.clip(np.asarray(box, dtype=np.float64), 0.0, 1.0)
+    return np.array([x0, y0 * top_fraction, x1, y1 * top_fraction])
+
+
 def draw_box(
     image: np.ndarray,
     box_xyxy: Sequence[float],

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from reconvla_core.piper import ACTION_DIM
+from reconvla_core.runtime.overlay import gaze_box_in_frame
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +80,6 @@ class ModelPredictor:
         with self._lock, torch.inference_mode():
             out = self.model.predict(None, None, instruction, np.asarray(state, dtype=np.float32),
                                      return_attention=with_attention, stitched_image=frame)
-        box = None
-        if out.box is not None:  # base-view box -> the stitched frame (base view on top)
-            top = float(self.model.config.stitch_top_fraction)
-            box = np.array([out.box[0], out.box[1] * top, out.box[2], out.box[3] * top], dtype=np.float64)
+        box = None if out.box is None else gaze_box_in_frame(out.box, float(self.model.config.stitch_top_fraction))
         attention = None if out.attention is None else np.asarray(out.attention, dtype=np.float64)
         return Prediction(np.asarray(out.actions, dtype=np.float64), attention, box)
