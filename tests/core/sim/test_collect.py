@@ -94,3 +94,19 @@ def test_collect_refuses_a_non_empty_output(tmp_path):
     with pytest.raises(ValueError, match="not empty"):
         collect(tmp_path, 1)
     assert main(["sim", "collect", "--episodes", "1", "--out", str(tmp_path)]) == 2
+
+
+def test_demonstration_scenes_are_disjoint_from_the_evaluation_chains():
+    """Both of the demo's recorders (direct collector and ROS teleop) record in scenes no
+    evaluation set scores: a policy is never evaluated on a scene it was shown."""
+    from reconvla_core.demo.pipeline import ros_record_scene
+    from reconvla_core.sim.collect import collection_chain, collection_scene
+    from reconvla_core.sim.tasks import make_eval_chains
+
+    evaluated = {chain.seed for seed in (0, 1, 100) for chain in make_eval_chains(100, seed=seed)}
+    for demo_seed in (0, 1, 5):
+        ros_scenes = {ros_record_scene(demo_seed) + i for i in range(200)}  # sim_robot: next seed per reset
+        direct_scenes = {collection_scene(i, demo_seed + 1000) for i in range(200)}
+        assert not ros_scenes & evaluated and not direct_scenes & evaluated
+        assert not ros_scenes & direct_scenes
+    assert collection_chain(3, 7).seed == collection_scene(3, 7)

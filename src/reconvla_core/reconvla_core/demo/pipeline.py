@@ -50,6 +50,14 @@ class DemoConfig:
         return config
 
 
+def ros_record_scene(seed: int) -> int:
+    """First scene seed of the demo's ROS recording: a collection run of its own (``seed + 2000``),
+    apart from the direct collector's (``seed + 1000``) and from every evaluation set."""
+    from reconvla_core.sim.collect import collection_scene
+
+    return collection_scene(0, seed + 2000)
+
+
 def default_out_dir(root: Path = Path("runs")) -> Path:
     return root / time.strftime("demo-%Y%m%d-%H%M%S")
 
@@ -137,8 +145,10 @@ def _record(config: DemoConfig, graph: Any) -> dict[str, Any]:
         bar.set_postfix(successful=successful)
 
     bar = tqdm(total=config.ros_episodes, desc="record (ROS teleop)", unit="episode")
+    # sim_robot moves to the next scene seed on each reset: start in collection scenes (disjoint from the
+    # fixed evaluation chains, which use scene seeds 0..99) so the policy is never scored on a scene it saw.
     ros = graph.record_demonstrations(
-        bags / "ros", config.ros_episodes, seed=config.seed, image_size=config.image_size,
+        bags / "ros", config.ros_episodes, seed=ros_record_scene(config.seed), image_size=config.image_size,
         log_dir=config.out_dir / "logs" / "record", progress=on_episode)
     bar.close()
     result["ros"] = ros

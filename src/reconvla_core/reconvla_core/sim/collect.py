@@ -35,9 +35,15 @@ BASE_FRAME_ID = "camera_color_optical_frame"
 WRIST_FRAME_ID = "wrist_camera_color_optical_frame"
 
 
+def collection_scene(index: int, seed: int) -> int:
+    """Scene seed of chain ``index`` of a collection run: disjoint from the evaluation sets' seeds
+    (``seed * 100003 + i``), so no demonstration is recorded in a scene a policy is scored on."""
+    return COLLECT_SEED_OFFSET + int(seed) * 100003 + int(index)
+
+
 def collection_chain(index: int, seed: int) -> Chain:
     """Chain ``index`` of a collection run: like the evaluation set, on disjoint scene seeds."""
-    return chain_for_scene(COLLECT_SEED_OFFSET + int(seed) * 100003 + int(index))
+    return chain_for_scene(collection_scene(index, seed))
 
 
 class _EpisodeRecorder:
