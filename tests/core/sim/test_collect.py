@@ -110,3 +110,48 @@ def test_demonstration_scenes_are_disjoint_from_the_evaluation_chains():
         assert not ros_scenes & evaluated and not direct_scenes & evaluated
         assert not ros_scenes & direct_scenes
     assert collection_chain(3, 7).seed == collection_scene(3, 7)
+
+
+def test_execution_noise_perturbs_the_approach_only():
+    """DART-style noise: a drifting offset on the executed joints until the first close, none after;
+    the recorded command is never touched."""
+    from reconvla_core.sim.collect import ExecutionNoise
+
+    process = ExecutionNoise(std_rad=0.05, time_constant_s=1.0).process(0.1, np.random.default_rng(0))
+    open_command = np.array([0.1, 1.2, -0.8, 0.0, 1.0, 0.0, 0.07])
+    approach = [process.perturb(open_command.copy()) - open_command for _ in range(200)]
+    offsets = np.array(approach)[:, :6]
+    assert np.all(np.array(approach)[:, 6] == 0.0)  # the gripper runs as commanded
+    assert 0.02 < offsets.std() < 0.08  # about the configured std (stationary OU)
+    assert np.abs(np.diff(offsets, axis=0)).mean() < 0.5 * np.abs(offsets).mean()  # drifts, does not jitter
+    closed = open_command.copy()
+    closed[6] = 0.0
+    assert np.array_equal(process.perturb(closed), closed)
+    assert np.array_equal(process.perturb(open_command), open_command)  # after the close: the expert's own
+    with pytest.raises(ValueError, match="std"):
+        ExecutionNoise(std_rad=float("nan"))
+    with pytest.raises(ValueError, match="time constant"):
+        ExecutionNoise(std_rad=0.03, time_constant_s=0.0)
+
+
+def test_collect_with_noise_records_the_expert_commands(tmp_path):
+    """The arm runs off the expert's path (the state differs from a clean run) while the bag's leader
+    command is the expert's; the episode info says how much noise was injected."""
+    from reconvla_core.sim.collect import ExecutionNoise, collect
+    from reconvla_core.sim.env import SimConfig
+
+    config = SimConfig(image_width=48, image_height=32)
+    clean = collect(tmp_path / "clean", 1, seed=3, config=config, progress=False)
+    noisy = collect(tmp_path / "noisy", 1, seed=3, config=config, progress=False,
+                    noise=ExecutionNoise(std_rad=0.05))
+    assert clean["successful"] == noisy["successful"] == 1
+    assert noisy["execution_noise_std_rad"] == 0.05
+    _, clean_msgs = _read(tmp_path / "clean" / "episode_000000")
+    _, noisy_msgs = _read(tmp_path / "noisy" / "episode_000000")
+    info = json.loads(noisy_msgs[itf.EPISODE_INFO_TOPIC][0][1].data)
+    assert info["execution_noise_std_rad"] == 0.05
+    state = lambda msgs: np.array([m.position for _, m in msgs[itf.FOLLOWER_STATE_TOPIC]])  # noqa: E731
+    leader = lambda msgs: np.array([m.position for _, m in msgs[itf.LEADER_COMMAND_TOPIC]])  # noqa: E731
+    n = 15  # the approach: the first commands are the same plan, the states are not
+    assert np.allclose(leader(clean_msgs)[:3], leader(noisy_msgs)[:3], atol=1e-6)
+    assert np.abs(state(clean_msgs)[:n, :6] - state(noisy_msgs)[:n, :6]).max() > 0.01

@@ -61,6 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     collect.add_argument("--episodes", type=_positive, required=True, help="number of episodes (subtasks)")
     collect.add_argument("--out", type=Path, required=True, help="output directory (new or empty)")
     collect.add_argument("--seed", type=int, default=0, help="collection seed (scenes disjoint from eval)")
+    collect.add_argument("--noise-rad", type=float, default=0.0, metavar="STD",
+                         help="DART-style execution noise: the arm runs the expert's command plus a drifting joint "
+                              "offset of this std (rad) while the gripper is open; the bags record the expert's "
+                              "command (default 0: none; 0.03-0.05 teaches a policy to recover from small misses)")
     _add_sim_options(collect)
     collect.set_defaults(func=cmd_collect)
     frames = sim_sub.add_parser("frames", help="save a collected episode's frames as a GIF or a PNG contact sheet")
@@ -104,9 +108,10 @@ def _help(parser: argparse.ArgumentParser) -> int:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     from reconvla_core.cli.main import emit_result
-    from reconvla_core.sim.collect import collect
+    from reconvla_core.sim.collect import ExecutionNoise, collect
 
-    result = collect(args.out, args.episodes, seed=args.seed, config=_config(args), progress=True)
+    noise = ExecutionNoise(std_rad=args.noise_rad) if args.noise_rad else None
+    result = collect(args.out, args.episodes, seed=args.seed, config=_config(args), progress=True, noise=noise)
     emit_result(result, args.json)
     return 0
 

@@ -13,18 +13,26 @@ Each bag holds, at the control rate and on the real robot's topics
 the expert's leader command (``/master/joint_states``), the ground-truth gaze box, the
 instruction (once, at the start) and the episode info at the end (task = instruction text,
 ``task_name``, ``task_family``, ``success``, ``operator="sim-expert"``, scene seed, ...).
+
+``ExecutionNoise`` (``--noise-rad``) injects DART-style noise (Laskey et al., 2017): the arm
+executes the expert's command plus a slowly varying joint offset while the recorded action stays
+the expert's own command. A policy trained only on perfect demonstrations never sees itself a
+little off target (and then hovers there); with noise the data holds those states, labelled with
+the expert's way back.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from reconvla_core import interfaces as itf
+from reconvla_core.piper import GRIPPER_MAX
 from reconvla_core.sim.env import PiperCellEnv, SimConfig
 from reconvla_core.sim.tasks import Chain, Task, chain_for_scene
 
@@ -33,6 +41,47 @@ logger = logging.getLogger(__name__)
 COLLECT_SEED_OFFSET = 10_000_000
 BASE_FRAME_ID = "camera_color_optical_frame"
 WRIST_FRAME_ID = "wrist_camera_color_optical_frame"
+
+
+@dataclass(frozen=True)
+class ExecutionNoise:
+    """A per-joint Ornstein-Uhlenbeck offset added to the executed command during a subtask's
+    approach and descent to its block (until the expert first closes the gripper): where a
+    policy's small errors leave it off target. From the close on (grasp, carry, release) the arm
+    runs the expert's command as it is, so grasps and placements stay reliable."""
+
+    std_rad: float = 0.0  # stationary standard deviation of each joint's offset
+    time_constant_s: float = 1.0  # correlation time: offsets drift, they do not jitter
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.std_rad) and 0.0 <= self.std_rad <= 0.2):
+            raise ValueError(f"execution noise std must be in 0..0.2 rad, got {self.std_rad}")
+        if not (np.isfinite(self.time_constant_s) and self.time_constant_s > 0):
+            raise ValueError(f"execution noise time constant must be > 0 s, got {self.time_constant_s}")
+
+    def process(self, dt: float, rng: np.random.Generator) -> _NoiseProcess:
+        return _NoiseProcess(self, dt, rng)
+
+
+class _NoiseProcess:
+    """The running offset of one subtask (starts at zero: the first frames are the expert's own)."""
+
+    def __init__(self, noise: ExecutionNoise, dt: float, rng: np.random.Generator) -> None:
+        self.decay = float(np.exp(-dt / noise.time_constant_s))
+        self.scale = noise.std_rad * float(np.sqrt(1.0 - self.decay**2))
+        self.rng = rng
+        self.offset = np.zeros(6)
+        self.closed = False
+
+    def perturb(self, command: np.ndarray) -> np.ndarray:
+        """The command the arm executes: ``command`` + the offset on the joints until the first close."""
+        self.offset = self.decay * self.offset + self.scale * self.rng.standard_normal(6)
+        self.closed = self.closed or command[6] < 0.5 * GRIPPER_MAX
+        if self.closed:
+            return command
+        executed = command.copy()
+        executed[:6] += self.offset
+        return executed
 
 
 def collection_scene(index: int, seed: int) -> int:
@@ -49,7 +98,8 @@ def collection_chain(index: int, seed: int) -> Chain:
 class _EpisodeRecorder:
     """Writes the frames of one subtask episode into a bag."""
 
-    def __init__(self, path: Path, task: Task, chain: Chain, position: int, start_ns: int) -> None:
+    def __init__(self, path: Path, task: Task, chain: Chain, position: int, start_ns: int,
+                 noise_std_rad: float = 0.0) -> None:
         from reconvla_core.data.bag_writer import EpisodeBagWriter
 
         self.path = path
@@ -57,6 +107,7 @@ class _EpisodeRecorder:
         self.chain = chain
         self.position = position
         self.start_ns = start_ns
+        self.noise_std_rad = noise_std_rad
         self.frames = 0
         self.writer = EpisodeBagWriter(path).open()
         self.writer.write_string(itf.INSTRUCTION_TOPIC, start_ns, task.instruction)
@@ -84,6 +135,7 @@ class _EpisodeRecorder:
                 "frames": self.frames,
                 "control_hz": config.control_hz,
                 "source": "reconvla_core.sim",
+                "execution_noise_std_rad": self.noise_std_rad,
             }
         )
 
@@ -94,9 +146,11 @@ def collect(
     seed: int = 0,
     config: SimConfig | None = None,
     progress: bool = True,
+    noise: ExecutionNoise | None = None,
 ) -> dict[str, Any]:
     """Collect ``episodes`` subtask episodes with the scripted expert into ``out_dir/episode_XXXXXX``.
 
+    ``noise``: execute the expert's commands with DART-style noise (the bags record the expert's).
     Returns ``{"episodes", "successful", "frames", "steps_per_s", "out_dir", "bags"}``;
     ``steps_per_s`` counts control steps (physics + both cameras + bag writing) per wall second."""
     from tqdm import tqdm
@@ -110,6 +164,10 @@ def collect(
         raise ValueError(f"output directory {out} exists and is not empty; choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
     config = config or SimConfig()
+    if noise is not None and noise.std_rad > 0:  # a noisy command may poke past a limit: clamp it, as the driver does
+        import dataclasses
+
+        config = dataclasses.replace(config, clip_actions=True)
     env = PiperCellEnv(config)
     period_ns = int(round(1e9 / config.control_hz))
     written: list[str] = []
@@ -127,14 +185,17 @@ def collect(
                 if len(written) >= episodes:
                     break
                 path = out / f"episode_{len(written):06d}"
-                recorder = _EpisodeRecorder(path, task, chain, position, clock_ns)
+                rng = np.random.default_rng([chain.seed, position, 11])
+                jitter = noise.process(config.control_dt, rng) if noise else None
+                recorder = _EpisodeRecorder(path, task, chain, position, clock_ns,
+                                            noise.std_rad if noise else 0.0)
                 success = False
                 try:
                     while True:
                         action = env.expert_action()
                         velocity = np.concatenate([env.arm.state().velocities, [0.0]])
                         recorder.write(clock_ns, obs, velocity, action, env.gaze_box())
-                        obs, info = env.step(action)
+                        obs, info = env.step(jitter.perturb(action) if jitter else action)
                         clock_ns += period_ns
                         if info["subtask_success"] or info["done"]:
                             success = bool(info["subtask_success"])
@@ -160,6 +221,7 @@ def collect(
         "steps_per_s": round(frames / elapsed, 2) if elapsed > 0 else 0.0,
         "out_dir": str(out),
         "image_size": [config.image_width, config.image_height],
+        "execution_noise_std_rad": noise.std_rad if noise else 0.0,
     }
 
 
