@@ -63,8 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     collect.add_argument("--seed", type=int, default=0, help="collection seed (scenes disjoint from eval)")
     collect.add_argument("--noise-rad", type=float, default=0.0, metavar="STD",
                          help="DART-style execution noise: the arm runs the expert's command plus a drifting joint "
-                              "offset of this std (rad) while the gripper is open; the bags record the expert's "
-                              "command (default 0: none; 0.03-0.05 teaches a policy to recover from small misses)")
+                              "offset of this std (rad) on each subtask's approach, until the expert closes the gripper; the "
+                              "bags record the expert's command (default 0: none; 0.03-0.05 teaches a policy to recover from small misses)")
     _add_sim_options(collect)
     collect.set_defaults(func=cmd_collect)
     frames = sim_sub.add_parser("frames", help="save a collected episode's frames as a GIF or a PNG contact sheet")

@@ -23,6 +23,7 @@ the expert's way back.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -165,8 +166,6 @@ def collect(
     out.mkdir(parents=True, exist_ok=True)
     config = config or SimConfig()
     if noise is not None and noise.std_rad > 0:  # a noisy command may poke past a limit: clamp it, as the driver does
-        import dataclasses
-
         config = dataclasses.replace(config, clip_actions=True)
     env = PiperCellEnv(config)
     period_ns = int(round(1e9 / config.control_hz))
