@@ -99,14 +99,14 @@ def test_collect_refuses_a_non_empty_output(tmp_path):
 def test_demonstration_scenes_are_disjoint_from_the_evaluation_chains():
     """Both of the demo's recorders (direct collector and ROS teleop) record in scenes no
     evaluation set scores: a policy is never evaluated on a scene it was shown."""
-    from reconvla_core.demo.pipeline import ros_record_scene
+    from reconvla_core.demo.pipeline import DIRECT_COLLECT_SEED_OFFSET, ros_record_scene
     from reconvla_core.sim.collect import collection_chain, collection_scene
     from reconvla_core.sim.tasks import make_eval_chains
 
     evaluated = {chain.seed for seed in (0, 1, 100) for chain in make_eval_chains(100, seed=seed)}
     for demo_seed in (0, 1, 5):
         ros_scenes = {ros_record_scene(demo_seed) + i for i in range(200)}  # sim_robot: next seed per reset
-        direct_scenes = {collection_scene(i, demo_seed + 1000) for i in range(200)}
+        direct_scenes = {collection_scene(i, demo_seed + DIRECT_COLLECT_SEED_OFFSET) for i in range(200)}
         assert not ros_scenes & evaluated and not direct_scenes & evaluated
         assert not ros_scenes & direct_scenes
     assert collection_chain(3, 7).seed == collection_scene(3, 7)

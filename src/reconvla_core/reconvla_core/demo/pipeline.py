@@ -50,12 +50,17 @@ class DemoConfig:
         return config
 
 
+# Collection-run seeds of the demo's two recorders (offsets from DemoConfig.seed): each records in
+# scenes of its own, apart from each other and from every evaluation set.
+DIRECT_COLLECT_SEED_OFFSET = 1000
+ROS_RECORD_SEED_OFFSET = 2000
+
+
 def ros_record_scene(seed: int) -> int:
-    """First scene seed of the demo's ROS recording: a collection run of its own (``seed + 2000``),
-    apart from the direct collector's (``seed + 1000``) and from every evaluation set."""
+    """First scene seed of the demo's ROS recording (sim_robot moves to the next one on each reset)."""
     from reconvla_core.sim.collect import collection_scene
 
-    return collection_scene(0, seed + 2000)
+    return collection_scene(0, seed + ROS_RECORD_SEED_OFFSET)
 
 
 def default_out_dir(root: Path = Path("runs")) -> Path:
@@ -134,7 +139,7 @@ def _record(config: DemoConfig, graph: Any) -> dict[str, Any]:
 
         width, height = config.image_size
         pool = ThreadPoolExecutor(max_workers=1)
-        direct = pool.submit(collect, bags / "sim_collect", config.sim_episodes, seed=config.seed + 1000,
+        direct = pool.submit(collect, bags / "sim_collect", config.sim_episodes, seed=config.seed + DIRECT_COLLECT_SEED_OFFSET,
                              config=SimConfig(image_width=width, image_height=height), progress=False)
     successful = 0
 

@@ -165,7 +165,10 @@ def collect(
         raise ValueError(f"output directory {out} exists and is not empty; choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
     config = config or SimConfig()
-    if noise is not None and noise.std_rad > 0:  # a noisy command may poke past a limit: clamp it, as the driver does
+    if noise is not None and noise.std_rad == 0:
+        noise = None
+    noise_std = noise.std_rad if noise else 0.0
+    if noise:  # a noisy command may poke past a limit: clamp it, as the driver does
         config = dataclasses.replace(config, clip_actions=True)
     env = PiperCellEnv(config)
     period_ns = int(round(1e9 / config.control_hz))
@@ -184,10 +187,9 @@ def collect(
                 if len(written) >= episodes:
                     break
                 path = out / f"episode_{len(written):06d}"
-                rng = np.random.default_rng([chain.seed, position, 11])
+                rng = np.random.default_rng([chain.seed, position, 11])  # the same offsets for the same subtask
                 jitter = noise.process(config.control_dt, rng) if noise else None
-                recorder = _EpisodeRecorder(path, task, chain, position, clock_ns,
-                                            noise.std_rad if noise else 0.0)
+                recorder = _EpisodeRecorder(path, task, chain, position, clock_ns, noise_std)
                 success = False
                 try:
                     while True:
@@ -220,7 +222,7 @@ def collect(
         "steps_per_s": round(frames / elapsed, 2) if elapsed > 0 else 0.0,
         "out_dir": str(out),
         "image_size": [config.image_width, config.image_height],
-        "execution_noise_std_rad": noise.std_rad if noise else 0.0,
+        "execution_noise_std_rad": noise_std,
     }
 
 
