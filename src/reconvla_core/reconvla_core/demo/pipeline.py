@@ -139,7 +139,8 @@ def _record(config: DemoConfig, graph: Any) -> dict[str, Any]:
 
         width, height = config.image_size
         pool = ThreadPoolExecutor(max_workers=1)
-        direct = pool.submit(collect, bags / "sim_collect", config.sim_episodes, seed=config.seed + DIRECT_COLLECT_SEED_OFFSET,
+        direct = pool.submit(collect, bags / "sim_collect", config.sim_episodes,
+                             seed=config.seed + DIRECT_COLLECT_SEED_OFFSET,
                              config=SimConfig(image_width=width, image_height=height), progress=False)
     successful = 0
 

@@ -110,8 +110,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from reconvla_core.cli.main import emit_result
     from reconvla_core.sim.collect import ExecutionNoise, collect
 
-    noise = ExecutionNoise(std_rad=args.noise_rad) if args.noise_rad else None
-    result = collect(args.out, args.episodes, seed=args.seed, config=_config(args), progress=True, noise=noise)
+    # collect() treats a zero std as no noise; the dataclass refuses a bad one with a clear error.
+    result = collect(args.out, args.episodes, seed=args.seed, config=_config(args), progress=True,
+                     noise=ExecutionNoise(std_rad=args.noise_rad))
     emit_result(result, args.json)
     return 0
 
