@@ -36,7 +36,7 @@ def test_zero_order_hold_mode():
 
 
 def test_steps_already_in_the_past_are_dropped():
-    queue = ActionQueue(ActionQueueConfig(mode="replace"))
+    queue = ActionQueue(ActionQueueConfig(mode="replace", trim="wall"))
     # Observation at t=0, chunk arrives at t=0.25 (inference latency): steps 0..2 are late.
     remaining = queue.push(ActionChunk.from_rate(0.0, ramp(5), 10.0), now=0.25)
     assert remaining == 2
@@ -46,10 +46,73 @@ def test_steps_already_in_the_past_are_dropped():
 
 
 def test_chunk_entirely_in_the_past_is_stale():
-    queue = ActionQueue()
+    queue = ActionQueue(ActionQueueConfig(trim="wall"))
+    assert queue.push(ActionChunk.from_rate(0.0, ramp(3), 10.0), now=1.0) == 0
+    assert queue.stats.chunks_stale == 1 and queue.stats.chunks_dropped == 1
+    assert queue.last_report.reason == "executed"
+    assert queue.sample(1.0) is None
+
+
+def test_a_chunk_older_than_the_bound_is_dropped_and_counted():
+    queue = ActionQueue(ActionQueueConfig(max_chunk_age_s=2.0))
     assert queue.push(ActionChunk.from_rate(0.0, ramp(3), 10.0), now=5.0) == 0
-    assert queue.stats.chunks_stale == 1
+    report = queue.last_report
+    assert (report.accepted, report.reason) == (False, "too_old")
+    assert report.age_s == pytest.approx(5.0) and report.horizon_s == pytest.approx(0.3)
+    assert "too old" in report.describe() and "age 5.000 s" in report.describe()
+    assert queue.stats.chunks_too_old == 1 and queue.stats.chunks_dropped == 1
     assert queue.sample(5.0) is None
+
+
+def test_a_late_chunk_starts_where_the_idle_arm_stands():
+    # The queue was dry since before the observation: the arm held still for the whole latency,
+    # so nothing of the chunk was executed and step 0 (the observed state) is due now.
+    queue = ActionQueue(ActionQueueConfig(mode="replace"))
+    report = queue.push_report(ActionChunk.from_rate(0.0, ramp(4), 10.0), now=1.2)  # latency 3x horizon
+    assert report.accepted and report.skipped_idle_s == pytest.approx(1.2)
+    assert report.trimmed_steps == 0 and report.remaining_steps == 4
+    np.testing.assert_allclose(queue.sample(1.2), 0.0)
+    np.testing.assert_allclose(queue.sample(1.25), 0.05)
+    np.testing.assert_allclose(queue.sample(1.5), 0.3)
+    assert queue.sample(1.61) is None
+
+
+def test_only_the_executed_part_since_the_observation_is_trimmed():
+    queue = ActionQueue(ActionQueueConfig(mode="replace"))
+    queue.push(ActionChunk.from_rate(0.0, ramp(4), 10.0), now=1.0)  # executes 1.0 .. 1.4
+    # Observed at 1.25, during that chunk: by 2.0 the arm executed 0.15 s of it (1.25 .. 1.4) and
+    # then held still for 0.6 s, so the new chunk resumes 0.15 s in (steps at 1.85, 1.95, 2.05, ...).
+    report = queue.push_report(ActionChunk.from_rate(1.25, ramp(6, start=1.0), 10.0), now=2.0)
+    assert report.accepted
+    assert report.skipped_idle_s == pytest.approx(0.6)
+    assert (report.trimmed_steps, report.remaining_steps) == (2, 4)
+    np.testing.assert_allclose(queue.sample(2.0), 1.15)
+    # Observed at 2.0 as that chunk started; it executed 0.6 s (its whole remaining horizon) since.
+    report = queue.push_report(ActionChunk.from_rate(2.0, ramp(4, start=2.0), 10.0), now=2.6)
+    assert (report.accepted, report.reason) == (False, "executed")
+    assert queue.stats.chunks_stale == 1
+
+
+def test_wall_trim_drops_every_chunk_of_a_slow_predictor():
+    queue = ActionQueue(ActionQueueConfig(trim="wall"))
+    assert queue.push(ActionChunk.from_rate(0.0, ramp(4), 10.0), now=1.2) == 0
+
+
+def test_an_older_observation_than_the_queued_chunk_is_superseded():
+    queue = ActionQueue()
+    queue.push(ActionChunk.from_rate(1.0, ramp(4), 10.0), now=1.1)
+    assert queue.push(ActionChunk.from_rate(0.9, ramp(4), 10.0), now=1.15) == 0
+    assert queue.last_report.reason == "superseded" and queue.stats.chunks_superseded == 1
+
+
+def test_clear_with_a_time_drops_chunks_observed_before_it():
+    queue = ActionQueue()
+    queue.push(ActionChunk.from_rate(0.0, ramp(4), 10.0), now=0.1)
+    queue.clear(now=0.2)  # e.g. homing began: the arm moves without the queue
+    assert queue.push(ActionChunk.from_rate(0.15, ramp(4), 10.0), now=0.5) == 0
+    assert queue.last_report.reason == "superseded"
+    report = queue.push_report(ActionChunk.from_rate(0.3, ramp(4), 10.0), now=0.5)
+    assert report.accepted and report.skipped_idle_s == pytest.approx(0.2)  # held still since 0.3
 
 
 def test_replace_switches_to_the_new_chunk_immediately():
@@ -114,3 +177,7 @@ def test_config_validation():
         ActionQueueConfig(mode="mix")
     with pytest.raises(ValueError, match="blend_s"):
         ActionQueueConfig(blend_s=-1.0)
+    with pytest.raises(ValueError, match="trim"):
+        ActionQueueConfig(trim="clock")
+    with pytest.raises(ValueError, match="max_chunk_age_s"):
+        ActionQueueConfig(max_chunk_age_s=0.0)

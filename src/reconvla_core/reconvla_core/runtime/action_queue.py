@@ -4,8 +4,18 @@ A chunk is K actions (7-vectors: joints rad + gripper m) timed relative to the o
 were predicted from: step i is meant for ``stamp + offsets[i]``. The queue keeps one absolute
 timeline and answers ``sample(now)``: the action for this control tick, linearly interpolated
 between the chunk steps around ``now`` (or the latest step at or before ``now`` with
-``interpolate=False``). Steps whose time has passed are dropped; a chunk that is entirely in the
-past is rejected as stale.
+``interpolate=False``). Steps whose time has passed are dropped.
+
+Latency (``trim="executed"``, the default, as in LeRobot's async inference): a chunk predicted
+from an observation at ``stamp`` arrives ``now - stamp`` later. Only the part of that delay the
+arm spent *executing* queued actions moved it away from the observed state; while the queue was
+dry the arm held still, so that idle time is skipped: the chunk is shifted later by it, and only
+the prefix the arm really executed since the observation is trimmed. A predictor slower than the
+chunk horizon therefore still moves the arm (the freshest chunk starts where the arm stands),
+instead of every chunk arriving "entirely in the past". ``trim="wall"`` trims by wall-clock time
+alone. Chunks are dropped (and counted, with the reason in ``last_report``) when their observation
+is older than ``max_chunk_age_s`` on arrival, older than the chunk already queued or than the last
+``clear(now)`` (superseded), or when the arm already executed past their end.
 
 A new chunk either replaces the queued steps from its first step on (``mode="replace"``) or is
 cross-faded into them (``mode="blend"``): over the overlap (or ``blend_s`` seconds) starting at
@@ -21,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +42,7 @@ from reconvla_core.piper import ACTION_DIM
 logger = logging.getLogger(__name__)
 
 QUEUE_MODES = ("replace", "blend")
+TRIM_MODES = ("executed", "wall")
 
 
 @dataclass(frozen=True)
@@ -41,10 +53,16 @@ class ActionQueueConfig:
     blend_s: float = 0.0  # cross-fade duration in s; 0 = the whole overlap of old and new
     interpolate: bool = True  # linear between steps; False = zero-order hold of the latest step
     single_step_s: float = 0.1  # how long the last step of a 1-step chunk stays valid
+    trim: str = "executed"  # "executed": skip the time the arm held still since the observation | "wall"
+    max_chunk_age_s: float = 2.0  # a chunk whose observation is older than this on arrival is dropped
 
     def __post_init__(self) -> None:
         if self.mode not in QUEUE_MODES:
             raise ValueError(f"ActionQueueConfig.mode must be one of {QUEUE_MODES}, got {self.mode!r}")
+        if self.trim not in TRIM_MODES:
+            raise ValueError(f"ActionQueueConfig.trim must be one of {TRIM_MODES}, got {self.trim!r}")
+        if not (self.max_chunk_age_s > 0):  # inf allowed: no bound
+            raise ValueError(f"ActionQueueConfig.max_chunk_age_s must be > 0, got {self.max_chunk_age_s}")
         if not (math.isfinite(self.blend_s) and self.blend_s >= 0):
             raise ValueError(f"ActionQueueConfig.blend_s must be >= 0, got {self.blend_s}")
         if not (math.isfinite(self.single_step_s) and self.single_step_s > 0):
@@ -82,14 +100,45 @@ class ActionChunk:
         return ActionChunk(float(self.stamp), offsets, actions)
 
 
+DROP_REASONS = ("too_old", "superseded", "executed")
+
+
+@dataclass(frozen=True)
+class ChunkReport:
+    """What ``push`` did with one chunk."""
+
+    accepted: bool
+    reason: str  # "accepted" or one of DROP_REASONS
+    age_s: float  # now - stamp on arrival: observation-to-arrival latency
+    horizon_s: float  # how long the chunk lasts (its steps plus the last step's period)
+    skipped_idle_s: float  # time the arm held still since the observation, shifted over
+    trimmed_steps: int  # steps the arm had executed the equivalent of (or whose time passed)
+    remaining_steps: int  # steps at or after now
+
+    def describe(self) -> str:
+        """One line for a log message."""
+        what = {"accepted": "accepted", "too_old": "dropped: observation too old",
+                "superseded": "dropped: superseded by a newer observation or a clear",
+                "executed": "dropped: the arm already executed past its end"}[self.reason]
+        return (f"action chunk {what} (age {self.age_s:.3f} s, horizon {self.horizon_s:.3f} s, "
+                f"held still {self.skipped_idle_s:.3f} s, {self.trimmed_steps} steps trimmed, "
+                f"{self.remaining_steps} left)")
+
+
 @dataclass
 class QueueStats:
     """Totals for diagnostics."""
 
     chunks_accepted: int = 0
     chunks_rejected: int = 0  # malformed
-    chunks_stale: int = 0  # every step already in the past on arrival
-    late_steps: int = 0  # steps of accepted chunks whose time had passed on arrival
+    chunks_stale: int = 0  # the arm already executed past the chunk's end (reason "executed")
+    chunks_too_old: int = 0  # observation older than max_chunk_age_s on arrival
+    chunks_superseded: int = 0  # observation older than the queued chunk's or the last clear(now)
+    late_steps: int = 0  # steps of accepted chunks trimmed on arrival
+
+    @property
+    def chunks_dropped(self) -> int:
+        return self.chunks_stale + self.chunks_too_old + self.chunks_superseded
 
 
 class ActionQueue:
@@ -100,8 +149,13 @@ class ActionQueue:
         self._times = np.zeros(0)
         self._actions = np.zeros((0, ACTION_DIM))
         self._end = -math.inf  # the timeline is valid until here
+        # Closed intervals in which the queue was dry (the arm held still); the open one starts at
+        # _end whenever the timeline is empty. Before the first chunk the arm held since -inf.
+        self._idle: deque[tuple[float, float]] = deque(maxlen=256)
+        self._newest_stamp = -math.inf  # observation stamp of the newest accepted chunk (or last clear)
         self._lock = threading.Lock()
         self.stats = QueueStats()
+        self.last_report: ChunkReport | None = None
 
     # --- evaluation on a timeline -------------------------------------------------------------
     def _evaluate(self, times: np.ndarray, actions: np.ndarray, end: float, t: float) -> np.ndarray | None:
@@ -117,7 +171,24 @@ class ActionQueue:
 
     # --- public API ---------------------------------------------------------------------------
     def push(self, chunk: ActionChunk, now: float) -> int:
-        """Merge a chunk; returns how many of its steps lie at or after ``now``.
+        """Merge a chunk; returns how many of its steps lie at or after ``now`` (0: dropped).
+
+        Raises ValueError for a malformed chunk (counted in stats.chunks_rejected).
+        """
+        return self.push_report(chunk, now).remaining_steps
+
+    def _dry(self, now: float) -> bool:
+        return len(self._times) == 0 or now >= self._end
+
+    def _idle_within(self, start: float, now: float) -> float:
+        """Seconds in [start, now] during which the queue was dry (the arm held still)."""
+        total = sum(max(0.0, min(b, now) - max(a, start)) for a, b in self._idle)
+        if self._dry(now):
+            total += max(0.0, now - max(self._end, start))
+        return total
+
+    def push_report(self, chunk: ActionChunk, now: float) -> ChunkReport:
+        """Merge a chunk and say what happened to it (see the module docstring).
 
         Raises ValueError for a malformed chunk (counted in stats.chunks_rejected).
         """
@@ -126,34 +197,61 @@ class ActionQueue:
         except ValueError:
             self.stats.chunks_rejected += 1
             raise
-        times = chunk.stamp + chunk.offsets
-        step = float(np.median(np.diff(times))) if len(times) > 1 else self.config.single_step_s
-        end = float(times[-1] + step)
-        if end <= now:
-            self.stats.chunks_stale += 1
-            logger.debug("action queue: stale chunk (ends %.3f s before now)", now - end)
-            return 0
-        actions = chunk.actions.copy()
+        offsets = chunk.offsets
+        step = float(np.median(np.diff(offsets))) if len(offsets) > 1 else self.config.single_step_s
+        horizon = float(offsets[-1] - offsets[0] + step)
+        age = now - chunk.stamp
         with self._lock:
-            if self.config.mode == "blend" and len(self._times) and self._end > now:
-                start = max(now, float(times[0]))
-                overlap_end = min(self._end, end)
-                duration = self.config.blend_s or (overlap_end - start)
-                for k, t in enumerate(times):
-                    old = self._evaluate(self._times, self._actions, self._end, float(t))
-                    if old is None:
-                        continue
-                    w = 1.0 if duration <= 0 else float(np.clip((t - start) / duration, 0.0, 1.0))
-                    actions[k] = (1.0 - w) * old + w * actions[k]
-            keep = self._times < times[0]  # queued steps before the new chunk begins stay
-            self._times = np.concatenate([self._times[keep], times])
-            self._actions = np.concatenate([self._actions[keep], actions])
-            self._end = end
-            self._prune(now)
-            late = int(np.sum(times < now))
-        self.stats.chunks_accepted += 1
-        self.stats.late_steps += late
-        return len(times) - late
+            if age > self.config.max_chunk_age_s:
+                report = ChunkReport(False, "too_old", age, horizon, 0.0, len(offsets), 0)
+            elif chunk.stamp < self._newest_stamp:
+                report = ChunkReport(False, "superseded", age, horizon, 0.0, len(offsets), 0)
+            else:
+                report = self._merge(chunk, now, step, horizon, age)
+        self._count(report)
+        self.last_report = report
+        return report
+
+    def _merge(self, chunk: ActionChunk, now: float, step: float, horizon: float, age: float) -> ChunkReport:
+        idle = self._idle_within(chunk.stamp, now) if self.config.trim == "executed" else 0.0
+        times = chunk.stamp + idle + chunk.offsets
+        end = float(times[-1] + step)
+        late = int(np.sum(times < now))
+        if end <= now:
+            logger.debug("action queue: chunk executed already (ends %.3f s before now)", now - end)
+            return ChunkReport(False, "executed", age, horizon, idle, late, 0)
+        actions = chunk.actions.copy()
+        if self._dry(now):
+            self._idle.append((self._end, now))  # the dry spell ends here
+        elif self.config.mode == "blend":
+            start = max(now, float(times[0]))
+            overlap_end = min(self._end, end)
+            duration = self.config.blend_s or (overlap_end - start)
+            for k, t in enumerate(times):
+                old = self._evaluate(self._times, self._actions, self._end, float(t))
+                if old is None:
+                    continue
+                w = 1.0 if duration <= 0 else float(np.clip((t - start) / duration, 0.0, 1.0))
+                actions[k] = (1.0 - w) * old + w * actions[k]
+        keep = self._times < times[0]  # queued steps before the new chunk begins stay
+        self._times = np.concatenate([self._times[keep], times])
+        self._actions = np.concatenate([self._actions[keep], actions])
+        self._end = end
+        self._newest_stamp = chunk.stamp
+        self._prune(now)
+        return ChunkReport(True, "accepted", age, horizon, idle, late, len(times) - late)
+
+    def _count(self, report: ChunkReport) -> None:
+        stats = self.stats
+        if report.accepted:
+            stats.chunks_accepted += 1
+            stats.late_steps += report.trimmed_steps
+        elif report.reason == "too_old":
+            stats.chunks_too_old += 1
+        elif report.reason == "superseded":
+            stats.chunks_superseded += 1
+        else:
+            stats.chunks_stale += 1
 
     def _prune(self, now: float) -> None:
         """Drop steps that are over: everything before the last step at or before ``now``."""
@@ -172,12 +270,21 @@ class ActionQueue:
             self._prune(now)
         return value
 
-    def clear(self) -> None:
-        """Forget every queued step (estop, disable, home)."""
+    def clear(self, now: float | None = None) -> None:
+        """Forget every queued step (estop, disable, home).
+
+        With ``now``, chunks predicted from observations before ``now`` are dropped as superseded
+        (the arm may have moved since: homing), and the arm counts as holding still from ``now``.
+        """
         with self._lock:
             self._times = np.zeros(0)
             self._actions = np.zeros((0, ACTION_DIM))
-            self._end = -math.inf
+            if now is None:
+                self._end = -math.inf
+            else:
+                self._idle.clear()
+                self._end = now
+                self._newest_stamp = max(self._newest_stamp, now)
 
     def remaining_s(self, now: float) -> float:
         """Seconds of actions left at ``now`` (0 when empty)."""
