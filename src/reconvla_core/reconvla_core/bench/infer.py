@@ -1,9 +1,14 @@
-"""Action-chunk decoding latency: our constrained KV-cache decoder vs transformers generate().
+"""Action-chunk latency of the two action heads, and of our token decoder vs transformers generate().
 
-Both decoders start from the same prompt embeddings (image features spliced in) and produce one
-chunk of K*D tokens with the same weights. Reported: p50/p99 of each, the speedup
-(naive_p50_ms / p50_ms) and whether both give the same actions. Also the end-to-end
-``predict_action`` latency (pre-processing + vision + decoding).
+Token head: our constrained KV-cache decoder and the naive ``generate()`` start from the same prompt
+embeddings (image features spliced in) and produce one chunk of K*D tokens with the same weights.
+Reported: p50/p99 of each, the speedup (naive_p50_ms / p50_ms) and whether both give the same
+actions. Also the end-to-end ``predict_action`` latency (pre-processing + vision + decoding).
+
+Parallel head: the same backbone with ``action_head="parallel"`` (the checkpoint's other head is a
+random-weight twin built from its config: only its speed is measured) is timed end to end, alternating
+with the token head's ``predict_action`` so both see the same machine load: ``tokens_p50_ms``,
+``parallel_p50_ms`` and ``parallel_speedup`` (tokens p50 / parallel p50).
 
 Without ``--checkpoint`` or ``--random-init`` the tiny model is first fitted for a few steps on the
 benchmark observation, so that its unconstrained greedy output is a real action chunk and the
@@ -52,6 +57,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dtype = getattr(torch, DTYPES[args.dtype])
     model, source = _build_model(args, device, dtype)
     obs = _observation(args.seed)
+    token_model, parallel_model = _head_pair(model, device, dtype)
+    model = token_model
     fit_steps = args.fit_steps
     if fit_steps is None:
         fit_steps = 60 if (args.checkpoint is None and not args.random_init and args.preset == "tiny") else 0
@@ -66,6 +73,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prefill_ms, _ = _time(lambda: _prefill(model, embeds), device, max(3, args.iters // 3), 1)
     e2e_ms, _ = _time(lambda: model.predict_action(obs["base_image"], obs["wrist_image"], obs["instruction"],
                                                    obs["state"]), device, max(3, args.iters // 3), 1)
+    def predict(head_model: Any) -> Any:
+        return head_model.predict_action(obs["base_image"], obs["wrist_image"], obs["instruction"], obs["state"])
+
+    (tokens_ms, _), (parallel_ms, _) = _time_pair(lambda: predict(token_model), lambda: predict(parallel_model),
+                                                  device, max(3, args.iters // 2), 1)
+    tokens_p50, parallel_p50 = float(np.percentile(tokens_ms, 50)), float(np.percentile(parallel_ms, 50))
     ours_actions = model.processor.decode_actions(ours_tokens.cpu().numpy(), state=obs["state"])
     naive_actions = _try_decode(model, naive_tokens, obs["state"])
     identical = naive_actions is not None and bool(np.array_equal(ours_actions, naive_actions))
@@ -76,6 +89,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "speedup": round(naive_p50 / p50, 3), "identical": identical,
         "predict_action_p50_ms": round(float(np.percentile(e2e_ms, 50)), 3),
         "prefill_p50_ms": round(float(np.percentile(prefill_ms, 50)), 3),
+        "tokens_p50_ms": round(tokens_p50, 3), "parallel_p50_ms": round(parallel_p50, 3),
+        "parallel_speedup": round(tokens_p50 / parallel_p50, 3),
         "tokens_per_chunk": model.config.answer_tokens_per_chunk,
         "prompt_tokens": int(embeds.shape[1]), "preset": model.config.preset, "weights": source,
         "fit_steps": fit_steps, "fit_final_loss": fit_loss, "device": str(device), "dtype": args.dtype,
@@ -83,7 +98,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
-    logger.info("ours p50 %.2f ms, naive p50 %.2f ms, identical=%s", p50, naive_p50, identical)
+    logger.info("ours p50 %.2f ms, naive p50 %.2f ms, identical=%s; predict_action tokens %.2f ms vs parallel "
+                "%.2f ms", p50, naive_p50, identical, tokens_p50, parallel_p50)
     return result
 
 
@@ -118,6 +134,20 @@ def _build_model(args: argparse.Namespace, device: Any, dtype: Any) -> tuple[Any
     if model.norm_stats is None:
         model.set_norm_stats(piper_norm_stats())
     return model, source
+
+
+def _head_pair(model: Any, device: Any, dtype: Any) -> tuple[Any, Any]:
+    """(token-head model, parallel-head model) on the same backbone config: the given model is one of
+    them, the other a random-weight twin (built without the reconstruction branch) for timing."""
+    from reconvla_core.model import ReconVLA
+
+    twin_head = "tokens" if model.config.action_head == "parallel" else "parallel"
+    twin_config = model.config.replace(action_head=twin_head, answer_box=False)
+    with _default_device_dtype(device, dtype):
+        twin = ReconVLA(twin_config, tokenizer=model.tokenizer, build_reconstruction=False)
+    twin.set_norm_stats(model.norm_stats)
+    twin.eval()
+    return (twin, model) if twin_head == "tokens" else (model, twin)
 
 
 def _observation(seed: int) -> dict[str, Any]:

@@ -23,6 +23,7 @@ NORM_MODES: tuple[str, ...] = ("q01_q99", "min_max", "mean_std")
 DIM_MODES: tuple[str, ...] = ("normalize", "identity", "binary")
 ACTION_MODES: tuple[str, ...] = ("absolute", "delta")
 ACTION_EMBEDDING_INITS: tuple[str, ...] = ("random", "sinusoidal")
+ACTION_HEADS: tuple[str, ...] = ("tokens", "parallel")
 CONFIG_FORMAT_VERSION = 1
 # Options a finetune stage may set on top of its init checkpoint's config: they change the losses,
 # the training inputs or the answer format, never the layout of the checkpoint's weights.
@@ -185,6 +186,15 @@ class ReconVLAConfig:
     # bin value, so neighbouring bins start alike and the model knows magnitudes from the first
     # step). Pretrained LLM weights (from_backbones, our checkpoints) are never touched.
     action_embedding_init: str = "random"
+    # How the answer is produced. "tokens": the paper's (OpenVLA's) K*D discrete action tokens decoded
+    # one at a time and trained with cross-entropy. "parallel" (OpenVLA-OFT): K learned action queries
+    # follow the prompt, attend to all of it and bidirectionally to each other, and one forward pass
+    # yields the whole chunk; an MLP maps their hidden states to normalised continuous actions, trained
+    # with L1. Checkpoints saved before this field existed load as "tokens".
+    action_head: str = "tokens"
+    # FiLM of every vision-tower block by the pooled instruction embedding (OpenVLA-OFT+), so the
+    # image features depend on which object the instruction names. Starts as the identity.
+    vision_film: bool = False
 
     # Prompt and images.
     system_prompt: str = "A chat between a robot operator and a robot policy that outputs arm actions."
@@ -309,6 +319,11 @@ class ReconVLAConfig:
             raise ValueError(f"norm_mode must be one of {NORM_MODES}, got {self.norm_mode!r}")
         if self.action_mode not in ACTION_MODES:
             raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {self.action_mode!r}")
+        if self.action_head not in ACTION_HEADS:
+            raise ValueError(f"action_head must be one of {ACTION_HEADS}, got {self.action_head!r}")
+        if self.action_head == "parallel" and self.answer_box:
+            raise ValueError("answer_box is a token-head answer format; the parallel head answers with actions only "
+                             "(set answer_box: false or action_head: tokens)")
         if self.action_embedding_init not in ACTION_EMBEDDING_INITS:
             raise ValueError(f"action_embedding_init must be one of {ACTION_EMBEDDING_INITS}, "
                              f"got {self.action_embedding_init!r}")

@@ -117,6 +117,51 @@ def init_action_rows_sinusoidal(llm: Qwen2ForCausalLM, config: ReconVLAConfig) -
         rows.copy_(features.to(weight.dtype))
 
 
+class ParallelActionHead(nn.Module):
+    """OpenVLA-OFT's parallel decoding: K learned action queries (one per chunk step) whose final hidden
+    states an MLP maps to normalised continuous actions. The queries' input embeddings start at the
+    scale of the LLM's token embeddings."""
+
+    def __init__(self, config: ReconVLAConfig) -> None:
+        super().__init__()
+        d = config.llm.hidden_size
+        self.queries = nn.Parameter(torch.randn(config.chunk_size, d) * 0.02)
+        self.mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, config.action_dim))
+
+    def forward(self, query_hidden: torch.Tensor) -> torch.Tensor:
+        """(B, K, D_llm) query hidden states -> (B, K, action_dim) normalised actions."""
+        return self.mlp(query_hidden)
+
+
+class VisionFiLM(nn.Module):
+    """Per vision block, a scale and shift of the features from the pooled instruction embedding
+    (OpenVLA-OFT+). Zero-initialised: a fresh FiLM leaves the tower's features unchanged."""
+
+    def __init__(self, config: ReconVLAConfig) -> None:
+        super().__init__()
+        self.num_layers = config.vision.num_layers_kept
+        self.width = config.vision.hidden_size
+        self.proj = nn.Linear(config.llm.hidden_size, 2 * self.num_layers * self.width)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, instruction_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D_llm) -> scales and shifts, each (layers, B, 1, D_vision)."""
+        out = self.proj(instruction_embedding).view(-1, self.num_layers, 2, 1, self.width)
+        return out[:, :, 0].transpose(0, 1), out[:, :, 1].transpose(0, 1)
+
+
+def chunk_attention_mask(attention_mask: torch.Tensor, query_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive (B, 1, L, L) mask of the parallel head: causal over the prompt, the action queries
+    see the whole prompt and each other (bidirectionally); padding is never attended to."""
+    length = attention_mask.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=attention_mask.device).tril()
+    between_queries = query_mask[:, :, None] & query_mask[:, None, :]  # (B, L, L)
+    allowed = (causal[None] | between_queries) & attention_mask.bool()[:, None, :]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=attention_mask.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
 class ReconVLA(nn.Module):
     """The vision-language-action model with its (optional) reconstruction branch."""
 
@@ -137,6 +182,8 @@ class ReconVLA(nn.Module):
         if paths:
             logger.warning("config names %s but ReconVLA(config) builds random weights; load them with "
                            "ReconVLA.from_backbones(config)", ", ".join(paths))
+        self.action_head = ParallelActionHead(config) if config.action_head == "parallel" else None
+        self.vision_film = VisionFiLM(config) if config.vision_film else None
         self.grounding_head: nn.Linear | None = None
         if config.grounding_box_weight > 0:
             self.enable_grounding_head()
@@ -195,10 +242,17 @@ class ReconVLA(nn.Module):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by part (the VAE is frozen; the vision tower unless ``train_vision``)."""
         denoiser = [] if self.reconstruction is None else self.reconstruction.denoiser.parameters()
-        head = [] if self.grounding_head is None else list(self.grounding_head.parameters())
+        head = [*(() if self.grounding_head is None else self.grounding_head.parameters()),
+                *(() if self.action_head is None else self.action_head.parameters())]
+        llm = list(self.llm.parameters())
+        if self.action_head is not None and not self.config.llm.tie_word_embeddings:
+            # The parallel head never uses the LM head: leaving it out keeps DDP from waiting for its grads.
+            unused = {id(p) for p in self.llm.get_output_embeddings().parameters()}
+            llm = [p for p in llm if id(p) not in unused]
+        film = [] if self.vision_film is None else list(self.vision_film.parameters())
         groups = {
-            "llm": [p for p in (*self.llm.parameters(), *head) if p.requires_grad],
-            "projector": [p for p in (*self.projector_norm.parameters(), *self.projector.parameters())
+            "llm": [p for p in (*llm, *head) if p.requires_grad],
+            "projector": [p for p in (*self.projector_norm.parameters(), *self.projector.parameters(), *film)
                           if p.requires_grad],
             "denoiser": [p for p in denoiser if p.requires_grad],
         }
@@ -239,22 +293,64 @@ class ReconVLA(nn.Module):
         return self.projector[0].weight.device
 
     # Forward ---------------------------------------------------------------------------------
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> projected image tokens (B, N, D_llm). A frozen vision tower runs without grad."""
+    def encode_images(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, S, S) -> projected image tokens (B, N, D_llm). A frozen vision tower runs without grad.
+        With vision FiLM, ``instruction_embedding`` (B, D_llm) scales and shifts every block's output."""
         dtype = self.vision.embeddings.patch_embedding.weight.dtype
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_vision):
-            out = self.vision(pixel_values=pixel_values.to(dtype), output_hidden_states=True)
-            features = out.hidden_states[-1]  # (B, N, D_vision): output of the feature layer, no post-norm
+        if self.vision_film is not None:
+            if instruction_embedding is None:
+                raise ValueError("vision_film needs the pooled instruction embedding (batch['instruction_mask'])")
+            scales, shifts = self.vision_film(instruction_embedding.to(self.vision_film.proj.weight.dtype))
+            # The blocks run one by one so each output is modulated; a frozen tower's weights get no
+            # grads (requires_grad is off) but the FiLM parameters before them do.
+            features = self.vision.embeddings(pixel_values.to(dtype))
+            for layer, scale, shift in zip(self.vision.encoder.layers, scales, shifts):
+                features = layer(features, attention_mask=None)
+                features = features * (1.0 + scale.to(dtype)) + shift.to(dtype)
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_vision):
+                out = self.vision(pixel_values=pixel_values.to(dtype), output_hidden_states=True)
+                features = out.hidden_states[-1]  # (B, N, D_vision): output of the feature layer, no post-norm
         return self.projector(self.projector_norm(features.to(self.projector[0].weight.dtype)))
 
-    def embed_inputs(self, input_ids: torch.Tensor, image_mask: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Token embeddings with the projected image features at the image positions: (B, L, D)."""
-        image_embeds = self.encode_images(pixel_values)  # (B, N, D)
+    def embed_inputs(self, input_ids: torch.Tensor, image_mask: torch.Tensor, pixel_values: torch.Tensor,
+                     instruction_mask: torch.Tensor | None = None,
+                     query_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with the projected image features at the image positions (and the learned
+        action queries at the query positions of the parallel head): (B, L, D)."""
+        embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, D)
+        pooled = None
+        if self.vision_film is not None:
+            if instruction_mask is None:
+                raise ValueError("vision_film needs batch['instruction_mask']; build the batch with model.processor")
+            weights = instruction_mask.to(embeds.dtype).unsqueeze(-1)
+            pooled = (embeds * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, D): mean over the instruction
+        image_embeds = self.encode_images(pixel_values, pooled)  # (B, N, D)
         b, n, _ = image_embeds.shape
         if int(image_mask.sum()) != b * n:
             raise ValueError(f"batch has {int(image_mask.sum())} image positions, expected {b} x {n}")
-        embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, D)
-        return embeds.masked_scatter(image_mask.unsqueeze(-1), image_embeds.to(embeds.dtype))
+        embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), image_embeds.to(embeds.dtype))
+        if self.action_head is not None:
+            if query_mask is None:
+                raise ValueError("the parallel head needs batch['action_query_mask']; build it with model.processor")
+            k = self.config.chunk_size
+            if int(query_mask.sum()) != b * k:
+                raise ValueError(f"batch has {int(query_mask.sum())} action-query positions, expected {b} x {k}")
+            queries = self.action_head.queries.to(embeds.dtype).expand(b, k, -1)
+            embeds = embeds.masked_scatter(query_mask.unsqueeze(-1), queries)
+        return embeds
+
+    def run_parallel(self, embeds: torch.Tensor, attention_mask: torch.Tensor, query_mask: torch.Tensor,
+                     output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """One decoder pass of the parallel head: (all hidden states, (B, K, action_dim) normalised
+        actions, the attentions when asked)."""
+        mask = chunk_attention_mask(attention_mask, query_mask, embeds.dtype)
+        out = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
+                                     output_attentions=output_attentions)
+        hidden = out.last_hidden_state
+        b, k = hidden.shape[0], self.config.chunk_size
+        actions = self.action_head(hidden[query_mask].view(b, k, -1))
+        return hidden, actions, out.attentions if output_attentions else None
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> ReconVLAOutput:
         """Action CE (action tokens + EOS) + recon_weight * reconstruction loss."""
@@ -266,13 +362,18 @@ class ReconVLA(nn.Module):
         input_ids = batch["input_ids"]
         if self.training and self.config.action_input_dropout > 0 and "labels" in batch:
             input_ids = self._drop_action_inputs(input_ids, batch["labels"])
-        embeds = self.embed_inputs(input_ids, batch["image_mask"], batch["pixel_values"])
-        hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
-                                        use_cache=False).last_hidden_state  # (B, L, D), after the final norm
-
+        embeds = self.embed_inputs(input_ids, batch["image_mask"], batch["pixel_values"],
+                                   batch.get("instruction_mask"), batch.get("action_query_mask"))
         action_loss = action_accuracy = None
-        if "labels" in batch:
-            action_loss, action_accuracy = self._action_loss(hidden, batch["labels"])
+        if self.action_head is not None:
+            hidden, predicted, _ = self.run_parallel(embeds, batch["attention_mask"], batch["action_query_mask"])
+            if "actions" in batch:
+                action_loss = self._l1_action_loss(predicted, batch["actions"], batch.get("action_is_pad"))
+        else:
+            hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                                            use_cache=False).last_hidden_state  # (B, L, D), after the final norm
+            if "labels" in batch:
+                action_loss, action_accuracy = self._action_loss(hidden, batch["labels"])
         recon_loss = None
         if self.reconstruction is not None and "recon_pixel_values" in batch:
             b, n = hidden.shape[0], self.config.num_image_tokens
@@ -289,6 +390,13 @@ class ReconVLA(nn.Module):
             loss = loss + self.config.grounding_box_weight * grounding_loss
         return ReconVLAOutput(loss=loss, action_loss=action_loss, recon_loss=recon_loss,
                               action_accuracy=action_accuracy, grounding_loss=grounding_loss)
+
+    @staticmethod
+    def _l1_action_loss(predicted: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | None) -> torch.Tensor:
+        """Mean absolute error over the chunk's real steps (steps past an episode's end do not count)."""
+        error = (predicted.float() - target.float()).abs().mean(dim=-1)  # (B, K)
+        keep = torch.ones_like(error) if is_pad is None else (~is_pad.bool()).float()
+        return (error * keep).sum() / keep.sum().clamp(min=1.0)
 
     def _grounding_loss(self, hidden: torch.Tensor, labels: torch.Tensor, box: torch.Tensor,
                         valid: torch.Tensor) -> torch.Tensor:
@@ -329,15 +437,23 @@ class ReconVLA(nn.Module):
     # Inference -------------------------------------------------------------------------------
     def prepare_prompt(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
                        state: Any, stitched_image: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt embeddings (1, L, D) and the image mask (L,) for one observation."""
+        """Prompt embeddings (1, L, D) and the image mask (L,) for one observation (with the parallel
+        head the prompt ends with the K action queries)."""
+        embeds, masks = self._embed_observation(base_image, wrist_image, instruction, state, stitched_image)
+        return embeds, masks["image_mask"][0]
+
+    def _embed_observation(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
+                           state: Any, stitched_image: np.ndarray | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sample = self.processor(base_image=base_image, wrist_image=wrist_image, instruction=instruction,
                                 state=state, stitched_image=stitched_image)
         device = self.device
-        ids = sample["input_ids"][None].to(device)
-        mask = sample["image_mask"].to(device)
+        masks = {k: sample[k][None].to(device) for k in ("image_mask", "action_query_mask", "instruction_mask",
+                                                          "attention_mask") if k in sample}
         with torch.inference_mode():
-            embeds = self.embed_inputs(ids, mask[None], sample["pixel_values"][None].to(device))
-        return embeds, mask
+            embeds = self.embed_inputs(sample["input_ids"][None].to(device), masks["image_mask"],
+                                       sample["pixel_values"][None].to(device), masks.get("instruction_mask"),
+                                       masks.get("action_query_mask"))
+        return embeds, masks
 
     @torch.inference_mode()
     def predict(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
@@ -345,12 +461,51 @@ class ReconVLA(nn.Module):
                 stitched_image: np.ndarray | None = None) -> ActionPrediction:
         """One chunk with what came with it: the box the answer started with (``answer_box``) and,
         if asked, the attention map."""
+        if self.action_head is not None:
+            return self._predict_parallel(base_image, wrist_image, instruction, state, return_attention,
+                                          stitched_image)
         embeds, image_mask = self.prepare_prompt(base_image, wrist_image, instruction, state, stitched_image)
         tokens = self.decode_action_tokens(embeds)
         ids = tokens.cpu().numpy()
         return ActionPrediction(actions=self.processor.decode_actions(ids, state=state),
                                 box=self.processor.decode_box(ids),
                                 attention=self.attention_map(embeds, tokens, image_mask) if return_attention else None)
+
+    def _predict_parallel(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
+                          state: Any, return_attention: bool, stitched_image: np.ndarray | None) -> ActionPrediction:
+        """The whole chunk from one forward pass (the attention map, when asked, from the same pass:
+        the action queries' attention to the image tokens)."""
+        embeds, masks = self._embed_observation(base_image, wrist_image, instruction, state, stitched_image)
+        query_mask = masks["action_query_mask"]
+        attention = None
+        if return_attention:
+            previous = self.llm.config._attn_implementation
+            self.llm.set_attn_implementation("eager")
+            try:
+                _, values, attentions = self.run_parallel(embeds, masks["attention_mask"], query_mask, True)
+            finally:
+                self.llm.set_attn_implementation(previous)
+            attention = self._attention_to_image(attentions, query_mask[0].nonzero().squeeze(-1),
+                                                 masks["image_mask"][0])
+        else:
+            _, values, _ = self.run_parallel(embeds, masks["attention_mask"], query_mask)
+        actions = self.processor.decode_continuous(values[0].float().cpu().numpy(), state=state)
+        return ActionPrediction(actions=actions, box=None, attention=attention)
+
+    def _attention_to_image(self, attentions: Any, query_positions: torch.Tensor, image_mask: torch.Tensor) -> np.ndarray:
+        """Attention of ``query_positions`` to the image tokens: per query renormalised over the image,
+        averaged over heads, the configured layers and the queries -> (grid, grid) summing to 1."""
+        cfg = self.config
+        n_layers = cfg.llm.num_hidden_layers
+        layers = cfg.attention_layers if cfg.attention_layers is not None else tuple(range(n_layers))
+        image_positions = image_mask.nonzero().squeeze(-1)
+        maps = []
+        for layer in layers:
+            weights = attentions[layer % n_layers][0][:, query_positions]  # (H, n, L)
+            to_image = weights[..., image_positions].float()  # (H, n, N)
+            maps.append(to_image / to_image.sum(-1, keepdim=True).clamp(min=1e-12))
+        mean = torch.stack(maps).mean(dim=(0, 1, 2))  # (N,)
+        return mean.view(cfg.grid_size, cfg.grid_size).cpu().numpy()
 
     def predict_action(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
                        state: Any, return_attention: bool = False,
@@ -396,16 +551,8 @@ class ReconVLA(nn.Module):
             out = self.llm.get_decoder()(inputs_embeds=sequence, output_attentions=True, use_cache=False)
         finally:
             self.llm.set_attn_implementation(previous)
-        n_layers = cfg.llm.num_hidden_layers
-        layers = cfg.attention_layers if cfg.attention_layers is not None else tuple(range(n_layers))
-        image_positions = image_mask.nonzero().squeeze(-1)
-        maps = []
-        for layer in layers:
-            weights = out.attentions[layer % n_layers][0, :, prompt_len - 1:, :]  # (H, n, L+n-1)
-            to_image = weights[..., image_positions].float()  # (H, n, N)
-            maps.append(to_image / to_image.sum(-1, keepdim=True).clamp(min=1e-12))
-        mean = torch.stack(maps).mean(dim=(0, 1, 2))  # (N,)
-        return mean.view(cfg.grid_size, cfg.grid_size).cpu().numpy()
+        queries = torch.arange(prompt_len - 1, sequence.shape[1], device=sequence.device)
+        return self._attention_to_image(out.attentions, queries, image_mask)
 
     @torch.inference_mode()
     def sample_gaze_image(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,

@@ -155,6 +155,12 @@ class ReconVLAProcessor:
 
     def prompt_ids(self, instruction: str, state_tokens: Sequence[int]) -> tuple[list[int], list[int]]:
         """Prompt token ids and the index of every image placeholder in them."""
+        ids, image_positions, _ = self._prompt(instruction, state_tokens)
+        return ids, image_positions
+
+    def _prompt(self, instruction: str, state_tokens: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
+        """Prompt ids, the image placeholders' indices and the indices of the instruction's own tokens
+        (its second mention, the one after the image, which vision FiLM pools)."""
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError("instruction must be a non-empty string")
         instruction = re.sub(r"\s+", " ", instruction.strip())
@@ -163,9 +169,14 @@ class ReconVLAProcessor:
                *self._text(f"user\nWhat action should the robot take to {instruction}?\n")]
         image_start = len(ids)
         ids += [self.image_token_id] * self.config.num_image_tokens
-        ids += [*self._text(f"\n{instruction}\nState: "), *state_tokens, self.im_end_id,
+        ids += self._text("\n")
+        instruction_ids = self._text(instruction)
+        instruction_start = len(ids)
+        ids += instruction_ids
+        ids += [*self._text("\nState: "), *state_tokens, self.im_end_id,
                 *self._text("\n"), self.im_start_id, *self._text("assistant\n")]
-        return ids, list(range(image_start, image_start + self.config.num_image_tokens))
+        return (ids, list(range(image_start, image_start + self.config.num_image_tokens)),
+                list(range(instruction_start, instruction_start + len(instruction_ids))))
 
     # The one pre-processing path -------------------------------------------------------------
     def __call__(
@@ -193,11 +204,30 @@ class ReconVLAProcessor:
             frame = check_image(stitched_image, "stitched_image")
         state_arr = check_array(state, (cfg.state_dim,), "state")
         state_tokens = self.action_tokenizer.encode(state_norm.normalize(state_arr)).tolist()
-        ids, image_positions = self.prompt_ids(instruction, state_tokens)
+        ids, image_positions, instruction_positions = self._prompt(instruction, state_tokens)
         prompt_len = len(ids)
 
         sample: dict[str, torch.Tensor] = {"pixel_values": self.pixel_values(frame)}
-        if actions is not None:
+        if cfg.action_head == "parallel":
+            # The K action queries follow the prompt at training and at inference alike; their input
+            # embeddings are the model's learned queries (the placeholder id is never embedded).
+            ids = ids + [self.pad_token_id] * cfg.chunk_size
+            query_mask = torch.zeros(len(ids), dtype=torch.bool)
+            query_mask[prompt_len:] = True
+            sample["action_query_mask"] = query_mask
+            if actions is not None:
+                action_arr = self.to_relative(check_array(actions, (cfg.chunk_size, cfg.action_dim), "actions"),
+                                              state_arr)
+                sample["actions"] = torch.tensor(action_norm.normalize(action_arr), dtype=torch.float32)
+                pad = np.zeros(cfg.chunk_size, dtype=bool) if action_is_pad is None else \
+                    np.asarray(action_is_pad, dtype=bool).reshape(-1)
+                if pad.shape != (cfg.chunk_size,):
+                    raise ValueError(f"action_is_pad must have shape ({cfg.chunk_size},), got {pad.shape}")
+                sample["action_is_pad"] = torch.from_numpy(pad.copy())
+                if cfg.builds_reconstruction:
+                    sample["recon_pixel_values"] = self.vae_pixels(
+                        self._recon_frame(frame, base_image, wrist_image, gaze_box if gaze_valid else None))
+        elif actions is not None:
             action_arr = self.to_relative(check_array(actions, (cfg.chunk_size, cfg.action_dim), "actions"),
                                           state_arr)
             action_tokens = self.action_tokenizer.encode(action_norm.normalize(action_arr))  # (K, D)
@@ -224,6 +254,10 @@ class ReconVLAProcessor:
 
         image_mask = torch.zeros(len(ids), dtype=torch.bool)
         image_mask[image_positions] = True
+        if cfg.vision_film:
+            instruction_mask = torch.zeros(len(ids), dtype=torch.bool)
+            instruction_mask[instruction_positions] = True
+            sample["instruction_mask"] = instruction_mask
         sample["input_ids"] = torch.tensor(ids, dtype=torch.long)
         sample["attention_mask"] = torch.ones(len(ids), dtype=torch.long)
         sample["image_mask"] = image_mask
@@ -245,7 +279,8 @@ class ReconVLAProcessor:
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
         length = max(int(s["input_ids"].shape[0]) for s in samples)
-        pads = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX, "image_mask": False}
+        pads = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX, "image_mask": False,
+                "action_query_mask": False, "instruction_mask": False}
         batch: dict[str, torch.Tensor] = {}
         for key, value in pads.items():
             if key not in samples[0]:
@@ -255,7 +290,8 @@ class ReconVLAProcessor:
                 seq = s[key]
                 rows.append(torch.cat([seq, seq.new_full((length - seq.shape[0],), value)]))
             batch[key] = torch.stack(rows)
-        for key in ("pixel_values", "recon_pixel_values", "grounding_box", "grounding_valid"):
+        for key in ("pixel_values", "recon_pixel_values", "grounding_box", "grounding_valid", "actions",
+                    "action_is_pad"):
             if key in samples[0]:
                 batch[key] = torch.stack([s[key] for s in samples])
         return batch
@@ -301,6 +337,17 @@ class ReconVLAProcessor:
                              f"({self.config.box_tokens} box + {self.config.action_tokens_per_chunk} action), "
                              f"got {ids.shape[0]}")
         return ids
+
+    def decode_continuous(self, values: Any, state: Any = None,
+                          norm_stats: Mapping[str, Any] | None = None) -> np.ndarray:
+        """The parallel head's (K, D) normalised actions -> (K, D) absolute actions in robot units
+        (the state is added back on the relative dims in delta mode)."""
+        cfg = self.config
+        array = np.asarray(values, dtype=np.float64)
+        if array.shape != (cfg.chunk_size, cfg.action_dim):
+            raise ValueError(f"expected ({cfg.chunk_size}, {cfg.action_dim}) normalised actions, got {array.shape}")
+        action_norm, _ = self.normalizers(norm_stats)
+        return self.to_absolute(action_norm.unnormalize(np.clip(array, -1.0, 1.0)), state)
 
     def decode_actions(self, token_ids: Any, norm_stats: Mapping[str, Any] | None = None,
                        state: Any = None) -> np.ndarray:

@@ -1,0 +1,180 @@
+"""The parallel continuous action head (OpenVLA-OFT style) and instruction FiLM of the vision tower."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from model_helpers import build_tiny, make_batch, make_observation
+from reconvla_core.model import ReconVLA, ReconVLAConfig
+from reconvla_core.model.modeling_reconvla import chunk_attention_mask
+
+
+def parallel(norm_stats, seed: int = 0, **overrides):
+    overrides.setdefault("recon_target", "gaze")
+    return build_tiny(norm_stats, seed=seed, action_head="parallel", **overrides)
+
+
+def test_processor_appends_one_query_per_chunk_step_and_continuous_targets(norm_stats):
+    model = parallel(norm_stats)
+    obs = make_observation(0)
+    sample = model.processor(**{k: obs[k] for k in ("base_image", "wrist_image", "instruction", "state", "actions",
+                                                    "gaze_box")})
+    k, d = model.config.chunk_size, model.config.action_dim
+    assert int(sample["action_query_mask"].sum()) == k
+    assert bool(sample["action_query_mask"][-k:].all())  # the queries close the sequence
+    assert sample["actions"].shape == (k, d) and sample["actions"].dtype == torch.float32
+    assert float(sample["actions"].abs().max()) <= 1.0
+    assert "labels" not in sample  # no token targets: the loss is L1 on the continuous chunk
+    # Decoding the targets gives the chunk back (q01..q99 clipping aside, the helper stays inside).
+    decoded = model.processor.decode_continuous(sample["actions"].numpy(), state=obs["state"])
+    np.testing.assert_allclose(decoded, obs["actions"], atol=1e-5)
+
+
+def test_forward_shapes_and_l1_loss(norm_stats):
+    model = parallel(norm_stats).train()
+    batch = make_batch(model, n=3)  # different instruction lengths: right padding before the queries' end
+    out = model(batch)
+    assert out.action_accuracy is None
+    assert out.loss.item() == pytest.approx(out.action_loss.item() + out.recon_loss.item(), rel=1e-5)
+    embeds = model.embed_inputs(batch["input_ids"], batch["image_mask"], batch["pixel_values"],
+                                None, batch["action_query_mask"])
+    _, actions, _ = model.run_parallel(embeds, batch["attention_mask"], batch["action_query_mask"])
+    assert actions.shape == (3, model.config.chunk_size, model.config.action_dim)
+    expected = (actions - batch["actions"]).abs().mean()
+    assert out.action_loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_padded_chunk_steps_do_not_count(norm_stats):
+    model = parallel(norm_stats, recon_target="none")  # eval: no dropout, the same prediction twice
+    batch = make_batch(model, n=2)
+    batch["action_is_pad"] = torch.zeros(2, model.config.chunk_size, dtype=torch.bool)
+    batch["action_is_pad"][:, 3:] = True
+    with torch.no_grad():
+        clean = model(batch).action_loss.item()
+        batch["actions"][:, 3:] += 50.0  # garbage past the episode's end must not change the loss
+        assert model(batch).action_loss.item() == pytest.approx(clean, rel=1e-6)
+        embeds = model.embed_inputs(batch["input_ids"], batch["image_mask"], batch["pixel_values"], None,
+                                    batch["action_query_mask"])
+        _, predicted, _ = model.run_parallel(embeds, batch["attention_mask"], batch["action_query_mask"])
+    assert clean == pytest.approx((predicted[:, :3] - batch["actions"][:, :3]).abs().mean().item(), rel=1e-4)
+
+
+def test_queries_see_the_prompt_and_each_other_and_the_prompt_stays_causal():
+    attention = torch.tensor([[1, 1, 1, 1, 1, 0]])
+    queries = torch.tensor([[False, False, True, True, True, False]])
+    allowed = chunk_attention_mask(attention, queries, torch.float32)[0, 0] == 0
+    assert bool(allowed[2, 4]) and bool(allowed[4, 2])  # bidirectional among the queries
+    assert bool(allowed[2, :2].all())  # a query sees the whole prompt
+    assert not bool(allowed[0, 1]) and not bool(allowed[1, 2])  # the prompt stays causal, never sees queries
+    assert not bool(allowed[:, 5].any())  # padding is never attended to
+
+
+def test_prompt_hidden_states_do_not_depend_on_the_queries(norm_stats):
+    model = parallel(norm_stats, recon_target="none")
+    batch = make_batch(model, n=1)
+    with torch.no_grad():
+        embeds = model.embed_inputs(batch["input_ids"], batch["image_mask"], batch["pixel_values"], None,
+                                    batch["action_query_mask"])
+        first, _, _ = model.run_parallel(embeds, batch["attention_mask"], batch["action_query_mask"])
+        model.action_head.queries.add_(1.0)
+        embeds = model.embed_inputs(batch["input_ids"], batch["image_mask"], batch["pixel_values"], None,
+                                    batch["action_query_mask"])
+        second, _, _ = model.run_parallel(embeds, batch["attention_mask"], batch["action_query_mask"])
+    prompt = ~batch["action_query_mask"][0]
+    torch.testing.assert_close(first[0, prompt], second[0, prompt])
+
+
+def test_one_decoder_pass_per_chunk(norm_stats, observation):
+    model = parallel(norm_stats, recon_target="none")
+    calls = []
+    handle = model.llm.get_decoder().register_forward_hook(lambda *args: calls.append(1))
+    try:
+        prediction = model.predict(observation["base_image"], observation["wrist_image"],
+                                   observation["instruction"], observation["state"], return_attention=True)
+    finally:
+        handle.remove()
+    assert len(calls) == 1  # actions and the attention map from the same pass
+    assert prediction.actions.shape == (model.config.chunk_size, model.config.action_dim)
+    assert np.isfinite(prediction.actions).all() and prediction.box is None
+    assert prediction.attention.shape == (model.config.grid_size,) * 2
+    assert prediction.attention.sum() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_gradients_reach_the_vision_tower_film_and_queries(norm_stats):
+    model = parallel(norm_stats, recon_target="none", vision_film=True, train_vision=True).train()
+    # FiLM starts as the identity (zero weights): give it a nudge so the gradient to the tower flows through it
+    batch = make_batch(model, n=2)
+    model(batch).loss.backward()
+    film = model.vision_film.proj
+    assert film.weight.grad is not None and film.weight.grad.abs().sum() > 0
+    assert model.vision.encoder.layers[0].mlp.fc1.weight.grad.abs().sum() > 0
+    assert model.action_head.queries.grad.abs().sum() > 0
+    assert model.llm.get_output_embeddings().weight.grad is None  # the parallel head never uses the LM head
+    groups = model.parameter_groups()
+    trainable = {id(p) for params in groups.values() for p in params}
+    assert id(model.llm.get_output_embeddings().weight) not in trainable
+    assert {id(p) for p in model.vision_film.parameters()} <= trainable
+    assert {id(p) for p in model.action_head.parameters()} <= trainable
+
+
+def test_film_starts_as_identity_and_then_conditions_vision_on_the_instruction(norm_stats, observation):
+    plain = parallel(norm_stats, seed=3, recon_target="none")
+    filmed = parallel(norm_stats, seed=3, recon_target="none", vision_film=True)
+    filmed.load_state_dict(plain.state_dict(), strict=False)
+    args = (observation["base_image"], observation["wrist_image"])
+    np.testing.assert_allclose(plain.predict_action(*args, "pick up the red block", observation["state"]),
+                               filmed.predict_action(*args, "pick up the red block", observation["state"]), atol=1e-5)
+    with torch.no_grad():
+        filmed.vision_film.proj.weight.normal_(std=0.05)
+        red = filmed.prepare_prompt(*args, "pick up the red block", observation["state"])
+        blue = filmed.prepare_prompt(*args, "pick up the blue block", observation["state"])
+    image = red[1]
+    assert not torch.allclose(red[0][0, image], blue[0][0, blue[1]])  # the image tokens depend on the colour word
+
+
+def test_training_lowers_the_l1_loss(norm_stats):
+    model = parallel(norm_stats, seed=1, recon_target="none", vision_film=True).train()
+    batch = make_batch(model, n=4)
+    params = [p for group in model.parameter_groups().values() for p in group]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    first = model(batch).action_loss.item()
+    for _ in range(25):
+        out = model(batch)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert model(batch).action_loss.item() < first * 0.6
+
+
+def test_checkpoint_round_trip(norm_stats, observation, tmp_path):
+    model = parallel(norm_stats, seed=2, vision_film=True, action_mode="delta")
+    stats = dict(norm_stats)
+    model.set_norm_stats(stats)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = ReconVLA.from_pretrained(tmp_path / "ckpt")
+    assert loaded.config.action_head == "parallel" and loaded.config.vision_film
+    args = (observation["base_image"], observation["wrist_image"], observation["instruction"], observation["state"])
+    np.testing.assert_array_equal(model.predict_action(*args), loaded.predict_action(*args))
+
+
+def test_token_checkpoint_without_the_new_fields_still_loads(norm_stats, observation, tmp_path):
+    import json
+
+    model = build_tiny(norm_stats, recon_target="none")
+    model.save_pretrained(tmp_path / "old")
+    config_file = tmp_path / "old" / "config.json"
+    raw = json.loads(config_file.read_text())
+    del raw["action_head"], raw["vision_film"]  # as written before the parallel head existed
+    config_file.write_text(json.dumps(raw))
+    loaded = ReconVLA.from_pretrained(tmp_path / "old")
+    assert loaded.config.action_head == "tokens" and loaded.action_head is None
+    args = (observation["base_image"], observation["wrist_image"], observation["instruction"], observation["state"])
+    np.testing.assert_array_equal(model.predict_action(*args), loaded.predict_action(*args))
+
+
+def test_config_refuses_an_unknown_head_and_answer_box_on_the_parallel_head():
+    with pytest.raises(ValueError, match="action_head"):
+        ReconVLAConfig.from_preset("tiny", action_head="diffusion")
+    with pytest.raises(ValueError, match="answer_box"):
+        ReconVLAConfig.from_preset("tiny", action_head="parallel", answer_box=True)
