@@ -2,10 +2,17 @@
 
 Per control tick (``control_rate`` Hz): read the arm's feedback, sample the action queue
 (``reconvla_core.runtime.action_queue``: chunks time-aligned by their observation stamp, replaced
-or cross-faded), pass the target through the one safety filter
-(``reconvla_core.runtime.safety``: finite, joint limits, max step per period, gripper range,
-speed cap, stale-observation / no-chunk watchdogs, estop latch) and send the command to the
-backend; publish the canonical ``joint_states`` (joint1..joint6 rad, gripper m).
+or cross-faded; with a predictor slower than the chunk horizon only the part the arm executed
+since the observation is trimmed, ``trim``; chunks older than ``max_chunk_age`` are dropped),
+pass the target through the one safety filter (``reconvla_core.runtime.safety``: finite, soft
+joint limits, max step per period, gripper range, speed cap, stale-observation / no-chunk
+watchdogs, estop latch) and send the command to the backend; publish the canonical
+``joint_states`` (joint1..joint6 rad, gripper m).
+
+A chunk with a target beyond a soft limit by more than ``limit_tolerance`` is rejected whole and
+counted. Every chunk executed or dropped is counted on ``~/status`` (std_msgs/String, JSON: counts
+per drop reason, the last chunk's age, horizon and trim) and /diagnostics; when the arm holds
+because no usable chunk arrived for ``chunk_timeout``, one ERROR says why.
 
 Backends (parameter ``backend``):
 - ``piper_ros``: publishes ``joint_ctrl_single`` (JointState: position rad + gripper m,
@@ -23,6 +30,7 @@ ResetPiper (motor power cut, a raised arm falls), so it is never sent from here.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from typing import Any
@@ -32,7 +40,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
@@ -43,10 +51,26 @@ from reconvla_core.interfaces import (
     JOINT_STATES_TOPIC,
     LEADER_COMMAND_TOPIC,
 )
-from reconvla_core.piper import ACTION_DIM, ACTION_NAMES, GRIPPER_MAX, MAX_JOINT_SPEED
-from reconvla_core.runtime.action_queue import QUEUE_MODES, ActionChunk, ActionQueue, ActionQueueConfig
+from reconvla_core.piper import ACTION_DIM, ACTION_NAMES, GRIPPER_MAX
+from reconvla_core.runtime.action_queue import (
+    DROP_REASONS,
+    QUEUE_MODES,
+    TRIM_MODES,
+    ActionChunk,
+    ActionQueue,
+    ActionQueueConfig,
+    ChunkReport,
+)
 from reconvla_core.runtime.backend import ArmFeedback, SimArmBackend
-from reconvla_core.runtime.safety import ArmMode, SafetyConfig, SafetyFilter
+from reconvla_core.runtime.safety import (
+    DEFAULT_MAX_GRIPPER_SPEED,
+    DEFAULT_MAX_JOINT_SPEED,
+    LIMIT_TOLERANCE,
+    SOFT_LIMIT_MARGIN,
+    ArmMode,
+    SafetyConfig,
+    SafetyFilter,
+)
 from reconvla_ros.common import (
     COMMAND_QOS,
     DIAGNOSTICS_TOPIC,
@@ -104,6 +128,8 @@ def safety_config_from(values: dict[str, Any]) -> SafetyConfig:
         control_rate_hz=float(values["control_rate"]),
         max_joint_speed=float(values["max_joint_speed"]),
         max_gripper_speed=float(values["max_gripper_speed"]),
+        soft_limit_margin=float(values["soft_limit_margin"]),
+        limit_tolerance=float(values["limit_tolerance"]),
         speed_percent=int(values["speed_percent"]),
         max_speed_percent=int(values["max_speed_percent"]),
         observation_timeout_s=float(values["observation_timeout"]),
@@ -118,6 +144,10 @@ def validate_parameters(values: dict[str, Any]) -> tuple[SafetyConfig, ActionQue
         raise ValueError(f"backend must be one of {BACKENDS}, got {values['backend']!r}")
     if values["queue_mode"] not in QUEUE_MODES:
         raise ValueError(f"queue_mode must be one of {QUEUE_MODES}, got {values['queue_mode']!r}")
+    if values["trim"] not in TRIM_MODES:
+        raise ValueError(f"trim must be one of {TRIM_MODES}, got {values['trim']!r}")
+    if not values["max_chunk_age"] > 0:
+        raise ValueError(f"max_chunk_age must be > 0 s, got {values['max_chunk_age']}")
     if len(values["home_position"]) != ACTION_DIM:
         raise ValueError(f"home_position needs {ACTION_DIM} values (6 joints rad + gripper m)")
     if not values["enable_timeout"] > 0:
@@ -127,9 +157,10 @@ def validate_parameters(values: dict[str, Any]) -> tuple[SafetyConfig, ActionQue
     if not 0 <= values["gripper_effort"] <= 5000:
         raise ValueError(f"gripper_effort must be in 0..5000 (0.001 N·m), got {values['gripper_effort']}")
     safety = safety_config_from(values)
-    SafetyFilter(safety).home_target(values["home_position"])  # inside the limits
+    SafetyFilter(safety).home_target(values["home_position"])  # inside the soft limits
     queue = ActionQueueConfig(mode=values["queue_mode"], blend_s=float(values["blend_s"]),
-                              interpolate=bool(values["interpolate"]))
+                              interpolate=bool(values["interpolate"]), trim=values["trim"],
+                              max_chunk_age_s=float(values["max_chunk_age"]))
     return safety, queue
 
 
@@ -195,8 +226,10 @@ class ArmCommand(Node):
             "control_rate": 30.0,
             "speed_percent": 50,
             "max_speed_percent": 100,
-            "max_joint_speed": MAX_JOINT_SPEED,
-            "max_gripper_speed": 0.2,
+            "max_joint_speed": DEFAULT_MAX_JOINT_SPEED,
+            "max_gripper_speed": DEFAULT_MAX_GRIPPER_SPEED,
+            "soft_limit_margin": SOFT_LIMIT_MARGIN,
+            "limit_tolerance": LIMIT_TOLERANCE,
             "observation_timeout": 0.5,
             "chunk_timeout": 1.0,
             "auto_enable": False,
@@ -204,6 +237,8 @@ class ArmCommand(Node):
             "queue_mode": "blend",
             "blend_s": 0.0,
             "interpolate": True,
+            "trim": "executed",
+            "max_chunk_age": 2.0,
             "home_position": [0.0, 0.3, -0.3, 0.0, 0.3, 0.0, GRIPPER_MAX],
             "chunk_topic": ACTION_CHUNK_TOPIC.lstrip("/"),
             "joint_states_topic": JOINT_STATES_TOPIC.lstrip("/"),
@@ -234,8 +269,12 @@ class ArmCommand(Node):
         self._backend_enabled = False  # the backend was enabled since the last disable / estop
         self._closing = False
         self._leader_stamp: float | None = None
-        self.counts = {"chunks": 0, "bad_chunks": 0, "stale_chunks": 0, "sent": 0, "send_errors": 0,
+        # chunks: executed (accepted into the queue); dropped_*: by reason; bad_chunks: malformed.
+        self.counts = {"chunks": 0, "bad_chunks": 0, "sent": 0, "send_errors": 0,
                        "feedback_errors": 0, "missed_ticks": 0, "ticks": 0}
+        self.counts.update({f"dropped_{reason}": 0 for reason in DROP_REASONS + ("out_of_limits", "homing")})
+        self._last_report: ChunkReport | None = None
+        self._starving = False  # an ERROR was logged for the current spell without a usable chunk
         self._tick_times: deque[float] = deque(maxlen=300)
         self._last_tick: float | None = None
 
@@ -245,6 +284,7 @@ class ArmCommand(Node):
         self._leader_pub = (self.create_publisher(JointState, p["leader_topic"], STATE_QOS)
                             if p["teleop"] else None)
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        self._status_pub = self.create_publisher(String, "~/status", STATE_QOS)
         self.create_subscription(JointTrajectory, p["chunk_topic"], self._on_chunk, COMMAND_QOS)
         self.create_service(SetBool, "~/enable", self._on_enable)
         self.create_service(Trigger, "~/estop", self._on_estop)
@@ -272,18 +312,55 @@ class ArmCommand(Node):
         now = now_s(self)
         try:
             chunk = chunk_from_message(msg, now)
-            remaining = self.queue.push(chunk, now)
         except ValueError as error:
             self.counts["bad_chunks"] += 1
             self.get_logger().warning(f"dropping action chunk: {error}", throttle_duration_sec=5.0)
             return
-        if remaining == 0:
-            self.counts["stale_chunks"] += 1
-            self.get_logger().warning("dropping an action chunk that lies entirely in the past",
-                                      throttle_duration_sec=5.0)
+        violation = self.safety.limit_violation(chunk.actions)
+        if violation is not None:  # rejected whole: never clamped onto a limit
+            self.counts["dropped_out_of_limits"] += 1
+            self.get_logger().error(f"rejecting action chunk: {violation}", throttle_duration_sec=1.0)
+            return
+        if self._homing:
+            self.counts["dropped_homing"] += 1
+            return
+        report = self.queue.push_report(chunk, now)
+        self._last_report = report
+        if not report.accepted:
+            self.counts[f"dropped_{report.reason}"] += 1
+            self.get_logger().warning(report.describe(), throttle_duration_sec=1.0)
             return
         self.counts["chunks"] += 1
         self.safety.note_chunk(now)
+        if self._starving:
+            self._starving = False
+            self.get_logger().info(f"executing again: {report.describe()}")
+
+    def _check_starvation(self, now: float) -> None:
+        """One ERROR per spell in which the enabled arm holds because no usable chunk arrives."""
+        if self._starving or self.safety.mode is not ArmMode.ENABLED or self._homing:
+            return
+        received = self.counts["chunks"] + sum(self.counts[f"dropped_{r}"] for r in DROP_REASONS + ("out_of_limits",))
+        if received == 0:
+            return  # the policy has not produced anything yet (model loading): diagnostics say so
+        starved = self.queue.starved_s(now)
+        if starved <= float(self._p["chunk_timeout"]):
+            return
+        self._starving = True
+        last = self._last_report.describe() if self._last_report is not None else "none"
+        self.get_logger().error(
+            f"arm holding: no usable action chunk for {min(starved, 1e6):.1f} s "
+            f"({self.counts['chunks']} executed, {self._dropped()} dropped: {self._drop_summary()}); "
+            f"last chunk: {last}. The policy's observation-to-chunk latency must stay below "
+            f"max_chunk_age ({self._p['max_chunk_age']} s).")
+        self._publish_status()
+
+    def _dropped(self) -> int:
+        return sum(v for k, v in self.counts.items() if k.startswith("dropped_"))
+
+    def _drop_summary(self) -> str:
+        return ", ".join(f"{k[len('dropped_'):]} {v}" for k, v in self.counts.items()
+                         if k.startswith("dropped_") and v) or "none"
 
     def _read_feedback(self, now: float) -> ArmFeedback | None:
         try:
@@ -324,6 +401,8 @@ class ArmCommand(Node):
         else:
             target, require_chunk = self.queue.sample(now), True
         command = self.safety.step(now, target, require_chunk=require_chunk)
+        if target is None and not self._homing:
+            self._check_starvation(now)
         if command is not None and not self._backend_enabled and not self._enable_backend():
             command = None  # auto_enable: the filter enabled itself on first feedback, the arm did not
         if command is not None:
@@ -335,6 +414,7 @@ class ArmCommand(Node):
                 self.get_logger().error(f"backend send failed: {error}", throttle_duration_sec=2.0)
             if self._homing and np.allclose(command.positions, self._home, atol=1e-4):
                 self._homing = False
+                self.queue.clear(now)  # chunks observed while homing describe a moving arm
                 self.get_logger().info("home reached")
         if isinstance(self.backend, SimArmBackend) and self.backend.env is not None:
             self.backend.advance(self._dt)
@@ -351,7 +431,7 @@ class ArmCommand(Node):
 
     # --- services -----------------------------------------------------------------------------
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
-        self.queue.clear()
+        self.queue.clear(now_s(self))  # chunks observed before this are not executed
         self._homing = False
         if not request.data:
             self.safety.disable()
@@ -371,7 +451,7 @@ class ArmCommand(Node):
 
     def _on_estop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         self.safety.estop()
-        self.queue.clear()
+        self.queue.clear(now_s(self))
         self._homing = False
         self._backend_enabled = False
         try:
@@ -389,7 +469,7 @@ class ArmCommand(Node):
         if self.safety.mode is not ArmMode.ENABLED:
             response.success, response.message = False, f"cannot home while {self.safety.mode.value}: enable first"
             return response
-        self.queue.clear()
+        self.queue.clear(now_s(self))
         self._homing = True
         response.success, response.message = True, f"homing to {self._home.tolist()}"
         return response
@@ -403,8 +483,15 @@ class ArmCommand(Node):
         values.update(self.counts)
         values.update({f"holds_{k}": v for k, v in c.holds.items()})
         values.update({"clipped": c.clipped, "rate_limited": c.rate_limited, "rejected_targets": c.rejected_targets,
+                       "out_of_limit_targets": c.out_of_limits, "dropped_chunks": self._dropped(),
                        "queue_remaining_s": self.queue.remaining_s(now),
                        "late_steps": self.queue.stats.late_steps})
+        report = self._last_report
+        if report is not None:
+            values.update({"last_chunk": report.reason, "last_chunk_age_s": report.age_s,
+                           "last_chunk_horizon_s": report.horizon_s,
+                           "last_chunk_skipped_idle_s": report.skipped_idle_s,
+                           "last_chunk_trimmed_steps": report.trimmed_steps})
         if self._tick_times:
             values["tick_ms_max"] = float(max(self._tick_times))
         bad = getattr(self.backend, "bad_feedback", None)
@@ -421,12 +508,22 @@ class ArmCommand(Node):
             level, message = DiagnosticStatus.WARN, "no arm feedback"
         elif mode is ArmMode.DISABLED:
             level, message = DiagnosticStatus.OK, "disabled"
+        elif self._starving:
+            level, message = DiagnosticStatus.ERROR, (f"holding: no usable action chunk ({values['dropped_chunks']} "
+                                                      f"dropped: {self._drop_summary()})")
         elif values["hold_reason"] != "none":
             level, message = DiagnosticStatus.WARN, f"holding: {values['hold_reason']}"
         else:
             level, message = DiagnosticStatus.OK, "executing"
         status = diagnostic_status(f"{self.get_name()}: arm", self._p["backend"], level, message, values)
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), [status]))
+        self._publish_status(values)
+
+    def _publish_status(self, values: dict[str, Any] | None = None) -> None:
+        """~/status: the diagnostics values as one JSON object (chunks executed vs dropped, why)."""
+        values = self.diagnostics_values() if values is None else values
+        values = dict(values, starving=self._starving)
+        self._status_pub.publish(String(data=json.dumps(values, default=str)))
 
     def destroy_node(self) -> None:
         self._closing = True

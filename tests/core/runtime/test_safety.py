@@ -52,6 +52,7 @@ def make_filter(**overrides) -> SafetyFilter:
        rate=st.sampled_from([10.0, 30.0, 100.0]))
 def test_every_emitted_command_is_finite_inside_limits_and_bounded_per_period(ticks, max_speed, rate):
     cfg = SafetyConfig(control_rate_hz=rate, max_joint_speed=max_speed)
+    soft_lower, soft_upper = cfg.soft_lower, cfg.soft_upper
     safety = SafetyFilter(cfg)
     max_step = cfg.max_step
     now = 0.0
@@ -87,9 +88,47 @@ def test_every_emitted_command_is_finite_inside_limits_and_bounded_per_period(ti
         positions = command.positions
         assert positions.shape == (7,)
         assert np.all(np.isfinite(positions))
-        assert np.all(positions >= LOWER - EPS) and np.all(positions <= UPPER + EPS)
+        # The arm started inside the soft limits: no command ever leaves them, none is faster
+        # than the configured speed.
+        assert np.all(positions >= soft_lower - EPS) and np.all(positions <= soft_upper + EPS)
         assert np.all(np.abs(positions - previous) <= max_step + EPS), (positions, previous)
         assert 1 <= command.speed_percent <= cfg.max_speed_percent
+        previous = positions
+
+
+@settings(max_examples=150, deadline=None)
+@given(start=st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=7, max_size=7),
+       targets=st.lists(st.lists(st.floats(min_value=-0.04, max_value=1.04), min_size=7, max_size=7),
+                        min_size=1, max_size=40),
+       max_speed=st.floats(min_value=0.05, max_value=MAX_JOINT_SPEED),
+       gripper_speed=st.floats(min_value=0.01, max_value=0.5))
+def test_from_any_start_no_command_goes_further_past_a_soft_limit_or_faster_than_configured(
+        start, targets, max_speed, gripper_speed):
+    cfg = SafetyConfig(control_rate_hz=30.0, max_joint_speed=max_speed, max_gripper_speed=gripper_speed)
+    safety = SafetyFilter(cfg)
+    pose = LOWER + np.array(start) * (UPPER - LOWER)  # anywhere within the hard limits
+    safety.observe(pose, 0.0)
+    assert safety.enable(0.0)[0]
+    previous = safety.last_command
+    np.testing.assert_array_equal(previous, pose)
+
+    def outside(x: np.ndarray) -> np.ndarray:
+        return np.maximum(cfg.soft_lower - x, 0.0) + np.maximum(x - cfg.soft_upper, 0.0)
+
+    for k, fraction in enumerate(targets, start=1):
+        goal = LOWER + np.array(fraction) * (UPPER - LOWER)  # mostly inside, some past the limits
+        now = k * cfg.dt
+        safety.observe(previous, now)
+        safety.note_chunk(now)
+        command = safety.step(now, goal)
+        positions = command.positions
+        assert np.all(np.abs(positions - previous) <= cfg.max_step + EPS)
+        assert np.all(outside(positions) <= outside(previous) + EPS)  # never further out
+        assert np.all(positions >= LOWER - EPS) and np.all(positions <= UPPER + EPS)
+        excess = np.maximum(cfg.soft_lower - cfg.tolerance - goal, goal - cfg.soft_upper - cfg.tolerance)
+        if np.any(excess > EPS):  # beyond a soft limit by more than the tolerance: rejected, not clamped
+            assert command.hold is HoldReason.OUT_OF_LIMITS
+            np.testing.assert_array_equal(positions, previous)
         previous = positions
 
 
@@ -191,15 +230,15 @@ def test_enable_refused_without_feedback():
     assert not ok and "feedback" in message
 
 
-def test_tracks_target_at_max_speed_and_clips_limits():
+def test_tracks_target_at_max_speed_and_clips_within_the_tolerance_onto_the_soft_limit():
     cfg = SafetyConfig(control_rate_hz=10.0, max_joint_speed=1.0)
     safety = SafetyFilter(cfg)
     safety.observe(HOME, 0.0)
     safety.note_chunk(0.0)
     safety.enable(0.0)
-    far = HOME.copy()
-    far[0] = 10.0  # beyond joint1's upper limit
-    command = safety.step(0.05, far)
+    near = HOME.copy()
+    near[0] = JOINT_UPPER[0] - 0.05 + 0.015  # 15 mrad past the soft limit: inside the 20 mrad tolerance
+    command = safety.step(0.05, near)
     assert command.rate_limited and command.clipped
     assert command.positions[0] == pytest.approx(0.1)  # 1 rad/s * 0.1 s
     now = 0.05
@@ -207,8 +246,52 @@ def test_tracks_target_at_max_speed_and_clips_limits():
         now += 0.1
         safety.observe(safety.last_command, now)
         safety.note_chunk(now)
-        command = safety.step(now, far)
-    assert command.positions[0] == pytest.approx(JOINT_UPPER[0])
+        command = safety.step(now, near)
+    assert command.positions[0] == pytest.approx(JOINT_UPPER[0] - 0.05)  # the soft limit, not the hard one
+
+
+def test_a_target_beyond_the_soft_limit_by_more_than_the_tolerance_is_rejected_not_clamped():
+    safety = make_filter()
+    safety.observe(HOME, 0.0)
+    safety.note_chunk(0.0)
+    safety.enable(0.0)
+    far = HOME.copy()
+    far[1] = -0.1  # joint2: 0.15 rad below its soft lower limit 0.05
+    command = safety.step(0.01, far)
+    assert command.hold is HoldReason.OUT_OF_LIMITS
+    np.testing.assert_array_equal(command.positions, HOME)
+    assert safety.counters.out_of_limits == 1 and safety.counters.rejected_targets == 1
+    reason = safety.limit_violation(np.stack([HOME, far]))
+    assert "joint2" in reason and "step 1" in reason and "soft lower limit 0.050" in reason
+    assert safety.limit_violation(np.stack([HOME, HOME])) is None
+
+
+def test_conservative_defaults_for_a_learned_policy():
+    cfg = SafetyConfig()
+    assert cfg.max_joint_speed == 1.0 and cfg.max_gripper_speed == 0.1
+    np.testing.assert_allclose(cfg.soft_lower[:6], np.array(JOINT_LOWER) + 0.05)
+    np.testing.assert_allclose(cfg.soft_upper[:6], np.array(JOINT_UPPER) - 0.05)
+    assert SafetyConfig(max_joint_speed=MAX_JOINT_SPEED).max_joint_speed == MAX_JOINT_SPEED  # overridable
+
+
+def test_an_arm_resting_on_a_hard_limit_only_moves_back_inside():
+    safety = make_filter(control_rate_hz=10.0)
+    rest = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # the PiPer's rest pose: joint2/3 on the hard limits
+    safety.observe(rest, 0.0)
+    safety.enable(0.0)
+    previous = safety.last_command
+    np.testing.assert_array_equal(previous, rest)  # enable starts where the arm is, no jump
+    safety.note_chunk(0.05)
+    assert safety.step(0.05, rest).hold is HoldReason.OUT_OF_LIMITS  # the rest pose itself is out of bounds
+    inside = rest + [0.0, 0.04, -0.04, 0.0, 0.0, 0.0, 0.0]  # within the tolerance of the soft limits
+    for k in range(1, 20):
+        safety.note_chunk(k * 0.1)
+        safety.observe(previous, k * 0.1)
+        command = safety.step(k * 0.1, inside)
+        assert command.hold is HoldReason.NONE
+        assert command.positions[1] >= previous[1] and command.positions[2] <= previous[2]
+        previous = command.positions
+    assert previous[1] == pytest.approx(0.05) and previous[2] == pytest.approx(-0.05)  # clipped onto the soft limits
 
 
 def test_invalid_targets_hold_and_are_counted():

@@ -5,9 +5,16 @@ joint1..joint6 rad + gripper m, or ``None``) into the command the backend may se
 when no motion command may be sent at all (disabled or emergency-stopped):
 
 - only finite values of the right length pass; anything else -> hold;
-- joint targets are clipped to the PiPer joint limits, the gripper to 0..0.07 m;
-- each joint moves at most ``max_joint_speed * dt`` per control period (``dt = 1/control_rate``,
-  ``max_joint_speed <= MAX_JOINT_SPEED``), the gripper at most ``max_gripper_speed * dt``;
+- soft joint limits, ros2_control style: ``soft_limit_margin`` (0.05 rad) inside the PiPer's
+  joint limits (the gripper's soft range is its 0..0.07 m range). A target at most
+  ``limit_tolerance`` (0.02 rad; ``gripper_tolerance`` 5 mm) beyond a soft limit is clipped onto
+  it; one further out is rejected (hold, counted): a learned policy asking for a pose past the
+  limits is wrong, and clamping would execute a pose it never asked for. An arm that starts
+  outside the soft range (the PiPer rests at joint2 = joint3 = 0, on the hard limits) may only
+  move back towards it;
+- each joint moves at most ``max_joint_speed * dt`` per control period (``dt = 1/control_rate``;
+  default 1.0 rad/s for learned policies, configurable up to the PiPer's ``MAX_JOINT_SPEED``),
+  the gripper at most ``max_gripper_speed * dt`` (default 0.1 m/s);
 - the speed percentage sent to the driver is capped;
 - a stale observation (no fresh arm feedback within ``observation_timeout_s``) or no fresh chunk
   within ``chunk_timeout_s`` -> hold the last commanded position;
@@ -59,6 +66,16 @@ class HoldReason(str, enum.Enum):
     INVALID_TARGET = "invalid_target"  # non-finite values or wrong length
     STALE_OBSERVATION = "stale_observation"  # no fresh arm feedback within observation_timeout_s
     NO_FRESH_CHUNK = "no_fresh_chunk"  # no chunk arrived within chunk_timeout_s
+    OUT_OF_LIMITS = "out_of_limits"  # the target lies beyond a soft limit by more than the tolerance
+
+
+# Conservative defaults for a learned policy; the operator may raise the joint speed up to
+# MAX_JOINT_SPEED (the hardware's).
+DEFAULT_MAX_JOINT_SPEED = 1.0  # rad/s
+DEFAULT_MAX_GRIPPER_SPEED = 0.1  # m/s: the full 0.07 m stroke in 0.7 s
+SOFT_LIMIT_MARGIN = 0.05  # rad inside each joint limit
+LIMIT_TOLERANCE = 0.02  # rad beyond a soft limit that is still clipped, not rejected
+GRIPPER_TOLERANCE = 0.005  # m beyond the gripper range that is still clipped
 
 
 @dataclass(frozen=True)
@@ -66,8 +83,11 @@ class SafetyConfig:
     """Limits of the safety filter. Defaults are the PiPer's (reconvla_core.piper)."""
 
     control_rate_hz: float = 30.0
-    max_joint_speed: float = MAX_JOINT_SPEED  # rad/s, at most MAX_JOINT_SPEED
-    max_gripper_speed: float = 0.2  # m/s
+    max_joint_speed: float = DEFAULT_MAX_JOINT_SPEED  # rad/s, at most MAX_JOINT_SPEED
+    max_gripper_speed: float = DEFAULT_MAX_GRIPPER_SPEED  # m/s
+    soft_limit_margin: float = SOFT_LIMIT_MARGIN  # rad, joints only
+    limit_tolerance: float = LIMIT_TOLERANCE  # rad
+    gripper_tolerance: float = GRIPPER_TOLERANCE  # m
     joint_lower: tuple[float, ...] = JOINT_LOWER
     joint_upper: tuple[float, ...] = JOINT_UPPER
     gripper_min: float = GRIPPER_MIN
@@ -107,6 +127,14 @@ class SafetyConfig:
                 f"SafetyConfig.gripper_min/gripper_max must satisfy {GRIPPER_MIN} <= min < max <= {GRIPPER_MAX}, "
                 f"got {self.gripper_min}..{self.gripper_max}"
             )
+        for name in ("soft_limit_margin", "limit_tolerance", "gripper_tolerance"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"SafetyConfig.{name} must be a finite number >= 0, got {value!r}")
+        narrowest = min(hi - lo for lo, hi in zip(self.joint_lower, self.joint_upper))
+        if 2 * self.soft_limit_margin >= narrowest:
+            raise ValueError(f"SafetyConfig.soft_limit_margin={self.soft_limit_margin} leaves no range "
+                             f"for a joint {narrowest:.3f} rad wide")
         if not (1 <= int(self.max_speed_percent) <= 100):
             raise ValueError(f"SafetyConfig.max_speed_percent must be in 1..100, got {self.max_speed_percent}")
         if not (1 <= int(self.speed_percent) <= 100):
@@ -128,6 +156,21 @@ class SafetyConfig:
         return np.array(self.joint_upper + (self.gripper_max,), dtype=np.float64)
 
     @property
+    def soft_lower(self) -> np.ndarray:
+        """Lower soft limit of the 7-vector: joints inset by soft_limit_margin, the gripper's range."""
+        return self.lower + np.array([self.soft_limit_margin] * NUM_JOINTS + [0.0])
+
+    @property
+    def soft_upper(self) -> np.ndarray:
+        """Upper soft limit of the 7-vector."""
+        return self.upper - np.array([self.soft_limit_margin] * NUM_JOINTS + [0.0])
+
+    @property
+    def tolerance(self) -> np.ndarray:
+        """How far beyond a soft limit a target is still clipped rather than rejected."""
+        return np.array([self.limit_tolerance] * NUM_JOINTS + [self.gripper_tolerance])
+
+    @property
     def max_step(self) -> np.ndarray:
         """Largest change of each of the 7 values within one control period."""
         return np.array([self.max_joint_speed * self.dt] * NUM_JOINTS + [self.max_gripper_speed * self.dt])
@@ -140,7 +183,7 @@ class SafetyCommand:
     positions: np.ndarray  # (7,) float64, finite, inside the limits
     speed_percent: int
     hold: HoldReason = HoldReason.NONE
-    clipped: bool = False  # the target lay outside the limits
+    clipped: bool = False  # the target lay (within the tolerance) outside the soft limits
     rate_limited: bool = False  # the target was further than one step away
 
 
@@ -152,7 +195,8 @@ class SafetyCounters:
     holds: dict[str, int] = field(default_factory=dict)
     clipped: int = 0
     rate_limited: int = 0
-    rejected_targets: int = 0
+    rejected_targets: int = 0  # malformed or beyond a soft limit by more than the tolerance
+    out_of_limits: int = 0  # of those, beyond a soft limit
     refused_enables: int = 0
     estops: int = 0
 
@@ -177,6 +221,9 @@ class SafetyFilter:
         self.config = config or SafetyConfig()
         self._lower = self.config.lower
         self._upper = self.config.upper
+        self._soft_lower = self.config.soft_lower
+        self._soft_upper = self.config.soft_upper
+        self._tolerance = self.config.tolerance
         self._max_step = self.config.max_step
         self.mode = ArmMode.DISABLED
         self._last_command: np.ndarray | None = None
@@ -249,6 +296,24 @@ class SafetyFilter:
         return True, f"nothing to reset ({self.mode.value})"
 
     # --- the filter ---------------------------------------------------------------------------
+    def limit_violation(self, actions: np.ndarray | Sequence[Sequence[float]]) -> str | None:
+        """Why these (K, 7) targets must be rejected (one beyond a soft limit by more than the
+        tolerance), or None when every one may be executed."""
+        array = np.atleast_2d(np.asarray(actions, dtype=np.float64))
+        below = self._soft_lower - self._tolerance - array
+        above = array - self._soft_upper - self._tolerance
+        excess = np.maximum(below, above)
+        if not np.any(excess > 0):
+            return None
+        step, dim = np.unravel_index(int(np.argmax(excess)), excess.shape)
+        name = f"joint{dim + 1}" if dim < NUM_JOINTS else "gripper"
+        low = below[step, dim] > 0
+        limit = (self._soft_lower if low else self._soft_upper)[dim]
+        unit = "rad" if dim < NUM_JOINTS else "m"
+        return (f"{name} target {array[step, dim]:.3f} {unit} (step {step}) lies "
+                f"{excess[step, dim] + self._tolerance[dim]:.3f} {unit} beyond its soft "
+                f"{'lower' if low else 'upper'} limit {limit:.3f} (tolerance {self._tolerance[dim]:.3f})")
+
     def hold_reason(self, now: float, require_chunk: bool = True) -> HoldReason:
         """Why the arm must hold at ``now`` regardless of the target (NONE if it may move)."""
         cfg = self.config
@@ -276,19 +341,25 @@ class SafetyFilter:
                 reason = HoldReason.NO_TARGET if target is None else HoldReason.INVALID_TARGET
                 if target is not None:
                     self.counters.rejected_targets += 1
+        if goal is not None and self.limit_violation(goal) is not None:
+            goal, reason = None, HoldReason.OUT_OF_LIMITS
+            self.counters.rejected_targets += 1
+            self.counters.out_of_limits += 1
         clipped = rate_limited = False
         if goal is None:
             positions = self._last_command.copy()
             self.counters.holds[reason.value] = self.counters.holds.get(reason.value, 0) + 1
         else:
-            bounded = np.clip(goal, self._lower, self._upper)
+            bounded = np.clip(goal, self._soft_lower, self._soft_upper)
             clipped = bool(np.any(bounded != goal))
             delta = bounded - self._last_command
             limited = np.clip(delta, -self._max_step, self._max_step)
             rate_limited = bool(np.any(limited != delta))
-            # The previous command is inside the limits, so one bounded step stays inside too;
-            # the final clip only guards against rounding.
-            positions = np.clip(self._last_command + limited, self._lower, self._upper)
+            # A step towards a target inside the soft limits stays inside them, or (an arm that
+            # started outside them) moves back in; the final clip only guards against rounding.
+            lower = np.minimum(self._soft_lower, self._last_command)
+            upper = np.maximum(self._soft_upper, self._last_command)
+            positions = np.clip(self._last_command + limited, lower, upper)
         self.counters.commands += 1
         self.counters.clipped += int(clipped)
         self.counters.rate_limited += int(rate_limited)
@@ -301,6 +372,7 @@ class SafetyFilter:
         array = as_action(home)
         if array is None:
             raise ValueError(f"home pose must be {ACTION_DIM} finite values (6 joints rad + gripper m)")
-        if np.any(array < self._lower) or np.any(array > self._upper):
-            raise ValueError(f"home pose {array.tolist()} lies outside the joint/gripper limits")
+        if np.any(array < self._soft_lower) or np.any(array > self._soft_upper):
+            raise ValueError(f"home pose {array.tolist()} lies outside the soft joint/gripper limits "
+                             f"({self.config.soft_limit_margin} rad inside the joint limits)")
         return array
