@@ -15,6 +15,8 @@ import datetime as _dt
 import functools
 import json
 import logging
+import os
+import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -62,6 +64,15 @@ def normalise_msgtype(msgtype: str) -> str:
     return "/".join(parts)
 
 
+class BagWriteError(OSError):
+    """The storage could not take a message (ENOSPC, EIO, a read-only or vanished disk).
+
+    The bag then takes no further message; :meth:`EpisodeBagWriter.finish` still tries to close it
+    with everything written so far (marked interrupted), and leaves it cut at its last complete
+    MCAP chunk for ``reconvla bag recover`` when even that fails.
+    """
+
+
 def stamp_to_iso(stamp_ns: int) -> str:
     """Nanoseconds since the epoch -> ISO 8601 UTC string with a trailing Z."""
     moment = _dt.datetime.fromtimestamp(stamp_ns / 1e9, tz=_dt.timezone.utc)
@@ -90,6 +101,10 @@ class EpisodeBagWriter:
         self._finished = False
         self._closed = False
         self.message_counts: dict[str, int] = {}
+        # After a storage error: its text; the bag then takes no more messages (see BagWriteError).
+        self.fault: str | None = None
+        # MCAP: bytes of the file known to be whole records on disk (flushed after every chunk).
+        self._good_offset: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> EpisodeBagWriter:
@@ -105,8 +120,13 @@ class EpisodeBagWriter:
         plugin = StoragePlugin.MCAP if self.storage == "mcap" else StoragePlugin.SQLITE3
         self.path.parent.mkdir(parents=True, exist_ok=True)
         writer = Writer(self.path, version=9, storage_plugin=plugin)
-        writer.open()
+        try:
+            writer.open()
+        except OSError:  # no space for even the header: leave no half-made bag behind
+            _remove_empty_bag(self.path)
+            raise
         self._writer = writer
+        self._good_offset = self._storage_tell()
         logger.debug("opened %s bag %s", self.storage, self.path)
         return self
 
@@ -134,9 +154,8 @@ class EpisodeBagWriter:
         logger.warning("closing bag %s without finish(): %s", self.path, reason)
         try:
             self.finish({"success": False, "aborted": True, "error": reason})
-        except Exception:  # the storage itself may be broken; still release the file
+        except Exception:  # the storage itself may be broken; finish() has released the file
             logger.exception("could not write episode info into %s", self.path)
-            self._close_writer()
 
     @property
     def is_open(self) -> bool:
@@ -161,11 +180,86 @@ class EpisodeBagWriter:
         stamp_ns = int(stamp_ns)
         if stamp_ns < 0:
             raise ValueError(f"stamp_ns must be >= 0, got {stamp_ns}")
-        connection = self._connection(topic, msgtype)
-        self._writer.write(connection, stamp_ns, raw)
+        if self.fault is not None:
+            raise BagWriteError(f"bag {self.path} takes no more messages after a write error: {self.fault}")
+        try:
+            connection = self._connection(topic, msgtype)
+            self._writer.write(connection, stamp_ns, raw)
+        except (OSError, sqlite3.Error) as error:
+            in_pending_chunk = self.storage == "mcap" and self._good_offset is not None and self._connections.get(
+                (topic, msgtype)) is not None
+            self._on_storage_error(error)
+            if in_pending_chunk:  # MCAP buffers the message before flushing a chunk: it is kept, count it
+                self._writer.counts[connection.id] += 1
+                self._writer.min_timestamp = min(stamp_ns, self._writer.min_timestamp)
+                self._writer.max_timestamp = max(stamp_ns, self._writer.max_timestamp)
+                self._count(topic, stamp_ns)
+            raise _write_error(error, f"could not write to {self.path}: {error}") from error
+        self._count(topic, stamp_ns)
+        self._mark_good()
+
+    def _count(self, topic: str, stamp_ns: int) -> None:
         self._first_stamp = stamp_ns if self._first_stamp is None else min(self._first_stamp, stamp_ns)
         self._last_stamp = stamp_ns if self._last_stamp is None else max(self._last_stamp, stamp_ns)
         self.message_counts[topic] = self.message_counts.get(topic, 0) + 1
+
+    # ------------------------------------------------------------------ storage faults
+    def _storage_file(self) -> Any:
+        storage = getattr(self._writer, "storage", None)
+        return getattr(storage, "bio", None) if self.storage == "mcap" else None
+
+    def _storage_tell(self) -> int | None:
+        handle = self._storage_file()
+        return None if handle is None else handle.tell()
+
+    def _mark_good(self) -> None:
+        """After a chunk went out, flush it so the file on disk ends on whole records (the rewind point)."""
+        if self.storage != "mcap":
+            return
+        position = self._storage_tell()
+        if position is not None and position != self._good_offset:
+            try:
+                self._storage_file().flush()
+            except OSError as error:
+                # rosbags has already filed this chunk in its summary, so there is no clean rewind:
+                # the file stays as it is on disk, for ``reconvla bag recover``.
+                self._on_storage_error(error, rewind=False)
+                raise _write_error(error, f"could not write to {self.path}: {error}") from error
+            self._good_offset = position
+
+    def _open_storage_file(self, path: Path) -> Any:
+        """Reopen the MCAP file for writing at its end (the seam tests use to inject faults)."""
+        return open(path, "r+b")  # noqa: SIM115 - handed to the storage, closed by it
+
+    def _on_storage_error(self, error: BaseException, *, rewind: bool = True) -> None:
+        """Take no more messages; for MCAP cut the file back to its last whole chunk and reopen it
+        there, so finish() can still write the pending chunk, the summary and metadata.yaml."""
+        self.fault = f"{type(error).__name__}: {error}"
+        logger.info("write error on bag %s: %s", self.path, self.fault)  # reported by the caller, once
+        handle = self._storage_file()
+        if handle is None or self._good_offset is None:
+            return
+        storage = self._writer.storage
+        try:
+            handle.close()  # may fail flushing what did not fit; the descriptor is closed anyway
+        except OSError:
+            pass
+        if not rewind:
+            storage.bio = None
+            self._good_offset = None  # nothing to cut back to: leave the file as it is
+            return
+        try:
+            self._truncate_to_good(Path(storage.path))
+            reopened = self._open_storage_file(Path(storage.path))
+            reopened.seek(self._good_offset)
+            storage.bio = reopened
+        except OSError as reopen_error:  # the disk is gone: the file stays cut at its last whole chunk
+            logger.error("could not reopen %s: %s", storage.path, reopen_error)
+            storage.bio = None
+
+    def _truncate_to_good(self, storage_path: Path) -> None:
+        if self._good_offset is not None and storage_path.stat().st_size > self._good_offset:
+            os.truncate(storage_path, self._good_offset)
 
     @staticmethod
     def _header(stamp_ns: int, frame_id: str) -> Any:
@@ -284,20 +378,72 @@ class EpisodeBagWriter:
         custom_data) and close the bag. Returns the info written."""
         if self._closed:
             raise RuntimeError(f"bag {self.path} is already closed")
-        info = self.episode_info(episode_info)
+        given = dict(episode_info or {})
+        if self.fault is not None:  # a bag cut short by a write error is never a clean success
+            given.update(success=False, interrupted=True, error=given.get("error") or self.fault)
+        info = self.episode_info(given)
         text = json.dumps(info, sort_keys=False, default=str)
         stamp = self._last_stamp if self._last_stamp is not None else 0
-        self.write_string(EPISODE_INFO_TOPIC, stamp, text)
-        self._writer.set_custom_data(EPISODE_INFO_CUSTOM_KEY, text)
-        self._finished = True
-        self._close_writer()
+        try:
+            if self.fault is not None and self._storage_file() is None and self.storage == "mcap":
+                raise BagWriteError(f"{self.path}: the storage file could not be reopened after {self.fault}")
+            self._fault_free_write_string(EPISODE_INFO_TOPIC, stamp, text)
+            self._writer.set_custom_data(EPISODE_INFO_CUSTOM_KEY, text)
+            self._finished = True
+            self._close_writer()
+        except (OSError, sqlite3.Error) as error:
+            self._release_after_failed_close()
+            raise _write_error(error, f"could not close {self.path} ({error}); it is cut at its last whole chunk: "
+                                      f"run 'reconvla bag recover {self.path}' once there is space") from error
         logger.info(
             "wrote bag %s (%d messages, success=%s)", self.path, sum(self.message_counts.values()), info["success"]
         )
         return info
+
+    def _fault_free_write_string(self, topic: str, stamp_ns: int, text: str) -> None:
+        """write_string that also works after a fault (the episode info goes into the pending chunk)."""
+        fault, self.fault = self.fault, None
+        try:
+            self.write_string(topic, stamp_ns, text)
+        finally:
+            if fault is not None:
+                self.fault = fault
 
     def _close_writer(self) -> None:
         self._closed = True
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
+
+    def _release_after_failed_close(self) -> None:
+        """Closing failed too (the disk is still full): release the file, cut at its last whole chunk."""
+        self._closed = True
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        storage = getattr(writer, "storage", None)
+        try:
+            if storage is not None and (self.storage != "mcap" or storage.bio is not None):
+                writer.abort()
+        except (OSError, sqlite3.Error, AttributeError):
+            pass
+        if self.storage == "mcap" and storage is not None:
+            try:
+                self._truncate_to_good(Path(storage.path))
+            except OSError:
+                logger.exception("could not cut %s back to its last whole chunk", storage.path)
+
+
+def _write_error(error: BaseException, text: str) -> BagWriteError:
+    code = getattr(error, "errno", None)
+    return BagWriteError(code, text) if code else BagWriteError(text)
+
+
+def _remove_empty_bag(path: Path) -> None:
+    try:
+        for child in path.iterdir():
+            if child.stat().st_size == 0:
+                child.unlink()
+        path.rmdir()
+    except OSError:
+        pass

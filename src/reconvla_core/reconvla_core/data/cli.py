@@ -1,4 +1,4 @@
-"""``reconvla dataset build | info | view``.
+"""``reconvla dataset build | info | view`` and ``reconvla bag recover``.
 
 Heavy imports (pyarrow, rosbags, PIL, torch) stay inside the command functions so
 ``reconvla --help`` stays fast. ``--json`` prints exactly one JSON object on stdout.
@@ -61,6 +61,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     view.add_argument("--max-frames", type=int, default=64, help="frames shown (evenly spaced)")
     view.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     view.set_defaults(func=cmd_view)
+
+    bag = subparsers.add_parser("bag", help="repair rosbag2 episodes")
+    bag_sub = bag.add_subparsers(dest="bag_command", metavar="COMMAND", required=True)
+    recover = bag_sub.add_parser(
+        "recover", help="make a cut-off MCAP episode (killed recorder, full disk) readable again, like "
+                        "'ros2 bag reindex': rebuilds the summary and metadata.yaml from the whole records on disk")
+    recover.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                         help="bag directories, or directories holding bag directories")
+    recover.add_argument("--force", action="store_true", help="rewrite bags that look whole too")
+    recover.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    recover.set_defaults(func=cmd_bag_recover)
 
 
 def parse_gaze(values: list[str]) -> tuple[str, Path | None]:
@@ -128,6 +139,39 @@ def cmd_build(args: argparse.Namespace) -> int:
         logger.warning("skipped bad bag %s: %s", failure["bag"], failure["reason"])
     emit_result(result, args.json)
     return 0
+
+
+def cmd_bag_recover(args: argparse.Namespace) -> int:
+    from reconvla_core.cli.main import emit_result
+    from reconvla_core.data.build import find_bags
+    from reconvla_core.data.recover import RecoveryError, recover_bag
+
+    bags: list[dict[str, Any]] = []
+    for bag in find_bags(args.paths):
+        try:
+            report = recover_bag(bag, force=args.force)
+        except RecoveryError as error:
+            logger.error("%s", error)
+            bags.append({"bag": bag.name, "outcome": "failed", "reason": str(error)})
+            continue
+        entry = report.to_dict()
+        entry["bag"] = bag.name
+        entry["outcome"] = "recovered" if report.recovered else "whole"
+        if report.recovered:
+            logger.info("%s: recovered %d messages, %.2f s%s", bag.name, report.messages, report.seconds,
+                        f"; stopped at {report.stopped_at}" if report.stopped_at else "")
+        bags.append(entry)
+    failed = [b for b in bags if b["outcome"] == "failed"]
+    result = {
+        "recovered": sum(b["outcome"] == "recovered" for b in bags),
+        "whole": sum(b["outcome"] == "whole" for b in bags),
+        "failed": len(failed),
+        "messages": sum(int(b.get("messages", 0)) for b in bags),
+        "seconds": round(sum(float(b.get("seconds", 0.0)) for b in bags), 3),
+        "bags": bags,
+    }
+    emit_result(result, args.json)
+    return 2 if failed else 0
 
 
 def dataset_summary(root: Path) -> dict[str, Any]:

@@ -14,7 +14,14 @@ State machine::
     IDLE --start(task)--> RECORDING --stop(success)--> IDLE
                           RECORDING --discard()-----> IDLE   (bag deleted)
     IDLE --discard()--> IDLE                          (deletes the episode stopped last, once)
+    RECORDING --write error--> IDLE                   (bag closed as interrupted; on_fault called)
     any  --close()----> CLOSED                        (open bag finished with success=False)
+
+A write error (full disk, failing drive) ends the episode at once: the bag is closed with
+every message written so far, marked ``interrupted`` with the ``error`` in its episode info
+(or, when the disk cannot take even that, left cut at its last whole MCAP chunk for
+``reconvla bag recover``). It is reported once (``on_fault``, ``last_error``), the session
+goes back to IDLE and the next ``start`` opens a new episode.
 
 Thread safety: every public method takes one lock, so a multi-threaded executor may call
 ``record`` from several subscription callbacks while a service callback stops the episode.
@@ -100,6 +107,7 @@ class EpisodeResult:
     message_counts: dict[str, int]
     duration_s: float
     info: dict[str, Any]
+    error: str = ""  # why the episode ended early (a write error), "" for a normal stop
 
     @property
     def num_messages(self) -> int:
@@ -268,6 +276,7 @@ class RecordingSession:
         clock_ns: Callable[[], int] = time.time_ns,
         free_space: Callable[[Path], float] = free_space_gb,
         software_version: str = f"reconvla_core {__version__}",
+        on_fault: Callable[[EpisodeResult, str], None] | None = None,
     ) -> None:
         if min_free_gb < 0:
             raise ValueError(f"min_free_gb must be >= 0, got {min_free_gb}")
@@ -290,6 +299,11 @@ class RecordingSession:
         self._latched: dict[str, tuple[str, int, bytes]] = {}
         self._last_result: EpisodeResult | None = None
         self.dropped_errors = 0
+        # on_fault(result, message): called once per episode ended by a write error (the node logs
+        # it and publishes ~/status); without it the session logs the message itself.
+        self._on_fault = on_fault
+        self._last_error = ""
+        self.write_errors = 0
 
     # -------------------------------------------------------------- introspection
     @property
@@ -307,6 +321,11 @@ class RecordingSession:
     @property
     def last_result(self) -> EpisodeResult | None:
         return self._last_result
+
+    @property
+    def last_error(self) -> str:
+        """Why the last episode ended early ("" when it ended normally or none has ended)."""
+        return self._last_error
 
     def message_counts(self) -> dict[str, int]:
         with self._lock:
@@ -332,9 +351,12 @@ class RecordingSession:
             self._writer, self._path, self._index = writer, path, index
             self._task, self._instruction, self._start_ns = task, (instruction or task).strip(), start_ns
             self._state = RecorderState.RECORDING
+            self._last_error = ""
             # Latched topics (the instruction) seen before the start belong to this episode too.
             for topic, (msgtype, _, raw) in sorted(self._latched.items()):
                 self._write_locked(topic, msgtype, start_ns, raw)
+            if self._state is not RecorderState.RECORDING:  # the first write already failed
+                raise RecordingError(self._last_error)
             logger.info("recording episode %d into %s (task: %s)", index, path, task)
             return path
 
@@ -354,17 +376,42 @@ class RecordingSession:
         assert self._writer is not None
         try:
             self._writer.write_serialized(topic, msgtype, max(int(stamp_ns), self._start_ns), cdr_bytes)
-        except (ValueError, OSError) as exc:  # unknown type or a storage error: keep the session alive
+        except ValueError as exc:  # this message only (an unknown type): keep recording the others
             self.dropped_errors += 1
             if self.dropped_errors <= 5:
                 logger.error("could not record a message on %s (%s): %s", topic, msgtype, exc)
             return False
+        except OSError as exc:  # the storage failed (full disk, ...): end the episode cleanly
+            self._end_on_write_error_locked(topic, exc)
+            return False
         return True
+
+    def _end_on_write_error_locked(self, topic: str, error: OSError) -> None:
+        index, path = self._index, self._path
+        note = f"ended by a write error on {topic}"
+        try:
+            result = self._finish_locked(success=False, note=note, interrupted=True, error=str(error))
+            kept = f"the bag is closed with the {result.num_messages} messages written before it"
+        except RecordingError as close_error:  # _finish_locked has reset the session
+            result = self._last_result
+            kept = str(close_error)
+        assert result is not None
+        self.write_errors += 1
+        self._last_error = f"episode {index} stopped: write error on {topic} ({error}); {kept} ({path})"
+        if self._on_fault is None:
+            logger.error("%s", self._last_error)
+            return
+        try:
+            self._on_fault(result, self._last_error)
+        except Exception:  # a reporting failure must not take the subscription callback down
+            logger.exception("on_fault handler failed")
 
     def stop(self, success: bool, note: str = "") -> EpisodeResult:
         """Finish the open episode with its metadata and close the bag."""
         with self._lock:
             if self._state is not RecorderState.RECORDING:
+                if self._last_error:
+                    raise RecordingError(f"no episode is being recorded: {self._last_error}")
                 raise RecordingError("no episode is being recorded")
             return self._finish_locked(success=success, note=note)
 
@@ -391,12 +438,19 @@ class RecordingSession:
         with self._lock:
             result = None
             if self._state is RecorderState.RECORDING:
-                result = self._finish_locked(success=False, note=note, interrupted=True)
+                try:
+                    result = self._finish_locked(success=False, note=note, interrupted=True)
+                except RecordingError as error:  # reset already; the bag is left for bag recover
+                    logger.error("%s", error)
+                    result = self._last_result
             self._state = RecorderState.CLOSED
             return result
 
     # -------------------------------------------------------------- internals
-    def _finish_locked(self, *, success: bool, note: str, interrupted: bool = False) -> EpisodeResult:
+    def _finish_locked(
+        self, *, success: bool, note: str, interrupted: bool = False, error: str = ""
+    ) -> EpisodeResult:
+        """Close the bag and go back to IDLE, also when closing fails (then RecordingError says why)."""
         assert self._writer is not None
         stop_ns = int(self._clock_ns())
         info: dict[str, Any] = {
@@ -411,8 +465,18 @@ class RecordingSession:
             "note": note,
             "interrupted": interrupted,
         }
-        written = self._writer.finish(info)
-        result = self._result_locked(success=bool(success), discarded=False, info=dict(written or info))
+        if error:
+            info["error"] = error
+        try:
+            written = self._writer.finish(info)
+        except Exception as exc:  # the disk cannot take the rest: the session must not stay stuck
+            info.update(success=False, interrupted=True, error=error or str(exc))
+            failed = self._result_locked(success=False, discarded=False, info=info, error=str(exc))
+            self._last_result = failed
+            self._reset_locked()
+            self._last_error = f"episode {failed.index}: could not close {failed.path}: {exc}"
+            raise RecordingError(self._last_error) from exc
+        result = self._result_locked(success=bool(success), discarded=False, info=dict(written or info), error=error)
         self._last_result = result
         self._reset_locked()
         logger.info(
@@ -420,7 +484,9 @@ class RecordingSession:
         )
         return result
 
-    def _result_locked(self, *, success: bool, discarded: bool, info: dict[str, Any]) -> EpisodeResult:
+    def _result_locked(
+        self, *, success: bool, discarded: bool, info: dict[str, Any], error: str = ""
+    ) -> EpisodeResult:
         assert self._writer is not None and self._path is not None
         return EpisodeResult(
             index=self._index,
@@ -431,6 +497,7 @@ class RecordingSession:
             message_counts=dict(self._writer.message_counts),
             duration_s=max(0.0, (int(self._clock_ns()) - self._start_ns) / 1e9),
             info=info,
+            error=error,
         )
 
     def _reset_locked(self) -> None:
