@@ -9,7 +9,14 @@ Services (std_srvs, node-private names so several recorders can coexist):
                                when that is empty, the last text seen on the instruction topic
   ~/stop_episode     SetBool   finish the episode; ``data`` = success
   ~/discard_episode  Trigger   delete the open episode, or the one stopped last
-Publishes ``~/recording`` (std_msgs/Bool, transient local) whenever the state changes.
+Publishes ``~/recording`` (std_msgs/Bool, transient local) whenever the state changes, and
+``~/status`` (std_msgs/String, transient local): JSON with ``state``, ``episode_dir``, ``error``
+and ``last_episode``.
+
+A write error (full disk, failing drive) ends the episode at once: the bag is closed with every
+message written so far and marked interrupted (or, if the disk cannot take even that, left cut
+at its last whole chunk for ``reconvla bag recover``). The error is logged once, shown on
+``~/status`` and returned by the next ``~/stop_episode``; the node keeps serving episodes.
 
 Parameters (config/teleop_recorder.yaml): output_dir, topics (``/name`` or ``/name:pkg/msg/Type``;
 topics of unknown type are typed from the graph), latched_topics, task, operator, min_free_gb
@@ -23,6 +30,7 @@ On SIGINT/SIGTERM the open episode is finished (success=False, interrupted) so t
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +47,7 @@ from reconvla_core.runtime.recording import (
     DEFAULT_LATCHED_TOPICS,
     DEFAULT_RECORD_TOPICS,
     QOS_MODES,
+    EpisodeResult,
     RecordingError,
     RecordingSession,
     TopicSpec,
@@ -90,12 +99,16 @@ class TeleopRecorder(Node):
             raise ValueError(f"disk_check_period must be > 0, got {disk_period}")
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
+        latched_qos = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._state_pub = self.create_publisher(Bool, "~/recording", latched_qos)
+        self._status_pub = self.create_publisher(String, "~/status", latched_qos)
         self.session = RecordingSession(
             Path(str(self.get_parameter("output_dir").value)).expanduser(),
             min_free_gb=min_free_gb,
             operator=str(self.get_parameter("operator").value),
             latched_topics=latched,
             clock_ns=lambda: self.get_clock().now().nanoseconds,
+            on_fault=self._on_fault,
         )
         self._depth = depth
         self._qos_mode = qos_mode
@@ -113,9 +126,6 @@ class TeleopRecorder(Node):
         self._discovery_timer = self.create_timer(0.5, self._discover_pending) if self._pending else None
         self._discover_pending()
 
-        self._state_pub = self.create_publisher(
-            Bool, "~/recording", QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        )
         self.create_service(Trigger, "~/start_episode", self._on_start)
         self.create_service(SetBool, "~/stop_episode", self._on_stop)
         self.create_service(Trigger, "~/discard_episode", self._on_discard)
@@ -203,6 +213,7 @@ class TeleopRecorder(Node):
         except (RecordingError, OSError) as exc:
             response.success, response.message = False, str(exc)
             self.get_logger().error(f"start_episode refused: {exc}")
+            self._publish_state()
             return response
         self._publish_state()
         response.success, response.message = True, str(path)
@@ -214,6 +225,7 @@ class TeleopRecorder(Node):
             result = self.session.stop(success=bool(request.data))
         except (RecordingError, OSError) as exc:
             response.success, response.message = False, str(exc)
+            self._publish_state()
             return response
         self._publish_state()
         response.success, response.message = True, str(result.path)
@@ -228,6 +240,7 @@ class TeleopRecorder(Node):
             result = self.session.discard()
         except (RecordingError, OSError) as exc:
             response.success, response.message = False, str(exc)
+            self._publish_state()
             return response
         self._publish_state()
         response.success, response.message = True, f"deleted {result.path}"
@@ -243,12 +256,36 @@ class TeleopRecorder(Node):
             self.get_logger().error(f"only {free:.2f} GiB free: stopping the episode (success=False)")
             try:
                 self.session.stop(success=False, note=f"stopped by the recorder: {free:.2f} GiB free")
-            except RecordingError:
-                pass
+            except RecordingError as exc:  # the bag could not be closed; the session is reset all the same
+                self.get_logger().error(str(exc))
             self._publish_state()
+
+    def _on_fault(self, result: EpisodeResult, message: str) -> None:
+        """A write error ended the episode (called once, from the subscription that hit it)."""
+        self.get_logger().error(message)
+        self._publish_state()
+
+    def status(self) -> dict[str, Any]:
+        """What ``~/status`` carries."""
+        last = self.session.last_result
+        return {
+            "state": self.session.state.value,
+            "episode_dir": str(self.session.current_path) if self.session.current_path else None,
+            "error": self.session.last_error,
+            "last_episode": None if last is None else {
+                "index": last.index,
+                "path": str(last.path),
+                "success": last.success,
+                "discarded": last.discarded,
+                "messages": last.num_messages,
+                "interrupted": bool(last.info.get("interrupted", False)),
+                "error": last.error,
+            },
+        }
 
     def _publish_state(self) -> None:
         self._state_pub.publish(Bool(data=self.session.is_recording))
+        self._status_pub.publish(String(data=json.dumps(self.status())))
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         for param in params:
