@@ -178,3 +178,32 @@ def test_config_refuses_an_unknown_head_and_answer_box_on_the_parallel_head():
         ReconVLAConfig.from_preset("tiny", action_head="diffusion")
     with pytest.raises(ValueError, match="answer_box"):
         ReconVLAConfig.from_preset("tiny", action_head="parallel", answer_box=True)
+
+
+def test_spatial_keypoints_feed_the_queries_and_learn_the_gaze_point(norm_stats):
+    model = parallel(norm_stats, seed=4, recon_target="none", spatial_keypoints=4, gaze_keypoint_weight=1.0).train()
+    batch = make_batch(model, n=2)
+    # The gaze box's centre in the stitched frame: x as is, y squeezed into the base view's top part.
+    expected = model.processor.gaze_point(make_observation(0)["gaze_box"])
+    np.testing.assert_allclose(batch["gaze_point"][0].numpy(), expected, atol=1e-6)
+    assert 0.0 < expected[1] < model.config.stitch_top_fraction
+    out = model(batch)
+    assert out.grounding_loss is not None
+    assert out.loss.item() == pytest.approx(out.action_loss.item() + out.grounding_loss.item(), rel=1e-5)
+    params = [p for group in model.parameter_groups().values() for p in group]
+    assert {id(p) for p in model.keypoints.parameters()} <= {id(p) for p in params}
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    first = out.grounding_loss.item()
+    for _ in range(30):
+        out = model(batch)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert model(batch).grounding_loss.item() < first * 0.5
+
+
+def test_keypoints_need_the_parallel_head():
+    with pytest.raises(ValueError, match="parallel"):
+        ReconVLAConfig.from_preset("tiny", spatial_keypoints=2)
+    with pytest.raises(ValueError, match="spatial_keypoints"):
+        ReconVLAConfig.from_preset("tiny", action_head="parallel", gaze_keypoint_weight=1.0)

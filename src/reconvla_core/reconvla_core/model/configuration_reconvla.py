@@ -28,7 +28,7 @@ CONFIG_FORMAT_VERSION = 1
 # Options a finetune stage may set on top of its init checkpoint's config: they change the losses,
 # the training inputs or the answer format, never the layout of the checkpoint's weights.
 FINETUNE_OPTIONS: tuple[str, ...] = ("recon_weight", "num_noise_draws", "action_input_dropout",
-                                     "grounding_box_weight", "answer_box")
+                                     "grounding_box_weight", "answer_box", "gaze_keypoint_weight")
 BOX_TOKENS = 4  # x0, y0, x1, y1
 
 
@@ -195,6 +195,14 @@ class ReconVLAConfig:
     # FiLM of every vision-tower block by the pooled instruction embedding (OpenVLA-OFT+), so the
     # image features depend on which object the instruction names. Starts as the identity.
     vision_film: bool = False
+    # Parallel head only: a spatial-softmax read-out of the vision features (Levine et al. 2016,
+    # robomimic): each of this many keypoints is the expected (x, y) of a softmax over the image-token
+    # grid, added into the action queries' inputs, so the head gets coordinates, not only features.
+    # 0 = off.
+    spatial_keypoints: int = 0
+    # Weight of the "where" supervision of keypoint 0: L1 to the centre of the dataset's gaze box (the
+    # target object before the grasp, the destination after it) in the model-input frame. 0 = off.
+    gaze_keypoint_weight: float = 0.0
 
     # Prompt and images.
     system_prompt: str = "A chat between a robot operator and a robot policy that outputs arm actions."
@@ -324,6 +332,15 @@ class ReconVLAConfig:
         if self.action_head == "parallel" and self.answer_box:
             raise ValueError("answer_box is a token-head answer format; the parallel head answers with actions only "
                              "(set answer_box: false or action_head: tokens)")
+        if not isinstance(self.spatial_keypoints, int) or isinstance(self.spatial_keypoints, bool) \
+                or self.spatial_keypoints < 0:
+            raise ValueError(f"spatial_keypoints must be an integer >= 0, got {self.spatial_keypoints!r}")
+        if self.spatial_keypoints and self.action_head != "parallel":
+            raise ValueError("spatial_keypoints feed the parallel head's action queries: set action_head: parallel")
+        if not (isinstance(self.gaze_keypoint_weight, (int, float)) and 0.0 <= self.gaze_keypoint_weight < float("inf")):
+            raise ValueError(f"gaze_keypoint_weight must be a finite number >= 0, got {self.gaze_keypoint_weight!r}")
+        if self.gaze_keypoint_weight > 0 and not self.spatial_keypoints:
+            raise ValueError("gaze_keypoint_weight supervises keypoint 0: set spatial_keypoints >= 1")
         if self.action_embedding_init not in ACTION_EMBEDDING_INITS:
             raise ValueError(f"action_embedding_init must be one of {ACTION_EMBEDDING_INITS}, "
                              f"got {self.action_embedding_init!r}")

@@ -37,7 +37,7 @@ class ReconVLAOutput:
     action_loss: torch.Tensor | None
     recon_loss: torch.Tensor | None
     action_accuracy: torch.Tensor | None
-    grounding_loss: torch.Tensor | None = None  # only with grounding_box_weight > 0
+    grounding_loss: torch.Tensor | None = None  # only with grounding_box_weight or gaze_keypoint_weight > 0
 
 
 @dataclass
@@ -133,6 +133,27 @@ class ParallelActionHead(nn.Module):
         return self.mlp(query_hidden)
 
 
+class SpatialKeypoints(nn.Module):
+    """Spatial softmax over the image-token grid: per keypoint, softmax of a linear read-out of the
+    vision features over the N tokens, and the expected (x, y) of the token centres in [0, 1]."""
+
+    def __init__(self, config: ReconVLAConfig) -> None:
+        super().__init__()
+        self.logits = nn.Linear(config.vision.hidden_size, config.spatial_keypoints)
+        self.embed = nn.Linear(2 * config.spatial_keypoints, config.llm.hidden_size)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.zeros_(self.embed.bias)
+        grid = config.grid_size
+        centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
+        ys, xs = torch.meshgrid(centres, centres, indexing="ij")
+        self.register_buffer("coords", torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1), persistent=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, N, D_vision) -> (B, K, 2) expected (x, y) per keypoint."""
+        weights = torch.softmax(self.logits(features).float(), dim=1)  # (B, N, K)
+        return torch.einsum("bnk,nc->bkc", weights, self.coords.to(weights.device))
+
+
 class VisionFiLM(nn.Module):
     """Per vision block, a scale and shift of the features from the pooled instruction embedding
     (OpenVLA-OFT+). Zero-initialised: a fresh FiLM leaves the tower's features unchanged."""
@@ -184,6 +205,7 @@ class ReconVLA(nn.Module):
                            "ReconVLA.from_backbones(config)", ", ".join(paths))
         self.action_head = ParallelActionHead(config) if config.action_head == "parallel" else None
         self.vision_film = VisionFiLM(config) if config.vision_film else None
+        self.keypoints = SpatialKeypoints(config) if config.spatial_keypoints else None
         self.grounding_head: nn.Linear | None = None
         if config.grounding_box_weight > 0:
             self.enable_grounding_head()
@@ -249,7 +271,8 @@ class ReconVLA(nn.Module):
             # The parallel head never uses the LM head: leaving it out keeps DDP from waiting for its grads.
             unused = {id(p) for p in self.llm.get_output_embeddings().parameters()}
             llm = [p for p in llm if id(p) not in unused]
-        film = [] if self.vision_film is None else list(self.vision_film.parameters())
+        film = [*(() if self.vision_film is None else self.vision_film.parameters()),
+                *(() if self.keypoints is None else self.keypoints.parameters())]
         groups = {
             "llm": [p for p in (*llm, *head) if p.requires_grad],
             "projector": [p for p in (*self.projector_norm.parameters(), *self.projector.parameters(), *film)
@@ -296,6 +319,11 @@ class ReconVLA(nn.Module):
     def encode_images(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, S, S) -> projected image tokens (B, N, D_llm). A frozen vision tower runs without grad.
         With vision FiLM, ``instruction_embedding`` (B, D_llm) scales and shifts every block's output."""
+        features = self.vision_features(pixel_values, instruction_embedding)
+        return self.projector(self.projector_norm(features.to(self.projector[0].weight.dtype)))
+
+    def vision_features(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, S, S) -> the feature layer's output (B, N, D_vision), FiLM-modulated when configured."""
         dtype = self.vision.embeddings.patch_embedding.weight.dtype
         if self.vision_film is not None:
             if instruction_embedding is None:
@@ -311,13 +339,19 @@ class ReconVLA(nn.Module):
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_vision):
                 out = self.vision(pixel_values=pixel_values.to(dtype), output_hidden_states=True)
                 features = out.hidden_states[-1]  # (B, N, D_vision): output of the feature layer, no post-norm
-        return self.projector(self.projector_norm(features.to(self.projector[0].weight.dtype)))
+        return features
 
     def embed_inputs(self, input_ids: torch.Tensor, image_mask: torch.Tensor, pixel_values: torch.Tensor,
                      instruction_mask: torch.Tensor | None = None,
                      query_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with the projected image features at the image positions (and the learned
         action queries at the query positions of the parallel head): (B, L, D)."""
+        return self._embed(input_ids, image_mask, pixel_values, instruction_mask, query_mask)[0]
+
+    def _embed(self, input_ids: torch.Tensor, image_mask: torch.Tensor, pixel_values: torch.Tensor,
+               instruction_mask: torch.Tensor | None, query_mask: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``embed_inputs`` and the spatial keypoints (B, K, 2) when configured (else None)."""
         embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, D)
         pooled = None
         if self.vision_film is not None:
@@ -325,7 +359,9 @@ class ReconVLA(nn.Module):
                 raise ValueError("vision_film needs batch['instruction_mask']; build the batch with model.processor")
             weights = instruction_mask.to(embeds.dtype).unsqueeze(-1)
             pooled = (embeds * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, D): mean over the instruction
-        image_embeds = self.encode_images(pixel_values, pooled)  # (B, N, D)
+        features = self.vision_features(pixel_values, pooled)
+        keypoints = None if self.keypoints is None else self.keypoints(features)  # (B, K, 2)
+        image_embeds = self.projector(self.projector_norm(features.to(self.projector[0].weight.dtype)))  # (B, N, D)
         b, n, _ = image_embeds.shape
         if int(image_mask.sum()) != b * n:
             raise ValueError(f"batch has {int(image_mask.sum())} image positions, expected {b} x {n}")
@@ -337,8 +373,11 @@ class ReconVLA(nn.Module):
             if int(query_mask.sum()) != b * k:
                 raise ValueError(f"batch has {int(query_mask.sum())} action-query positions, expected {b} x {k}")
             queries = self.action_head.queries.to(embeds.dtype).expand(b, k, -1)
+            if keypoints is not None:  # every query starts from the keypoint coordinates
+                points = keypoints.reshape(b, -1).to(self.keypoints.embed.weight.dtype)
+                queries = queries + self.keypoints.embed(points).to(embeds.dtype)[:, None, :]
             embeds = embeds.masked_scatter(query_mask.unsqueeze(-1), queries)
-        return embeds
+        return embeds, keypoints
 
     def run_parallel(self, embeds: torch.Tensor, attention_mask: torch.Tensor, query_mask: torch.Tensor,
                      output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor, Any]:
@@ -362,13 +401,15 @@ class ReconVLA(nn.Module):
         input_ids = batch["input_ids"]
         if self.training and self.config.action_input_dropout > 0 and "labels" in batch:
             input_ids = self._drop_action_inputs(input_ids, batch["labels"])
-        embeds = self.embed_inputs(input_ids, batch["image_mask"], batch["pixel_values"],
-                                   batch.get("instruction_mask"), batch.get("action_query_mask"))
-        action_loss = action_accuracy = None
+        embeds, keypoints = self._embed(input_ids, batch["image_mask"], batch["pixel_values"],
+                                        batch.get("instruction_mask"), batch.get("action_query_mask"))
+        action_loss = action_accuracy = grounding_loss = None
         if self.action_head is not None:
             hidden, predicted, _ = self.run_parallel(embeds, batch["attention_mask"], batch["action_query_mask"])
             if "actions" in batch:
                 action_loss = self._l1_action_loss(predicted, batch["actions"], batch.get("action_is_pad"))
+            if self.config.gaze_keypoint_weight > 0 and "gaze_point" in batch:
+                grounding_loss = self._gaze_keypoint_loss(keypoints, batch["gaze_point"], batch["gaze_valid"])
         else:
             hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                                             use_cache=False).last_hidden_state  # (B, L, D), after the final norm
@@ -379,7 +420,6 @@ class ReconVLA(nn.Module):
             b, n = hidden.shape[0], self.config.num_image_tokens
             h_r = hidden[batch["image_mask"]].view(b, n, -1)  # (B, N, D): no stop-gradient
             recon_loss = self.reconstruction.loss(h_r, batch["recon_pixel_values"])
-        grounding_loss = None
         if self.grounding_head is not None and "grounding_box" in batch and "labels" in batch:
             grounding_loss = self._grounding_loss(hidden, batch["labels"], batch["grounding_box"],
                                                   batch["grounding_valid"])
@@ -387,7 +427,8 @@ class ReconVLA(nn.Module):
         if loss is not None and recon_loss is not None:
             loss = loss + self.config.recon_weight * recon_loss
         if loss is not None and grounding_loss is not None:
-            loss = loss + self.config.grounding_box_weight * grounding_loss
+            weight = self.config.gaze_keypoint_weight if self.keypoints is not None else self.config.grounding_box_weight
+            loss = loss + weight * grounding_loss
         return ReconVLAOutput(loss=loss, action_loss=action_loss, recon_loss=recon_loss,
                               action_accuracy=action_accuracy, grounding_loss=grounding_loss)
 
@@ -397,6 +438,13 @@ class ReconVLA(nn.Module):
         error = (predicted.float() - target.float()).abs().mean(dim=-1)  # (B, K)
         keep = torch.ones_like(error) if is_pad is None else (~is_pad.bool()).float()
         return (error * keep).sum() / keep.sum().clamp(min=1.0)
+
+    @staticmethod
+    def _gaze_keypoint_loss(keypoints: torch.Tensor, point: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """L1 between keypoint 0 and the gaze-box centre (model-input frame); frames without a box count zero."""
+        per_row = (keypoints[:, 0] - point.float()).abs().sum(dim=-1)
+        weight = valid.float()
+        return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
 
     def _grounding_loss(self, hidden: torch.Tensor, labels: torch.Tensor, box: torch.Tensor,
                         valid: torch.Tensor) -> torch.Tensor:

@@ -135,6 +135,14 @@ class ReconVLAProcessor:
             base = base[y0:min(y1, h), x0:min(x1, w)]
         return self.stitch(base, wrist_image, size)
 
+    def gaze_point(self, gaze_box: Any) -> np.ndarray:
+        """Centre of a base-view gaze box (normalised xyxy) in the stitched model-input frame, (x, y) in [0, 1]."""
+        box = check_array(gaze_box, (4,), "gaze_box")
+        x = 0.5 * (box[0] + box[2])
+        y = 0.5 * (box[1] + box[3]) * round(self.config.vision.image_size * self.config.stitch_top_fraction) \
+            / self.config.vision.image_size
+        return np.clip(np.array([x, y]), 0.0, 1.0)
+
     def pixel_values(self, frame: np.ndarray) -> torch.Tensor:
         """Stitched uint8 frame -> (3, S, S) float normalised for the vision tower."""
         size = self.config.vision.image_size
@@ -224,6 +232,11 @@ class ReconVLAProcessor:
                 if pad.shape != (cfg.chunk_size,):
                     raise ValueError(f"action_is_pad must have shape ({cfg.chunk_size},), got {pad.shape}")
                 sample["action_is_pad"] = torch.from_numpy(pad.copy())
+                if cfg.gaze_keypoint_weight > 0:
+                    known = gaze_box is not None and bool(gaze_valid)
+                    sample["gaze_point"] = torch.tensor(self.gaze_point(gaze_box) if known else np.zeros(2),
+                                                        dtype=torch.float32)
+                    sample["gaze_valid"] = torch.tensor(known)
                 if cfg.builds_reconstruction:
                     sample["recon_pixel_values"] = self.vae_pixels(
                         self._recon_frame(frame, base_image, wrist_image, gaze_box if gaze_valid else None))
@@ -291,7 +304,7 @@ class ReconVLAProcessor:
                 rows.append(torch.cat([seq, seq.new_full((length - seq.shape[0],), value)]))
             batch[key] = torch.stack(rows)
         for key in ("pixel_values", "recon_pixel_values", "grounding_box", "grounding_valid", "actions",
-                    "action_is_pad"):
+                    "action_is_pad", "gaze_point", "gaze_valid"):
             if key in samples[0]:
                 batch[key] = torch.stack([s[key] for s in samples])
         return batch
