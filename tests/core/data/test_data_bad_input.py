@@ -118,12 +118,14 @@ def test_interrupted_build_leaves_no_complete_looking_dataset(tmp_path, make_bag
     assert report.episodes == episodes and is_dataset(out)
 
 
-def test_image_size_change_is_reported(tmp_path, make_bag):
+def test_image_size_change_is_resized_with_a_note(tmp_path, make_bag):
     make_bag("a_first", height=24, width=32)
     make_bag("b_bigger", height=48, width=64)
     report = build_dataset(BuildConfig(bags=[tmp_path / "bags"], out=tmp_path / "ds"))
-    assert report.episodes == 1
-    assert report.failed == [{"bag": "b_bigger", "reason": "base_image is 64x48, the dataset's is 32x24"}]
+    assert report.episodes == 2 and report.failed == [] and report.image_size == "32x24"  # a tie: the first
+    notes = {entry["bag"]: entry["notes"] for entry in report.bags}
+    assert notes == {"a_first": [], "b_bigger": ["base_image resized from 64x48 to the dataset's 32x24",
+                                                 "wrist_image resized from 64x48 to the dataset's 32x24"]}
 
 
 def test_topic_names_are_configurable(tmp_path, make_bag, capsys):

@@ -62,7 +62,8 @@ def test_gaps_beyond_tolerance_are_dropped_and_counted(tmp_path, make_bag):
     loose = read_episode(path, align=AlignConfig(fps=10, tolerance_s=0.2))
     assert loose.dropped_frames == 0 and loose.num_frames == 11
     report = build_dataset(BuildConfig(bags=[path], out=tmp_path / "ds", gaze="sim", image_format="png"))
-    assert (report.frames, report.dropped_frames) == (8, 3)
+    # The 0.4 s hole is longer than --max-gap (0.2 s): two episodes, each on the fps grid.
+    assert (report.episodes, report.frames, report.dropped_frames, report.filled_frames) == (2, 8, 3, 0)
 
 
 def test_only_successful_episodes_by_default(tmp_path, make_bag):

@@ -97,6 +97,10 @@ class AlignConfig:
     tolerance_s: float | None = None  # default: half a dataset period
     stamp_source: str = "log"  # "log" (bag receive time) or "header"
     require_gaze: bool = False  # the sim gaze backend needs the gaze topic
+    # Longest hole (s) between kept frames inside one segment; holes up to it are filled with the
+    # nearest message so every segment sits on the fps grid, longer ones split the episode.
+    # None: no filling or splitting (the frames keep their holes; see BagEpisode.segments).
+    max_gap_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.fps <= 0:
@@ -105,6 +109,9 @@ class AlignConfig:
             raise ValueError(f"stamp_source must be 'log' or 'header', got {self.stamp_source!r}")
         if self.tolerance_s is not None and self.tolerance_s <= 0:
             raise ValueError(f"tolerance_s must be > 0, got {self.tolerance_s}")
+        if self.max_gap_s is not None and self.max_gap_s < 1.0 / self.fps:
+            raise ValueError(f"max_gap_s must be at least one frame period ({1.0 / self.fps:.3f} s), "
+                             f"got {self.max_gap_s}")
 
     @property
     def tolerance(self) -> float:
@@ -127,6 +134,11 @@ class BagEpisode:
     instruction: str
     dropped_frames: int
     image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # role -> (height, width)
+    image_encodings: dict[str, str] = field(default_factory=dict)  # role -> encoding of its first image
+    stream_rates: dict[str, float | None] = field(default_factory=dict)  # role -> median rate (Hz)
+    filled_frames: int = 0  # grid points without a message within tolerance, filled inside a segment
+    # [start, stop) row ranges with no hole longer than max_gap_s (one range without max_gap_s)
+    segments: list[tuple[int, int]] = field(default_factory=list)
     _image_index: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # role -> (T,) msg index
     _index: McapIndex | SqliteIndex | None = field(default=None, repr=False)  # pass-1 index, reused by pass 2
 
@@ -584,6 +596,7 @@ def _read_episode_indexed(
     stamps: dict[str, list[int]] = {}
     values: dict[str, list[Any]] = {"follower_state": [], "leader_command": [], "gaze_box": []}
     image_sizes: dict[str, tuple[int, int]] = {}
+    image_encodings: dict[str, str] = {}
     instructions: list[str] = []
     info_texts: list[str] = []
     for topic, role in _role_map(topics).items():
@@ -596,6 +609,7 @@ def _read_episode_indexed(
             if stamps[role]:
                 msg = typestore.deserialize_cdr(index.read(channel_id, 0), msgtype)
                 image_sizes[role] = (int(msg.height), int(msg.width))
+                image_encodings[role] = str(msg.encoding)
             continue
         if role in ("follower_state", "leader_command", "gaze_box"):
             stamps[role] = index.stamps(channel_id).tolist()
@@ -607,6 +621,7 @@ def _read_episode_indexed(
     info = _parse_info(path, info_texts, index.custom)
     instruction = instructions[-1] if instructions else str(info.get("instruction") or info.get("task") or "")
     episode = _align(path, topics, align, stamps, values, image_sizes, info, instruction)
+    episode.image_encodings = image_encodings
     episode._index = index
     return episode
 
@@ -657,6 +672,7 @@ def _read_episode_scan(path: Path, topics: BagTopics, align: AlignConfig) -> Bag
     stamps: dict[str, list[int]] = {role: [] for role in role_of.values()}
     values: dict[str, list[Any]] = {"follower_state": [], "leader_command": [], "gaze_box": []}
     image_sizes: dict[str, tuple[int, int]] = {}
+    image_encodings: dict[str, str] = {}
     instructions: list[str] = []
     info_texts: list[str] = []
     with _open_reader(path) as reader:
@@ -672,6 +688,7 @@ def _read_episode_scan(path: Path, topics: BagTopics, align: AlignConfig) -> Bag
                 if align.stamp_source == "header" or role not in image_sizes:
                     msg = typestore.deserialize_cdr(raw, msgtype)
                     image_sizes.setdefault(role, (int(msg.height), int(msg.width)))
+                    image_encodings.setdefault(role, str(msg.encoding))
                     if align.stamp_source == "header":
                         stamp = _header_ns(msg) or log_ns
                 stamps[role].append(stamp)
@@ -680,7 +697,9 @@ def _read_episode_scan(path: Path, topics: BagTopics, align: AlignConfig) -> Bag
                              instructions, info_texts)
     info = _parse_info(path, info_texts, custom)
     instruction = instructions[-1] if instructions else str(info.get("instruction") or info.get("task") or "")
-    return _align(path, topics, align, stamps, values, image_sizes, info, instruction)
+    episode = _align(path, topics, align, stamps, values, image_sizes, info, instruction)
+    episode.image_encodings = image_encodings
+    return episode
 
 
 class _LazyValues:
@@ -755,9 +774,12 @@ def _align(
         keep &= distance <= tolerance_ns
         picks[role] = order[role][index]  # position in the bag's message order of that topic
     dropped = int((~keep).sum())
-    grid, kept = grid[keep], {role: pick[keep] for role, pick in picks.items()}
-    if grid.size == 0:
+    if not keep.any():
         raise BagError(path, f"no frame has all streams within {align.tolerance * 1e3:.0f} ms")
+    keep, filled, breaks = _fill_short_holes(keep, align)
+    grid, kept = grid[keep], {role: pick[keep] for role, pick in picks.items()}
+    bounds = [0, *breaks, int(grid.size)]
+    segments = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
     gaze = None
     if arrays["gaze_box"].size:
         index, distance = _nearest(arrays["gaze_box"], grid)
@@ -780,5 +802,45 @@ def _align(
         instruction=instruction,
         dropped_frames=dropped,
         image_sizes=image_sizes,
+        stream_rates={role: _median_rate(arrays[role]) for role in required},
+        filled_frames=filled,
+        segments=segments,
         _image_index={"base_image": kept["base_image"], "wrist_image": kept["wrist_image"]},
     )
+
+
+def _median_rate(stamps_ns: np.ndarray) -> float | None:
+    """Messages per second from the median interval (robust to a few dropped or bunched messages);
+    None for a stream of one message (no rate to measure)."""
+    if stamps_ns.size < 2:
+        return None
+    interval = float(np.median(np.diff(stamps_ns)))
+    return 1e9 / interval if interval > 0 else float("inf")
+
+
+def _fill_short_holes(keep: np.ndarray, align: AlignConfig) -> tuple[np.ndarray, int, list[int]]:
+    """Fill holes of at most ``max_gap_s`` between kept grid points (their nearest messages are used)
+    and find the longer ones. Returns the new keep mask, how many points were filled, and the rows
+    (in the kept frames) where a new segment starts."""
+    kept_points = np.flatnonzero(keep)
+    if align.max_gap_s is None:
+        return keep, 0, []
+    # A gap is the time between two kept frames; max_gap_s of two periods lets one frame be filled.
+    max_steps = int(np.floor(align.max_gap_s * align.fps + 1e-6))
+    steps = np.diff(kept_points)
+    keep = keep.copy()
+    filled = 0
+    breaks_at_points: list[int] = []
+    for left, step in zip(kept_points[:-1].tolist(), steps.tolist(), strict=True):
+        if step <= 1:
+            continue
+        if step <= max_steps:
+            keep[left + 1 : left + step] = True
+            filled += step - 1
+        else:
+            breaks_at_points.append(left + step)
+    # Leading and trailing grid points without data are trimmed, never filled.
+    keep[: kept_points[0]] = False
+    keep[kept_points[-1] + 1 :] = False
+    rows = np.cumsum(keep) - 1  # grid point -> row in the kept frames
+    return keep, filled, [int(rows[point]) for point in breaks_at_points]

@@ -4,12 +4,23 @@ Per bag: read and align (pass 1), keep it if the episode succeeded (by default),
 stream its frames (pass 2) through the gaze backend and the v3 writer. A bag that
 cannot be converted is reported by name and skipped (or fails the build with
 ``strict``); the dataset appears at ``out`` only when the build completed.
+
+What the build guarantees for every episode it writes (each fault has its per-bag outcome):
+- time-correct rows: row k of an episode is at k / fps. A hole of at most ``max_gap_s``
+  (default two frame periods) is filled with the nearest messages; a longer one splits the
+  bag into separate episodes (``on_gap="split"``, default) or fails the bag (``"refuse"``);
+- every required stream comes at least at the dataset fps, else the bag fails (a 1 Hz joint
+  stream would otherwise be stretched over ten frames);
+- one image size (``image_size``, default the most common among the bags): bags of another size
+  are resized, with a note;
+- colour only: single-channel (mono8) cameras fail the bag unless ``allow_mono``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +33,12 @@ from reconvla_core.data.gaze import GazeBackend, make_gaze_backend, sanitise_box
 from reconvla_core.data.lerobot_v3 import BASE_IMAGE_KEY, WRIST_IMAGE_KEY, LeRobotV3Writer
 
 logger = logging.getLogger(__name__)
+
+GAP_POLICIES = ("split", "refuse")
+MONO_ENCODINGS = frozenset({"mono8", "mono16", "8UC1", "16UC1"})
+# A stream counts as "at the dataset fps" down to this fraction of it (timing jitter).
+RATE_SLACK = 0.9
+_CAMERA_ROLES = ("base_image", "wrist_image")
 
 
 @dataclass
@@ -45,12 +62,28 @@ class BuildConfig:
     batch_frames: int = 16
     encode_workers: int | None = None
     progress: bool = False
+    max_gap_s: float | None = None  # default: two frame periods
+    on_gap: str = "split"  # "split" the episode at a longer gap, or "refuse" the bag
+    allow_low_rate: bool = False  # convert bags with a stream slower than fps (warn instead)
+    image_size: tuple[int, int] | None = None  # (width, height); default: most common among the bags
+    allow_mono: bool = False
+    dropped_warn_pct: float = 5.0  # one warning line per bag that dropped more of its frames
+    recover: bool = False  # recover cut-off MCAP bags (bag recover) before reading them
 
     def __post_init__(self) -> None:
         if not self.bags:
             raise ValueError("no bags given (--bags DIR [DIR ...])")
         if self.batch_frames < 1:
             raise ValueError(f"batch_frames must be >= 1, got {self.batch_frames}")
+        if self.on_gap not in GAP_POLICIES:
+            raise ValueError(f"on_gap must be one of {GAP_POLICIES}, got {self.on_gap!r}")
+        if self.max_gap_s is None:
+            self.max_gap_s = 2.0 / self.fps
+        if self.max_gap_s < 1.0 / self.fps:
+            raise ValueError(f"max_gap must be at least one frame period ({1e3 / self.fps:.0f} ms), "
+                             f"got {self.max_gap_s * 1e3:.0f} ms")
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ValueError(f"image_size must be (width, height) >= 1, got {self.image_size}")
 
 
 @dataclass
@@ -67,6 +100,10 @@ class BuildReport:
     failed: list[dict[str, str]] = field(default_factory=list)  # {"bag", "reason"}
     seconds: float = 0.0
     frames_per_s: float = 0.0
+    filled_frames: int = 0
+    image_size: str = ""  # WxH of the dataset's camera images
+    # Every bag with its outcome: converted | skipped_unsuccessful | failed, and per-bag figures
+    bags: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,12 +157,76 @@ def peek_success(path: Path) -> bool | None:
         return None
 
 
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``"320x240"`` -> (320, 240) (width, height)."""
+    width, sep, height = text.lower().partition("x")
+    try:
+        size = (int(width), int(height))
+    except ValueError:
+        size = (0, 0)
+    if not sep or min(size) < 1:
+        raise ValueError(f"image size must look like WIDTHxHEIGHT (e.g. 320x240), got {text!r}")
+    return size
+
+
+def peek_image_sizes(path: Path, topics: BagTopics) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """((h, w) base, (h, w) wrist) from each camera's first message, or None if the bag cannot say."""
+    from reconvla_core.data.bag_reader import _open_reader, open_index
+    from reconvla_core.data.bag_writer import get_typestore
+
+    typestore = get_typestore()
+    wanted = (topics.base_image, topics.wrist_image)
+    sizes: dict[str, tuple[int, int]] = {}
+    try:
+        index = open_index(path)
+        if index is not None:
+            with index:
+                for topic in wanted:
+                    channel_id, msgtype = index.channel(topic)
+                    msg = typestore.deserialize_cdr(index.read(channel_id, 0), msgtype)
+                    sizes[topic] = (int(msg.height), int(msg.width))
+        else:
+            with _open_reader(path) as reader:
+                connections = [c for c in reader.connections if c.topic in wanted]
+                for connection, _, raw in reader.messages(connections=connections):
+                    if connection.topic not in sizes:
+                        msg = typestore.deserialize_cdr(raw, connection.msgtype)
+                        sizes[connection.topic] = (int(msg.height), int(msg.width))
+                    if len(sizes) == len(wanted):
+                        break
+    except Exception:  # a bag that cannot be read is diagnosed (and reported) by its conversion
+        return None
+    if len(sizes) != len(wanted):
+        return None
+    return sizes[topics.base_image], sizes[topics.wrist_image]
+
+
+def dataset_image_sizes(bags: Sequence[Path], config: BuildConfig) -> dict[str, tuple[int, int]] | None:
+    """role -> (h, w) the dataset stores: ``image_size`` for both cameras, else the most common pair
+    among the bags that will be converted (ties: the first listed)."""
+    if config.image_size is not None:
+        width, height = config.image_size
+        return {role: (height, width) for role in _CAMERA_ROLES}
+    counts: Counter[tuple[tuple[int, int], tuple[int, int]]] = Counter()
+    for bag in bags:
+        if not config.include_unsuccessful and peek_success(bag) is False:
+            continue
+        pair = peek_image_sizes(bag, config.topics)
+        if pair is not None:
+            counts[pair] += 1
+    if not counts:
+        return None  # no readable bag: the conversions say why
+    base, wrist = counts.most_common(1)[0][0]
+    return {"base_image": base, "wrist_image": wrist}
+
+
 def build_dataset(config: BuildConfig) -> BuildReport:
     """Convert ``config.bags`` into a LeRobot v3.0 dataset at ``config.out``."""
     started = time.perf_counter()
     if Path(config.out).exists() and not config.overwrite:
         raise FileExistsError(f"{config.out} exists already; use --overwrite to replace it")
     bags = find_bags(config.bags)
+    recovered = _recover_bags(bags, config) if config.recover else {}
     backend = make_gaze_backend(
         config.gaze, boxes_file=config.gaze_boxes_file, model_dir=config.gaze_model_dir,
         **({"batch_size": config.gaze_batch_size, "box_threshold": config.gaze_box_threshold,
@@ -133,13 +234,18 @@ def build_dataset(config: BuildConfig) -> BuildReport:
     )
     align = AlignConfig(
         fps=config.fps, tolerance_s=config.tolerance_s, stamp_source=config.stamp_source,
-        require_gaze=backend.needs_gaze_topic,
+        require_gaze=backend.needs_gaze_topic, max_gap_s=config.max_gap_s,
     )
     report = BuildReport(fps=config.fps, out=str(config.out), gaze=config.gaze, bags_found=len(bags))
-    slot = _WriterSlot()
+    slot = _WriterSlot(sizes=dataset_image_sizes(bags, config))
+    if slot.sizes is not None:
+        report.image_size = "{1}x{0}".format(*slot.sizes["base_image"])
     try:
         for bag in _progress(bags, config.progress):
-            _convert_bag(bag, config, align, backend, slot, report)
+            if bag in recovered and isinstance(recovered[bag], BagError):
+                _fail(bag, recovered[bag], config, report, {"recovered": False})
+                continue
+            _convert_bag(bag, config, align, backend, slot, report, recovered=bag in recovered)
         if slot.writer is None:
             raise ValueError(_nothing_written(report))
         report.seconds = round(time.perf_counter() - started, 3)
@@ -153,9 +259,35 @@ def build_dataset(config: BuildConfig) -> BuildReport:
 
 @dataclass
 class _WriterSlot:
-    """The dataset writer, created with the first converted episode (its image sizes fix the schema)."""
+    """The dataset writer, created with the first converted episode, and the image sizes it stores."""
 
     writer: LeRobotV3Writer | None = None
+    sizes: dict[str, tuple[int, int]] | None = None  # role -> (h, w); None: the first episode's
+
+
+def _recover_bags(bags: Sequence[Path], config: BuildConfig) -> dict[Path, Any]:
+    """``--recover``: cut-off MCAP bags are recovered in place first. bag -> report, or BagError."""
+    from reconvla_core.data.recover import RecoveryError, needs_recovery, recover_bag
+
+    done: dict[Path, Any] = {}
+    for bag in bags:
+        try:
+            if not needs_recovery(bag):
+                continue
+            done[bag] = recover_bag(bag)
+            logger.warning("%s: recovered %d messages (%.2f s) from a cut-off bag", bag.name,
+                           done[bag].messages, done[bag].seconds)
+        except (RecoveryError, OSError) as error:
+            done[bag] = BagError(bag, f"could not be recovered: {error}")
+    return done
+
+
+def _fail(bag: Path, error: BagError, config: BuildConfig, report: BuildReport, entry: dict[str, Any]) -> None:
+    if config.strict:
+        raise error
+    logger.error("skipping bag %s", error)
+    report.failed.append({"bag": bag.name, "reason": error.reason})
+    report.bags.append({"bag": bag.name, "outcome": "failed", "reason": error.reason, **entry})
 
 
 def _nothing_written(report: BuildReport) -> str:
@@ -184,35 +316,107 @@ def _convert_bag(
     backend: GazeBackend,
     slot: _WriterSlot,
     report: BuildReport,
+    recovered: bool = False,
 ) -> None:
+    entry: dict[str, Any] = {"recovered": True} if recovered else {}
     if not config.include_unsuccessful and peek_success(bag) is False:
         report.skipped_unsuccessful.append(bag.name)
+        report.bags.append({"bag": bag.name, "outcome": "skipped_unsuccessful", **entry})
         return
     try:
         episode = read_episode(bag, config.topics, align)
         if not config.include_unsuccessful and not episode.success:
             report.skipped_unsuccessful.append(bag.name)
+            report.bags.append({"bag": bag.name, "outcome": "skipped_unsuccessful", **entry})
             return
+        entry.update(_episode_figures(episode))
+        notes = _check_episode(episode, config)
         if slot.writer is None:
             _open_writer(config, episode, slot)
         assert slot.writer is not None
+        notes += _resize_notes(episode, slot.writer)
         fallbacks = _write_episode(slot.writer, episode, backend, config.batch_frames)
     except BagError as error:
-        if config.strict:
-            raise
-        logger.error("skipping bag %s", error)
-        report.failed.append({"bag": bag.name, "reason": error.reason})
+        _fail(bag, error, config, report, entry)
         return
-    report.episodes += 1
+    for note in notes:
+        logger.warning("%s: %s", bag.name, note)
+    report.bags.append({"bag": bag.name, "outcome": "converted", "episodes": len(episode.segments),
+                        "notes": notes, **entry})
+    report.episodes += len(episode.segments)
     report.frames += episode.num_frames
     report.dropped_frames += episode.dropped_frames
+    report.filled_frames += episode.filled_frames
     report.gaze_fallbacks += fallbacks
 
 
+def _episode_figures(episode: BagEpisode) -> dict[str, Any]:
+    return {
+        "frames": episode.num_frames,
+        "dropped_frames": episode.dropped_frames,
+        "filled_frames": episode.filled_frames,
+        "segments": len(episode.segments),
+        "stream_rates_hz": {role: None if rate is None else round(rate, 2)
+                            for role, rate in episode.stream_rates.items()},
+    }
+
+
+def _check_episode(episode: BagEpisode, config: BuildConfig) -> list[str]:
+    """Refuse what would make a wrong dataset (BagError); return notes on what was let through."""
+    notes: list[str] = []
+    for role in _CAMERA_ROLES:
+        encoding = episode.image_encodings.get(role, "")
+        if encoding in MONO_ENCODINGS and not config.allow_mono:
+            raise BagError(episode.path, f"{role} is {encoding} (single channel), the dataset is colour: "
+                                         "use --allow-mono to convert it to 3 equal channels")
+        if encoding in MONO_ENCODINGS:
+            notes.append(f"{role} is {encoding}: copied to 3 channels (--allow-mono)")
+    slow = {role: rate for role, rate in episode.stream_rates.items()
+            if rate is not None and rate < RATE_SLACK * config.fps}
+    if slow:
+        listing = ", ".join(f"{getattr(episode.topics, role)} ({role}) at {rate:.2f} Hz" for role, rate in slow.items())
+        if not config.allow_low_rate:
+            raise BagError(episode.path, f"{listing}: below the dataset's {config.fps:g} fps "
+                                         "(record faster, lower --fps, or --allow-low-rate)")
+        notes.append(f"{listing}: below the dataset's {config.fps:g} fps (--allow-low-rate)")
+    grid_points = episode.num_frames + episode.dropped_frames - episode.filled_frames
+    if grid_points and 100.0 * episode.dropped_frames / grid_points > config.dropped_warn_pct:
+        notes.append(f"dropped {episode.dropped_frames} of {grid_points} frames "
+                     f"({100.0 * episode.dropped_frames / grid_points:.0f}%: no message within "
+                     f"{(config.tolerance_s or 0.5 / config.fps) * 1e3:.0f} ms); "
+                     f"{episode.filled_frames} filled from the nearest messages")
+    if len(episode.segments) > 1:
+        gaps = _gap_list(episode)
+        if config.on_gap == "refuse":
+            raise BagError(episode.path, f"{len(gaps)} gap(s) longer than --max-gap "
+                                         f"{config.max_gap_s * 1e3:.0f} ms: {'; '.join(gaps)}")
+        notes.append(f"split into {len(episode.segments)} episodes at {len(gaps)} gap(s) longer than "
+                     f"--max-gap {config.max_gap_s * 1e3:.0f} ms: {'; '.join(gaps)}")
+    return notes
+
+
+def _gap_list(episode: BagEpisode) -> list[str]:
+    gaps = []
+    for (_, stop), (start, _) in zip(episode.segments[:-1], episode.segments[1:], strict=True):
+        before, after = episode.timestamps[stop - 1], episode.timestamps[start]
+        gaps.append(f"{after - before:.2f} s at t={before:.2f} s")
+    return gaps
+
+
+def _resize_notes(episode: BagEpisode, writer: LeRobotV3Writer) -> list[str]:
+    notes = []
+    for role, key in (("base_image", BASE_IMAGE_KEY), ("wrist_image", WRIST_IMAGE_KEY)):
+        have, want = episode.image_sizes[role], writer.image_shapes[key][:2]
+        if tuple(have) != tuple(want):
+            notes.append(f"{role} resized from {have[1]}x{have[0]} to the dataset's {want[1]}x{want[0]}")
+    return notes
+
+
 def _open_writer(config: BuildConfig, episode: BagEpisode, slot: _WriterSlot) -> None:
+    sizes = slot.sizes or episode.image_sizes
     shapes = {
-        BASE_IMAGE_KEY: (*episode.image_sizes["base_image"], 3),
-        WRIST_IMAGE_KEY: (*episode.image_sizes["wrist_image"], 3),
+        BASE_IMAGE_KEY: (*sizes["base_image"], 3),
+        WRIST_IMAGE_KEY: (*sizes["wrist_image"], 3),
     }
     slot.writer = LeRobotV3Writer(
         config.out, fps=config.fps, image_shapes=shapes, image_format=config.image_format,
@@ -221,13 +425,19 @@ def _open_writer(config: BuildConfig, episode: BagEpisode, slot: _WriterSlot) ->
     slot.writer.open()
 
 
+def _resized(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if image.shape[:2] == tuple(shape[:2]):
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+
+
 def _write_episode(writer: LeRobotV3Writer, episode: BagEpisode, backend: GazeBackend, batch_frames: int) -> int:
-    """Stream one episode into the writer; returns the number of whole-image gaze fallbacks."""
-    for role, key in (("base_image", BASE_IMAGE_KEY), ("wrist_image", WRIST_IMAGE_KEY)):
-        have = (*episode.image_sizes[role], 3)
-        if have != writer.image_shapes[key]:
-            raise BagError(episode.path, f"{role} is {have[1]}x{have[0]}, the dataset's is "
-                                         f"{writer.image_shapes[key][1]}x{writer.image_shapes[key][0]}")
+    """Stream one bag into the writer in one pass, one dataset episode per segment (each starting at
+    t = 0 on the fps grid); frames of another size are resized to the dataset's. Returns the number
+    of whole-image gaze fallbacks."""
+    base_shape, wrist_shape = writer.image_shapes[BASE_IMAGE_KEY], writer.image_shapes[WRIST_IMAGE_KEY]
     metadata = {
         "source_bag": episode.name,
         "success": episode.success,
@@ -235,33 +445,46 @@ def _write_episode(writer: LeRobotV3Writer, episode: BagEpisode, backend: GazeBa
         "instruction": episode.instruction,
         "dropped_frames": episode.dropped_frames,
     }
-    target = writer.start_episode(episode.task, metadata)
-    fallbacks = 0
-    try:
-        buffer: list[tuple[int, np.ndarray, np.ndarray]] = []
+    segments = list(episode.segments) or [(0, episode.num_frames)]
+    total_fallbacks = 0
+    written = 0
+    frames = episode.iter_frames()
+    for first, stop in segments:
+        target = writer.start_episode(episode.task, dict(metadata))
+        origin = episode.timestamps[first]
+        fallbacks = 0
+        try:
+            buffer: list[tuple[int, np.ndarray, np.ndarray]] = []
 
-        def flush() -> int:
-            indices = np.array([item[0] for item in buffer], dtype=np.int64)
-            base = [item[1] for item in buffer]
-            boxes = sanitise_boxes(backend.annotate(episode, indices, base))
-            target.add_frames(
-                base, [item[2] for item in buffer], episode.state[indices], episode.action[indices],
-                boxes, episode.timestamps[indices],
-            )
-            buffer.clear()
-            return int((boxes[:, 4] < 0.5).sum())
+            def flush() -> int:
+                indices = np.array([item[0] for item in buffer], dtype=np.int64)
+                base = [_resized(item[1], base_shape) for item in buffer]
+                boxes = sanitise_boxes(backend.annotate(episode, indices, base))
+                target.add_frames(
+                    base, [_resized(item[2], wrist_shape) for item in buffer], episode.state[indices],
+                    episode.action[indices], boxes, episode.timestamps[indices] - origin,
+                )
+                buffer.clear()
+                return int((boxes[:, 4] < 0.5).sum())
 
-        for item in episode.iter_frames():
-            buffer.append(item)
-            if len(buffer) >= batch_frames:
+            for item in frames:
+                buffer.append(item)
+                if len(buffer) >= batch_frames:
+                    fallbacks += flush()
+                if item[0] == stop - 1:
+                    break
+            if buffer:
                 fallbacks += flush()
-        if buffer:
-            fallbacks += flush()
-        target.metadata["gaze_fallbacks"] = fallbacks
-        target.finish()
-    except BaseException as error:
-        target.discard()
-        if isinstance(error, (BagError, KeyboardInterrupt, SystemExit, MemoryError)):
-            raise
-        raise BagError(episode.path, f"conversion failed ({type(error).__name__}: {error})") from error
-    return fallbacks
+            target.metadata["gaze_fallbacks"] = fallbacks
+            target.finish()
+        except BaseException as error:
+            target.discard()
+            if isinstance(error, (KeyboardInterrupt, SystemExit, MemoryError)):
+                raise
+            kept = f" ({written} of its {len(segments)} episodes were written before)" if written else ""
+            if isinstance(error, BagError):
+                raise BagError(episode.path, error.reason + kept) from error
+            raise BagError(episode.path, f"conversion failed ({type(error).__name__}: {error}){kept}") from error
+        written += 1
+        total_fallbacks += fallbacks
+    return total_fallbacks

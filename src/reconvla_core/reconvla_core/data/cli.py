@@ -43,6 +43,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "~10x slower to build and ~9x larger)")
     build.add_argument("--include-unsuccessful", action="store_true",
                        help="also convert episodes whose info says success=false (or has no info)")
+    build.add_argument("--max-gap", type=float, default=None, metavar="SECONDS",
+                       help="longest hole between frames inside one episode (default: 2 frame periods); shorter "
+                            "holes are filled with the nearest messages so rows stay on the fps grid, a longer one "
+                            "splits the bag into episodes (or fails it with --on-gap refuse)")
+    build.add_argument("--on-gap", choices=("split", "refuse"), default="split",
+                       help="what a gap longer than --max-gap does to its bag (default: split)")
+    build.add_argument("--allow-low-rate", action="store_true",
+                       help="convert bags with a camera or joint stream slower than --fps (default: fail them)")
+    build.add_argument("--image-size", default=None, metavar="WxH",
+                       help="camera image size of the dataset (default: the most common among the bags); "
+                            "bags of another size are resized")
+    build.add_argument("--allow-mono", action="store_true",
+                       help="convert mono8 cameras to 3 equal channels (default: fail those bags)")
+    build.add_argument("--warn-dropped-pct", type=float, default=5.0, metavar="PCT",
+                       help="warn (one line per bag) when more than PCT %% of its frames were dropped (default 5)")
+    build.add_argument("--recover", action="store_true",
+                       help="recover cut-off MCAP bags in place first (as 'reconvla bag recover')")
     build.add_argument("--strict", action="store_true", help="fail the build on the first bad bag")
     build.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     build.add_argument("--workers", type=int, default=None, help="image-encoding threads (default: min(4, cores))")
@@ -94,7 +111,7 @@ def parse_gaze(values: list[str]) -> tuple[str, Path | None]:
 def cmd_build(args: argparse.Namespace) -> int:
     from reconvla_core.cli.main import CLIError, emit_result
     from reconvla_core.data.bag_reader import BagError, BagTopics
-    from reconvla_core.data.build import BuildConfig, build_dataset
+    from reconvla_core.data.build import BuildConfig, build_dataset, parse_image_size
 
     gaze, boxes_file = parse_gaze(args.gaze)
     config = BuildConfig(
@@ -116,6 +133,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         encode_workers=args.workers,
         progress=True,
+        max_gap_s=args.max_gap,
+        on_gap=args.on_gap,
+        allow_low_rate=args.allow_low_rate,
+        image_size=None if args.image_size is None else parse_image_size(args.image_size),
+        allow_mono=args.allow_mono,
+        dropped_warn_pct=args.warn_dropped_pct,
+        recover=args.recover,
     )
     try:
         report = build_dataset(config)
@@ -128,12 +152,15 @@ def cmd_build(args: argparse.Namespace) -> int:
         "frames": report.frames,
         "gaze_fallbacks": report.gaze_fallbacks,
         "dropped_frames": report.dropped_frames,
+        "filled_frames": report.filled_frames,
         "fps": report.fps,
+        "image_size": report.image_size,
         "out": report.out,
         "skipped_unsuccessful": len(report.skipped_unsuccessful),
         "failed": report.failed,
         "seconds": report.seconds,
         "frames_per_s": report.frames_per_s,
+        "bags": report.bags,
     }
     for failure in report.failed:
         logger.warning("skipped bad bag %s: %s", failure["bag"], failure["reason"])
