@@ -788,7 +788,7 @@ def _align(
         gaze = boxes.astype(np.float32)
     if dropped:
         logger.info("%s: dropped %d of %d frames (no message within %.0f ms)",
-                    path.name, dropped, dropped + grid.size, align.tolerance * 1e3)
+                    path.name, dropped, dropped + grid.size - filled, align.tolerance * 1e3)
     return BagEpisode(
         path=path,
         topics=topics,
