@@ -122,3 +122,72 @@ def test_full_disk_ends_the_episode_and_the_node_keeps_serving(ros, tmp_path):
     counts, info, _ = read_bag(Path(response.message))
     assert info["success"] is True and counts[FOLLOWER_STATE_TOPIC] >= 3
     assert ros.wait_for(lambda: statuses[-1]["state"] == "idle" and statuses[-1]["error"] == "", timeout=10.0)
+
+
+def test_sigkilled_recorder_is_recovered_and_builds(ros, tmp_path, capsys):
+    """The real recorder process, killed mid-episode: bag recover restores what reached the disk."""
+    import signal
+    import subprocess
+    import sys
+
+    from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import Float32MultiArray, String
+    from std_srvs.srv import Trigger
+    from test_teleop_recorder import call
+
+    from reconvla_core.cli.main import main as cli_main
+    from reconvla_core.interfaces import GAZE_BOX_TOPIC, INSTRUCTION_TOPIC, LEADER_COMMAND_TOPIC, WRIST_IMAGE_TOPIC
+
+    cmd = [sys.executable, "-m", "reconvla_ros.teleop_recorder", "--ros-args", "-p", f"output_dir:={tmp_path}",
+           "-p", "min_free_gb:=0.0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    node = ros.make_node("killed_driver")
+    cameras = [node.create_publisher(Image, topic, qos_profile_sensor_data)
+               for topic in (BASE_IMAGE_TOPIC, WRIST_IMAGE_TOPIC)]
+    joints = [node.create_publisher(JointState, topic, 10) for topic in (FOLLOWER_STATE_TOPIC, LEADER_COMMAND_TOPIC)]
+    gaze = node.create_publisher(Float32MultiArray, GAZE_BOX_TOPIC, 10)
+    instruction = node.create_publisher(String, INSTRUCTION_TOPIC,
+                                        QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    instruction.publish(String(data="put the red block in the bowl"))
+    start = node.create_client(Trigger, "/teleop_recorder/start_episode")
+    try:
+        assert start.wait_for_service(timeout_sec=30.0), "recorder subprocess did not come up"
+        everything = [*cameras, *joints, gaze, instruction]
+        assert ros.wait_for(lambda: all(p.get_subscription_count() > 0 for p in everything), timeout=20.0)
+        responses = []  # the task comes from the latched instruction: retry until it has arrived
+        assert ros.wait_for(lambda: responses.append(call(ros, start, Trigger.Request())) or responses[-1].success,
+                            timeout=10.0, period=0.2), responses[-1].message
+        response = responses[-1]
+        bag = Path(response.message)
+        pixels = np.zeros((120, 160, 3), np.uint8)
+        for frame in range(40):  # 4 s at 10 Hz, ~58 kB per image: several 1 MiB chunks reach the disk
+            pixels[...] = frame
+            for camera in cameras:
+                camera.publish(Image(height=120, width=160, encoding="rgb8", step=480, data=pixels.tobytes()))
+            for publisher in joints:
+                publisher.publish(JointState(name=[f"joint{i}" for i in range(1, 7)] + ["gripper"],
+                                             position=[0.01 * frame] * 7))
+            gaze.publish(Float32MultiArray(data=[0.1, 0.2, 0.3, 0.4, 1.0]))
+            ros.wait_for(lambda: False, timeout=0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (bag / "metadata.yaml").exists()
+
+    assert cli_main(["bag", "recover", str(bag), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["bags"][0]
+    assert report["outcome"] == "recovered" and report["topics"][BASE_IMAGE_TOPIC] >= 10
+    counts, info, decoded = read_bag(bag)
+    assert info["interrupted"] is True and info["recovered"] is True and info["task"] == "put the red block in the bowl"
+    # What was recovered is the start of what was published, unchanged and in order.
+    values = [int(np.frombuffer(bytes(m.data), np.uint8)[0]) for m in decoded[BASE_IMAGE_TOPIC]]
+    assert values == sorted(values) and len(set(values)) >= 10 and values[0] <= 1
+    assert cli_main(["dataset", "build", "--bags", str(bag), "--out", str(tmp_path / "ds"), "--include-unsuccessful",
+                     "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["episodes"] >= 1 and built["frames"] >= 10
