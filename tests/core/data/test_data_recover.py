@@ -61,9 +61,10 @@ def test_sigkilled_episode_is_recovered_and_builds(tmp_path, capsys):
     (mcap,) = bag.glob("*.mcap")
     cut_size = mcap.stat().st_size
     assert not (bag / "metadata.yaml").exists() and needs_recovery(bag)
-    # What users hit before: neither rosbags nor the build can open it.
+    # Without recovery the build cannot use it, and says what to do.
     rc = cli_main(["dataset", "build", "--bags", str(bag), "--out", str(tmp_path / "before"), "--json"])
-    assert rc == 2 and "metadata" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert rc == 2 and "cut off" in error and f"reconvla bag recover {bag}" in error
 
     rc = cli_main(["bag", "recover", str(tmp_path / "bags"), "--json"])
     result = json.loads(capsys.readouterr().out)

@@ -182,14 +182,13 @@ class EpisodeBagWriter:
             raise ValueError(f"stamp_ns must be >= 0, got {stamp_ns}")
         if self.fault is not None:
             raise BagWriteError(f"bag {self.path} takes no more messages after a write error: {self.fault}")
+        connection = self._connection(topic, msgtype)  # opens the bag on first use (FileExistsError)
         try:
-            connection = self._connection(topic, msgtype)
             self._writer.write(connection, stamp_ns, raw)
         except (OSError, sqlite3.Error) as error:
-            in_pending_chunk = self.storage == "mcap" and self._good_offset is not None and self._connections.get(
-                (topic, msgtype)) is not None
+            in_pending_chunk = self.storage == "mcap" and self._good_offset is not None
             self._on_storage_error(error)
-            if in_pending_chunk:  # MCAP buffers the message before flushing a chunk: it is kept, count it
+            if in_pending_chunk and self._storage_file() is not None:  # MCAP buffered it before the flush failed
                 self._writer.counts[connection.id] += 1
                 self._writer.min_timestamp = min(stamp_ns, self._writer.min_timestamp)
                 self._writer.max_timestamp = max(stamp_ns, self._writer.max_timestamp)

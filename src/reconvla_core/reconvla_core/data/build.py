@@ -324,6 +324,9 @@ def _convert_bag(
         report.bags.append({"bag": bag.name, "outcome": "skipped_unsuccessful", **entry})
         return
     try:
+        if not recovered and _looks_cut_off(bag):
+            raise BagError(bag, "cut off (no metadata.yaml or no MCAP footer: recorder killed or disk full); "
+                                f"run 'reconvla bag recover {bag}' or build with --recover")
         episode = read_episode(bag, config.topics, align)
         if not config.include_unsuccessful and not episode.success:
             report.skipped_unsuccessful.append(bag.name)
@@ -348,6 +351,15 @@ def _convert_bag(
     report.dropped_frames += episode.dropped_frames
     report.filled_frames += episode.filled_frames
     report.gaze_fallbacks += fallbacks
+
+
+def _looks_cut_off(bag: Path) -> bool:
+    from reconvla_core.data.recover import needs_recovery
+
+    try:
+        return needs_recovery(bag)
+    except OSError:
+        return False  # unreadable: read_episode says why
 
 
 def _episode_figures(episode: BagEpisode) -> dict[str, Any]:
