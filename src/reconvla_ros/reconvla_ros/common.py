@@ -15,6 +15,7 @@ QoS on purpose:
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -131,6 +132,9 @@ def run_node(factory: Callable[[], Any], args: list[str] | None = None) -> None:
     """The body of every ``main(args=None)``: init, spin, always destroy the node and shut down.
 
     A node that cannot start (bad parameter, missing file or package) logs one line and exits 2.
+    Ctrl-C exits 0: a callback that raced the shutdown (a timer publishing after SIGINT already
+    invalidated the context) is not an error, and a second SIGINT during the cleanup (a terminal
+    sends one to the whole process group and ``ros2 launch`` sends its own) cannot abort it.
     """
     rclpy.init(args=args)
     node = None
@@ -143,7 +147,11 @@ def run_node(factory: Callable[[], Any], args: list[str] | None = None) -> None:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise  # a real error, not a callback racing the shutdown
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

@@ -20,6 +20,8 @@ The model is ``reconvla_core.runtime.predictor.ModelPredictor`` loaded from ``ch
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -60,6 +62,10 @@ from reconvla_ros.common import (
     run_node,
     stamp_to_s,
 )
+
+
+INFERENCE_THREAD = "policy-inference"
+SHUTDOWN_GRACE_S = 1.0  # Ctrl-C waits this long for a running inference, well inside launch's 5 s
 
 
 def validate_parameters(values: dict[str, Any]) -> None:
@@ -157,7 +163,7 @@ class PolicyNode(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
-        self._worker = threading.Thread(target=self._run, name="policy-inference")
+        self._worker = threading.Thread(target=self._run, name=INFERENCE_THREAD)
         self._worker.start()
 
     # --- callbacks: store only ----------------------------------------------------------------
@@ -225,6 +231,8 @@ class PolicyNode(Node):
             try:
                 self._infer_once(frame_msg, state, state_time, instruction)
             except Exception as error:  # keep the worker alive whatever one input does
+                if self._stop or not self.context.ok():
+                    return  # Ctrl-C arrived mid-inference: the publish raced the shutdown, not a failure
                 self.counts["inference_errors"] += 1
                 self.get_logger().error(f"inference failed: {type(error).__name__}: {error}",
                                         throttle_duration_sec=5.0)
@@ -304,12 +312,19 @@ class PolicyNode(Node):
                 self._stop = True
                 self._wake.notify_all()
             if worker.is_alive():
-                worker.join(timeout=30.0)
+                worker.join(timeout=SHUTDOWN_GRACE_S)  # main() leaves without a forward pass still running
         super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> None:
     run_node(PolicyNode, args)
+    # A forward pass cannot be interrupted, and a thread left inside torch at interpreter exit
+    # aborts it ("terminate called without an active exception"): once the node is destroyed and
+    # the context shut down, leave without waiting for that inference.
+    if any(t.name == INFERENCE_THREAD and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
