@@ -183,24 +183,6 @@ def test_sinusoidal_init_model_round_trips_through_a_checkpoint(tmp_path, norm_s
     assert torch.equal(loaded.llm.get_input_embeddings().weight, model.llm.get_input_embeddings().weight)
 
 
-def test_action_input_dropout_masks_only_teacher_forced_action_inputs(norm_stats):
-    model = build_tiny(norm_stats, recon_target="none", action_input_dropout=0.5).train()
-    batch = make_batch(model, n=2)
-    torch.manual_seed(0)
-    dropped = model._drop_action_inputs(batch["input_ids"], batch["labels"])
-    changed = dropped != batch["input_ids"]
-    answer = batch["labels"] != -100
-    first = model.config.first_action_token_id
-    is_action = (batch["input_ids"] >= first) & (batch["input_ids"] < first + model.config.n_bins)
-    assert not (changed & ~(answer & is_action)).any()  # prompt, state tokens and EOS are never touched
-    share = float(changed.sum() / (answer & is_action).sum())
-    assert 0.3 < share < 0.7 and bool((dropped[changed] == model.processor.pad_token_id).all())
-    model.eval()  # evaluation and inference see the real tokens
-    torch.manual_seed(0)
-    first_eval, second_eval = model(batch).action_loss, model(batch).action_loss
-    assert torch.equal(first_eval, second_eval)
-
-
 def test_projector_input_norm_and_fresh_projector_scale(norm_stats):
     plain = build_tiny(norm_stats, recon_target="none")
     normed = build_tiny(norm_stats, recon_target="none", projector_input_norm=True)
@@ -216,41 +198,3 @@ def test_projector_input_norm_and_fresh_projector_scale(norm_stats):
         assert 0.2 * text_norm < float(tokens.norm(dim=-1).mean()) < 5 * text_norm
 
 
-def test_grounding_box_loss_reads_the_first_action_position_and_trains_its_head(norm_stats):
-    model = build_tiny(norm_stats, recon_target="none", grounding_box_weight=2.0).train()
-    batch = make_batch(model, n=2)
-    assert batch["grounding_box"].shape == (2, 4) and bool(batch["grounding_valid"].all())
-    out = model(batch)
-    assert out.grounding_loss is not None and torch.isfinite(out.grounding_loss)
-    assert out.loss.item() == pytest.approx(out.action_loss.item() + 2.0 * out.grounding_loss.item(), rel=1e-5)
-    # the loss is the L1 at the position that emits the first action token (one before the first label)
-    with torch.no_grad():
-        hidden = model.llm.get_decoder()(
-            inputs_embeds=model.embed_inputs(batch["input_ids"], batch["image_mask"], batch["pixel_values"]),
-            attention_mask=batch["attention_mask"]).last_hidden_state
-        emit = (batch["labels"] != -100).int().argmax(dim=1) - 1
-        boxes = torch.sigmoid(model.grounding_head(hidden[torch.arange(2), emit]))
-    expected = (boxes - batch["grounding_box"]).abs().mean()
-    assert out.grounding_loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    out.loss.backward()
-    assert model.grounding_head.weight.grad is not None and model.grounding_head.weight.grad.abs().sum() > 0
-    assert any(p is model.grounding_head.weight for p in model.parameter_groups()["llm"])
-
-
-def test_grounding_loss_ignores_frames_without_a_gaze_box(norm_stats):
-    model = build_tiny(norm_stats, recon_target="none", grounding_box_weight=1.0)
-    batch = make_batch(model, n=2)
-    batch["grounding_valid"] = torch.tensor([False, False])
-    assert model(batch).grounding_loss.item() == 0.0
-    plain = build_tiny(norm_stats, recon_target="none")
-    assert plain.grounding_head is None and "grounding_box" not in make_batch(plain, n=1)
-    with pytest.raises(ValueError, match="grounding_box_weight"):
-        ReconVLAConfig.from_preset("tiny", grounding_box_weight=-1.0)
-
-
-def test_grounding_head_survives_a_checkpoint_round_trip(norm_stats, tmp_path):
-    model = build_tiny(norm_stats, recon_target="none", grounding_box_weight=1.0)
-    model.save_pretrained(tmp_path / "ck")
-    loaded = ReconVLA.from_pretrained(tmp_path / "ck")
-    assert loaded.config.grounding_box_weight == 1.0
-    assert torch.equal(loaded.grounding_head.weight, model.grounding_head.weight)

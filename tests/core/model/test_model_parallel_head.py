@@ -166,6 +166,7 @@ def test_token_checkpoint_without_the_new_fields_still_loads(norm_stats, observa
     config_file = tmp_path / "old" / "config.json"
     raw = json.loads(config_file.read_text())
     del raw["action_head"], raw["vision_film"]  # as written before the parallel head existed
+    raw["action_input_dropout"], raw["grounding_box_weight"] = 0.0, 0.0  # and with the options since removed
     config_file.write_text(json.dumps(raw))
     loaded = ReconVLA.from_pretrained(tmp_path / "old")
     assert loaded.config.action_head == "tokens" and loaded.action_head is None

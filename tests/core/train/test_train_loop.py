@@ -172,16 +172,16 @@ def test_finetune_applies_finetune_options_and_keeps_the_architecture(pretrained
     from reconvla_core.train.model_setup import build_model
 
     config = make_config(tmp_path / "ground", **{"stage": "finetune", "init_from": pretrained["checkpoint"],
-                                                 "train.max_steps": 2, "model.options.grounding_box_weight": 1.5,
+                                                 "train.max_steps": 2, "model.options.gaze_keypoint_weight": 1.5,
                                                  "model.options.action_embedding_init": "random", "eval.at_end": "true",
                                                  "eval.max_samples": 4})
     with caplog.at_level("WARNING"):
         model, info = build_model(config, build_data(config, need_val=False).stats)
-    assert info["finetune_options"] == {"grounding_box_weight": 1.5}
-    assert model.config.grounding_box_weight == 1.5 and model.grounding_head is not None
+    assert info["finetune_options"] == {"gaze_keypoint_weight": 1.5}
+    assert model.config.gaze_keypoint_weight == 1.5 and model.keypoints is not None
     assert "action_embedding_init='random' is ignored" in caplog.text  # architecture stays the checkpoint's
     result = train(config)
-    assert result["val"]["grounding_loss"] >= 0.0  # the head trains and validation reports it
+    assert result["val"]["grounding_loss"] >= 0.0  # the keypoint loss trains and validation reports it
 
 
 def test_finetune_rejects_a_mismatched_checkpoint(pretrained: dict[str, Any], make_config: Any,

@@ -133,6 +133,8 @@ def _load_checkpoint(path: Path, config: ReconVLAConfig, load_reconstruction: bo
         model = _build(config, tokenizer, with_recon)
     target = "cpu" if device is None else str(device)
     state = _read_safetensors(path / WEIGHTS_FILE, target)
+    # A removed training-only head (grounding_box_weight, REMOVED_TRAINING_OPTIONS): inference never used it.
+    state = {k: v for k, v in state.items() if not k.startswith("grounding_head.")}
     if with_recon:
         state.update(_read_safetensors(path / RECON_FILE, target))
     expected = set(model.state_dict())

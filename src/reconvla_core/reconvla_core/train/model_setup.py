@@ -67,8 +67,6 @@ def apply_finetune_options(model: nn.Module, options: dict[str, Any]) -> dict[st
                            current)
     if applied:
         model.config.validate()
-        if model.config.grounding_box_weight > 0:
-            model.enable_grounding_head()
         logger.info("finetune: options on top of the checkpoint's config: %s", applied)
     return applied
 
