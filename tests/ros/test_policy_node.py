@@ -109,6 +109,35 @@ def test_publishes_chunks_stamped_with_the_observation(ros):
     assert values["chunks"] >= 1 and values["inference_ms_p50"] >= 0.0
 
 
+@pytest.mark.parametrize("durability", ["volatile", "transient_local"])
+def test_instruction_reaches_the_policy_from_a_publisher_with_either_durability(ros, durability):
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+
+    # ros2 topic pub's default is reliable + volatile; sim_robot and a latched publisher are
+    # transient local.
+    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=getattr(DurabilityPolicy, durability.upper()))
+    h = Harness(ros, RecordingPredictor(), viz_rate=0.0)
+    publisher = h.client.create_publisher(String, "instruction", qos)
+    assert ros.wait_for(lambda: publisher.get_subscription_count() >= 1)
+    publisher.publish(String(data=f"pick up the red block ({durability})"))
+    assert ros.wait_for(lambda: h.node._instruction == f"pick up the red block ({durability})")
+    assert ros.wait_for(lambda: (h.send(), bool(h.chunks))[1], timeout=15.0, period=0.2)
+
+
+def test_a_late_joining_policy_still_gets_the_latched_instruction(ros):
+    from std_msgs.msg import String
+
+    from reconvla_ros.common import LATCHED_QOS
+
+    latched_client = ros.make_node("latched_instruction")
+    publisher = latched_client.create_publisher(String, "instruction", LATCHED_QOS)
+    publisher.publish(String(data="stack the blocks"))  # before the policy exists
+    h = Harness(ros, RecordingPredictor(), viz_rate=0.0)
+    assert ros.wait_for(lambda: h.node._instruction == "stack the blocks")
+
+
 def test_instruction_from_the_parameter_and_skips_without_one(ros):
     from rclpy.parameter import Parameter
 

@@ -10,6 +10,10 @@ QoS on purpose:
 - ``STATE_QOS``: what our nodes publish for others (canonical joint_states, overlays): reliable,
   keep last 10, so both reliable (RViz, robot_state_publisher) and best-effort subscribers get it.
 - ``LATCHED_QOS``: the instruction (reliable, transient local, depth 1): late joiners get the last one.
+  A transient-local subscription is incompatible with a volatile publisher (``ros2 topic pub``'s
+  default), so ``subscribe_instruction`` keeps two subscriptions: transient local (the latched
+  instruction of sim_robot or a latched publisher, also for a node that starts later) and
+  ``LIVE_INSTRUCTION_QOS`` (reliable, volatile: reached by any reliable publisher).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ STATE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=Re
                        durability=DurabilityPolicy.VOLATILE)
 LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
+LIVE_INSTRUCTION_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                                  reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 DIAGNOSTICS_TOPIC = "/diagnostics"
 RELIABILITIES = ("best_effort", "reliable")
 
@@ -55,6 +61,18 @@ def qos_from_parameters(reliability: str, depth: int) -> QoSProfile:
     policy = ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort" else ReliabilityPolicy.RELIABLE
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(depth), reliability=policy,
                       durability=DurabilityPolicy.VOLATILE)
+
+
+def subscribe_instruction(node: Any, topic: str, callback: Callable[[Any], None]) -> list[Any]:
+    """Subscribe ``callback`` to the instruction (std_msgs/String) for latched and volatile publishers.
+
+    A latched publisher matches both subscriptions, so the callback may see one message twice:
+    it must be idempotent (storing the latest instruction is).
+    """
+    from std_msgs.msg import String
+
+    return [node.create_subscription(String, topic, callback, LATCHED_QOS),
+            node.create_subscription(String, topic, callback, LIVE_INSTRUCTION_QOS)]
 
 
 def stamp_to_s(stamp: Time) -> float:

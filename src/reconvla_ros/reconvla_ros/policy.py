@@ -2,7 +2,8 @@
 
 Subscriptions: ``reconvla/frame`` (stitched rgb8 frame from camera_ingest, sensor-data QoS),
 ``joint_states`` (canonical 7-vector from arm_command, sensor-data QoS) and ``instruction``
-(std_msgs/String, transient local; the ``instruction`` parameter sets it too, also at run time).
+(std_msgs/String; latched and volatile publishers, e.g. ``ros2 topic pub``, both reach it; the
+``instruction`` parameter sets it too, also at run time).
 Callbacks only store the latest message; inference runs in a worker thread, so no callback waits
 for the model. Per inference the worker checks that the frame is at most ``max_obs_age`` old
 (else it is skipped and counted) and that a fresh joint state is known, then publishes:
@@ -51,7 +52,6 @@ from reconvla_core.runtime.predictor import DTYPES, ModelPredictor, Predictor, c
 from reconvla_ros.common import (
     COMMAND_QOS,
     DIAGNOSTICS_TOPIC,
-    LATCHED_QOS,
     SENSOR_QOS,
     STATE_QOS,
     JointStateError,
@@ -61,6 +61,7 @@ from reconvla_ros.common import (
     now_s,
     run_node,
     stamp_to_s,
+    subscribe_instruction,
 )
 
 
@@ -157,7 +158,7 @@ class PolicyNode(Node):
 
         self.create_subscription(Image, p["frame_topic"], self._on_frame, SENSOR_QOS)
         self.create_subscription(JointState, p["joint_states_topic"], self._on_joint_state, SENSOR_QOS)
-        self.create_subscription(String, p["instruction_topic"], self._on_instruction, LATCHED_QOS)
+        subscribe_instruction(self, p["instruction_topic"], self._on_instruction)
         self._chunk_pub = self.create_publisher(JointTrajectory, p["chunk_topic"], COMMAND_QOS)
         self._attention_pub = self.create_publisher(Image, p["attention_topic"], STATE_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
@@ -186,8 +187,9 @@ class PolicyNode(Node):
 
     def _on_instruction(self, msg: String) -> None:
         with self._lock:
-            self._instruction = msg.data
-        self.get_logger().info(f"instruction: {msg.data!r}")
+            changed, self._instruction = msg.data != self._instruction, msg.data
+        if changed:  # a latched publisher reaches both instruction subscriptions
+            self.get_logger().info(f"instruction: {msg.data!r}")
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         updates = {}
