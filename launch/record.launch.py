@@ -10,6 +10,10 @@ Then, per episode:
     ros2 service call /teleop_recorder/stop_episode std_srvs/srv/SetBool "{data: true}"   # success
     ros2 service call /teleop_recorder/discard_episode std_srvs/srv/Trigger              # throw away
 In the twin, /sim_robot/reset (std_srvs/Trigger) sets up the next scene.
+
+teleop_recorder and (sim:=true) sim_robot are required: when one exits, the launch shuts down
+(the recorder closes the open episode on SIGINT). use_rviz:=true without rviz2 installed logs a
+warning and goes on without RViz.
 """
 
 from launch import LaunchDescription
@@ -20,6 +24,8 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, This
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+from reconvla_ros.launch_support import if_installed, required
 
 PACKAGE = "reconvla_ros"
 
@@ -100,6 +106,7 @@ def generate_launch_description() -> LaunchDescription:
         executable="rviz2",
         name="rviz2",
         arguments=["-d", PathJoinSubstitution([FindPackageShare(PACKAGE), "rviz", "reconvla.rviz"])],
-        condition=IfCondition(LaunchConfiguration("use_rviz")),
+        condition=if_installed("rviz2", "rviz2", LaunchConfiguration("use_rviz")),
     )
-    return LaunchDescription(declared + [sim_robot, drivers, recorder, rviz])
+    handlers = [required(sim_robot, "sim_robot"), required(recorder, "teleop_recorder")]
+    return LaunchDescription(declared + [sim_robot, drivers, recorder, rviz] + handlers)

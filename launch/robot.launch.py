@@ -11,6 +11,11 @@ Arm backends: backend:=piper_ros (AgileX piper_ros node on can_port; arm_command
 over joint_ctrl_single / joint_states_single) or backend:=piper_sdk (arm_command drives the
 CAN bus itself through piper_sdk; no driver node). The arm is never enabled at start: call
 /arm_command/enable once the cell is clear.
+
+The PiPer driver, camera_ingest, arm_command and policy are required: when one exits (a crash,
+or exit code 2 for a bad parameter such as a missing checkpoint) the launch shuts down and
+every other node gets SIGINT; the PiPer holds its last commanded position. use_rviz:=true
+without rviz2 installed logs a warning and goes on without RViz.
 """
 
 from launch import LaunchDescription
@@ -21,6 +26,8 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, Pyth
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+from reconvla_ros.launch_support import if_installed, required
 
 PACKAGE = "reconvla_ros"
 
@@ -195,6 +202,8 @@ def generate_launch_description() -> LaunchDescription:
         executable="rviz2",
         name="rviz2",
         arguments=["-d", PathJoinSubstitution([FindPackageShare(PACKAGE), "rviz", "reconvla.rviz"])],
-        condition=IfCondition(LaunchConfiguration("use_rviz")),
+        condition=if_installed("rviz2", "rviz2", LaunchConfiguration("use_rviz")),
     )
-    return LaunchDescription(declared + [cameras, piper_driver, camera_ingest, arm_command, policy, rviz])
+    handlers = [required(piper_driver, "piper_ctrl_single_node"), required(camera_ingest, "camera_ingest"),
+                required(arm_command, "arm_command"), required(policy, "policy")]
+    return LaunchDescription(declared + [cameras, piper_driver, camera_ingest, arm_command, policy, rviz] + handlers)

@@ -4,15 +4,21 @@
 
 sim_robot speaks the real drivers' interfaces (camera topics, joint_states_single,
 joint_ctrl_single), so arm_command runs with the piper_ros backend exactly as on the robot.
+
+Failure modes: a checkpoint argument that is empty or not a checkpoint directory stops the
+launch before any node starts (so the arm is never enabled), with one line naming the argument.
+All four nodes are required: when one exits, the launch shuts down (the others get SIGINT).
+use_rviz:=true without rviz2 installed logs a warning and goes on without RViz.
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, Shutdown
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+from reconvla_ros.launch_support import checkpoint_problem, if_installed, required
 
 PACKAGE = "reconvla_ros"
 
@@ -28,6 +34,14 @@ ARGUMENTS = (
 
 def _config(name: str) -> PathJoinSubstitution:
     return PathJoinSubstitution([FindPackageShare(PACKAGE), "config", name])
+
+
+def _start_with_a_checkpoint(context, entities):
+    """The nodes, or (no usable checkpoint) one line and a shutdown before anything starts."""
+    problem = checkpoint_problem(LaunchConfiguration("checkpoint").perform(context))
+    if problem is not None:
+        return [LogInfo(msg=problem), Shutdown(reason=problem)]
+    return entities
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -92,6 +106,9 @@ def generate_launch_description() -> LaunchDescription:
         executable="rviz2",
         name="rviz2",
         arguments=["-d", PathJoinSubstitution([FindPackageShare(PACKAGE), "rviz", "reconvla.rviz"])],
-        condition=IfCondition(LaunchConfiguration("use_rviz")),
+        condition=if_installed("rviz2", "rviz2", LaunchConfiguration("use_rviz")),
     )
-    return LaunchDescription(declared + [sim_robot, camera_ingest, policy, arm_command, rviz])
+    handlers = [required(sim_robot, "sim_robot"), required(camera_ingest, "camera_ingest"),
+                required(policy, "policy"), required(arm_command, "arm_command")]
+    entities = [sim_robot, camera_ingest, policy, arm_command, rviz] + handlers
+    return LaunchDescription(declared + [OpaqueFunction(function=_start_with_a_checkpoint, args=[entities])])

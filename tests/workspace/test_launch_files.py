@@ -148,6 +148,66 @@ def test_launch_files_set_only_parameters_the_configs_know(name):
         )
 
 
+# Nodes whose exit shuts the launch down (launch file -> executables).
+REQUIRED_NODES = {
+    "sim.launch.py": {"sim_robot", "camera_ingest", "policy", "arm_command"},
+    "robot.launch.py": {"piper_ctrl_single_node", "camera_ingest", "arm_command", "policy"},
+    "record.launch.py": {"sim_robot", "teleop_recorder"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ARGUMENTS))
+def test_required_nodes_shut_the_launch_down_and_rviz_is_optional(name):
+    tree = launch_tree(name)
+    # required(<the Node variable>, "<its node name>"): the variable must be the Node of that name.
+    variables = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and getattr(node.value.func, "id", None) == "Node":
+            kw = {k.arg: k.value for k in node.value.keywords}
+            variables[node.targets[0].id] = ast.literal_eval(kw["name"])
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "required":
+            variable, label = node.args[0].id, ast.literal_eval(node.args[1])
+            assert variables[variable] == label, f"{name}: required({variable}, {label!r})"
+            names.add(label)
+    assert names == REQUIRED_NODES[name], f"{name}: required {names}, expected {REQUIRED_NODES[name]}"
+    rviz_calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Node"
+                  and any(k.arg == "package" and getattr(k.value, "value", None) == "rviz2" for k in n.keywords)]
+    for call in rviz_calls:
+        condition = next(k.value for k in call.keywords if k.arg == "condition")
+        assert getattr(condition.func, "id", None) == "if_installed", f"{name}: rviz2 without if_installed"
+
+
+def test_sim_launch_checks_the_checkpoint_before_starting_anything():
+    tree = launch_tree("sim.launch.py")
+    assert "checkpoint_problem" in {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    generate = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description")
+    returned = next(n for n in ast.walk(generate) if isinstance(n, ast.Return))
+    # The description holds only the arguments and the OpaqueFunction that starts the nodes.
+    assert "OpaqueFunction" in ast.dump(returned.value) and "sim_robot" not in ast.dump(returned.value)
+
+
+def test_checkpoint_problem_names_the_argument(tmp_path):
+    from reconvla_ros.launch_support import checkpoint_problem
+
+    for value in ("", "  ", str(tmp_path / "missing"), str(tmp_path)):
+        problem = checkpoint_problem(value)
+        assert problem is not None and "'checkpoint'" in problem and "\n" not in problem
+    (tmp_path / "config.json").write_text("{}")
+    assert checkpoint_problem(str(tmp_path)) is None
+
+
+def test_executable_in_package_looks_where_launch_ros_does(tmp_path, monkeypatch):
+    from reconvla_ros.launch_support import executable_in_package
+
+    prefix = _fake_prefix(tmp_path)
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(prefix))
+    assert executable_in_package("rviz2", "rviz2")
+    assert not executable_in_package("rviz2", "rviz3")
+    assert not executable_in_package("no_such_package", "rviz2")
+
+
 def test_robot_launch_uses_the_real_drivers_names():
     constants = string_constants(launch_tree("robot.launch.py"))
     assert {
@@ -378,8 +438,11 @@ def test_robot_launch_expands_with_the_launch_api(launch_env):
     assert workstation == {f"{PACKAGE}/policy", "rviz2/rviz2"}
 
 
-def test_sim_and_record_launch_expand_with_the_launch_api(launch_env):
-    sim = expand(launch_env / "sim.launch.py", {"seed": "7", "task": "pick"})
+def test_sim_and_record_launch_expand_with_the_launch_api(launch_env, tmp_path):
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    sim = expand(launch_env / "sim.launch.py", {"seed": "7", "task": "pick", "checkpoint": str(checkpoint)})
     assert _names(sim) == {f"{PACKAGE}/{n}" for n in ("sim_robot", "camera_ingest", "policy", "arm_command")}
     sim_params = _parameters(next(n for n in sim if n.node_executable == "sim_robot"))
     assert sim_params["seed"] == 7 and sim_params["task"] == "pick" and sim_params["expert_leader"] is False
@@ -401,3 +464,111 @@ def test_sim_and_record_launch_expand_with_the_launch_api(launch_env):
         )
     )
     assert arm["backend"] == "piper_sdk" and arm["teleop"] is True and arm["auto_enable"] is False
+
+
+def test_sim_launch_without_a_checkpoint_starts_nothing(launch_env, tmp_path):
+    assert expand(launch_env / "sim.launch.py", {"seed": "7"}) == []
+    assert expand(launch_env / "sim.launch.py", {"checkpoint": str(tmp_path / "missing")}) == []
+
+
+def test_use_rviz_without_rviz2_goes_on_without_it(launch_env, tmp_path):
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    with_rviz = _names(expand(launch_env / "sim.launch.py", {"checkpoint": str(checkpoint), "use_rviz": "true"}))
+    assert "rviz2/rviz2" in with_rviz
+    prefix = launch_env.parents[2]
+    (prefix / "share" / "ament_index" / "resource_index" / "packages" / "rviz2").unlink()  # rviz2 not installed
+    without = _names(expand(launch_env / "sim.launch.py", {"checkpoint": str(checkpoint), "use_rviz": "true"}))
+    assert without == with_rviz - {"rviz2/rviz2"}
+    workstation = _names(expand(launch_env / "robot.launch.py", {"role": "policy", "use_rviz": "true"}))
+    assert workstation == {f"{PACKAGE}/policy"}
+
+
+# ------------------------------------------------------------------- a real LaunchService run
+LAUNCH_RUNNER = """
+import sys
+from launch import LaunchService
+from launch.actions import IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+service = LaunchService()
+arguments = [tuple(a.split(":=", 1)) for a in sys.argv[2:]]
+service.include_launch_description(
+    IncludeLaunchDescription(PythonLaunchDescriptionSource(sys.argv[1]), launch_arguments=arguments))
+sys.exit(service.run())
+"""
+# A stand-in node: notes that it started, and that it was stopped (SIGINT/SIGTERM) before exiting.
+STAND_IN_NODE = """#!/bin/sh
+name=$(basename "$0")
+echo started > "$MARKER_DIR/$name.started"
+trap 'echo stopped > "$MARKER_DIR/$name.stopped"; exit 0' INT TERM
+while true; do sleep 0.05; done
+"""
+
+
+def _run_launch(launch_env: Path, tmp_path: Path, arguments: dict[str, str], failing: str | None = None,
+                stop_after_started: set[str] | None = None) -> tuple[int, str, Path]:
+    """Run sim.launch.py under a real LaunchService with stand-in executables."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    lib = launch_env.parents[2] / "lib" / PACKAGE
+    for exe in lib.iterdir():
+        exe.write_text("#!/bin/sh\nsleep 1\nexit 2\n" if exe.name == failing else STAND_IN_NODE)  # fails once loaded
+    runner = tmp_path / "run_launch.py"
+    runner.write_text(LAUNCH_RUNNER)
+    env = dict(os.environ, MARKER_DIR=str(markers), ROS_LOG_DIR=str(tmp_path / "log"))
+    process = subprocess.Popen([sys.executable, str(runner), str(launch_env / "sim.launch.py")]
+                               + [f"{k}:={v}" for k, v in arguments.items()],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    if stop_after_started is not None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all((markers / f"{n}.started").exists() for n in stop_after_started):
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+    try:
+        output, _ = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        raise AssertionError(f"the launch did not come down:\n{output}") from None
+    return process.returncode, output, markers
+
+
+def _checkpoint(tmp_path: Path) -> Path:
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    return checkpoint
+
+
+def test_a_required_node_that_exits_brings_the_launch_down(launch_env, tmp_path):
+    _, output, markers = _run_launch(launch_env, tmp_path, {"checkpoint": str(_checkpoint(tmp_path))},
+                                     failing="policy")
+    assert "policy exited with code 2" in output, output
+    assert (markers / "arm_command.started").exists() or (markers / "sim_robot.started").exists(), output
+    for name in ("sim_robot", "camera_ingest", "arm_command"):
+        if (markers / f"{name}.started").exists():  # started before the policy failed: stopped, not orphaned
+            assert (markers / f"{name}.stopped").exists(), f"{name} kept running:\n{output}"
+
+
+def test_a_missing_checkpoint_starts_no_node_and_says_which_argument(launch_env, tmp_path):
+    _, output, markers = _run_launch(launch_env, tmp_path, {"checkpoint": ""})
+    assert "launch argument 'checkpoint' is empty" in output, output
+    assert list(markers.iterdir()) == [], "a node started without a checkpoint"
+
+
+def test_use_rviz_without_rviz2_warns_and_ctrl_c_stops_every_node(launch_env, tmp_path):
+    (launch_env.parents[2] / "share" / "ament_index" / "resource_index" / "packages" / "rviz2").unlink()
+    nodes = {"sim_robot", "camera_ingest", "policy", "arm_command"}
+    _, output, markers = _run_launch(launch_env, tmp_path, {"checkpoint": str(_checkpoint(tmp_path)),
+                                                            "use_rviz": "true"}, stop_after_started=nodes)
+    assert "rviz2/rviz2 is not installed" in output, output
+    for name in nodes:
+        assert (markers / f"{name}.started").exists() and (markers / f"{name}.stopped").exists(), output
