@@ -776,7 +776,9 @@ def _align(
     dropped = int((~keep).sum())
     if not keep.any():
         raise BagError(path, f"no frame has all streams within {align.tolerance * 1e3:.0f} ms")
+    original_keep = keep
     keep, filled, breaks = _fill_short_holes(keep, align)
+    filled_rows = ~original_keep[keep]  # rows filled from the nearest messages
     grid, kept = grid[keep], {role: pick[keep] for role, pick in picks.items()}
     bounds = [0, *breaks, int(grid.size)]
     segments = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
@@ -784,7 +786,9 @@ def _align(
     if arrays["gaze_box"].size:
         index, distance = _nearest(arrays["gaze_box"], grid)
         boxes = _take(values["gaze_box"], order["gaze_box"][index])
-        boxes[distance > tolerance_ns] = np.array([0, 0, 1, 1, 0], dtype=np.float32)  # no box near: invalid
+        # no box near: invalid (a filled frame takes the nearest box, as its other streams do)
+        too_far = np.where(filled_rows, distance > (align.max_gap_s or 0.0) * 1e9, distance > tolerance_ns)
+        boxes[too_far] = np.array([0, 0, 1, 1, 0], dtype=np.float32)
         gaze = boxes.astype(np.float32)
     if dropped:
         logger.info("%s: dropped %d of %d frames (no message within %.0f ms)",
