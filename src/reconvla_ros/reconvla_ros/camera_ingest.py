@@ -3,13 +3,16 @@
 Subscribes to the base and wrist ``sensor_msgs/Image`` topics (names and QoS are parameters),
 converts them to RGB (cv_bridge when it imports, else ``reconvla_core.runtime.image`` with the
 same semantics; only rgb8/bgr8/mono8 are accepted), pairs frames whose stamps lie within
-``sync_tolerance`` and publishes the stitched frame at model resolution (the model processor's
-``stitch``) on ``reconvla/frame`` (rgb8, header stamp = the older of the two camera stamps).
+``sync_tolerance`` and publishes the stitched frame at model resolution on ``reconvla/frame``
+(rgb8, header stamp = the older of the two camera stamps). The stitch resizes with OpenCV
+straight from the message buffers (``stitch_backend: cv2``, no copy of an rgb8 image) or with the
+model processor's own PIL stitch, the frame exactly as at training (``stitch_backend: model``);
+``reconvla_core.runtime.frames`` says how close they are.
 Malformed images are logged (throttled), counted and dropped. Diagnostics on /diagnostics:
 per-camera rate, drops and age, pairing rate and skew.
 
 The stitch function is injected (``CameraIngest(stitch=...)``); by default it is built from the
-``checkpoint`` parameter (its config) or the ``model_preset`` parameter.
+``checkpoint`` parameter (its config) or the ``model_preset`` parameter, and ``stitch_backend``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from reconvla_core.interfaces import BASE_IMAGE_TOPIC, MODEL_FRAME_TOPIC, WRIST_IMAGE_TOPIC
+from reconvla_core.runtime.frames import STITCH_BACKENDS
 from reconvla_core.runtime.image import check_layout, image_to_rgb, rgb_to_fields
 from reconvla_core.runtime.sync import FramePairer
 from reconvla_ros.common import (
@@ -63,6 +67,8 @@ def validate_parameters(values: dict[str, Any]) -> None:
         raise ValueError(f"max_frame_age must be >= 0 (0 = no age check), got {values['max_frame_age']}")
     if values["diagnostics_period"] <= 0:
         raise ValueError(f"diagnostics_period must be > 0, got {values['diagnostics_period']}")
+    if values["stitch_backend"] not in STITCH_BACKENDS:
+        raise ValueError(f"stitch_backend must be one of {STITCH_BACKENDS}, got {values['stitch_backend']!r}")
     qos_from_parameters(values["qos_reliability"], values["qos_depth"])
 
 
@@ -84,6 +90,7 @@ class CameraIngest(Node):
             "frame_id": "reconvla_model_frame",
             "checkpoint": "",
             "model_preset": "tiny",
+            "stitch_backend": "cv2",
             "use_cv_bridge": True,
             "diagnostics_period": 1.0,
         }
@@ -92,7 +99,7 @@ class CameraIngest(Node):
         p = {name: self.get_parameter(name).value for name in defaults}
         validate_parameters(p)
         self._p = p
-        self._stitch = stitch or self._load_stitch(p["checkpoint"], p["model_preset"])
+        self._stitch = stitch or self._load_stitch(p["checkpoint"], p["model_preset"], p["stitch_backend"])
         self._bridge = load_cv_bridge() if p["use_cv_bridge"] else None
         self._pairer = FramePairer(p["sync_tolerance"], p["buffer_size"])
         self.counts = {"malformed": 0, "too_old": 0, "stitch_errors": 0, "published": 0}
@@ -109,15 +116,15 @@ class CameraIngest(Node):
         )
 
     @staticmethod
-    def _load_stitch(checkpoint: str, preset: str) -> StitchFn:
+    def _load_stitch(checkpoint: str, preset: str, backend: str) -> StitchFn:
         from reconvla_core.runtime.frames import load_stitch
 
-        return load_stitch(checkpoint or None, preset)
+        return load_stitch(checkpoint or None, preset, backend)
 
     def _to_rgb(self, msg: Image) -> np.ndarray:
         if self._bridge is not None:
             return np.asarray(self._bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8"))
-        return image_to_rgb(msg)
+        return image_to_rgb(msg, copy=False)  # read once by the stitch while the message lives
 
     def _on_image(self, stream: str, msg: Image) -> None:
         now = now_s(self)

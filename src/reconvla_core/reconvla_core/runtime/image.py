@@ -72,9 +72,10 @@ def check_layout(height: int, width: int, encoding: str, step: int, data_size: i
 
 def fields_to_rgb(
     height: int, width: int, encoding: str, step: int, data: bytes | bytearray | memoryview | Any,
-    is_bigendian: int = 0,
+    is_bigendian: int = 0, copy: bool = True,
 ) -> np.ndarray:
-    """The image as an (H, W, 3) uint8 RGB array (a copy; the message buffer is not kept)."""
+    """The image as an (H, W, 3) uint8 RGB array: a copy, or with ``copy=False`` and rgb8 a view of
+    the message buffer (valid while the message lives; for a consumer that only reads it once)."""
     del is_bigendian  # single-byte channels: byte order is irrelevant (cv_bridge does the same)
     buffer = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8)
     channels = check_layout(height, width, encoding, step, buffer.size)
@@ -86,16 +87,16 @@ def fields_to_rgb(
         rows = np.lib.stride_tricks.as_strided(buffer, shape=(height, row_bytes), strides=(step, 1))
     pixels = rows.reshape(height, width, channels)
     if encoding == "rgb8":
-        return pixels.copy()
+        return pixels.copy() if copy else pixels
     if encoding == "bgr8":
         return np.ascontiguousarray(pixels[:, :, ::-1])
     return np.repeat(pixels, 3, axis=2)  # mono8
 
 
-def image_to_rgb(msg: Any) -> np.ndarray:
+def image_to_rgb(msg: Any, copy: bool = True) -> np.ndarray:
     """``fields_to_rgb`` for any object with the sensor_msgs/Image attributes."""
     return fields_to_rgb(
-        msg.height, msg.width, msg.encoding, msg.step, _as_bytes(msg.data), getattr(msg, "is_bigendian", 0)
+        msg.height, msg.width, msg.encoding, msg.step, _as_bytes(msg.data), getattr(msg, "is_bigendian", 0), copy
     )
 
 
