@@ -121,3 +121,40 @@ def test_recover_refuses_what_it_cannot_read(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert rc == 2 and result["failed"] == 1 and "no whole message" in result["bags"][0]["reason"]
     assert (empty / "garbage.mcap").exists()  # nothing is deleted
+
+
+def test_a_bag_cut_at_any_byte_recovers_a_prefix(tmp_path, make_bag):
+    """Whatever byte the file ends at, recovery gives the messages of the whole chunks before it."""
+    import shutil
+
+    from rosbags.rosbag2 import Reader
+
+    from reconvla_core.data.recover import RecoveryError, recover_bag
+
+    source = make_bag("whole", seconds=3.0, height=120, width=160)
+    with Reader(source) as reader:
+        original = [(c.topic, stamp, bytes(raw)) for c, stamp, raw in reader.messages()]
+    (mcap,) = source.glob("*.mcap")
+    size = mcap.stat().st_size
+    recovered_counts = []
+    for cut in sorted({17, size // 7, size // 3, size // 2, size - 4096, size - 1, *range(1 << 20, size, 777_777)}):
+        bag = tmp_path / f"cut_{cut}"
+        shutil.copytree(source, bag)
+        (bag / "metadata.yaml").unlink()
+        with open(bag / mcap.name, "r+b") as handle:
+            handle.truncate(cut)
+        try:
+            report = recover_bag(bag)
+        except RecoveryError as error:  # before the first whole chunk: said, and nothing is touched
+            assert "no whole message" in str(error) and (bag / mcap.name).stat().st_size == cut
+            recovered_counts.append(0)
+            continue
+        with Reader(bag) as reader:
+            messages = [(c.topic, stamp, bytes(raw)) for c, stamp, raw in reader.messages()
+                        if c.topic != "/reconvla/episode_info"]
+        recovered_counts.append(len(messages))
+        assert report.messages == len(messages)
+        original_without_info = [m for m in original if m[0] != "/reconvla/episode_info"]
+        assert sorted(messages, key=lambda m: (m[1], m[0])) == sorted(
+            original_without_info[: len(messages)], key=lambda m: (m[1], m[0]))
+    assert recovered_counts == sorted(recovered_counts) and recovered_counts[-1] > 0
