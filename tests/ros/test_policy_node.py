@@ -239,7 +239,7 @@ def test_parameter_validation(ros):
 
     with pytest.raises(ValueError, match="checkpoint"):
         PolicyNode(context=ros.context)
-    for name, value in [("dtype", "int8"), ("action_rate", 0.0), ("viz_rate", -1.0)]:
+    for name, value in [("dtype", "int8"), ("action_rate", 0.0), ("viz_rate", -1.0), ("torch_threads", -1)]:
         with pytest.raises(ValueError, match=name):
             PolicyNode(predictor=RecordingPredictor(), context=ros.context,
                        parameter_overrides=[Parameter(name, value=value)])

@@ -16,7 +16,9 @@ for the model. Per inference the worker checks that the frame is at most ``max_o
 - /diagnostics: inference time and observation-to-chunk latency.
 
 The model is ``reconvla_core.runtime.predictor.ModelPredictor`` loaded from ``checkpoint``
-(``device``, ``dtype``); tests and benchmarks inject any ``Predictor`` instead.
+(``device``, ``dtype``); tests and benchmarks inject any ``Predictor`` instead. ``torch_threads``
+sets torch's intra-op threads (default 1: on a loaded 2-core machine the tiny model ran 6.7x
+slower with 2 threads than with 1, see docs/benchmarks.md; 0 keeps torch's default).
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ def validate_parameters(values: dict[str, Any]) -> None:
         raise ValueError(f"min_inference_period must be >= 0 s, got {values['min_inference_period']}")
     if not values["diagnostics_period"] > 0:
         raise ValueError(f"diagnostics_period must be > 0, got {values['diagnostics_period']}")
+    if values["torch_threads"] < 0:
+        raise ValueError(f"torch_threads must be >= 0 (0 = torch's default), got {values['torch_threads']}")
     for name in ("frame_topic", "joint_states_topic", "instruction_topic", "chunk_topic", "attention_topic"):
         if not values[name]:
             raise ValueError(f"{name} must be non-empty")
@@ -127,6 +131,7 @@ class PolicyNode(Node):
             "colormap": "jet",
             "min_inference_period": 0.0,
             "diagnostics_period": 1.0,
+            "torch_threads": 1,
         }
         dynamic = {"max_obs_age", "viz_rate", "min_inference_period"}
         for name, value in defaults.items():
@@ -141,6 +146,8 @@ class PolicyNode(Node):
                                  "`reconvla train` (ReconVLA.save_pretrained)")
             predictor = ModelPredictor.from_checkpoint(p["checkpoint"], p["device"], p["dtype"])
         self._predictor = predictor
+        if p["torch_threads"] > 0 and "torch" in sys.modules:  # only a torch predictor has threads to set
+            sys.modules["torch"].set_num_threads(int(p["torch_threads"]))
 
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)

@@ -48,6 +48,17 @@ def test_breakdown_excludes_model_busy_wait_and_tick_wait():
     pieces = (parts["camera_to_policy"][0] + parts["policy_wake"][0] + parts["policy_to_arm"][0]
               + parts["arm_tick"][0])
     assert pieces == pytest.approx(parts["overhead"][0])
+    assert parts["dds"] == []  # no camera_ingest events: the hops are not all known
+
+
+def test_dds_floor_is_the_three_inter_process_hops():
+    event = {"camera_publish": 0.000, "ingest_base_arrival": 0.003, "ingest_wrist_arrival": 0.004,
+             "frame_published": 0.006, "policy_arrival": 0.008, "worker_wait_start": 0.008, "worker_pick": 0.009,
+             "inference_s": 0.100, "chunk_arrival": 0.112, "tick_start": 0.120, "command_sent": 0.121}
+    parts = bench_ros.breakdown({1: event})
+    # camera -> ingest 4 ms (the later of the two views), ingest -> policy 2 ms, policy -> arm 3 ms.
+    assert parts["dds"][0] == pytest.approx(0.004 + 0.002 + 0.003)
+    assert parts["overhead_excluding_dds"][0] == pytest.approx(parts["overhead"][0] - 0.009)
 
 
 def test_arguments_and_quick_overrides():

@@ -18,7 +18,11 @@ Figures:
   (feedback, queue sample, safety filter, command publish); ``camera_to_policy_*``,
   ``policy_wake_*``, ``policy_to_arm_*`` and ``arm_tick_*`` break it down. The stitch (the model
   processor's resize of both camera views, arguably model pre-processing) is inside the overhead;
-  ``stitch_*`` and ``overhead_excluding_stitch_*`` show it separately.
+  ``stitch_*`` and ``overhead_excluding_stitch_*`` show it separately. ``dds_*`` is the floor no
+  node code can remove: the three inter-process hops (camera -> camera_ingest, camera_ingest ->
+  policy, policy -> arm_command), measured in the same run; ``overhead_excluding_dds_*`` is the rest.
+- ``--cpu-load N``: the loaded-machine mode, N busy processes competing for the cores while
+  measuring (a training job, a browser), to set next to the quiet figure.
 - ``missed_ticks``: control periods lost at ``--control-rate``: a tick that starts more than 1.5
   periods after the previous one counts the periods it skipped (arm_command's own definition).
 - ``rss_slope_mb_per_min``: least-squares slope of the three node processes' summed RSS, sampled
@@ -64,6 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--action-rate", type=float, default=10.0, help="spacing of chunk steps (Hz)")
     parser.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for the nodes to start")
+    parser.add_argument("--stitch", choices=("cv2", "model"), default="cv2",
+                        help="camera_ingest's stitch_backend (model: the processor's PIL stitch)")
+    parser.add_argument("--cpu-load", type=int, default=0,
+                        help="loaded-machine mode: this many busy background processes while measuring")
 
 
 # --- statistics ------------------------------------------------------------------------------
@@ -101,7 +109,7 @@ def breakdown(events: dict[int, dict[str, float]]) -> dict[str, list[float]]:
     """Per executed chunk: end-to-end, what is excluded from the overhead, the overhead and its parts."""
     names = ("overhead", "end_to_end", "inference", "policy_busy_wait", "tick_wait", "camera_to_policy",
              "camera_to_ingest", "ingest_processing", "ingest_to_policy", "policy_wake", "policy_to_arm", "arm_tick",
-             "stitch", "overhead_excluding_stitch")
+             "stitch", "overhead_excluding_stitch", "dds", "overhead_excluding_dds")
     parts: dict[str, list[float]] = {name: [] for name in names}
     needed = ("camera_publish", "policy_arrival", "worker_wait_start", "worker_pick", "inference_s",
               "chunk_arrival", "tick_start", "command_sent")
@@ -122,6 +130,10 @@ def breakdown(events: dict[int, dict[str, float]]) -> dict[str, list[float]]:
             parts["camera_to_ingest"].append(paired - e["camera_publish"])
             parts["ingest_processing"].append(e["frame_published"] - paired)
             parts["ingest_to_policy"].append(e["policy_arrival"] - e["frame_published"])
+            hops = (parts["camera_to_ingest"][-1] + parts["ingest_to_policy"][-1]
+                    + e["chunk_arrival"] - e["worker_pick"] - e["inference_s"])
+            parts["dds"].append(hops)
+            parts["overhead_excluding_dds"].append(parts["overhead"][-1] - hops)
         if "stitch_s" in e:
             parts["stitch"].append(e["stitch_s"])
             parts["overhead_excluding_stitch"].append(parts["overhead"][-1] - e["stitch_s"])
@@ -196,7 +208,7 @@ def _make_node(role: str, cfg: dict[str, Any], context: Any, log: _EventLog) -> 
                 super()._on_image(stream, msg)
 
         return BenchIngest(context=context, parameter_overrides=params(
-            {"model_preset": "tiny", "checkpoint": cfg["checkpoint"] or ""}))
+            {"model_preset": "tiny", "checkpoint": cfg["checkpoint"] or "", "stitch_backend": cfg["stitch"]}))
 
     if role == "arm":
         from reconvla_ros.arm_command import ArmCommand
@@ -294,6 +306,14 @@ def _node_process(role: str, cfg_json: str, events_path: str, ready: Any, measur
         log.close()
 
 
+def _burn_cpu(stop: Any) -> None:
+    """A background process that keeps one core busy until ``stop`` (the loaded-machine mode)."""
+    count = 0
+    while not stop.is_set():
+        for _ in range(100_000):
+            count += 1
+
+
 def _bench_node(args: argparse.Namespace, context: Any, log: _EventLog) -> Any:
     """Cameras (base + wrist, same stamp) and a perfect-follower piper_ros driver."""
     from rclpy.node import Node
@@ -373,7 +393,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if checkpoint is None and args.model == "tiny":
             checkpoint = _tiny_checkpoint(tmp)
         cfg = json.dumps({"checkpoint": str(checkpoint) if checkpoint else "", "device": args.device,
-                          "control_rate": args.control_rate, "action_rate": args.action_rate})
+                          "control_rate": args.control_rate, "action_rate": args.action_rate,
+                          "stitch": args.stitch})
         measuring, stop = spawn.Event(), spawn.Event()
         processes: dict[str, Any] = {}
         readies: dict[str, Any] = {}
@@ -388,6 +409,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         spin_stop = threading.Event()
         spinner = None
         rss: dict[str, list[tuple[float, float]]] = {role: [] for role in ROLES}
+        burners: list[Any] = []
         try:
             for process in processes.values():
                 process.start()
@@ -407,6 +429,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             spinner = threading.Thread(target=spin, name="bench-spin")
             spinner.start()
             time.sleep(args.warmup)
+            for index in range(args.cpu_load):
+                burner = spawn.Process(target=_burn_cpu, name=f"bench-load-{index}", args=(stop,), daemon=True)
+                burner.start()
+                burners.append(burner)
             load_start = os.getloadavg()[0]
             measuring.set()
             start = time.monotonic()
@@ -420,6 +446,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             measuring.clear()
             stop.set()
+            for burner in burners:
+                burner.join(timeout=10.0)
             for process in processes.values():
                 if process.pid is not None:
                     process.join(timeout=60.0)
@@ -453,7 +481,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["rss_slope_mb_per_min"] = round(_slope_per_min(total_rss), 3)
     result["rss_slope_by_node"] = {role: round(_slope_per_min(rss[role]), 3) for role in ROLES}
     result["rss_mb_by_node"] = {role: round(rss[role][-1][1], 1) if rss[role] else math.nan for role in ROLES}
-    for name in ("overhead_excluding_stitch", "stitch", "end_to_end", "inference", "policy_busy_wait", "tick_wait",
+    for name in ("dds", "overhead_excluding_dds", "overhead_excluding_stitch", "stitch", "end_to_end", "inference", "policy_busy_wait", "tick_wait",
                  "camera_to_policy", "camera_to_ingest", "ingest_processing", "ingest_to_policy", "policy_wake",
                  "policy_to_arm", "arm_tick"):
         result.update(_percentiles(parts[name], name))
@@ -466,6 +494,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "target_control_rate_hz": args.control_rate,
         "model": "checkpoint" if args.checkpoint else args.model,
         "image_size": f"{args.image_width}x{args.image_height}",
+        "stitch_backend": args.stitch,
+        "cpu_load_workers": args.cpu_load,
         "load_average_1min_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "definition": ("overhead = camera publish -> command published, minus model inference, minus the wait for "
                        "a busy policy worker, minus the wait for the next control tick; one process per node, "
