@@ -256,9 +256,11 @@ def deploy_closed_loop(checkpoint: Path, seconds: float, seed: int, image_size: 
     """journey 5 in the twin: sim_robot -> camera_ingest -> policy -> arm_command -> sim_robot.
 
     Runs ``seconds`` of closed-loop control, saves a few attention overlays the policy publishes,
-    and reports what crossed the graph: chunks, commands, arm motion, subtasks completed.
+    and reports what crossed the graph: chunks, commands, arm motion, subtasks completed, and
+    arm_command's own count of chunks executed vs dropped (and why) from its ``~/status``.
     """
     from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory
 
     from reconvla_core.interfaces import ACTION_CHUNK_TOPIC, ARM_COMMAND_TOPIC, ATTENTION_TOPIC, FOLLOWER_STATE_TOPIC
@@ -288,6 +290,13 @@ def deploy_closed_loop(checkpoint: Path, seconds: float, seed: int, image_size: 
         with lock:
             states.append(np.asarray(msg.position, dtype=np.float64))
 
+    arm_status: dict[str, Any] = {}
+
+    def on_arm_status(msg: Any) -> None:
+        with lock:
+            arm_status.clear()
+            arm_status.update(json.loads(msg.data))
+
     def on_attention(msg: Any) -> None:
         import imageio.v3 as iio
 
@@ -304,6 +313,7 @@ def deploy_closed_loop(checkpoint: Path, seconds: float, seed: int, image_size: 
         client.subscribe(JointState, ARM_COMMAND_TOPIC, on_command, depth=50)
         client.subscribe(JointState, FOLLOWER_STATE_TOPIC, on_state, depth=50)
         client.subscribe(Image, ATTENTION_TOPIC, on_attention)
+        client.subscribe(String, "/arm_command/status", on_arm_status)
         if not client.wait_for(lambda: counts["chunks"] > 0, timeout=180.0, check=processes.check_alive):
             raise TimeoutError(f"no action chunk within 180 s of starting the graph (logs in {log_dir})")
         first_status = client.latest_status()
@@ -316,4 +326,8 @@ def deploy_closed_loop(checkpoint: Path, seconds: float, seed: int, image_size: 
         return {"seconds": round(elapsed, 1), "chunks": counts["chunks"], "commands": counts["commands"],
                 "chunks_per_s": round(counts["chunks"] / max(elapsed, 1e-9), 2),
                 "arm_motion_rad": round(motion, 3), "subtasks_completed": int(last_status.get("completed", 0)),
-                "instruction": first_status.get("instruction", ""), "attention_overlays": saved}
+                "instruction": first_status.get("instruction", ""), "attention_overlays": saved,
+                "chunks_executed": int(arm_status.get("chunks", 0)),
+                "chunks_dropped": {key[len("dropped_"):]: int(value) for key, value in arm_status.items()
+                                   if key.startswith("dropped_") and key != "dropped_chunks"},
+                "last_chunk_age_s": arm_status.get("last_chunk_age_s")}
