@@ -41,8 +41,8 @@ def test_shipped_configs_by_name_and_paper_recipe() -> None:
 def test_tiny_finetune_recipe_extends_tiny_sim() -> None:
     tiny, fine = load_train_config("tiny-sim"), load_train_config("tiny-sim-finetune")
     assert fine.stage == "finetune" and fine.init_from
-    assert fine.optim.lr == pytest.approx(1e-4) and fine.optim.lr < tiny.optim.lr
-    assert fine.optim.lr_denoiser == pytest.approx(1e-4)
+    assert fine.optim.lr == pytest.approx(tiny.optim.lr / 10)  # a tenth: adapt, do not overwrite
+    assert fine.optim.lr_denoiser == pytest.approx(tiny.optim.lr_denoiser / 10)
     assert fine.model == tiny.model and fine.data.static_threshold == tiny.data.static_threshold
 
 
@@ -64,7 +64,9 @@ def test_overrides_are_parsed_to_field_types(fake_dataset: Path) -> None:
     other = load_train_config("tiny-sim", data=[f"{fake_dataset}:0.0625:bridge", str(fake_dataset)])
     assert [(s.weight, s.features) for s in other.data.sources] == [(0.0625, "bridge"), (1.0, "reconvla")]
     assert config.group_lrs() == {"llm": 3e-4, "projector": 3e-4, "denoiser": 1e-3, "vision": 3e-4}
-    assert validate_config(config) == 2  # global 8 = 4 per device x 1 process x 2
+    assert validate_config(config) == 1  # global 16 = 16 per device x 1 process x 1
+    assert validate_config(load_train_config("tiny-sim", ["train.per_device_batch_size=4"],
+                                             data=[str(fake_dataset)])) == 4  # 16 = 4 x 1 x 4 accumulation
 
 
 def test_unknown_keys_suggest_the_right_one() -> None:
@@ -125,7 +127,7 @@ def test_yaml_file_with_extends(tmp_path: Path, fake_dataset: Path) -> None:
     path.write_text(path.read_text() + "train:\n  mixed_precision: no\n")  # unquoted: a YAML 1.1 bool
     config = load_train_config(str(path))
     assert config.name == "mine" and config.optim.lr == 1e-4 and config.train.mixed_precision == "no"
-    assert config.optim.lr_denoiser == 1e-3  # inherited
+    assert config.optim.lr_denoiser == 5e-4  # inherited
     assert config.data.sources[0].path == str(fake_dataset)
     validate_config(config)
 
