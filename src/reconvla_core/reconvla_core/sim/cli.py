@@ -1,4 +1,4 @@
-"""CLI: ``reconvla sim collect|frames`` and ``reconvla eval sim|probe``. PyBullet/torch load inside the commands."""
+"""CLI: ``reconvla sim collect|frames``, ``reconvla eval sim|probe|recovery`` and ``reconvla dagger``. PyBullet/torch load inside the commands."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def _config(args: argparse.Namespace) -> SimConfig:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``sim collect``, ``sim frames``, ``eval sim`` and ``eval probe``."""
+    """Add ``sim collect``, ``sim frames``, ``eval sim|probe|recovery`` and ``dagger``."""
     sim = subparsers.add_parser("sim", help="simulation twin: collect demonstrations")
     sim_sub = sim.add_subparsers(dest="sim_command", metavar="SIM_COMMAND")
     collect = sim_sub.add_parser(
@@ -98,7 +98,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     probe.add_argument("--device", default="cpu")
     _add_sim_options(probe)
     probe.set_defaults(func=cmd_eval_probe)
+    recovery = eval_sub.add_parser(
+        "recovery", help="relabelling expert (DAgger labels): subtasks completed from states knocked off the path")
+    recovery.add_argument("--chains", type=_positive, default=40, help="collection chains (default 40, ~170 subtasks)")
+    recovery.add_argument("--seed", type=int, default=0, help="collection seed (default 0; scenes disjoint from eval)")
+    recovery.add_argument("--max-joint-offset", type=float, default=0.15, metavar="RAD",
+                          help="joint perturbation: uniform in +-RAD on every joint (default 0.15)")
+    _add_sim_options(recovery)
+    recovery.set_defaults(func=cmd_eval_recovery)
     evaluate.set_defaults(func=lambda args: _help(evaluate))
+
+    dagger = subparsers.add_parser(
+        "dagger", help="DAgger in the twin: roll the policy out, relabel with the expert, finetune, evaluate")
+    dagger.add_argument("--init", type=Path, required=True, help="checkpoint directory to start from")
+    dagger.add_argument("--rounds", type=_positive, required=True, help="DAgger rounds")
+    dagger.add_argument("--episodes", type=_positive, required=True, help="subtask episodes rolled out per round")
+    dagger.add_argument("--out", type=Path, required=True, help="run directory (new or empty; with --resume: that run)")
+    dagger.add_argument("--beta", type=float, default=0.0,
+                        help="probability that the expert drives a chunk instead of the policy (default 0)")
+    dagger.add_argument("--seed", type=int, default=0, help="collection seed (scenes disjoint from eval and sim collect)")
+    dagger.add_argument("--finetune-steps", type=_positive, default=300, help="finetune steps per round (default 300)")
+    dagger.add_argument("--eval-chains", type=_positive, default=100, help="fixed evaluation chains (default 100)")
+    dagger.add_argument("--eval-seed", type=int, default=0, help="evaluation-set seed (default 0: the fixed set)")
+    dagger.add_argument("--data", type=Path, nargs="*", default=[], metavar="DIR",
+                        help="datasets every round also trains on (the original demonstrations)")
+    dagger.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    dagger.add_argument("--image-size", type=_size, default=(320, 240), metavar="WxH",
+                        help="camera resolution (default 320x240, as sim collect)")
+    dagger.add_argument("--device", default="cpu", help="policy device for rollouts and evaluation (default cpu)")
+    dagger.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    dagger.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="finetune config override, repeatable (e.g. --override optim.lr=1e-4)")
+    dagger.set_defaults(func=cmd_dagger)
 
 
 def _help(parser: argparse.ArgumentParser) -> int:
@@ -165,6 +196,53 @@ def cmd_eval_sim(args: argparse.Namespace) -> int:
     metrics["files"] = files
     logger.info("eval sim %s: avg_len %.3f over %d chains -> %s", policy.name, metrics["avg_len"], len(chains), out)
     emit_result(metrics, args.json)
+    return 0
+
+
+def cmd_dagger(args: argparse.Namespace) -> int:
+    from reconvla_core.cli.main import emit_result
+    from reconvla_core.sim.dagger import DaggerConfig, run_dagger
+
+    config = DaggerConfig(
+        init=args.init, out=args.out, rounds=args.rounds, episodes=args.episodes, beta=args.beta, seed=args.seed,
+        finetune_steps=args.finetune_steps, eval_chains=args.eval_chains, eval_seed=args.eval_seed,
+        base_data=args.data, train_overrides=list(args.overrides), image_size=args.image_size,
+        device=args.device, resume=args.resume,
+    )
+    summary = run_dagger(config)
+    if args.json:
+        emit_result(summary, True)
+    else:
+        for row in summary["rounds"]:
+            sys.stdout.write(f"round {row['round']}: episodes {row['episodes']}, frames {row['frames']}, "
+                             f"avg_len {row['avg_len']:.3f}, success_by_position "
+                             f"{[round(v, 2) for v in row['success_by_position']]}\n")
+        sys.stdout.write(f"plot: {summary['plot']}\n")
+    return 0
+
+
+def cmd_eval_recovery(args: argparse.Namespace) -> int:
+    import time
+
+    from reconvla_core.cli.main import emit_result
+    from reconvla_core.sim.collect import collection_chain
+    from reconvla_core.sim.env import PiperCellEnv
+    from reconvla_core.sim.relabel import perturbed_recovery
+
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if not 0.0 <= args.max_joint_offset <= 0.5:
+        raise ValueError(f"--max-joint-offset must be in 0..0.5 rad, got {args.max_joint_offset}")
+    started = time.perf_counter()
+    with PiperCellEnv(_config(args)) as env:
+        report = perturbed_recovery(env, [collection_chain(i, args.seed) for i in range(args.chains)],
+                                    seed=args.seed, max_joint_offset=args.max_joint_offset)
+    result = report.to_dict()
+    result.update({"chains": args.chains, "seed": args.seed, "max_joint_offset_rad": args.max_joint_offset,
+                   "elapsed_s": round(time.perf_counter() - started, 1)})
+    logger.info("relabelling expert recovered %d of %d perturbed subtasks (%.1f %%)", report.recovered,
+                report.attempts, 100 * report.rate)
+    emit_result(result, args.json)
     return 0
 
 

@@ -164,6 +164,7 @@ class PiperCellEnv:
         self.done = True
         self.completed = 0
         self._expert: Any = None
+        self._relabel_expert: Any = None
         self._last_command = np.concatenate([HOME_JOINTS, [GRIPPER_MAX]])
         self._wrist_view: np.ndarray | None = None
         aspect = self.config.image_width / self.config.image_height
@@ -222,6 +223,7 @@ class PiperCellEnv:
         self.completed = 0
         self.done = False
         self._expert = None
+        self._relabel_expert = None
         return self.observe()
 
     @staticmethod
@@ -471,6 +473,25 @@ class PiperCellEnv:
     def restart_expert(self) -> None:
         """Make the scripted expert plan afresh from the current state (e.g. after skipping a subtask)."""
         self._expert = None
+
+    def relabel_action(self) -> np.ndarray:
+        """The relabelling expert's command (7,) from the measured state alone (DAgger labels; see
+        ``sim/relabel.py``). Independent of ``expert_action``'s plan: calling one never advances the other."""
+        self._require_scene()
+        if self._relabel_expert is None or self._relabel_expert.env is not self:
+            from reconvla_core.sim.relabel import RelabelExpert
+
+            self._relabel_expert = RelabelExpert(self)
+        return self._relabel_expert.act()
+
+    def move_object(self, name: str, position: Any) -> None:
+        """Put an object at ``position`` (x, y, z), at rest, keeping its orientation (perturbation tests)."""
+        self._require_scene()
+        if name not in self.bodies:
+            raise KeyError(f"no object {name!r} in the scene; objects: {', '.join(sorted(self.bodies))}")
+        _, orn = self._client.getBasePositionAndOrientation(self.bodies[name])
+        self._client.resetBasePositionAndOrientation(self.bodies[name], [float(v) for v in position], orn)
+        self._client.resetBaseVelocity(self.bodies[name], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
 
     # ------------------------------------------------------------------ teardown
     def _require_scene(self) -> None:
