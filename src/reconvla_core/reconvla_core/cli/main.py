@@ -25,7 +25,7 @@ from reconvla_core import __version__
 
 COMMAND_MODULES: tuple[str, ...] = (
     "reconvla_core.model.cli",  # model info
-    "reconvla_core.sim.cli",  # sim collect, eval sim
+    "reconvla_core.sim.cli",  # sim collect, eval sim|probe|recovery, dagger
     "reconvla_core.data.cli",  # dataset build | info | view
     "reconvla_core.train.cli",  # train
     "reconvla_core.bench.cli",  # bench infer | ros | train | data | all

@@ -100,7 +100,8 @@ class _EpisodeRecorder:
     """Writes the frames of one subtask episode into a bag."""
 
     def __init__(self, path: Path, task: Task, chain: Chain, position: int, start_ns: int,
-                 noise_std_rad: float = 0.0) -> None:
+                 noise_std_rad: float = 0.0, operator: str = "sim-expert",
+                 extra_info: dict[str, Any] | None = None) -> None:
         from reconvla_core.data.bag_writer import EpisodeBagWriter
 
         self.path = path
@@ -109,6 +110,8 @@ class _EpisodeRecorder:
         self.position = position
         self.start_ns = start_ns
         self.noise_std_rad = noise_std_rad
+        self.operator = operator
+        self.extra_info = dict(extra_info or {})  # more episode-info keys (e.g. a DAgger round), set before finish
         self.frames = 0
         self.writer = EpisodeBagWriter(path).open()
         self.writer.write_string(itf.INSTRUCTION_TOPIC, start_ns, task.instruction)
@@ -128,7 +131,7 @@ class _EpisodeRecorder:
                 "task": self.task.instruction,
                 "instruction": self.task.instruction,
                 "success": bool(success),
-                "operator": "sim-expert",
+                "operator": self.operator,
                 "task_name": self.task.name,
                 "task_family": self.task.family,
                 "scene_seed": self.chain.seed,
@@ -137,6 +140,7 @@ class _EpisodeRecorder:
                 "control_hz": config.control_hz,
                 "source": "reconvla_core.sim",
                 "execution_noise_std_rad": self.noise_std_rad,
+                **self.extra_info,
             }
         )
 
