@@ -70,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for the nodes to start")
     parser.add_argument("--stitch", choices=("cv2", "model"), default="cv2",
                         help="camera_ingest's stitch_backend (model: the processor's PIL stitch)")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="the policy node's torch_threads (0: torch's default)")
     parser.add_argument("--cpu-load", type=int, default=0,
                         help="loaded-machine mode: this many busy background processes while measuring")
 
@@ -275,7 +277,7 @@ def _make_node(role: str, cfg: dict[str, Any], context: Any, log: _EventLog) -> 
 
     return BenchPolicy(predictor=timed, context=context, parameter_overrides=params({
         "instruction": "put the red block in the blue bowl", "viz_rate": 0.0, "max_obs_age": 2.0,
-        "action_rate": cfg["action_rate"]}))
+        "action_rate": cfg["action_rate"], "torch_threads": cfg["torch_threads"]}))
 
 
 def _node_process(role: str, cfg_json: str, events_path: str, ready: Any, measuring: Any, stop: Any) -> None:
@@ -394,7 +396,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             checkpoint = _tiny_checkpoint(tmp)
         cfg = json.dumps({"checkpoint": str(checkpoint) if checkpoint else "", "device": args.device,
                           "control_rate": args.control_rate, "action_rate": args.action_rate,
-                          "stitch": args.stitch})
+                          "stitch": args.stitch, "torch_threads": args.torch_threads})
         measuring, stop = spawn.Event(), spawn.Event()
         processes: dict[str, Any] = {}
         readies: dict[str, Any] = {}
@@ -495,6 +497,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": "checkpoint" if args.checkpoint else args.model,
         "image_size": f"{args.image_width}x{args.image_height}",
         "stitch_backend": args.stitch,
+        "torch_threads": args.torch_threads,
         "cpu_load_workers": args.cpu_load,
         "load_average_1min_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "definition": ("overhead = camera publish -> command published, minus model inference, minus the wait for "
