@@ -17,8 +17,8 @@ for the model. Per inference the worker checks that the frame is at most ``max_o
 
 The model is ``reconvla_core.runtime.predictor.ModelPredictor`` loaded from ``checkpoint``
 (``device``, ``dtype``); tests and benchmarks inject any ``Predictor`` instead. ``torch_threads``
-sets torch's intra-op threads (default 1: on a loaded 2-core machine the tiny model ran 6.7x
-slower with 2 threads than with 1, see docs/benchmarks.md; 0 keeps torch's default).
+sets torch's intra-op threads (default 1: on a loaded 2-core machine the tiny model's median
+inference was 3.7x slower with 2 threads, see docs/benchmarks.md; 0 keeps torch's default).
 """
 
 from __future__ import annotations
