@@ -86,15 +86,19 @@ def test_prompt_hidden_states_do_not_depend_on_the_queries(norm_stats):
 
 
 def test_one_decoder_pass_per_chunk(norm_stats, observation):
-    model = parallel(norm_stats, recon_target="none")
+    model = parallel(norm_stats, recon_target="none", vision_film=True)
+    args = (observation["base_image"], observation["wrist_image"], observation["instruction"], observation["state"])
+    first = model.predict_action(*args)  # encodes the instruction for FiLM once (a short pass of its own)
     calls = []
     handle = model.llm.get_decoder().register_forward_hook(lambda *args: calls.append(1))
     try:
-        prediction = model.predict(observation["base_image"], observation["wrist_image"],
-                                   observation["instruction"], observation["state"], return_attention=True)
+        prediction = model.predict(*args, return_attention=True)
     finally:
         handle.remove()
-    assert len(calls) == 1  # actions and the attention map from the same pass
+    assert len(calls) == 1  # actions and the attention map from the same pass; the instruction is cached
+    np.testing.assert_allclose(prediction.actions, first, atol=1e-5)
+    model.train()
+    assert "_instruction_cache" not in model.__dict__  # training changes the weights: the cache goes
     assert prediction.actions.shape == (model.config.chunk_size, model.config.action_dim)
     assert np.isfinite(prediction.actions).all() and prediction.box is None
     assert prediction.attention.shape == (model.config.grid_size,) * 2
@@ -208,3 +212,16 @@ def test_keypoints_need_the_parallel_head():
         ReconVLAConfig.from_preset("tiny", spatial_keypoints=2)
     with pytest.raises(ValueError, match="spatial_keypoints"):
         ReconVLAConfig.from_preset("tiny", action_head="parallel", gaze_keypoint_weight=1.0)
+
+
+def test_film_instruction_encoding_knows_word_order(norm_stats):
+    """A mean of byte embeddings cannot tell these two apart; the contextual encoding must."""
+    model = parallel(norm_stats, recon_target="none", vision_film=True)
+    obs = make_observation(0)
+    encodings = []
+    for instruction in ("stack the red block on the blue block", "stack the blue block on the red block"):
+        sample = model.processor(base_image=obs["base_image"], wrist_image=obs["wrist_image"],
+                                 instruction=instruction, state=obs["state"])
+        with torch.no_grad():
+            encodings.append(model.encode_instruction(sample["input_ids"][None], sample["instruction_mask"][None]))
+    assert not torch.allclose(encodings[0], encodings[1], atol=1e-4)

@@ -194,8 +194,9 @@ class ReconVLAConfig:
     # yields the whole chunk; an MLP maps their hidden states to normalised continuous actions, trained
     # with L1. Checkpoints saved before this field existed load as "tokens".
     action_head: str = "tokens"
-    # FiLM of every vision-tower block by the pooled instruction embedding (OpenVLA-OFT+), so the
-    # image features depend on which object the instruction names. Starts as the identity.
+    # FiLM of every vision-tower block by an instruction embedding (OpenVLA-OFT+; here the LLM's
+    # encoding of the instruction alone), so the image features depend on which object the
+    # instruction names. Starts as the identity.
     vision_film: bool = False
     # Parallel head only: a spatial-softmax read-out of the vision features (Levine et al. 2016,
     # robomimic): each of this many keypoints is the expected (x, y) of a softmax over the image-token

@@ -299,6 +299,7 @@ class ReconVLA(nn.Module):
 
     def train(self, mode: bool = True) -> ReconVLA:
         super().train(mode)
+        self.__dict__.pop("_instruction_cache", None)
         self.vision.eval()  # SigLIP has no dropout or batch norm: eval mode only keeps a frozen tower inert
         return self
 
@@ -340,16 +341,15 @@ class ReconVLA(nn.Module):
         return self._embed(input_ids, image_mask, pixel_values, instruction_mask, query_mask)[0]
 
     def _embed(self, input_ids: torch.Tensor, image_mask: torch.Tensor, pixel_values: torch.Tensor,
-               instruction_mask: torch.Tensor | None, query_mask: torch.Tensor | None
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+               instruction_mask: torch.Tensor | None, query_mask: torch.Tensor | None,
+               instruction_embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``embed_inputs`` and the spatial keypoints (B, K, 2) when configured (else None)."""
         embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, D)
-        pooled = None
-        if self.vision_film is not None:
+        pooled = instruction_embedding
+        if self.vision_film is not None and pooled is None:
             if instruction_mask is None:
                 raise ValueError("vision_film needs batch['instruction_mask']; build the batch with model.processor")
-            weights = instruction_mask.to(embeds.dtype).unsqueeze(-1)
-            pooled = (embeds * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, D): mean over the instruction
+            pooled = self.encode_instruction(input_ids, instruction_mask)
         features = self.vision_features(pixel_values, pooled)
         keypoints = None if self.keypoints is None else self.keypoints(features)  # (B, K, 2)
         image_embeds = self.projector(self.projector_norm(features.to(self.projector[0].weight.dtype)))  # (B, N, D)
@@ -369,6 +369,22 @@ class ReconVLA(nn.Module):
                 queries = queries + self.keypoints.embed(points).to(embeds.dtype)[:, None, :]
             embeds = embeds.masked_scatter(query_mask.unsqueeze(-1), queries)
         return embeds, keypoints
+
+    def encode_instruction(self, input_ids: torch.Tensor, instruction_mask: torch.Tensor) -> torch.Tensor:
+        """(B, D) instruction embedding for vision FiLM: the LLM run over the instruction's tokens alone,
+        read at its last token. A contextual encoding, not a mean of token embeddings: with byte-level
+        tokens a mean is a bag of letters that cannot tell "stack red on blue" from "stack blue on red"."""
+        lengths = instruction_mask.sum(dim=1)
+        if bool((lengths == 0).any()):
+            raise ValueError("every row needs instruction tokens (batch['instruction_mask'])")
+        width = int(lengths.max())
+        # Positions of each row's instruction tokens, in order, padded on the right.
+        order = torch.argsort((~instruction_mask).to(torch.int8), dim=1, stable=True)[:, :width]
+        ids = torch.gather(input_ids, 1, order)
+        valid = torch.arange(width, device=ids.device)[None] < lengths[:, None]
+        hidden = self.llm.get_decoder()(inputs_embeds=self.llm.get_input_embeddings()(ids),
+                                        attention_mask=valid.long(), use_cache=False).last_hidden_state
+        return hidden[torch.arange(ids.shape[0], device=ids.device), lengths - 1]  # (B, D)
 
     def run_parallel(self, embeds: torch.Tensor, attention_mask: torch.Tensor, query_mask: torch.Tensor,
                      output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor, Any]:
@@ -462,11 +478,24 @@ class ReconVLA(nn.Module):
         device = self.device
         masks = {k: sample[k][None].to(device) for k in ("image_mask", "action_query_mask", "instruction_mask",
                                                           "attention_mask") if k in sample}
+        ids = sample["input_ids"][None].to(device)
         with torch.inference_mode():
-            embeds = self.embed_inputs(sample["input_ids"][None].to(device), masks["image_mask"],
-                                       sample["pixel_values"][None].to(device), masks.get("instruction_mask"),
-                                       masks.get("action_query_mask"))
+            instruction = None
+            if self.vision_film is not None:
+                instruction = self._cached_instruction_encoding(ids, masks["instruction_mask"])
+            embeds, _ = self._embed(ids, masks["image_mask"], sample["pixel_values"][None].to(device),
+                                    masks.get("instruction_mask"), masks.get("action_query_mask"), instruction)
         return embeds, masks
+
+    def _cached_instruction_encoding(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The FiLM instruction encoding, computed once per instruction at inference: a chunk then costs one
+        decoder pass. ``train()`` drops the cache (the weights are about to change)."""
+        key = tuple(ids[0][mask[0]].tolist())
+        cached = self.__dict__.get("_instruction_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self.encode_instruction(ids, mask))
+            self.__dict__["_instruction_cache"] = cached  # a cache, not state: never saved or moved
+        return cached[1]
 
     @torch.inference_mode()
     def predict(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
