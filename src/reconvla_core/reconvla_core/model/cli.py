@@ -20,6 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("--recon-target", choices=("none", "full", "gaze"), default=None,
                       help="reconstruction target (default: the preset's / checkpoint's)")
     info.add_argument("--chunk-size", type=int, default=None, help="actions per chunk K")
+    info.add_argument("--action-head", choices=("tokens", "parallel"), default=None,
+                      help="tokens (the paper's) or parallel (OpenVLA-OFT: one pass per chunk)")
     info.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     info.set_defaults(func=_info)
 
@@ -39,6 +41,9 @@ def model_info(config: Any) -> dict[str, Any]:
         **counts,
         "image_tokens": config.num_image_tokens,
         "grid_size": config.grid_size,
+        "action_head": config.action_head,
+        # Decoder passes per chunk after the prompt: one per answer token, or one for the whole chunk.
+        "decoder_passes_per_chunk": 1 if config.action_head == "parallel" else config.answer_tokens_per_chunk,
         "action_tokens_per_chunk": config.action_tokens_per_chunk,
         "answer_tokens_per_chunk": config.answer_tokens_per_chunk,
         "chunk_size": config.chunk_size,
@@ -58,6 +63,8 @@ def _info(args: argparse.Namespace) -> int:
         overrides["recon_target"] = args.recon_target
     if args.chunk_size is not None:
         overrides["chunk_size"] = args.chunk_size
+    if args.action_head is not None:
+        overrides["action_head"] = args.action_head
     if args.checkpoint:
         from pathlib import Path
 
