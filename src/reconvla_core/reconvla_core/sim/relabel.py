@@ -40,14 +40,22 @@ from reconvla_core.sim.expert import (
     BOWL_FLOOR,
     TRAVEL_SPEED,
     TRAVEL_Z,
+    WRIST_MARGIN,
     YAW_SPEED,
     ScriptedExpert,
     _wrap,
 )
-from reconvla_core.sim.scene import BOWL_INNER_RADIUS
+from reconvla_core.sim.env import HOME_JOINTS
+from reconvla_core.sim.kinematics import solve_ik, tcp_pose, top_down_rotation
+from reconvla_core.sim.robot import FINGER_THICKNESS, FINGER_WIDTH
+from reconvla_core.sim.scene import BOWL_INNER_RADIUS, BOWL_WALL
 
 if TYPE_CHECKING:
     from reconvla_core.sim.env import PiperCellEnv
+
+
+def tcp_position(q: np.ndarray) -> np.ndarray:
+    return tcp_pose(q)[:3, 3]
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +64,16 @@ ALIGN_TOL = 0.006  # m: TCP (or held block) over its target
 REACHED_TOL = 0.005  # m: at the grasp or release height
 YAW_TOL = 0.06  # rad of tool yaw still counted as aligned with the faces
 RISE_MARGIN = 0.015  # m below travel height that counts as "low"
-OPEN_ENOUGH = 0.9 * GRIPPER_MAX  # measured opening at which descending onto a block is safe
+OPEN_SLACK = 0.007  # m the measured opening may lack of the commanded one before descending onto a block
+NARROW_OPENING = BLOCK_SIZE + 0.014  # m: wide enough for a face-aligned block, for tight spots
 CLOSED_OFF_BLOCK = BLOCK_SIZE - 0.006  # closed narrower than the block without holding it: a miss
-YAW_CACHE_MOVE = 0.005  # m a block may move before its chosen grasp yaw is recomputed
+FINGER_CLEARANCE = 0.01  # m of room a finger needs from other objects when it comes down
+DISTRACTOR_RADIUS = 0.025  # m, the scene's spheres and cylinders
+YAW_CACHE_MOVE = 0.005
+STILL_SPEED = 0.02  # rad/s: every joint slower than this and the arm is not getting anywhere
+STUCK_RELEASE = 0.015  # m above the release height from which a stuck block may be let go
+IK_GIVE_UP = 0.01  # m of IK error at which a step is not followed
+HOME_STEP = 0.3  # rad per command towards the home pose  # m a block may move before its chosen grasp yaw is recomputed
 
 
 def face_yaw(rot: np.ndarray) -> float:
@@ -114,26 +129,29 @@ class RelabelExpert(ScriptedExpert):
         if near_grasp and opening > CLOSED_OFF_BLOCK:
             self.phase = "close"
             return self._step(grasp, yaw, APPROACH_SPEED, GRIPPER_MIN)
-        if opening < OPEN_ENOUGH and not near_grasp:
-            # Closed early (or missed): open where we are, then go on from there.
+        # Open as wide as the neighbours allow: full, or just wider than the block when a finger
+        # would otherwise come down on a rim or a tall neighbour.
+        wide = self._finger_clearance(block, above, yaw) >= FINGER_CLEARANCE
+        approach_opening = GRIPPER_MAX if wide else NARROW_OPENING
+        if opening < approach_opening - OPEN_SLACK and not near_grasp:
+            # Closed early (or missed, or dropped the block): open, rising when low so that a finger
+            # pressed against a rim or a block is freed instead of held there.
             self.phase = "open"
-            if tcp[2] < TRAVEL_Z - RISE_MARGIN and opening < CLOSED_OFF_BLOCK and off_xy < BLOCK_SIZE:
-                # a miss right at the block: rise while opening rather than pushing it
-                return self._step(np.array([tcp[0], tcp[1], TRAVEL_Z]), self._tcp_yaw(), APPROACH_SPEED, GRIPPER_MAX)
-            return self._command(self.q, GRIPPER_MAX)
+            if tcp[2] < TRAVEL_Z - RISE_MARGIN:
+                return self._step(np.array([tcp[0], tcp[1], TRAVEL_Z]), self._tcp_yaw(), APPROACH_SPEED, approach_opening)
+            return self._command(self.q, approach_opening)
         if near_grasp:  # closed at the grasp pose without holding: a miss; open and rise
             self.phase = "open"
-            return self._step(np.array([tcp[0], tcp[1], TRAVEL_Z]), self._tcp_yaw(), APPROACH_SPEED, GRIPPER_MAX)
+            return self._step(np.array([tcp[0], tcp[1], TRAVEL_Z]), self._tcp_yaw(), APPROACH_SPEED, approach_opening)
         if off_xy > ALIGN_TOL or yaw_err > YAW_TOL:
-            if tcp[2] < TRAVEL_Z - RISE_MARGIN and off_xy > 2 * ALIGN_TOL:
+            if tcp[2] < TRAVEL_Z - RISE_MARGIN:  # never slide or turn low: the fingers would sweep the block
                 self.phase = "rise"
-                return self._step(np.array([tcp[0], tcp[1], TRAVEL_Z]), self._tcp_yaw(), APPROACH_SPEED, GRIPPER_MAX)
+                return self._step(np.array([tcp[0], tcp[1], TRAVEL_Z]), self._tcp_yaw(), APPROACH_SPEED, approach_opening)
             self.phase = "travel"
             speed = TRAVEL_SPEED if off_xy > 0.03 else APPROACH_SPEED
-            return self._step(np.array([above[0], above[1], max(tcp[2], TRAVEL_Z - RISE_MARGIN)]), yaw, speed,
-                              GRIPPER_MAX)
+            return self._step(np.array([above[0], above[1], self._travel_z(tcp)]), yaw, speed, approach_opening)
         self.phase = "descend"
-        return self._step(grasp, yaw, APPROACH_SPEED, GRIPPER_MAX)
+        return self._step(grasp, yaw, APPROACH_SPEED, approach_opening)
 
     def _carry(self, task: Any, block: str, pos: np.ndarray, tcp: np.ndarray, opening: float) -> np.ndarray:
         env = self.env
@@ -166,9 +184,10 @@ class RelabelExpert(ScriptedExpert):
                 return self._step(np.array([tcp[0], tcp[1], TRAVEL_Z]), self._tcp_yaw(), APPROACH_SPEED, GRIPPER_MIN)
             self.phase = "carry"
             speed = TRAVEL_SPEED if off_xy > 0.03 else APPROACH_SPEED
-            z = max(tcp[2], TRAVEL_Z - RISE_MARGIN)
-            return self._step(np.array([target_xy[0], target_xy[1], z]), yaw, speed, GRIPPER_MIN)
-        if tcp[2] - release_z > REACHED_TOL:
+            return self._step(np.array([target_xy[0], target_xy[1], self._travel_z(tcp)]), yaw, speed, GRIPPER_MIN)
+        resting = float(np.max(np.abs(self.env.arm.state().velocities))) < STILL_SPEED
+        stuck = resting and bottom - release_bottom < STUCK_RELEASE
+        if tcp[2] - release_z > REACHED_TOL and not stuck:  # stuck: a finger sits on a rim; let go there
             self.phase = "lower"
             return self._step(np.array([target_xy[0], target_xy[1], release_z]), yaw, APPROACH_SPEED, GRIPPER_MIN)
         self.phase = "let go"
@@ -176,24 +195,49 @@ class RelabelExpert(ScriptedExpert):
 
     # ------------------------------------------------------------------ helpers
     def _grasp_yaw(self, block: str, above: np.ndarray, faces: float) -> float:
-        """``_choose_yaw``, except for a block lying in a bowl (dropped there): the fingers then close
-        along the bowl's tangent, so neither finger lands on the rim."""
+        """``_choose_yaw``, unless a finger would come down close to another object (a bowl's rim
+        when the block was dropped into one, a distractor, a block): then the finger axis with the
+        more room, turned the least."""
+        default = self._choose_yaw(above, faces)
+        if self._finger_clearance(block, above, default) >= FINGER_CLEARANCE:
+            return default
+        axes = (faces, faces + math.pi / 2)  # the fingers then open just wider than the block (_reach)
+        base = max(axes, key=lambda yaw: self._finger_clearance(block, above, yaw, NARROW_OPENING))
+        if (self._finger_clearance(block, above, base, NARROW_OPENING)
+                <= self._finger_clearance(block, above, default, NARROW_OPENING)):
+            return default
+        return self._most_reachable((_wrap(base), _wrap(base + math.pi)), above)
+
+    def _most_reachable(self, yaws: tuple[float, ...], position: np.ndarray) -> float:
+        """Of ``yaws``, the one ``_choose_yaw`` would take: reachable, clear of the wrist limit, least turn."""
+        def cost(yaw: float) -> float:
+            q, err = solve_ik(position, top_down_rotation(yaw), self._seed_at(position), iterations=120)
+            margin = max(0.0, abs(q[5]) - (JOINT_UPPER[5] - WRIST_MARGIN))
+            return abs(q[5] - self.q[5]) + 10.0 * (err > 1e-3) + 4.0 * margin
+
+        return min(yaws, key=cost)
+
+    def _finger_clearance(self, block: str, centre: np.ndarray, yaw: float, opening: float = GRIPPER_MAX) -> float:
+        """Least horizontal room (m) between the fingers open to ``opening`` at ``yaw`` over ``centre`` and
+        any other object."""
+        axis = np.array([math.sin(yaw), -math.cos(yaw)])  # finger axis: tool y of top_down_rotation(yaw)
+        reach = opening / 2 + FINGER_THICKNESS / 2
+        fingers = [centre[:2] + reach * axis, centre[:2] - reach * axis]
+        room = math.inf
         for name in self.env.bodies:
-            if not name.endswith("_bowl"):
+            if name in (block, "table"):
                 continue
-            centre, _ = self.env.object_pose(name)
-            radial = above[:2] - centre[:2]
-            if float(np.linalg.norm(radial)) >= BOWL_INNER_RADIUS or float(np.linalg.norm(radial)) < 1e-3:
-                continue
-            radial = radial / np.linalg.norm(radial)
-
-            def along_radius(yaw: float) -> float:  # finger axis (tool y) is (sin yaw, -cos yaw)
-                return abs(math.sin(yaw) * radial[0] - math.cos(yaw) * radial[1])
-
-            base = min((faces, faces + math.pi / 2), key=along_radius)
-            return min((_wrap(base), _wrap(base + math.pi)),
-                       key=lambda yaw: abs(_wrap(yaw - self._tcp_yaw())))
-        return self._choose_yaw(above, faces)
+            pos, _ = self.env.object_pose(name)
+            for finger in fingers:
+                distance = float(np.linalg.norm(finger - pos[:2]))
+                if name.endswith("_bowl"):
+                    gap = abs(distance - (BOWL_INNER_RADIUS + BOWL_WALL / 2)) - BOWL_WALL / 2
+                elif name.endswith("_block"):
+                    gap = distance - BLOCK_SIZE * 0.71  # half the diagonal
+                else:
+                    gap = distance - DISTRACTOR_RADIUS
+                room = min(room, gap - FINGER_THICKNESS / 2 - FINGER_WIDTH / 4)  # a finger is a box, not a point
+        return room
 
     def _at_destination(self, task: Any, pos: np.ndarray) -> bool:
         """The block lies where the subtask wants it (released or not, moving or not)."""
@@ -229,8 +273,21 @@ class RelabelExpert(ScriptedExpert):
         dyaw = min((dyaw - 2 * math.pi, dyaw, dyaw + 2 * math.pi), key=lambda d: abs(d - expected))
         turn = YAW_SPEED * self.dt * LEAD
         yaw_step = float(np.clip(dyaw, -turn, turn))
-        q = self._ik(tcp + frac * delta, start_yaw + yaw_step)
+        waypoint = tcp + frac * delta
+        q = self._ik(waypoint, start_yaw + yaw_step)
+        if float(np.linalg.norm(tcp_position(q) - waypoint)) > IK_GIVE_UP:
+            # No IK from this configuration (a perturbation left the arm folded oddly): head for the
+            # home pose in joint space, from where every approach is solvable.
+            self.phase = "home"
+            step = np.clip(HOME_JOINTS - self.q, -HOME_STEP, HOME_STEP)
+            return self._command(self.q + step, gripper)
         return self._command(q, gripper)
+
+    @staticmethod
+    def _travel_z(tcp: np.ndarray) -> float:
+        """Height for moving over the scene: never lower than travel height less the margin, and an
+        arm knocked high comes back down on the way."""
+        return float(np.clip(tcp[2], TRAVEL_Z - RISE_MARGIN, TRAVEL_Z + RISE_MARGIN))
 
     @staticmethod
     def _command(q: np.ndarray, gripper: float) -> np.ndarray:
@@ -276,15 +333,13 @@ def perturbed_recovery(
     ``+-max_joint_offset`` rad, the block pushed ``push_range`` m while it is on the table, the gripper
     closed early), then the relabelling expert drives from there with the subtask's full time limit.
     A failed subtask ends its chain (the next one would start from a state no chain plans for)."""
-    rng = np.random.default_rng([seed, 15])
     report = RecoveryReport()
-    kind_index = 0
     for chain in chains:
         env.reset(chain=chain)
         relabel = RelabelExpert(env)
+        rng = np.random.default_rng([seed, chain.seed, 15])  # each chain's trials reproduce on their own
         for position, task in enumerate(chain.tasks):
-            kind = PERTURBATIONS[kind_index % len(PERTURBATIONS)]
-            kind_index += 1
+            kind = PERTURBATIONS[(chain.seed + position) % len(PERTURBATIONS)]
             env.restart_expert()  # the scripted expert plans afresh from wherever the last subtask ended
             on_path = int(rng.integers(0, 60))
             for _ in range(on_path):
