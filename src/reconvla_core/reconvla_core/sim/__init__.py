@@ -9,8 +9,10 @@ from the DH tables with simple shapes, speed-limited position control, coupled p
 gripper), ``scene`` (seeded layouts: 5 coloured blocks, 2 bowls, 1-2 distractors), ``tasks``
 (pick / place / stack, 4 paraphrases each, CALVIN-style chains), ``success`` (pose checks),
 ``camera`` (TinyRenderer, gaze-box projection), ``env`` (``PiperCellEnv``), ``expert``
-(``ScriptedExpert``), ``evaluate`` (chains -> metrics, chart, rollouts), ``collect``
-(expert demonstrations -> rosbag2), ``cli`` (``reconvla sim collect|frames``, ``reconvla eval sim``).
+(``ScriptedExpert``), ``relabel`` (``RelabelExpert``: the expert's command from the measured state,
+DAgger labels), ``evaluate`` (chains -> metrics, chart, rollouts), ``collect`` (expert demonstrations
+-> rosbag2), ``dagger`` (policy rollouts relabelled -> bags -> dataset -> finetune -> eval, per round),
+``cli`` (``reconvla sim collect|frames``, ``reconvla eval sim|probe|recovery``, ``reconvla dagger``).
 
 Decisions worth knowing:
 - One collected episode = one subtask (constant instruction), cut from chains so training
@@ -37,6 +39,7 @@ _LAZY = {
     "TASK_FAMILIES": "reconvla_core.sim.tasks",
     "make_eval_chains": "reconvla_core.sim.tasks",
     "ScriptedExpert": "reconvla_core.sim.expert",
+    "RelabelExpert": "reconvla_core.sim.relabel",
     "evaluate_policy": "reconvla_core.sim.evaluate",
     "collect": "reconvla_core.sim.collect",
     "piper_urdf": "reconvla_core.sim.robot",
