@@ -165,6 +165,9 @@ def rollout(policy: Any, config: DaggerConfig, round_index: int, bags: Path,
                 frames += recorder.frames
                 expert_frames += episode_expert
                 successful += int(success)
+                logger.info("round %d: episode %d/%d %r %s in %d frames (%d driven by the expert)", round_index,
+                            episodes, config.episodes, task.name, "done" if success else "timed out",
+                            recorder.frames, episode_expert)
                 if on_episode:
                     on_episode(episodes)
                 if not success:

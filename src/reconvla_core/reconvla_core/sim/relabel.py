@@ -12,9 +12,10 @@ the current subtask, infers the phase from them and returns one step of the way 
 - otherwise: open a gripper that is closed away from the block, rise before travelling when
   low and off target, go over the block, turn to its faces, descend, close.
 
-Each command is a bounded step (``TRAVEL_SPEED`` / ``APPROACH_SPEED`` per control period,
-``LEAD`` periods ahead, so the speed-limited arm keeps the scripted expert's pace) along a
-straight TCP line from the measured pose, solved by IK seeded at the measured joints. The only
+Each command is a bounded step (``TRAVEL_SPEED`` / ``APPROACH_SPEED`` times one control period)
+along a straight TCP line from the measured pose, so a label leads the measured state about as far
+as the scripted expert's commands do (median largest joint gap 0.046 vs 0.043 rad), and mixes with
+its demonstrations, solved by IK seeded at the measured joints. The only
 memory is a cache of the chosen grasp and carry yaws (they depend on the scene, not on the
 path; recomputed when the block moves or turns). ``ScriptedExpert`` itself is unchanged:
 collection keeps its plan-following demonstrations.
@@ -59,7 +60,7 @@ def tcp_position(q: np.ndarray) -> np.ndarray:
 
 logger = logging.getLogger(__name__)
 
-LEAD = 2.0  # control periods of motion the command runs ahead of the measured pose
+LEAD = 1.0  # control periods of motion a command runs ahead of the measured pose
 ALIGN_TOL = 0.006  # m: TCP (or held block) over its target
 REACHED_TOL = 0.005  # m: at the grasp or release height
 YAW_TOL = 0.06  # rad of tool yaw still counted as aligned with the faces
