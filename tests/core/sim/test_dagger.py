@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,12 @@ def test_one_round_end_to_end_and_resume(tiny_checkpoint: Path, tmp_path: Path, 
 
     # Without --resume an existing run is refused; with it, a half-done round goes on from where it stopped.
     assert main(args) == 2
+    shutil.copytree(tiny_checkpoint, tmp_path / "other")
+    other = [*args, "--resume"]
+    other[other.index("--init") + 1] = str(tmp_path / "other")  # resuming a run with another start: refused
+    capsys.readouterr()
+    assert main(other) == 2
+    assert "is a DAgger run from --init" in capsys.readouterr().err
     (out / "round_01" / "train.json").unlink()
     (out / "round_01" / "eval.json").unlink()
     capsys.readouterr()

@@ -235,6 +235,12 @@ def run_dagger(config: DaggerConfig) -> dict[str, Any]:
     out = config.out
     if out.exists() and any(out.iterdir()) and not config.resume:
         raise ValueError(f"{out} is not empty; pass --resume to continue that run or choose a new --out")
+    previous = out / "dagger.json"
+    if config.resume and previous.is_file():
+        started_from = json.loads(previous.read_text(encoding="utf-8")).get("config", {}).get("init")
+        if started_from is not None and Path(started_from).resolve() != config.init.resolve():
+            raise ValueError(f"{out} is a DAgger run from --init {started_from}, not {config.init}; "
+                             "resume it with that checkpoint or choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
     (out / "round_00").mkdir(exist_ok=True)
     rows: list[dict[str, Any]] = []
