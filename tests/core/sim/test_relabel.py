@@ -13,8 +13,8 @@ from reconvla_core.sim.tasks import Task
 
 def test_recovers_from_perturbed_states():
     """Joint offsets up to 0.15 rad, a block pushed 2-4 cm, the gripper closed early, at random moments
-    of the demonstration: following the relabels completes >= 95 % of the subtasks (~25 here;
-    `reconvla eval recovery` measures 170+, docs/dagger.md)."""
+    of the demonstration: following the relabels completes >= 95 % of the subtasks (24 here;
+    `reconvla eval recovery` measures 130+ per seed, docs/dagger.md)."""
     chains = [collection_chain(i, seed=3) for i in range(6)]
     with PiperCellEnv(SimConfig(image_width=32, image_height=24)) as env:
         report = perturbed_recovery(env, chains, seed=3, max_joint_offset=0.15)
