@@ -54,3 +54,22 @@ def test_mixture_draws_sources_by_weight_not_size() -> None:
     share_small = float(np.mean(draws >= 100))
     assert share_small == pytest.approx(0.5, abs=0.03)  # equal weights: half from the 10-frame source
     assert source_sample_weights(_TwoSources(), [1.0]) is None
+
+
+def _stats(low: float, high: float, count: int) -> dict:
+    entry = {"min": [low - 1], "q01": [low], "q99": [high], "max": [high + 1], "mean": [(low + high) / 2],
+             "std": [high - low], "count": [count]}
+    return {"observation.state": entry, "action": dict(entry)}
+
+
+def test_recordings_of_one_robot_share_one_normalisation_other_robots_keep_theirs() -> None:
+    from reconvla_core.train.data import share_robot_stats
+
+    clean, noisy, bridge = _stats(-1.0, 0.5, 300), _stats(-2.0, 0.4, 100), _stats(-9.0, 9.0, 10)
+    shared = share_robot_stats([clean, noisy, bridge], ["reconvla", "reconvla", "bridge"])
+    assert shared[0] is shared[1] and shared[2] is bridge
+    state = shared[0]["observation.state"]
+    assert state["q01"] == [-2.0] and state["q99"] == [0.5]  # covers both recordings
+    assert state["min"] == [-3.0] and state["max"] == [1.5] and state["count"] == [400]
+    assert state["mean"] == pytest.approx([(-0.25 * 300 + -0.8 * 100) / 400])
+    assert share_robot_stats([clean], ["reconvla"]) == [clean]  # one source: its own stats, untouched

@@ -132,6 +132,43 @@ class TrainData:
         return max(1, math.ceil(len(self.train) / global_batch))
 
 
+def share_robot_stats(stats: list[dict[str, Any]], features: list[str]) -> list[dict[str, Any]]:
+    """One normalisation per robot: sources with the same feature map (the same robot and action space,
+    e.g. clean and DART-noise recordings of our arm) share stats covering all of them; each other
+    embodiment keeps its own (LeRobot's mixture semantics). Per-source stats of one robot would give
+    the same joint angle different state tokens and the same motion different targets depending on
+    which recording a sample came from."""
+    merged: dict[str, dict[str, Any]] = {}
+    for entry, feature in zip(stats, features):
+        merged[feature] = entry if feature not in merged else _union_stats(merged[feature], entry)
+    return [merged[feature] for feature in features]
+
+
+def _union_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Stats whose ranges cover both: elementwise min of the lower quantiles and max of the upper ones,
+    count-weighted mean, the larger std."""
+    out: dict[str, Any] = {}
+    for key in a.keys() & b.keys():
+        x, y = a[key], b[key]
+        if not (isinstance(x, dict) and isinstance(y, dict)):
+            out[key] = x
+            continue
+        entry = dict(x)
+        for name in x.keys() & y.keys():
+            u, v = np.asarray(x[name], dtype=np.float64), np.asarray(y[name], dtype=np.float64)
+            if name in ("min", "q01", "q10"):
+                entry[name] = np.minimum(u, v).tolist()
+            elif name in ("max", "q90", "q99", "std"):
+                entry[name] = np.maximum(u, v).tolist()
+            elif name == "mean":
+                nu, nv = float(np.sum(x.get("count", 1))), float(np.sum(y.get("count", 1)))
+                entry[name] = ((u * nu + v * nv) / max(nu + nv, 1.0)).tolist()
+            elif name == "count":
+                entry[name] = (u + v).tolist()
+        out[key] = entry
+    return out
+
+
 def source_sample_weights(dataset: Any, weights: list[float]) -> np.ndarray | None:
     """Per-sample weights so a source is drawn with probability weight / sum(weights), whatever its
     size (the VLADataset mixture semantics); None when there is a single source."""
@@ -158,7 +195,8 @@ def build_data(config: TrainConfig, *, need_val: bool = True) -> TrainData:
             logger.warning("validation split is empty (too few episodes for val_fraction=%s)",
                            config.data.val_fraction)
             val = None
-    stats = [train.norm_stats(i) for i in range(len(sources))]  # each source's own, under our keys
+    stats = share_robot_stats([train.norm_stats(i) for i in range(len(sources))],
+                              [s.features for s in config.data.sources])
     weights = source_sample_weights(train, [s.weight for s in config.data.sources])
     stream = SampleStream(weights, len(train), config.seed)
     logger.info("data: %d training samples, %s validation samples from %d source(s)", len(train),
