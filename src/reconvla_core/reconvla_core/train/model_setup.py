@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 def build_model(config: TrainConfig, stats: list[dict[str, Any]]) -> tuple[nn.Module, dict[str, Any]]:
     """The model for this stage and a description of where its weights came from. A finetune replaces
-    ``stats[0]`` in place by its init checkpoint's stats (the loaders normalise with that list)."""
+    the target robot's entries of ``stats`` in place by its init checkpoint's stats (the loaders
+    normalise with that list)."""
     from reconvla_core.model import ReconVLA, ReconVLAConfig
 
     if config.init_from:
@@ -47,10 +48,12 @@ def build_model(config: TrainConfig, stats: list[dict[str, Any]]) -> tuple[nn.Mo
                 logger.warning("preset %s with random weights: set model.options.llava_path (or llm_path + "
                                "vision_path) and vae_path to start from pretrained backbones", config.model.preset)
     if stats and config.init_from and model.norm_stats is not None:
-        # A finetune keeps the action space its init checkpoint learned: the target (first) dataset is
-        # normalised with the checkpoint's stats, not its own (a small finetuning set would otherwise
-        # move every normalised value the model knows). Other sources keep their own.
-        stats[0] = model.norm_stats
+        # A finetune keeps the action space its init checkpoint learned: the target (first) dataset, and
+        # the recordings of the same robot that share its stats, are normalised with the checkpoint's
+        # stats, not their own (a small finetuning set would otherwise move every normalised value the
+        # model knows). Other embodiments keep their own.
+        target = stats[0]
+        stats[:] = [model.norm_stats if entry is target else entry for entry in stats]
         info["norm_stats"] = "init checkpoint"
     elif stats:
         model.set_norm_stats(stats[0])  # the checkpoint's stats: the first (target) dataset's
