@@ -1,5 +1,6 @@
 """The full ROS graph against the PyBullet twin: sim_robot + camera_ingest + policy + arm_command.
 
+    ros2 launch reconvla_ros sim.launch.py                  # the checkpoint shipped with reconvla_core
     ros2 launch reconvla_ros sim.launch.py checkpoint:=runs/tiny/checkpoint task:=pick seed:=3
 
 sim_robot speaks the real drivers' interfaces (camera topics, joint_states_single,
@@ -18,12 +19,14 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+from reconvla_core.model.pretrained import SHIPPED_CHECKPOINT
 from reconvla_ros.launch_support import checkpoint_problem, if_installed, required
 
 PACKAGE = "reconvla_ros"
 
 ARGUMENTS = (
-    ("checkpoint", "", "ReconVLA checkpoint directory (written by `reconvla train`)"),
+    ("checkpoint", str(SHIPPED_CHECKPOINT),
+     "ReconVLA checkpoint directory (written by `reconvla train`; default: the one shipped with reconvla_core)"),
     ("device", "cpu", "torch device of the policy node"),
     ("task", "", "sim task (pick | place | stack); empty: a random CALVIN-style chain"),
     ("seed", "0", "scene seed of the twin"),

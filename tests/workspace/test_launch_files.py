@@ -68,7 +68,7 @@ def declared_arguments(tree: ast.Module) -> set[str]:
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "ARGUMENTS" for t in node.targets):
-            names |= {entry[0] for entry in ast.literal_eval(node.value)}
+            names |= {ast.literal_eval(entry.elts[0]) for entry in node.value.elts}  # defaults may be computed
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "DeclareLaunchArgument":
             if node.args and isinstance(node.args[0], ast.Constant):
                 names.add(node.args[0].value)
@@ -186,6 +186,15 @@ def test_sim_launch_checks_the_checkpoint_before_starting_anything():
     returned = next(n for n in ast.walk(generate) if isinstance(n, ast.Return))
     # The description holds only the arguments and the OpaqueFunction that starts the nodes.
     assert "OpaqueFunction" in ast.dump(returned.value) and "sim_robot" not in ast.dump(returned.value)
+
+
+def test_sim_launch_defaults_to_the_shipped_checkpoint():
+    from reconvla_core.model.pretrained import SHIPPED_CHECKPOINT
+    from reconvla_ros.launch_support import checkpoint_problem
+
+    tree = launch_tree("sim.launch.py")
+    assert "SHIPPED_CHECKPOINT" in {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    assert checkpoint_problem(str(SHIPPED_CHECKPOINT)) is None  # shipped in the package: the launch starts
 
 
 def test_checkpoint_problem_names_the_argument(tmp_path):
@@ -467,7 +476,7 @@ def test_sim_and_record_launch_expand_with_the_launch_api(launch_env, tmp_path):
 
 
 def test_sim_launch_without_a_checkpoint_starts_nothing(launch_env, tmp_path):
-    assert expand(launch_env / "sim.launch.py", {"seed": "7"}) == []
+    assert expand(launch_env / "sim.launch.py", {"seed": "7", "checkpoint": ""}) == []
     assert expand(launch_env / "sim.launch.py", {"checkpoint": str(tmp_path / "missing")}) == []
 
 

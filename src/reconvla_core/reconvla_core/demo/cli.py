@@ -7,16 +7,20 @@ import sys
 from pathlib import Path
 
 
+SHIPPED = Path("<shipped>")  # --pretrained given without a path
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
         "demo", help="the whole journey in the simulation twin: record, dataset, train, deploy, evaluate, report")
     demo.add_argument("--quick", action="store_true", help="smoke run (~5 minutes; figures not meaningful)")
-    demo.add_argument("--pretrained", type=Path, default=None, metavar="CHECKPOINT",
+    demo.add_argument("--pretrained", type=Path, nargs="?", const=SHIPPED, default=None, metavar="CHECKPOINT",
                       help="skip record/dataset/train: deploy and evaluate this checkpoint (e.g. a `reconvla train` "
-                           "output's final/ directory)")
+                           "output's final/ directory; no path: the shipped checkpoint)")
     demo.add_argument("--init", type=Path, default=None, metavar="CHECKPOINT",
-                      help="finetune this checkpoint on the recorded demonstrations (stage finetune) instead of "
-                           "training from random weights")
+                      help="finetune this checkpoint on the recorded demonstrations (default: the shipped one)")
+    demo.add_argument("--from-scratch", action="store_true",
+                      help="train from random weights instead of finetuning the shipped checkpoint")
     demo.add_argument("--out", type=Path, default=None, help="run directory (default runs/demo-<time>)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--episodes", type=int, default=None, help="episodes recorded through the ROS graph")
@@ -49,8 +53,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.init is not None and args.pretrained is not None:
         raise CLIError("--init (finetune on fresh demonstrations) and --pretrained (skip training) exclude each other")
-    config = DemoConfig.for_mode(args.out or default_out_dir(), args.quick, pretrained=args.pretrained,
-                                 init_from=args.init,
+    if args.from_scratch and (args.init is not None or args.pretrained is not None):
+        raise CLIError("--from-scratch trains from random weights: it excludes --init and --pretrained")
+    pretrained = args.pretrained
+    if pretrained is SHIPPED:
+        from reconvla_core.model.pretrained import shipped_checkpoint
+
+        pretrained = shipped_checkpoint()
+    config = DemoConfig.for_mode(args.out or default_out_dir(), args.quick, pretrained=pretrained,
+                                 init_from=args.init, from_scratch=args.from_scratch or None,
                                  seed=args.seed, ros_episodes=args.episodes, sim_episodes=args.sim_episodes,
                                  train_steps=args.train_steps, eval_chains=args.chains,
                                  deploy_seconds=args.deploy_seconds)
@@ -58,9 +69,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = config.out_dir
     summary = (
         f"\nReconVLA-ROS demo {'(smoke run, --quick) ' if config.quick else ''}finished in {report['minutes']:.1f} min\n"
-        f"  trained policy: avg len {report['avg_len']:.2f} / 5, success by position "
+        f"  deployed policy: avg len {report['avg_len']:.2f} / 5, success by position "
         f"{[round(v, 2) for v in report['success_by_position']]}\n"
-        f"  random policy:  avg len {report['random_avg_len']:.2f} / 5\n"
+        + (f"  checkpoint before finetuning: avg len {report['init_avg_len']:.2f} / 5\n"
+           if report.get("init_avg_len") is not None else "") +
+        f"  random policy:   avg len {report['random_avg_len']:.2f} / 5\n"
         f"  report: {out / 'report.md'} (JSON: {out / 'report.json'}; plots and attention overlays beside it)\n"
         f"  view it: open {out / 'report.md'} in any markdown viewer, or `cat {out / 'report.md'}`\n")
     sys.stderr.write(summary)

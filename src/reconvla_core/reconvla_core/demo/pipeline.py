@@ -28,12 +28,13 @@ class DemoConfig:
     out_dir: Path
     quick: bool = False
     pretrained: Path | None = None  # an existing checkpoint: skip record / dataset / train
-    init_from: Path | None = None  # finetune this checkpoint on the recorded data instead of training from scratch
+    init_from: Path | None = None  # finetune this checkpoint on the recorded data (default: the shipped one)
+    from_scratch: bool = False  # train from random weights instead of finetuning a checkpoint
     seed: int = 0
     ros_episodes: int = 40  # demonstrations recorded through the ROS graph (real time)
     sim_episodes: int = 150  # extra demonstrations from `sim collect` (same bags, no ROS), run alongside
     image_size: tuple[int, int] = (160, 120)
-    train_steps: int | None = None  # None: 1,000 finetuning a checkpoint (--init), 3,000 from random weights
+    train_steps: int | None = None  # None: 600 finetuning a checkpoint, 1,500 from random weights (batch 16)
     eval_chains: int = 20
     deploy_seconds: float = 20.0
     overrides: list[str] = dataclasses.field(default_factory=list)  # train key=value overrides
@@ -45,8 +46,14 @@ class DemoConfig:
             config = dataclasses.replace(config, ros_episodes=3, sim_episodes=0, train_steps=20, eval_chains=3,
                                          deploy_seconds=8.0)
         config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
+        if config.from_scratch and (config.init_from is not None or config.pretrained is not None):
+            raise ValueError("--from-scratch trains from random weights: it excludes --init and --pretrained")
+        if not config.from_scratch and config.init_from is None and config.pretrained is None:
+            from reconvla_core.model.pretrained import shipped_checkpoint
+
+            config = dataclasses.replace(config, init_from=shipped_checkpoint())
         if config.train_steps is None:
-            config = dataclasses.replace(config, train_steps=1000 if config.init_from is not None else 3000)
+            config = dataclasses.replace(config, train_steps=600 if config.init_from is not None else 1500)
         return config
 
 
@@ -111,7 +118,9 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                                      lambda: _record(config, graph))
         report["dataset"] = timer.run("build the LeRobot v3 dataset (simulator gaze boxes)",
                                       lambda: _build_dataset(config))
-        report["train"] = timer.run("train the tiny ReconVLA (gaze reconstruction)", lambda: _train(config))
+        what = "finetune the shipped ReconVLA" if config.init_from == _shipped() else \
+            "finetune the ReconVLA checkpoint" if config.init_from else "train the tiny ReconVLA from random weights"
+        report["train"] = timer.run(f"{what} (gaze reconstruction)", lambda: _train(config))
         checkpoint = Path(report["train"]["checkpoint"])
 
     report["deploy"] = timer.run("deploy closed loop through the ROS graph", lambda: graph.deploy_closed_loop(
@@ -206,9 +215,21 @@ def _evaluate(config: DemoConfig, checkpoint: Path) -> dict[str, Any]:
     chains = make_eval_chains(config.eval_chains, seed=0)  # the fixed evaluation set
     trained, trained_runs = evaluate_policy(CheckpointPolicy(checkpoint), chains, sim_config, record_chains=2)
     save_report(trained, trained_runs, config.out_dir / "eval" / "trained")
+    result = {"trained": trained}
+    if config.init_from is not None and config.pretrained is None:  # the checkpoint before finetuning, side by side
+        before, before_runs = evaluate_policy(CheckpointPolicy(config.init_from), chains, sim_config)
+        save_report(before, before_runs, config.out_dir / "eval" / "init")
+        result["init"] = before
     random, random_runs = evaluate_policy(RandomPolicy(seed=config.seed), chains, sim_config)
     save_report(random, random_runs, config.out_dir / "eval" / "random")
-    return {"trained": trained, "random": random}
+    result["random"] = random
+    return result
+
+
+def _shipped() -> Path:
+    from reconvla_core.model.pretrained import SHIPPED_CHECKPOINT
+
+    return SHIPPED_CHECKPOINT
 
 
 def _checkpoint_steps(checkpoint: Path) -> int | None:
@@ -230,11 +251,15 @@ def _write_report(config: DemoConfig, report: dict[str, Any]) -> None:
         "per_task": trained.get("per_task"),
         "random_avg_len": random["avg_len"],
         "random_success_by_position": random["success_by_position"],
+        "init_avg_len": report["eval"]["init"]["avg_len"] if "init" in report["eval"] else None,
         "train_steps": report["train"].get("steps"),
         "chains": trained["chains"],
     })
-    plot_success_by_position({"trained ReconVLA (tiny)": trained["success_by_position"],
-                              "random policy": random["success_by_position"]},
+    curves = {"deployed ReconVLA (tiny)": trained["success_by_position"]}
+    if "init" in report["eval"]:
+        curves["checkpoint before finetuning"] = report["eval"]["init"]["success_by_position"]
+    curves["random policy"] = random["success_by_position"]
+    plot_success_by_position(curves,
                              out / "success_by_position.png",
                              f"{trained['chains']} fixed chains: avg len {trained['avg_len']:.2f} "
                              f"vs {random['avg_len']:.2f} random")
@@ -267,7 +292,10 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"{dep['subtasks_completed']} subtasks completed ('{dep['instruction']}').", "",
               "## Fixed-chain evaluation", "",
               markdown_table(["policy", "avg len", "1", "2", "3", "4", "5"], [
-                  ["trained (tiny)", report["avg_len"], *report["success_by_position"]],
+                  [("finetuned" if init_from else "trained") + " (deployed)", report["avg_len"],
+                   *report["success_by_position"]],
+                  *([["checkpoint before finetuning", report["init_avg_len"],
+                      *report["eval"]["init"]["success_by_position"]]] if "init" in report["eval"] else []),
                   ["random", report["random_avg_len"], *report["random_success_by_position"]]]),
               "![success by position](success_by_position.png)", ""]
     if (Path(report["config"]["out_dir"]) / "loss_curves.png").is_file():
