@@ -70,6 +70,9 @@ NARROW_OPENING = BLOCK_SIZE + 0.014  # m: wide enough for a face-aligned block, 
 CLOSED_OFF_BLOCK = BLOCK_SIZE - 0.006  # closed narrower than the block without holding it: a miss
 FINGER_CLEARANCE = 0.01  # m of room a finger needs from other objects when it comes down
 DISTRACTOR_RADIUS = 0.025  # m, the scene's spheres and cylinders
+# Half extents (m) of the palm box along the finger axis and across it (sim/robot.py); its underside
+# is a finger length above the tips, as high as a 7 cm distractor cylinder when grasping a block.
+PALM_HALF = (GRIPPER_MAX / 2 + FINGER_THICKNESS + 0.005, 0.0225)
 YAW_CACHE_MOVE = 0.005
 STILL_SPEED = 0.02  # rad/s: every joint slower than this and the arm is not getting anywhere
 STUCK_RELEASE = 0.015  # m above the release height from which a stuck block may be let go
@@ -238,7 +241,17 @@ class RelabelExpert(ScriptedExpert):
                 else:
                     gap = distance - DISTRACTOR_RADIUS
                 room = min(room, gap - FINGER_THICKNESS / 2 - FINGER_WIDTH / 4)  # a finger is a box, not a point
+            if self._is_tall(name):  # as high as the palm's underside at a grasp: the palm's footprint counts
+                rel = pos[:2] - centre[:2]
+                along = max(abs(float(rel @ axis)) - PALM_HALF[0], 0.0)
+                across = max(abs(float(rel @ np.array([-axis[1], axis[0]]))) - PALM_HALF[1], 0.0)
+                room = min(room, math.hypot(along, across) - DISTRACTOR_RADIUS)
         return room
+
+    def _is_tall(self, name: str) -> bool:
+        layout = self.env.layout
+        return bool(layout is not None and name.startswith("distractor")
+                    and layout.by_name(name).shape == "cylinder")
 
     def _at_destination(self, task: Any, pos: np.ndarray) -> bool:
         """The block lies where the subtask wants it (released or not, moving or not)."""
