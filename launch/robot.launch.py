@@ -16,10 +16,25 @@ The PiPer driver, camera_ingest, arm_command and policy are required: when one e
 or exit code 2 for a bad parameter such as a missing checkpoint) the launch shuts down and
 every other node gets SIGINT; the PiPer holds its last commanded position. use_rviz:=true
 without rviz2 installed logs a warning and goes on without RViz.
+
+TF (robot side, when robot_state_publisher is installed): the arm from arm_command's /joint_states
+with description:=reconvla (the twin's URDF, default) or description:=piper_description (AgileX's
+URDF from piper_ros) or a .urdf path. The camera drivers' root frames hang off the arm at the
+measured extrinsics base_camera_pose (camera_link in base_link) and wrist_camera_pose
+(wrist_camera_link in link6), "x y z roll pitch yaw" of the camera body frame (x along the optical
+axis, z up); the drivers publish their optical frames below those. See docs/real_robot.md for the
+calibration. A pose that does not parse shuts the launch down with one line naming the argument.
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, GroupAction, IncludeLaunchDescription, OpaqueFunction
+from launch.actions import (
+    DeclareLaunchArgument,
+    GroupAction,
+    IncludeLaunchDescription,
+    LogInfo,
+    OpaqueFunction,
+    Shutdown,
+)
 from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
@@ -27,7 +42,15 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
-from reconvla_ros.launch_support import if_installed, required
+from reconvla_core.sim.description import (
+    BASE_CAMERA_FRAME,
+    BASE_CAMERA_PARENT,
+    WRIST_CAMERA_FRAME,
+    WRIST_CAMERA_PARENT,
+    twin_base_camera,
+    twin_wrist_camera,
+)
+from reconvla_ros.launch_support import camera_transform_arguments, if_installed, required, robot_description
 
 PACKAGE = "reconvla_ros"
 
@@ -47,7 +70,22 @@ ARGUMENTS = (
         "piper_sdk only: publish the leader arm's commands on /master/joint_states and the "
         "follower's state on /joint_states_single (recording; see record.launch.py)",
     ),
-    ("use_rviz", "false", "start RViz with the cameras and the attention overlay"),
+    ("use_rviz", "false", "start RViz with the arm, the TF tree, the chunk path, the cameras and the attention overlay"),
+    (
+        "description",
+        "reconvla",
+        "URDF for robot_state_publisher: reconvla (the twin's arm) | piper_description (piper_ros) | a .urdf path",
+    ),
+    (
+        "base_camera_pose",
+        twin_base_camera().as_text(),
+        f"{BASE_CAMERA_FRAME} in {BASE_CAMERA_PARENT}: 'x y z roll pitch yaw' (m, rad); default: the twin's",
+    ),
+    (
+        "wrist_camera_pose",
+        twin_wrist_camera().as_text(),
+        f"{WRIST_CAMERA_FRAME} in {WRIST_CAMERA_PARENT}: 'x y z roll pitch yaw' (m, rad); default: the twin's",
+    ),
 )
 
 
@@ -104,6 +142,51 @@ def _camera_drivers(context, *args, **kwargs):
     return [GroupAction([realsense], scoped=True), GroupAction([orbbec], scoped=True)]
 
 
+def _transforms(context, *args, **kwargs):
+    """robot_state_publisher with the chosen URDF and, for a URDF without our camera mounts, the
+    two camera extrinsics as static transforms; or one line and a shutdown for a bad argument."""
+    description = LaunchConfiguration("description").perform(context)
+    base_pose = LaunchConfiguration("base_camera_pose").perform(context)
+    wrist_pose = LaunchConfiguration("wrist_camera_pose").perform(context)
+    try:
+        # The drivers publish their optical frames below camera_link / wrist_camera_link.
+        urdf = robot_description(description, base_pose, wrist_pose, optical_frames=False)
+        mounts = [] if description.strip() == "reconvla" else [
+            camera_transform_arguments(base_pose, BASE_CAMERA_PARENT, BASE_CAMERA_FRAME),
+            camera_transform_arguments(wrist_pose, WRIST_CAMERA_PARENT, WRIST_CAMERA_FRAME),
+        ]
+    except ValueError as error:
+        return [LogInfo(msg=str(error)), Shutdown(reason=str(error))]
+    actions = [
+        Node(
+            package="robot_state_publisher",
+            executable="robot_state_publisher",
+            name="robot_state_publisher",
+            output="screen",
+            parameters=[{"robot_description": urdf}],
+            condition=if_installed("robot_state_publisher", "robot_state_publisher", "true"),
+        )
+    ]
+    if mounts:
+        actions += [
+            Node(
+                package="tf2_ros",
+                executable="static_transform_publisher",
+                name="base_camera_tf",
+                arguments=mounts[0],
+                condition=if_installed("tf2_ros", "static_transform_publisher", "true"),
+            ),
+            Node(
+                package="tf2_ros",
+                executable="static_transform_publisher",
+                name="wrist_camera_tf",
+                arguments=mounts[1],
+                condition=if_installed("tf2_ros", "static_transform_publisher", "true"),
+            ),
+        ]
+    return actions
+
+
 def generate_launch_description() -> LaunchDescription:
     declared = [
         DeclareLaunchArgument(name, default_value=default, description=text)
@@ -120,6 +203,7 @@ def generate_launch_description() -> LaunchDescription:
     policy_side = _role_is("all", "policy")
 
     cameras = OpaqueFunction(function=_camera_drivers, condition=robot_side)
+    transforms = OpaqueFunction(function=_transforms, condition=robot_side)
 
     # AgileX piper_ros driver, started directly rather than through its start_single_piper.launch.py:
     # that launch file remaps joint_ctrl_single onto /joint_states, which is our canonical state topic.
@@ -206,4 +290,4 @@ def generate_launch_description() -> LaunchDescription:
     )
     handlers = [required(piper_driver, "piper_ctrl_single_node"), required(camera_ingest, "camera_ingest"),
                 required(arm_command, "arm_command"), required(policy, "policy")]
-    return LaunchDescription(declared + [cameras, piper_driver, camera_ingest, arm_command, policy, rviz] + handlers)
+    return LaunchDescription(declared + [transforms, cameras, piper_driver, camera_ingest, arm_command, policy, rviz] + handlers)

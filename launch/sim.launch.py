@@ -10,6 +10,10 @@ Failure modes: a checkpoint argument that is empty or not a checkpoint directory
 launch before any node starts (so the arm is never enabled), with one line naming the argument.
 All four nodes are required: when one exits, the launch shuts down (the others get SIGINT).
 use_rviz:=true without rviz2 installed logs a warning and goes on without RViz.
+
+TF: robot_state_publisher (when installed) publishes the twin's URDF (reconvla_core's
+sim.description: the arm PyBullet simulates, the gripper, and both cameras with their optical
+frames, which the twin's images are stamped with) from arm_command's /joint_states.
 """
 
 from launch import LaunchDescription
@@ -20,6 +24,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 from reconvla_core.model.pretrained import SHIPPED_CHECKPOINT
+from reconvla_core.sim.description import piper_description_urdf
 from reconvla_ros.launch_support import checkpoint_problem, if_installed, required
 
 PACKAGE = "reconvla_ros"
@@ -104,6 +109,15 @@ def generate_launch_description() -> LaunchDescription:
             },
         ],
     )
+    # The twin's own cameras: their optical frames are in the URDF (nothing else publishes them).
+    robot_state_publisher = Node(
+        package="robot_state_publisher",
+        executable="robot_state_publisher",
+        name="robot_state_publisher",
+        output="screen",
+        parameters=[{"robot_description": piper_description_urdf(optical_frames=True)}],
+        condition=if_installed("robot_state_publisher", "robot_state_publisher", "true"),
+    )
     rviz = Node(
         package="rviz2",
         executable="rviz2",
@@ -113,5 +127,5 @@ def generate_launch_description() -> LaunchDescription:
     )
     handlers = [required(sim_robot, "sim_robot"), required(camera_ingest, "camera_ingest"),
                 required(policy, "policy"), required(arm_command, "arm_command")]
-    entities = [sim_robot, camera_ingest, policy, arm_command, rviz] + handlers
+    entities = [sim_robot, camera_ingest, policy, arm_command, robot_state_publisher, rviz] + handlers
     return LaunchDescription(declared + [OpaqueFunction(function=_start_with_a_checkpoint, args=[entities])])

@@ -34,6 +34,9 @@ EXPECTED_ARGUMENTS = {
         "base_serial",
         "wrist_serial",
         "role",
+        "description",
+        "base_camera_pose",
+        "wrist_camera_pose",
     },
     "sim.launch.py": {"checkpoint", "use_rviz", "task", "seed"},
     "record.launch.py": {
@@ -47,7 +50,7 @@ EXPECTED_ARGUMENTS = {
         "wrist_serial",
     },
 }
-EXTERNAL_PACKAGES = {"realsense2_camera", "orbbec_camera", "piper", "rviz2"}
+EXTERNAL_PACKAGES = {"realsense2_camera", "orbbec_camera", "piper", "rviz2", "robot_state_publisher", "tf2_ros"}
 
 
 def console_scripts() -> dict[str, str]:
@@ -234,6 +237,81 @@ def test_robot_launch_uses_the_real_drivers_names():
     } <= constants
 
 
+def _node_call_conditions(tree: ast.Module, package: str) -> list[ast.AST]:
+    return [next((k.value for k in n.keywords if k.arg == "condition"), None)
+            for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Node"
+            and any(k.arg == "package" and getattr(k.value, "value", None) == package for k in n.keywords)]
+
+
+@pytest.mark.parametrize("name", ["sim.launch.py", "robot.launch.py"])
+def test_robot_state_publisher_runs_when_installed(name):
+    tree = launch_tree(name)
+    conditions = _node_call_conditions(tree, "robot_state_publisher")
+    assert len(conditions) == 1, f"{name} starts no robot_state_publisher"
+    assert getattr(conditions[0].func, "id", None) == "if_installed"
+    assert "robot_description" in string_constants(tree)
+    for condition in _node_call_conditions(tree, "tf2_ros"):
+        assert getattr(condition.func, "id", None) == "if_installed"
+
+
+def test_robot_launch_publishes_camera_mounts_for_other_urdfs():
+    tree = launch_tree("robot.launch.py")
+    names = {c.get("name") for c in node_calls(tree) if c["package"] == "tf2_ros"}
+    assert names == {"base_camera_tf", "wrist_camera_tf"}
+
+
+def test_robot_description_choices(tmp_path, monkeypatch):
+    import xml.etree.ElementTree as ET
+
+    from reconvla_core.sim.description import twin_base_camera, twin_wrist_camera
+    from reconvla_ros.launch_support import robot_description
+
+    base, wrist = twin_base_camera().as_text(), twin_wrist_camera().as_text()
+    ours = ET.fromstring(robot_description("reconvla", base, wrist, optical_frames=False))
+    links = {link.get("name") for link in ours.findall("link")}
+    assert {"base_link", "link6", "camera_link", "wrist_camera_link"} <= links
+    assert "camera_color_optical_frame" not in links  # the real drivers publish it
+    mount = ours.find("joint[@name='camera_link_mount']/origin")
+    moved = ET.fromstring(robot_description("reconvla", "0.7 0.1 0.5 0 0.6 3.0", wrist, optical_frames=False))
+    assert moved.find("joint[@name='camera_link_mount']/origin").get("xyz") == "0.700000 0.100000 0.500000"
+    assert mount.get("xyz") != "0.700000 0.100000 0.500000"
+    with pytest.raises(ValueError, match="base_camera_pose / wrist_camera_pose"):
+        robot_description("reconvla", "0.7 0.1", wrist, optical_frames=False)
+    custom = tmp_path / "arm.urdf"
+    custom.write_text('<robot name="x"/>')
+    assert robot_description(str(custom), base, wrist, optical_frames=False) == '<robot name="x"/>'
+    with pytest.raises(ValueError, match="no URDF file"):
+        robot_description(str(tmp_path / "missing.urdf"), base, wrist, optical_frames=False)
+    pytest.importorskip("ament_index_python")
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path / "empty_prefix"))
+    with pytest.raises(ValueError, match="piper_description is not installed"):
+        robot_description("piper_description", base, wrist, optical_frames=False)
+    index = tmp_path / "prefix" / "share" / "ament_index" / "resource_index" / "packages"
+    index.mkdir(parents=True)
+    (index / "piper_description").write_text("")
+    urdf = tmp_path / "prefix" / "share" / "piper_description" / "urdf" / "piper_description.urdf"
+    urdf.parent.mkdir(parents=True)
+    urdf.write_text('<robot name="piper"/>')
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path / "prefix"))
+    assert robot_description("piper_description", base, wrist, optical_frames=False) == '<robot name="piper"/>'
+
+
+def test_camera_transform_arguments_are_static_transform_publishers_named_form():
+    from reconvla_ros.launch_support import camera_transform_arguments
+
+    args = camera_transform_arguments("0.6 0 0.42 0 0.81 3.14159", "base_link", "camera_link")
+    assert args == ["--x", "0.600000", "--y", "0.000000", "--z", "0.420000", "--roll", "0.000000",
+                    "--pitch", "0.810000", "--yaw", "3.141590", "--frame-id", "base_link",
+                    "--child-frame-id", "camera_link"]
+    with pytest.raises(ValueError):
+        camera_transform_arguments("0.6 0 0.42", "base_link", "camera_link")
+
+
+def test_setup_py_installs_the_urdf():
+    assert '"urdf/*.urdf"' in (ROS_PKG / "setup.py").read_text()
+    assert (ROS_PKG / "urdf" / "piper.urdf").is_file()
+
+
 def test_setup_py_installs_launch_config_and_rviz():
     text = (ROS_PKG / "setup.py").read_text()
     assert '"/launch"' in text and '"config/*.yaml"' in text and '"rviz/*.rviz"' in text
@@ -293,6 +371,9 @@ def _fake_prefix(root: Path) -> Path:
     shutil.copytree(ROS_PKG / "config", share / "config")
     shutil.copytree(ROS_PKG / "rviz", share / "rviz")
     shutil.copytree(LAUNCH_DIR, share / "launch")
+    shutil.copytree(ROS_PKG / "urdf", share / "urdf")
+    package("robot_state_publisher", ("robot_state_publisher",))
+    package("tf2_ros", ("static_transform_publisher",))
     package("piper", ("piper_single_ctrl",))
     package("rviz2", ("rviz2",))
     package("rclcpp_components", ("component_container",))
@@ -445,6 +526,19 @@ def test_robot_launch_expands_with_the_launch_api(launch_env):
     assert _parameters(by_exe["arm_command"])["joint_states_topic"] == "joint_states"
     workstation = _names(expand(launch_env / "robot.launch.py", {"role": "policy", "use_rviz": "true"}))
     assert workstation == {f"{PACKAGE}/policy", "rviz2/rviz2"}
+    # TF on the robot side: our URDF with the camera mounts given; no static publishers needed.
+    assert "tf2_ros/static_transform_publisher" not in names
+    description = _parameters(by_exe["robot_state_publisher"])["robot_description"]
+    assert 'name="camera_link"' in description and 'name="wrist_camera_link"' in description
+    moved = {n.node_executable: n for n in expand(launch_env / "robot.launch.py",
+                                                   {"base_camera_pose": "0.7 0.1 0.5 0 0.6 3.0"})}
+    assert 'xyz="0.700000 0.100000 0.500000"' in _parameters(moved["robot_state_publisher"])["robot_description"]
+    custom = launch_env.parent / "urdf" / "piper.urdf"
+    other = [n for n in expand(launch_env / "robot.launch.py", {"description": str(custom)})]
+    assert sum(n.node_executable == "static_transform_publisher" for n in other) == 2
+    # A pose that does not parse: no robot_state_publisher (the launch gets a Shutdown naming it).
+    assert all(n.node_executable != "robot_state_publisher"
+               for n in expand(launch_env / "robot.launch.py", {"base_camera_pose": "1 2"}))
 
 
 def test_sim_and_record_launch_expand_with_the_launch_api(launch_env, tmp_path):
@@ -452,7 +546,10 @@ def test_sim_and_record_launch_expand_with_the_launch_api(launch_env, tmp_path):
     checkpoint.mkdir()
     (checkpoint / "config.json").write_text("{}")
     sim = expand(launch_env / "sim.launch.py", {"seed": "7", "task": "pick", "checkpoint": str(checkpoint)})
-    assert _names(sim) == {f"{PACKAGE}/{n}" for n in ("sim_robot", "camera_ingest", "policy", "arm_command")}
+    assert _names(sim) == {f"{PACKAGE}/{n}" for n in ("sim_robot", "camera_ingest", "policy", "arm_command")} | {
+        "robot_state_publisher/robot_state_publisher"}
+    rsp = _parameters(next(n for n in sim if n.node_executable == "robot_state_publisher"))
+    assert 'name="camera_color_optical_frame"' in rsp["robot_description"]  # the twin's images' frames
     sim_params = _parameters(next(n for n in sim if n.node_executable == "sim_robot"))
     assert sim_params["seed"] == 7 and sim_params["task"] == "pick" and sim_params["expert_leader"] is False
     arm = _parameters(next(n for n in sim if n.node_executable == "arm_command"))

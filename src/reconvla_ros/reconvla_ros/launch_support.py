@@ -11,6 +11,10 @@ without launch (the tests) and the launch files use it as ``reconvla_ros.launch_
 - ``if_installed(package, executable, wanted)``: a condition that is true when ``wanted`` is and
   the executable is installed; when it is wanted but missing it logs one warning and the launch
   goes on without it (``use_rviz:=true`` on a machine without rviz2).
+- ``robot_description(description, base_camera, wrist_camera, optical_frames)``: the URDF text
+  robot_state_publisher gets: ``reconvla`` (the twin's arm with the camera mounts given as
+  ``"x y z roll pitch yaw"``), ``piper_description`` (AgileX's URDF from piper_ros) or a path
+  to a .urdf file; a clear ``ValueError`` otherwise.
 """
 
 from __future__ import annotations
@@ -32,6 +36,51 @@ def checkpoint_problem(checkpoint: str) -> str | None:
         return (f"launch argument 'checkpoint' ({checkpoint}) has no config.json: not a checkpoint written "
                 "by `reconvla train`; nothing was started")
     return None
+
+
+DESCRIPTIONS = ("reconvla", "piper_description")
+PIPER_DESCRIPTION_URDF = ("urdf", "piper_description.urdf")  # in piper_description's share directory
+
+
+def robot_description(description: str, base_camera: str, wrist_camera: str, optical_frames: bool) -> str:
+    """The robot_description for ``description`` (see the module docstring); camera mounts only
+    apply to ``reconvla`` (other URDFs get them from ``camera_transforms``)."""
+    from reconvla_core.sim.description import CameraMount, piper_description_urdf
+
+    choice = description.strip()
+    if choice == "reconvla":
+        try:
+            base, wrist = CameraMount.parse(base_camera), CameraMount.parse(wrist_camera)
+        except ValueError as error:
+            raise ValueError(f"launch argument base_camera_pose / wrist_camera_pose: {error}") from None
+        return piper_description_urdf(base, wrist, optical_frames=optical_frames)
+    if choice == "piper_description":
+        try:
+            from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+        except ImportError as error:
+            raise ValueError(f"description:=piper_description needs ament_index_python ({error})") from None
+        try:
+            path = Path(get_package_share_directory("piper_description")).joinpath(*PIPER_DESCRIPTION_URDF)
+        except (PackageNotFoundError, ValueError):
+            raise ValueError("description:=piper_description but piper_description is not installed "
+                             "(build piper_ros, or use description:=reconvla)") from None
+    else:
+        path = Path(choice).expanduser()
+    if not path.is_file():
+        raise ValueError(f"launch argument 'description' ({description}): not one of {DESCRIPTIONS} "
+                         f"and no URDF file at {path}")
+    return path.read_text()
+
+
+def camera_transform_arguments(pose: str, parent: str, child: str) -> list[str]:
+    """tf2_ros static_transform_publisher arguments (named form, Humble and later) for a camera
+    mount ``"x y z roll pitch yaw"``."""
+    from reconvla_core.sim.description import CameraMount
+
+    mount = CameraMount.parse(pose)
+    values = dict(zip(("--x", "--y", "--z", "--roll", "--pitch", "--yaw"), (*mount.xyz, *mount.rpy)))
+    return [a for key, value in values.items() for a in (key, f"{value:.6f}")] + [
+        "--frame-id", parent, "--child-frame-id", child]
 
 
 def executable_in_package(package: str, executable: str) -> bool:
