@@ -296,13 +296,21 @@ class SafetyFilter:
         return True, f"nothing to reset ({self.mode.value})"
 
     # --- the filter ---------------------------------------------------------------------------
+    def _limit_excess(self, array: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        below = self._soft_lower - self._tolerance - array
+        above = array - self._soft_upper - self._tolerance
+        return below, above, np.maximum(below, above)
+
+    def violating_steps(self, actions: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+        """(K,) bool: which of these (K, 7) targets lie beyond a soft limit by more than the
+        tolerance (the part of a rejected chunk RViz draws in red)."""
+        return np.any(self._limit_excess(np.atleast_2d(np.asarray(actions, dtype=np.float64)))[2] > 0, axis=1)
+
     def limit_violation(self, actions: np.ndarray | Sequence[Sequence[float]]) -> str | None:
         """Why these (K, 7) targets must be rejected (one beyond a soft limit by more than the
         tolerance), or None when every one may be executed."""
         array = np.atleast_2d(np.asarray(actions, dtype=np.float64))
-        below = self._soft_lower - self._tolerance - array
-        above = array - self._soft_upper - self._tolerance
-        excess = np.maximum(below, above)
+        below, above, excess = self._limit_excess(array)
         if not np.any(excess > 0):
             return None
         step, dim = np.unravel_index(int(np.argmax(excess)), excess.shape)
