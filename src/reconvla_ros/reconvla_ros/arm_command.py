@@ -22,6 +22,11 @@ Backends (parameter ``backend``):
   ``teleop: true`` it also publishes the leader arm's commands on ``master/joint_states``.
 - ``sim``: an in-process ``reconvla_core.sim.PiperCellEnv`` stepped once per tick.
 
+What it executes is drawn for RViz on ``~/chunk_markers`` (visualization_msgs/MarkerArray in
+``base_link``, ``reconvla_core.runtime.chunk_markers``): each accepted chunk's tool-centre path from
+the step the arm is at, coloured by time, with its gripper targets; a chunk rejected for its limits
+grey with the offending steps red.
+
 Services (node-private): ``~/enable`` (std_srvs/SetBool), ``~/estop``, ``~/reset``, ``~/home``
 (std_srvs/Trigger). The arm starts disabled unless ``auto_enable``. Estop latches until reset,
 then enable. Reset clears the software latch only: the SDK's resume frame is the same as
@@ -43,6 +48,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
+from visualization_msgs.msg import Marker, MarkerArray
 
 from reconvla_core.interfaces import (
     ACTION_CHUNK_TOPIC,
@@ -62,6 +68,12 @@ from reconvla_core.runtime.action_queue import (
     ChunkReport,
 )
 from reconvla_core.runtime.backend import ArmFeedback, SimArmBackend
+from reconvla_core.runtime.chunk_markers import (
+    BASE_FRAME,
+    MarkerData,
+    executed_chunk_markers,
+    rejected_chunk_markers,
+)
 from reconvla_core.runtime.safety import (
     DEFAULT_MAX_GRIPPER_SPEED,
     DEFAULT_MAX_JOINT_SPEED,
@@ -87,6 +99,33 @@ from reconvla_ros.common import (
 )
 
 BACKENDS = ("piper_ros", "piper_sdk", "sim")
+
+
+MARKER_KINDS = {"line_strip": Marker.LINE_STRIP, "sphere_list": Marker.SPHERE_LIST}
+
+
+def marker_array(markers: list[MarkerData], stamp: Any, frame_id: str = BASE_FRAME) -> MarkerArray:
+    """chunk_markers' plain data -> a MarkerArray (one ADD per marker; ids are stable per namespace,
+    so each one replaces the previous chunk's)."""
+    from builtin_interfaces.msg import Duration
+    from geometry_msgs.msg import Point
+    from std_msgs.msg import ColorRGBA
+
+    out = MarkerArray()
+    for data in markers:
+        marker = Marker()
+        marker.header.stamp = stamp
+        marker.header.frame_id = frame_id
+        marker.ns, marker.id = data.namespace, int(data.marker_id)
+        marker.type, marker.action = MARKER_KINDS[data.kind], Marker.ADD
+        marker.pose.orientation.w = 1.0
+        marker.scale.x = marker.scale.y = marker.scale.z = float(data.scale)
+        marker.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in data.points]
+        marker.colors = [ColorRGBA(r=float(r), g=float(g), b=float(b), a=float(a)) for r, g, b, a in data.colors]
+        seconds = int(data.lifetime_s)
+        marker.lifetime = Duration(sec=seconds, nanosec=int(round((data.lifetime_s - seconds) * 1e9)))
+        out.markers.append(marker)
+    return out
 
 
 class ChunkError(ValueError):
@@ -285,6 +324,7 @@ class ArmCommand(Node):
                             if p["teleop"] else None)
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self._status_pub = self.create_publisher(String, "~/status", STATE_QOS)
+        self._marker_pub = self.create_publisher(MarkerArray, "~/chunk_markers", STATE_QOS)
         self.create_subscription(JointTrajectory, p["chunk_topic"], self._on_chunk, COMMAND_QOS)
         self.create_service(SetBool, "~/enable", self._on_enable)
         self.create_service(Trigger, "~/estop", self._on_estop)
@@ -320,6 +360,7 @@ class ArmCommand(Node):
         if violation is not None:  # rejected whole: never clamped onto a limit
             self.counts["dropped_out_of_limits"] += 1
             self.get_logger().error(f"rejecting action chunk: {violation}", throttle_duration_sec=1.0)
+            self._publish_markers(rejected_chunk_markers(chunk.actions, self.safety.violating_steps(chunk.actions)))
             return
         if self._homing:
             self.counts["dropped_homing"] += 1
@@ -332,9 +373,16 @@ class ArmCommand(Node):
             return
         self.counts["chunks"] += 1
         self.safety.note_chunk(now)
+        # What the arm will execute: from the first step still ahead (the rest was trimmed).
+        self._publish_markers(executed_chunk_markers(chunk.actions[min(report.trimmed_steps, len(chunk.actions) - 1):]))
         if self._starving:
             self._starving = False
             self.get_logger().info(f"executing again: {report.describe()}")
+
+    def _publish_markers(self, markers: list[MarkerData]) -> None:
+        if self._marker_pub.get_subscription_count() == 0:
+            return  # nobody draws them: skip the FK
+        self._marker_pub.publish(marker_array(markers, self.get_clock().now().to_msg()))
 
     def _check_starvation(self, now: float) -> None:
         """One ERROR per spell in which the enabled arm holds because no usable chunk arrives."""
