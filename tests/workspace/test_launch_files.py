@@ -327,12 +327,22 @@ def test_rviz_layout_is_rviz2_yaml_with_the_product_topics():
     layout = yaml.safe_load((ROS_PKG / "rviz" / "reconvla.rviz").read_text())
     displays = layout["Visualization Manager"]["Displays"]
     assert all(d["Class"].startswith("rviz_default_plugins/") for d in displays)
-    topics = {d["Topic"]["Value"] for d in displays}
+    topics = {d["Topic"]["Value"] for d in displays if "Topic" in d}
     assert {
         "/camera/camera/color/image_raw",
         "/wrist_camera/color/image_raw",
         "/reconvla/attention",
+        "/arm_command/chunk_markers",
     } <= topics
+    by_class = {d["Class"]: d for d in displays}
+    robot = by_class["rviz_default_plugins/RobotModel"]
+    # robot_state_publisher latches /robot_description: only a transient-local reader gets it.
+    assert robot["Description Source"] == "Topic"
+    assert robot["Description Topic"]["Value"] == "/robot_description"
+    assert robot["Description Topic"]["Durability Policy"] == "Transient Local"
+    assert "rviz_default_plugins/TF" in by_class
+    assert by_class["rviz_default_plugins/MarkerArray"]["Topic"]["Value"] == "/arm_command/chunk_markers"
+    assert layout["Visualization Manager"]["Global Options"]["Fixed Frame"] == "base_link"
     images = [d for d in displays if d["Class"] == "rviz_default_plugins/Image"]
     # Best effort receives from both best-effort (drivers) and reliable publishers.
     assert all(d["Topic"]["Reliability Policy"] == "Best Effort" for d in images)
