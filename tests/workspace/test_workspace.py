@@ -51,6 +51,7 @@ def test_colcon_build_installs_package(tmp_path):
     launch_files = sorted(p.name for p in (share / "launch").glob("*.launch.py"))
     expected = sorted(p.name for p in (REPO / "launch").glob("*.launch.py"))
     assert launch_files == expected
+    assert (share / "urdf" / "piper.urdf").is_file()  # robot_state_publisher's description
     # ros2 run looks for executables in lib/<package>.
     lib = tmp_path / "install" / "reconvla_ros" / "lib" / "reconvla_ros"
     nodes = {p.name for p in lib.iterdir()} if lib.is_dir() else set()
