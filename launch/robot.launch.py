@@ -70,21 +70,21 @@ ARGUMENTS = (
         "piper_sdk only: publish the leader arm's commands on /master/joint_states and the "
         "follower's state on /joint_states_single (recording; see record.launch.py)",
     ),
-    ("use_rviz", "false", "start RViz with the arm, the TF tree, the chunk path, the cameras and the attention overlay"),
+    ("use_rviz", "false", "start RViz: the arm, TF, the chunk path, the cameras and the attention overlay"),
     (
         "description",
         "reconvla",
-        "URDF for robot_state_publisher: reconvla (the twin's arm) | piper_description (piper_ros) | a .urdf path",
+        "robot_state_publisher's URDF: reconvla (the twin's arm) | piper_description (piper_ros) | a .urdf",
     ),
     (
         "base_camera_pose",
         twin_base_camera().as_text(),
-        f"{BASE_CAMERA_FRAME} in {BASE_CAMERA_PARENT}: 'x y z roll pitch yaw' (m, rad); default: the twin's",
+        f"{BASE_CAMERA_FRAME} in {BASE_CAMERA_PARENT}: 'x y z roll pitch yaw' (m, rad); default: the twin",
     ),
     (
         "wrist_camera_pose",
         twin_wrist_camera().as_text(),
-        f"{WRIST_CAMERA_FRAME} in {WRIST_CAMERA_PARENT}: 'x y z roll pitch yaw' (m, rad); default: the twin's",
+        f"{WRIST_CAMERA_FRAME} in {WRIST_CAMERA_PARENT}: 'x y z roll pitch yaw' (m, rad); default: the twin",
     ),
 )
 
@@ -163,7 +163,7 @@ def _transforms(context, *args, **kwargs):
             executable="robot_state_publisher",
             name="robot_state_publisher",
             output="screen",
-            parameters=[{"robot_description": urdf}],
+            parameters=[{"robot_description": ParameterValue(urdf, value_type=str)}],  # not YAML
             condition=if_installed("robot_state_publisher", "robot_state_publisher", "true"),
         )
     ]

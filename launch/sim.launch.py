@@ -115,7 +115,10 @@ def generate_launch_description() -> LaunchDescription:
         executable="robot_state_publisher",
         name="robot_state_publisher",
         output="screen",
-        parameters=[{"robot_description": piper_description_urdf(optical_frames=True)}],
+        # value_type=str: launch would otherwise try to read the XML as YAML.
+        parameters=[
+            {"robot_description": ParameterValue(piper_description_urdf(optical_frames=True), value_type=str)}
+        ],
         condition=if_installed("robot_state_publisher", "robot_state_publisher", "true"),
     )
     rviz = Node(

@@ -25,8 +25,8 @@ from reconvla_core.sim.description import piper_description_urdf
 
 
 def _chunk(rng: np.random.Generator, steps: int = 12) -> np.ndarray:
-    joints = np.linspace(rng.uniform(JOINT_LOWER, JOINT_UPPER) * 0.5, rng.uniform(JOINT_LOWER, JOINT_UPPER) * 0.5,
-                         steps)
+    start, end = (rng.uniform(JOINT_LOWER, JOINT_UPPER) * 0.5 for _ in range(2))
+    joints = np.linspace(start, end, steps)
     gripper = np.linspace(GRIPPER_MAX, 0.0, steps)[:, None]
     return np.hstack([joints, gripper])
 

@@ -103,8 +103,8 @@ def test_installed_urdf_is_the_generated_one():
 
 
 def test_frames_chain_from_base_link_to_the_cameras_and_the_gripper(tree):
-    for link in ("tcp", "gripper_base", "finger_left", "finger_right", "camera_link", BASE_CAMERA_OPTICAL_FRAME,
-                 "wrist_camera_link", WRIST_CAMERA_OPTICAL_FRAME):
+    for link in ("tcp", "gripper_base", "finger_left", "finger_right", "camera_link",
+                 BASE_CAMERA_OPTICAL_FRAME, "wrist_camera_link", WRIST_CAMERA_OPTICAL_FRAME):
         assert tree.root_of(link) == "base_link", link
     assert "link6" in [tree.joints[j]["parent"] for j in tree.chain(WRIST_CAMERA_OPTICAL_FRAME)]
     assert [j for j in tree.chain("tcp") if tree.joints[j]["type"] != "fixed"] == list(JOINT_NAMES)

@@ -50,7 +50,8 @@ EXPECTED_ARGUMENTS = {
         "wrist_serial",
     },
 }
-EXTERNAL_PACKAGES = {"realsense2_camera", "orbbec_camera", "piper", "rviz2", "robot_state_publisher", "tf2_ros"}
+EXTERNAL_PACKAGES = {"realsense2_camera", "orbbec_camera", "piper", "rviz2",
+                     "robot_state_publisher", "tf2_ros"}
 
 
 def console_scripts() -> dict[str, str]:

@@ -360,7 +360,8 @@ class ArmCommand(Node):
         if violation is not None:  # rejected whole: never clamped onto a limit
             self.counts["dropped_out_of_limits"] += 1
             self.get_logger().error(f"rejecting action chunk: {violation}", throttle_duration_sec=1.0)
-            self._publish_markers(rejected_chunk_markers(chunk.actions, self.safety.violating_steps(chunk.actions)))
+            beyond = self.safety.violating_steps(chunk.actions)
+            self._publish_markers(rejected_chunk_markers(chunk.actions, beyond))
             return
         if self._homing:
             self.counts["dropped_homing"] += 1
@@ -374,7 +375,8 @@ class ArmCommand(Node):
         self.counts["chunks"] += 1
         self.safety.note_chunk(now)
         # What the arm will execute: from the first step still ahead (the rest was trimmed).
-        self._publish_markers(executed_chunk_markers(chunk.actions[min(report.trimmed_steps, len(chunk.actions) - 1):]))
+        first = min(report.trimmed_steps, len(chunk.actions) - 1)
+        self._publish_markers(executed_chunk_markers(chunk.actions[first:]))
         if self._starving:
             self._starving = False
             self.get_logger().info(f"executing again: {report.describe()}")

@@ -99,7 +99,8 @@ def look_at_mount(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> Camera
 
 def twin_base_camera() -> CameraMount:
     """The twin's base camera in ``base_link`` (the arm's base is the world origin)."""
-    return look_at_mount(np.array(cam.BASE_CAMERA_EYE), np.array(cam.BASE_CAMERA_TARGET), np.array([0.0, 0.0, 1.0]))
+    eye, target = np.array(cam.BASE_CAMERA_EYE), np.array(cam.BASE_CAMERA_TARGET)
+    return look_at_mount(eye, target, np.array([0.0, 0.0, 1.0]))
 
 
 def twin_wrist_camera() -> CameraMount:
@@ -116,7 +117,9 @@ def _fixed_joint(name: str, parent: str, child: str, xyz: tuple[float, ...], rpy
     )
 
 
-def _camera_frames(frame: str, optical: str, parent: str, mount: CameraMount, optical_frames: bool) -> list[str]:
+def _camera_frames(
+    frame: str, optical: str, parent: str, mount: CameraMount, optical_frames: bool
+) -> list[str]:
     parts = [
         f'<link name="{frame}"><visual><origin xyz="-0.01 0 0" rpy="0 0 0"/>'
         '<geometry><box size="0.02 0.09 0.025"/></geometry>'
@@ -148,7 +151,8 @@ def piper_description_urdf(
         '<link name="gripper_opening"/>',
         f'<joint name="{GRIPPER_NAME}" type="prismatic"><parent link="gripper_base"/>'
         '<child link="gripper_opening"/><origin xyz="0 0 0" rpy="0 0 0"/><axis xyz="0 1 0"/>'
-        f'<limit lower="0" upper="{GRIPPER_MAX}" effort="{GRIPPER_FORCE}" velocity="{2 * GRIPPER_SPEED}"/></joint>',
+        f'<limit lower="0" upper="{GRIPPER_MAX}" effort="{GRIPPER_FORCE}" '
+        f'velocity="{2 * GRIPPER_SPEED}"/></joint>',
     ]
     extra += _camera_frames(BASE_CAMERA_FRAME, BASE_CAMERA_OPTICAL_FRAME, BASE_CAMERA_PARENT, base_camera,
                             optical_frames)
