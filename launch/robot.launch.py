@@ -148,6 +148,7 @@ def _transforms(context, *args, **kwargs):
     description = LaunchConfiguration("description").perform(context)
     base_pose = LaunchConfiguration("base_camera_pose").perform(context)
     wrist_pose = LaunchConfiguration("wrist_camera_pose").perform(context)
+    teleop = LaunchConfiguration("teleop").perform(context).strip().lower() == "true"
     try:
         # The drivers publish their optical frames below camera_link / wrist_camera_link.
         urdf = robot_description(description, base_pose, wrist_pose, optical_frames=False)
@@ -164,6 +165,8 @@ def _transforms(context, *args, **kwargs):
             name="robot_state_publisher",
             output="screen",
             parameters=[{"robot_description": ParameterValue(urdf, value_type=str)}],  # not YAML
+            # Recording (teleop:=true), arm_command publishes the follower on joint_states_single.
+            remappings=[("joint_states", "joint_states_single" if teleop else "joint_states")],
             condition=if_installed("robot_state_publisher", "robot_state_publisher", "true"),
         )
     ]
