@@ -191,7 +191,7 @@ def test_compose_commands_use_existing_launch_files_and_arguments(service):
             if isinstance(node, ast.Assign) and any(
                 getattr(t, "id", None) == "ARGUMENTS" for t in node.targets
             ):
-                declared |= {entry[0] for entry in ast.literal_eval(node.value)}
+                declared |= {ast.literal_eval(entry.elts[0]) for entry in node.value.elts}  # defaults may be computed
         assert arguments <= declared, (
             f"{service}: {sorted(arguments - declared)} not declared by {launch_file}"
         )
