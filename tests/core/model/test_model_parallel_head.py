@@ -15,6 +15,16 @@ def parallel(norm_stats, seed: int = 0, **overrides):
     return build_tiny(norm_stats, seed=seed, action_head="parallel", **overrides)
 
 
+def fit(model, batch, steps: int, lr: float) -> None:
+    """A few AdamW steps on one batch over every trainable parameter group."""
+    params = [p for group in model.parameter_groups().values() for p in group]
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    for _ in range(steps):
+        model(batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
 def test_processor_appends_one_query_per_chunk_step_and_continuous_targets(norm_stats):
     model = parallel(norm_stats)
     obs = make_observation(0)
@@ -140,14 +150,8 @@ def test_film_starts_as_identity_and_then_conditions_vision_on_the_instruction(n
 def test_training_lowers_the_l1_loss(norm_stats):
     model = parallel(norm_stats, seed=1, recon_target="none", vision_film=True).train()
     batch = make_batch(model, n=4)
-    params = [p for group in model.parameter_groups().values() for p in group]
-    optimizer = torch.optim.AdamW(params, lr=1e-3)
     first = model(batch).action_loss.item()
-    for _ in range(25):
-        out = model(batch)
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    fit(model, batch, steps=25, lr=1e-3)
     assert model(batch).action_loss.item() < first * 0.6
 
 
@@ -197,13 +201,8 @@ def test_spatial_keypoints_feed_the_queries_and_learn_the_gaze_point(norm_stats)
     assert out.loss.item() == pytest.approx(out.action_loss.item() + out.grounding_loss.item(), rel=1e-5)
     params = [p for group in model.parameter_groups().values() for p in group]
     assert {id(p) for p in model.keypoints.parameters()} <= {id(p) for p in params}
-    optimizer = torch.optim.AdamW(params, lr=3e-3)
     first = out.grounding_loss.item()
-    for _ in range(30):
-        out = model(batch)
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    fit(model, batch, steps=30, lr=3e-3)
     assert model(batch).grounding_loss.item() < first * 0.5
 
 
