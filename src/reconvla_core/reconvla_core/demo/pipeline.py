@@ -126,7 +126,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     report["deploy"] = timer.run("deploy closed loop through the ROS graph", lambda: graph.deploy_closed_loop(
         checkpoint, config.deploy_seconds, seed=config.seed + 7, image_size=config.image_size,
         out_dir=out / "attention", log_dir=out / "logs" / "deploy"))
-    report["eval"] = timer.run("evaluate on the fixed chains (trained vs random)",
+    report["eval"] = timer.run("evaluate on the fixed chains (deployed, checkpoint before finetuning, random)",
                                lambda: _evaluate(config, checkpoint))
     report["stage_seconds"] = timer.seconds
     report["minutes"] = round((time.monotonic() - started) / 60.0, 2)
@@ -301,7 +301,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if (Path(report["config"]["out_dir"]) / "loss_curves.png").is_file():
         lines += ["## Training", "", "![loss curves](loss_curves.png)", ""]
     if dep["attention_overlays"]:
-        lines += ["## Attention (action tokens -> image tokens), from the policy node", ""]
+        lines += ["## Attention (the action head's queries or tokens -> image tokens), from the policy node", ""]
         lines += [f"![attention](attention/{Path(p).name})" for p in dep["attention_overlays"]]
         lines += [""]
     lines += ["## Stage times (s)", "", markdown_table(["stage", "seconds"], list(report["stage_seconds"].items()))]
