@@ -1,4 +1,4 @@
-"""`reconvla demo`: journeys 2-6 of DESIGN.md in the simulation twin, one stage after another.
+"""`reconvla demo`: the user journey (record, dataset, train, deploy, evaluate) in the simulation twin.
 
 record (ROS graph: sim_robot as the cell, the scripted expert as the leader arm, teleop_recorder
 writing bags) -> dataset (LeRobot v3 with simulator gaze boxes) -> train (tiny ReconVLA, gaze

@@ -1,6 +1,6 @@
 """The ``piper_sdk`` arm backend: direct CAN through ``piper_sdk.C_PiperInterface_V2``.
 
-Units (piper_sdk 0.6, FACTS.md): joints in 0.001 deg, gripper opening in 0.001 mm, both integers.
+Units (piper_sdk 0.6, see reconvla_core/piper.py): joints in 0.001 deg, gripper opening in 0.001 mm, both integers.
 Commands per control tick, as the SDK's own joint-control demo does:
 ``MotionCtrl_2(0x01, 0x01, speed%, 0x00)`` (CAN command mode, MOVE J), ``JointCtrl(j1..j6)``,
 ``GripperCtrl(width, effort, 0x01, 0)``. Feedback: ``GetArmJointMsgs().joint_state.joint_N`` and

@@ -1,4 +1,4 @@
-"""The one safety filter every arm command passes (DESIGN.md section 6).
+"""The one safety filter every arm command passes (docs/architecture.md, "Safety").
 
 ``SafetyFilter.step(now, target)`` turns whatever the action queue produced (a 7-vector of
 joint1..joint6 rad + gripper m, or ``None``) into the command the backend may send, or ``None``
