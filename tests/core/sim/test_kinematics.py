@@ -32,7 +32,7 @@ def test_urdf_declares_piper_limits():
 
 
 def test_dh_zero_pose_matches_published_table():
-    # Frame 4 origin at q = 0: hand-computed from a, alpha, d, theta offsets of reconvla_core/piper.py (the published DH table).
+    # Frame 4 origin at q = 0: hand-computed from the DH table in reconvla_core/piper.py.
     frames = forward_frames(np.zeros(6))
     assert np.allclose(frames[0][:3, 3], [0, 0, 0.123])
     manual = np.eye(4)
