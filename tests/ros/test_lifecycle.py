@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 pytestmark = pytest.mark.ros
@@ -36,22 +35,6 @@ def ros_args(parameters: dict) -> list[str]:
         text = str(value).lower() if isinstance(value, bool) else str(value)
         args += ["-p", f"{name}:={text}"]
     return args
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    pytest.importorskip("reconvla_core.model.modeling_reconvla")
-    from reconvla_core.model import ReconVLA, ReconVLAConfig
-
-    model = ReconVLA(ReconVLAConfig.from_preset("tiny"))
-    low = np.array([-2.6, 0.0, -2.9, -1.7, -1.2, -2.0, 0.0])
-    high = np.array([2.6, 3.1, 0.0, 1.7, 1.2, 2.0, 0.07])
-    entry = {"min": low.tolist(), "max": high.tolist(), "q01": low.tolist(), "q99": high.tolist(),
-             "mean": ((low + high) / 2).tolist(), "std": ((high - low) / 4).tolist()}
-    model.set_norm_stats({"action": entry, "observation.state": entry})
-    path = tmp_path_factory.mktemp("lifecycle_policy") / "checkpoint"
-    model.save_pretrained(path)
-    return path, model.config.vision.image_size
 
 
 def stop_with_sigint(process: subprocess.Popen) -> tuple[int, str, float]:
@@ -133,7 +116,8 @@ def test_policy_exits_zero_on_sigint_in_the_middle_of_inference(ros, tmp_path, t
 
     from reconvla_ros.common import COMMAND_QOS, SENSOR_QOS, STATE_QOS
 
-    path, size = tiny_checkpoint
+    path, config = tiny_checkpoint
+    size = config.vision.image_size
     process = start("policy", {"checkpoint": str(path), "instruction": "pick up the red block",
                                "max_obs_age": 5.0, "viz_rate": 0.0}, tmp_path)
     try:

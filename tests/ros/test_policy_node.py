@@ -200,22 +200,6 @@ def test_a_failing_model_output_is_dropped(ros):
     assert h.chunks == []
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    pytest.importorskip("reconvla_core.model.modeling_reconvla")
-    from reconvla_core.model import ReconVLA, ReconVLAConfig
-
-    model = ReconVLA(ReconVLAConfig.from_preset("tiny"))
-    low = np.array([-2.6, 0.0, -2.9, -1.7, -1.2, -2.0, 0.0])
-    high = np.array([2.6, 3.1, 0.0, 1.7, 1.2, 2.0, 0.07])
-    entry = {"min": low.tolist(), "max": high.tolist(), "q01": low.tolist(), "q99": high.tolist(),
-             "mean": ((low + high) / 2).tolist(), "std": ((high - low) / 4).tolist()}
-    model.set_norm_stats({"action": entry, "observation.state": entry})
-    path = tmp_path_factory.mktemp("tiny_policy") / "checkpoint"
-    model.save_pretrained(path)
-    return path, model.config
-
-
 def test_tiny_checkpoint_publishes_chunks(ros, tiny_checkpoint):
     path, config = tiny_checkpoint
     size = config.vision.image_size
