@@ -311,7 +311,10 @@ class ReconVLA(nn.Module):
     def encode_images(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, S, S) -> projected image tokens (B, N, D_llm). A frozen vision tower runs without grad.
         With vision FiLM, ``instruction_embedding`` (B, D_llm) scales and shifts every block's output."""
-        features = self.vision_features(pixel_values, instruction_embedding)
+        return self.project(self.vision_features(pixel_values, instruction_embedding))
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """Vision features (B, N, D_vision) -> image tokens (B, N, D_llm)."""
         return self.projector(self.projector_norm(features.to(self.projector[0].weight.dtype)))
 
     def vision_features(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor | None = None) -> torch.Tensor:
@@ -352,7 +355,7 @@ class ReconVLA(nn.Module):
             pooled = self.encode_instruction(input_ids, instruction_mask)
         features = self.vision_features(pixel_values, pooled)
         keypoints = None if self.keypoints is None else self.keypoints(features)  # (B, K, 2)
-        image_embeds = self.projector(self.projector_norm(features.to(self.projector[0].weight.dtype)))  # (B, N, D)
+        image_embeds = self.project(features)  # (B, N, D)
         b, n, _ = image_embeds.shape
         if int(image_mask.sum()) != b * n:
             raise ValueError(f"batch has {int(image_mask.sum())} image positions, expected {b} x {n}")

@@ -224,6 +224,16 @@ class ReconVLAProcessor:
         prompt_len = len(ids)
 
         sample: dict[str, torch.Tensor] = {"pixel_values": self.pixel_values(frame)}
+        if actions is not None:  # what both heads learn: the normalised chunk, its padding, the recon target
+            targets = action_norm.normalize(
+                self.to_relative(check_array(actions, (cfg.chunk_size, cfg.action_dim), "actions"), state_arr))
+            pad = np.zeros(cfg.chunk_size, dtype=bool) if action_is_pad is None else \
+                np.asarray(action_is_pad, dtype=bool).reshape(-1)
+            if pad.shape != (cfg.chunk_size,):
+                raise ValueError(f"action_is_pad must have shape ({cfg.chunk_size},), got {pad.shape}")
+            if cfg.builds_reconstruction:
+                sample["recon_pixel_values"] = self.vae_pixels(
+                    self._recon_frame(frame, base_image, wrist_image, gaze_box if gaze_valid else None))
         if cfg.action_head == "parallel":
             # The K action queries follow the prompt at training and at inference alike; their input
             # embeddings are the model's learned queries (the placeholder id is never embedded).
@@ -232,41 +242,23 @@ class ReconVLAProcessor:
             query_mask[prompt_len:] = True
             sample["action_query_mask"] = query_mask
             if actions is not None:
-                action_arr = self.to_relative(check_array(actions, (cfg.chunk_size, cfg.action_dim), "actions"),
-                                              state_arr)
-                sample["actions"] = torch.tensor(action_norm.normalize(action_arr), dtype=torch.float32)
-                pad = np.zeros(cfg.chunk_size, dtype=bool) if action_is_pad is None else \
-                    np.asarray(action_is_pad, dtype=bool).reshape(-1)
-                if pad.shape != (cfg.chunk_size,):
-                    raise ValueError(f"action_is_pad must have shape ({cfg.chunk_size},), got {pad.shape}")
+                sample["actions"] = torch.tensor(targets, dtype=torch.float32)
                 sample["action_is_pad"] = torch.from_numpy(pad.copy())
                 if cfg.gaze_keypoint_weight > 0:
                     known = gaze_box is not None and bool(gaze_valid)
                     sample["gaze_point"] = torch.tensor(self.gaze_point(gaze_box) if known else np.zeros(2),
                                                         dtype=torch.float32)
                     sample["gaze_valid"] = torch.tensor(known)
-                if cfg.builds_reconstruction:
-                    sample["recon_pixel_values"] = self.vae_pixels(
-                        self._recon_frame(frame, base_image, wrist_image, gaze_box if gaze_valid else None))
         elif actions is not None:
-            action_arr = self.to_relative(check_array(actions, (cfg.chunk_size, cfg.action_dim), "actions"),
-                                          state_arr)
-            action_tokens = self.action_tokenizer.encode(action_norm.normalize(action_arr))  # (K, D)
+            action_tokens = self.action_tokenizer.encode(targets)  # (K, D)
             box_ids = self.box_token_ids(gaze_box if gaze_valid else None) if cfg.answer_box else []
             ids = ids + box_ids + action_tokens.reshape(-1).tolist() + [self.eos_token_id]
             labels = torch.full((len(ids),), IGNORE_INDEX, dtype=torch.long)
             labels[prompt_len:] = torch.tensor(ids[prompt_len:])
-            if action_is_pad is not None:
-                pad = np.asarray(action_is_pad, dtype=bool).reshape(-1)
-                if pad.shape != (cfg.chunk_size,):
-                    raise ValueError(f"action_is_pad must have shape ({cfg.chunk_size},), got {pad.shape}")
-                step_mask = torch.from_numpy(np.repeat(pad, cfg.action_dim))
-                first_action = prompt_len + cfg.box_tokens
-                labels[first_action:first_action + cfg.action_tokens_per_chunk][step_mask] = IGNORE_INDEX
+            step_mask = torch.from_numpy(np.repeat(pad, cfg.action_dim))
+            first_action = prompt_len + cfg.box_tokens
+            labels[first_action:first_action + cfg.action_tokens_per_chunk][step_mask] = IGNORE_INDEX
             sample["labels"] = labels
-            if cfg.builds_reconstruction:
-                sample["recon_pixel_values"] = self.vae_pixels(
-                    self._recon_frame(frame, base_image, wrist_image, gaze_box if gaze_valid else None))
 
         image_mask = torch.zeros(len(ids), dtype=torch.bool)
         image_mask[image_positions] = True
