@@ -1,6 +1,6 @@
 """A policy slower than its chunk horizon still moves the arm, over real DDS.
 
-policy (with a predictor that takes 3x the chunk horizon) -> arm_command (piper_ros backend) ->
+policy (with a model that takes 3x the chunk horizon) -> arm_command (piper_ros backend) ->
 a stand-in piper_ros driver that follows every command perfectly. The arm must move, following
 the trimmed chunks without a jump, and arm_command's ~/status must count what it executed and
 dropped.
@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from reconvla_core.runtime.predictor import Prediction
+from reconvla_core.policy import ActionChunk, Policy
 
 pytestmark = pytest.mark.ros
 
@@ -27,18 +27,18 @@ CONTROL_RATE = 30.0
 MAX_JOINT_SPEED = 1.0
 
 
-class SlowPredictor:
+class SlowPolicy(Policy):
     """Takes LATENCY seconds; the chunk starts at the observed state and moves joint1 at SPEED."""
 
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, frame, instruction, state, with_attention):
+    def infer(self, obs):
         time.sleep(LATENCY)
         self.calls += 1
-        actions = np.repeat(np.asarray(state, dtype=np.float64)[None, :], CHUNK_STEPS, axis=0)
+        actions = np.repeat(np.asarray(obs["state"], dtype=np.float64)[None, :], CHUNK_STEPS, axis=0)
         actions[:, 0] += SPEED * np.arange(CHUNK_STEPS) / ACTION_RATE
-        return Prediction(actions, None)
+        return ActionChunk(actions)
 
 
 class PerfectDriver:
@@ -71,7 +71,7 @@ class PerfectDriver:
             self.positions = list(msg.position[:7])
 
 
-def test_a_predictor_three_times_slower_than_the_horizon_moves_the_arm_without_jumps(ros):
+def test_a_policy_three_times_slower_than_the_horizon_moves_the_arm_without_jumps(ros):
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
@@ -86,8 +86,8 @@ def test_a_predictor_three_times_slower_than_the_horizon_moves_the_arm_without_j
             "backend": "piper_ros", "auto_enable": True, "control_rate": CONTROL_RATE,
             "max_joint_speed": MAX_JOINT_SPEED, "observation_timeout": 1.0, "diagnostics_period": 0.5,
         }.items()]))
-    predictor = SlowPredictor()
-    ros.add_node(PolicyNode(predictor=predictor, context=ros.context, parameter_overrides=[
+    policy = SlowPolicy()
+    ros.add_node(PolicyNode(policy=policy, context=ros.context, parameter_overrides=[
         Parameter(k, value=v) for k, v in {
             "instruction": "move joint1", "action_rate": ACTION_RATE, "viz_rate": 0.0, "max_obs_age": 0.5,
         }.items()]))
@@ -110,7 +110,7 @@ def test_a_predictor_three_times_slower_than_the_horizon_moves_the_arm_without_j
 
     # Each executed chunk moves joint1 by SPEED * 3 steps / ACTION_RATE = 0.09 rad.
     assert ros.wait_for(lambda: moved() >= 0.25, timeout=60.0, period=0.1), (
-        f"moved {moved():.3f} rad; arm counts {arm.counts}; predictor calls {predictor.calls}")
+        f"moved {moved():.3f} rad; arm counts {arm.counts}; policy calls {policy.calls}")
 
     with driver.lock:
         commands = np.stack(driver.commands)
@@ -160,6 +160,6 @@ def test_chunks_older_than_max_chunk_age_never_move_the_arm_and_say_why(ros):
     assert ros.wait_for(lambda: arm.counts["dropped_too_old"] == 3)
     assert arm.counts["chunks"] == 0
     assert ros.wait_for(lambda: arm.diagnostics_values().get("last_chunk") == "too_old")
-    assert ros.wait_for(lambda: arm._starving, timeout=5.0)  # the ERROR for the spell was logged
+    assert ros.wait_for(lambda: arm.controller.starving, timeout=5.0)  # the ERROR for the spell was logged
     with driver.lock:
         assert driver.positions[0] == pytest.approx(START[0])

@@ -8,32 +8,33 @@ import threading
 import numpy as np
 import pytest
 
-from reconvla_core.runtime.predictor import Prediction
+from reconvla_core.policy import ActionChunk, Policy
 
 pytestmark = pytest.mark.ros
 
 STATE = [0.1, 1.0, -1.0, 0.0, 0.3, 0.0, 0.03]
 
 
-class RecordingPredictor:
-    """A predictor stub: actions = state + 0.01 * step; a peaked attention map when asked."""
+class RecordingPolicy(Policy):
+    """A policy stub: actions = state + 0.01 * step; a peaked attention map when asked."""
 
     def __init__(self, chunk: int = 4) -> None:
         self.chunk = chunk
         self.calls: list[tuple[tuple[int, ...], str, list[float], bool]] = []
         self._lock = threading.Lock()
 
-    def __call__(self, frame, instruction, state, with_attention):
+    def infer(self, obs):
+        with_attention = obs["return_attention"]
         with self._lock:
-            self.calls.append((frame.shape, instruction, list(state), with_attention))
-        actions = np.asarray(state)[None, :] + 0.01 * np.arange(self.chunk)[:, None]
+            self.calls.append((obs["frame"].shape, obs["instruction"], list(obs["state"]), with_attention))
+        actions = np.asarray(obs["state"])[None, :] + 0.01 * np.arange(self.chunk)[:, None]
         attention = np.zeros((8, 8))
         attention[2, 5] = 1.0
-        return Prediction(actions, attention if with_attention else None)
+        return ActionChunk(actions, attention if with_attention else None)
 
 
 class Harness:
-    def __init__(self, ros, predictor, instruction_first: str | None = None, **params) -> None:
+    def __init__(self, ros, policy, instruction_first: str | None = None, **params) -> None:
         from rclpy.parameter import Parameter
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import String
@@ -56,7 +57,7 @@ class Harness:
         overrides = {"viz_rate": 100.0, "max_obs_age": 0.5}
         overrides.update(params)
         self.node = ros.add_node(PolicyNode(
-            predictor=predictor, context=ros.context,
+            policy=policy, context=ros.context,
             parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()]))
         assert ros.wait_for(lambda: self.frame.get_subscription_count() > 0
                             and self.joints.get_subscription_count() > 0
@@ -81,8 +82,8 @@ class Harness:
 
 
 def test_publishes_chunks_stamped_with_the_observation(ros):
-    predictor = RecordingPredictor(chunk=4)
-    h = Harness(ros, predictor, instruction_first="pick the red block", action_rate=10.0)
+    policy = RecordingPolicy(chunk=4)
+    h = Harness(ros, policy, instruction_first="pick the red block", action_rate=10.0)
     stamps = []
 
     def chunk_arrived() -> bool:
@@ -98,7 +99,7 @@ def test_publishes_chunks_stamped_with_the_observation(ros):
         t = point.time_from_start.sec + point.time_from_start.nanosec * 1e-9
         assert t == pytest.approx(i / 10.0)
         np.testing.assert_allclose(point.positions, np.array(STATE) + 0.01 * i)
-    shape, instruction, state, _ = predictor.calls[0]
+    shape, instruction, state, _ = policy.calls[0]
     assert shape == (16, 16, 3) and instruction == "pick the red block"
     np.testing.assert_allclose(state, STATE)
     # The attention overlay: same size as the frame, rgb8, stamped like the frame.
@@ -118,7 +119,7 @@ def test_instruction_reaches_the_policy_from_a_publisher_with_either_durability(
     # transient local.
     qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=getattr(DurabilityPolicy, durability.upper()))
-    h = Harness(ros, RecordingPredictor(), viz_rate=0.0)
+    h = Harness(ros, RecordingPolicy(), viz_rate=0.0)
     publisher = h.client.create_publisher(String, "instruction", qos)
     assert ros.wait_for(lambda: publisher.get_subscription_count() >= 1)
     publisher.publish(String(data=f"pick up the red block ({durability})"))
@@ -134,21 +135,21 @@ def test_a_late_joining_policy_still_gets_the_latched_instruction(ros):
     latched_client = ros.make_node("latched_instruction")
     publisher = latched_client.create_publisher(String, "instruction", LATCHED_QOS)
     publisher.publish(String(data="stack the blocks"))  # before the policy exists
-    h = Harness(ros, RecordingPredictor(), viz_rate=0.0)
+    h = Harness(ros, RecordingPolicy(), viz_rate=0.0)
     assert ros.wait_for(lambda: h.node._instruction == "stack the blocks")
 
 
 def test_instruction_from_the_parameter_and_skips_without_one(ros):
     from rclpy.parameter import Parameter
 
-    predictor = RecordingPredictor()
-    h = Harness(ros, predictor, viz_rate=0.0)
+    policy = RecordingPolicy()
+    h = Harness(ros, policy, viz_rate=0.0)
     assert ros.wait_for(lambda: (h.send(), h.node.counts["skipped_no_instruction"] >= 1)[1], period=0.2)
-    assert h.chunks == [] and predictor.calls == []
+    assert h.chunks == [] and policy.calls == []
     assert h.node.set_parameters([Parameter("instruction", value="stack the blocks")])[0].successful
     assert ros.wait_for(lambda: (h.send(), bool(h.chunks))[1], timeout=15.0, period=0.2)
-    assert predictor.calls[-1][1] == "stack the blocks"
-    assert all(not call[3] for call in predictor.calls)  # viz_rate 0: never asks for attention
+    assert policy.calls[-1][1] == "stack the blocks"
+    assert all(not call[3] for call in policy.calls)  # viz_rate 0: never asks for attention
     assert h.overlays == []
     rejected = h.node.set_parameters([Parameter("max_obs_age", value=-1.0)])[0]
     assert not rejected.successful and "max_obs_age" in rejected.reason
@@ -157,8 +158,8 @@ def test_instruction_from_the_parameter_and_skips_without_one(ros):
 def test_stale_and_malformed_inputs_are_dropped_and_the_node_keeps_running(ros):
     from sensor_msgs.msg import JointState
 
-    predictor = RecordingPredictor()
-    h = Harness(ros, predictor, instruction_first="pick", max_obs_age=0.3)
+    policy = RecordingPolicy()
+    h = Harness(ros, policy, instruction_first="pick", max_obs_age=0.3)
     # A frame 2 s old: skipped, never inferred.
     assert ros.wait_for(lambda: (h.send(offset=-2.0), h.node.counts["skipped_stale_frame"] >= 1)[1], period=0.2)
     # Bad joint states (wrong length, NaN) are counted and dropped.
@@ -183,19 +184,19 @@ def test_stale_and_malformed_inputs_are_dropped_and_the_node_keeps_running(ros):
         return h.node.counts["bad_frames"] >= 2
 
     assert ros.wait_for(bad_frames_counted, timeout=15.0, period=0.2)
-    assert h.chunks == [] and predictor.calls == []
+    assert h.chunks == [] and policy.calls == []
     # ... and a good frame still produces a chunk.
     assert ros.wait_for(lambda: (h.send(), bool(h.chunks))[1], timeout=15.0, period=0.2)
 
 
 def test_a_failing_model_output_is_dropped(ros):
-    class Broken(RecordingPredictor):
-        def __call__(self, frame, instruction, state, with_attention):
-            super().__call__(frame, instruction, state, with_attention)
-            return Prediction(np.full((3, 7), np.nan))
+    class Broken(RecordingPolicy):
+        def infer(self, obs):
+            super().infer(obs)
+            return ActionChunk(np.full((3, 7), np.nan))  # raises: non-finite actions
 
-    predictor = Broken()
-    h = Harness(ros, predictor, instruction_first="pick")
+    policy = Broken()
+    h = Harness(ros, policy, instruction_first="pick")
     assert ros.wait_for(lambda: (h.send(), h.node.counts["inference_errors"] >= 2)[1], timeout=15.0, period=0.2)
     assert h.chunks == []
 
@@ -225,7 +226,7 @@ def test_parameter_validation(ros):
         PolicyNode(context=ros.context)
     for name, value in [("dtype", "int8"), ("action_rate", 0.0), ("viz_rate", -1.0), ("torch_threads", -1)]:
         with pytest.raises(ValueError, match=name):
-            PolicyNode(predictor=RecordingPredictor(), context=ros.context,
+            PolicyNode(policy=RecordingPolicy(), context=ros.context,
                        parameter_overrides=[Parameter(name, value=value)])
 
 
@@ -239,7 +240,7 @@ def test_shipped_config_matches_the_declared_parameters(ros):
     path = Path(__file__).resolve().parents[2] / "src" / "reconvla_ros" / "config" / "policy.yaml"
     params = [Parameter.from_parameter_msg(p)
               for p in parameter_dict_from_yaml_file(str(path), target_nodes=["policy"]).values()]
-    node = ros.add_node(PolicyNode(predictor=RecordingPredictor(), context=ros.context, parameter_overrides=params))
+    node = ros.add_node(PolicyNode(policy=RecordingPolicy(), context=ros.context, parameter_overrides=params))
     for param in params:
         assert node.has_parameter(param.name), f"{param.name} in the yaml is not a parameter of the node"
         assert node.get_parameter(param.name).type_ == param.type_, param.name

@@ -1,58 +1,98 @@
-"""Policies: a tiny openpi-style interface and the three implementations the product uses.
+"""Policies: the one openpi-style interface between observations and actions, and its implementations.
 
-``Policy.infer(obs) -> (K, 7)`` returns a chunk of K absolute actions (6 joint angles rad +
-gripper opening m, ``reconvla_core.piper.ACTION_NAMES``) for an observation dict
-``{"base_image", "wrist_image", "state" (7,), "instruction"}``; ``reset()`` clears any
-per-episode state. Callers execute the chunk open loop (the evaluation loop, the ROS
-policy node's chunk queue).
+``Policy.infer(obs) -> ActionChunk`` turns one observation into a chunk of K absolute actions
+(6 joint angles rad + gripper opening m, ``reconvla_core.piper.ACTION_NAMES``); ``reset()`` clears
+any per-episode state. Callers execute the chunk open loop: the evaluation loop (``sim/evaluate.py``),
+the probe (``sim/probe.py``), DAgger, the demo and the ROS policy node (``reconvla_ros/policy.py``).
+
+The observation is a dict:
+
+- ``"instruction"`` (str) and ``"state"`` ((7,) measured joints + gripper);
+- the images, either ``"base_image"`` + ``"wrist_image"`` (HxWx3 uint8 RGB, as the twin and the
+  dataset give them) or ``"frame"``: the stitched model-input frame camera_ingest publishes;
+- optionally ``"return_attention"`` (bool): ask for the attention map (the ROS node does so at its
+  ``viz_rate``; it can cost an extra pass). Policies that have no such map ignore it.
+
+The result carries what a deployment shows next to the actions, all optional: the (grid, grid)
+attention map and the gaze box the model answered with (normalised xyxy in the image it was given:
+the base view, or the stitched frame when given ``"frame"``).
 
 - ``RandomPolicy``: uniform random targets within the joint and gripper limits (a floor).
 - ``ExpertPolicy``: the simulator's scripted expert (needs the env; privileged state).
-- ``CheckpointPolicy``: a trained ReconVLA checkpoint through ``model.predict_action``.
+- ``ModelPolicy``: a ReconVLA model in memory (e.g. the one being trained) through ``model.predict``.
+- ``CheckpointPolicy``: a ``ModelPolicy`` loaded from a checkpoint directory by ``load_model``, the
+  one checkpoint-loading path for inference (the benchmarks use it too).
+
+A new policy plugs in by subclassing ``Policy``; docs/architecture.md lists where it is accepted.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from reconvla_core.piper import ACTION_DIM, ACTION_LOWER, ACTION_UPPER
+from reconvla_core.runtime.overlay import gaze_box_in_frame
 
 if TYPE_CHECKING:
     from reconvla_core.sim.env import PiperCellEnv
 
 logger = logging.getLogger(__name__)
 
-DTYPES = ("float32", "bfloat16", "float16")
+#: Weight dtypes a checkpoint may be loaded in (names of ``torch`` attributes).
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+#: The short spellings command lines take (``reconvla bench infer --dtype bf16``).
+DTYPE_SHORT_NAMES: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclass(frozen=True)
+class ActionChunk:
+    """One ``Policy.infer`` result: (K, 7) absolute actions, plus what some policies also report.
+
+    ``attention``: the (grid, grid) attention map over the image tokens (only when asked and the
+    policy has one); ``box``: the gaze box the model answered with (``answer_box`` models).
+    Construction checks the actions, so every chunk a caller sees is a finite (K >= 1, 7) float64
+    array; a single (7,) action becomes a chunk of one."""
+
+    actions: np.ndarray
+    attention: np.ndarray | None = None
+    box: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        actions = np.asarray(self.actions, dtype=np.float64)
+        if actions.ndim == 1:
+            actions = actions[None, :]
+        if actions.ndim != 2 or actions.shape[1] != ACTION_DIM or actions.shape[0] < 1:
+            raise ValueError(f"a policy must return (K, {ACTION_DIM}) actions, got shape {np.shape(self.actions)}")
+        if not np.all(np.isfinite(actions)):
+            raise ValueError("a policy returned non-finite actions")
+        # frozen: the checked copies replace the given values
+        object.__setattr__(self, "actions", actions)
+        if self.attention is not None:
+            object.__setattr__(self, "attention", np.asarray(self.attention, dtype=np.float64))
+        if self.box is not None:
+            object.__setattr__(self, "box", np.asarray(self.box, dtype=np.float64))
 
 
 class Policy(abc.ABC):
-    """Maps an observation to a chunk of absolute actions."""
+    """Maps an observation (see the module doc) to a chunk of absolute actions."""
 
     #: False when the policy ignores images (evaluation then skips rendering).
     needs_images: bool = True
     name: str = "policy"
 
     @abc.abstractmethod
-    def infer(self, obs: dict[str, Any]) -> np.ndarray:
-        """A (K, 7) float array of absolute actions."""
+    def infer(self, obs: dict[str, Any]) -> ActionChunk:
+        """The next chunk for ``obs``."""
 
     def reset(self) -> None:
         """Forget per-episode state (called at the start of every chain)."""
-
-
-def check_chunk(chunk: Any) -> np.ndarray:
-    """A policy's output as a (K, 7) float64 array; ``ValueError`` on a wrong shape."""
-    array = np.asarray(chunk, dtype=np.float64)
-    if array.ndim == 1:
-        array = array[None, :]
-    if array.ndim != 2 or array.shape[1] != ACTION_DIM or array.shape[0] < 1:
-        raise ValueError(f"a policy must return (K, {ACTION_DIM}) actions, got shape {np.shape(chunk)}")
-    return array
 
 
 class RandomPolicy(Policy):
@@ -70,8 +110,8 @@ class RandomPolicy(Policy):
         self._lower = np.asarray(ACTION_LOWER)
         self._upper = np.asarray(ACTION_UPPER)
 
-    def infer(self, obs: dict[str, Any]) -> np.ndarray:
-        return self._rng.uniform(self._lower, self._upper, size=(self.chunk_size, ACTION_DIM))
+    def infer(self, obs: dict[str, Any]) -> ActionChunk:
+        return ActionChunk(self._rng.uniform(self._lower, self._upper, size=(self.chunk_size, ACTION_DIM)))
 
     def reset(self) -> None:
         """Random draws continue across episodes (the sequence is fixed by ``seed``)."""
@@ -86,41 +126,67 @@ class ExpertPolicy(Policy):
     def __init__(self, env: PiperCellEnv) -> None:
         self.env = env
 
-    def infer(self, obs: dict[str, Any]) -> np.ndarray:
-        return self.env.expert_action()[None, :]
+    def infer(self, obs: dict[str, Any]) -> ActionChunk:
+        return ActionChunk(self.env.expert_action()[None, :])
 
 
-class CheckpointPolicy(Policy):
-    """A ReconVLA checkpoint directory; each ``infer`` is one ``model.predict_action`` call."""
+def load_model(path: str | Path, device: Any = "cpu", dtype: str = "float32") -> Any:
+    """A ReconVLA checkpoint directory loaded for inference: no reconstruction branch, eval mode.
+
+    ``dtype`` is one of ``DTYPES``; ``FileNotFoundError`` / ``ValueError`` come before torch loads."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    import torch
+
+    from reconvla_core.model import ReconVLA
+
+    model = ReconVLA.from_pretrained(path, load_reconstruction=False, device=device, dtype=getattr(torch, dtype))
+    model.eval()
+    logger.info("policy: loaded %s on %s (%s)", path, device, dtype)
+    return model
+
+
+class ModelPolicy(Policy):
+    """A ReconVLA model in memory; each ``infer`` is one ``model.predict`` call (one at a time, as the
+    ROS node's worker and a benchmark may share the policy)."""
 
     needs_images = True
 
-    def __init__(self, path: str | Path, device: str = "cpu", dtype: str = "float32") -> None:
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"checkpoint directory {path} does not exist")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-        import torch
+    def __init__(self, model: Any, name: str = "model") -> None:
+        import torch  # here, not at the top: the simulator and the ROS node import this module without a model
 
-        from reconvla_core.model import ReconVLA
-
-        self.path = path
-        self.name = f"checkpoint:{path.name}"
-        self.device = device
-        self.model = ReconVLA.from_pretrained(
-            path, load_reconstruction=False, device=device, dtype=getattr(torch, dtype)
-        )
-        self.model.eval()
+        self.model = model
+        self.name = name
         self._torch = torch
-        self.last_box: np.ndarray | None = None
+        self._lock = threading.Lock()
 
-    def infer(self, obs: dict[str, Any]) -> np.ndarray:
-        if obs.get("base_image") is None or obs.get("wrist_image") is None:
-            raise ValueError("CheckpointPolicy needs base_image and wrist_image in the observation")
-        with self._torch.inference_mode():
-            prediction = self.model.predict(
-                obs["base_image"], obs["wrist_image"], str(obs["instruction"]), np.asarray(obs["state"])
-            )
-        self.last_box = prediction.box  # where the model looked (answer_box models), for probes and overlays
-        return check_chunk(prediction.actions)
+    def infer(self, obs: dict[str, Any]) -> ActionChunk:
+        frame = obs.get("frame")
+        if frame is None and (obs.get("base_image") is None or obs.get("wrist_image") is None):
+            raise ValueError(f"{type(self).__name__} needs base_image and wrist_image (or a stitched frame) "
+                             "in the observation")
+        want_attention = bool(obs.get("return_attention", False))
+        instruction, state = str(obs["instruction"]), np.asarray(obs["state"])
+        with self._lock, self._torch.inference_mode():
+            if frame is not None:
+                out = self.model.predict(None, None, instruction, state, return_attention=want_attention,
+                                         stitched_image=frame)
+            else:
+                out = self.model.predict(obs["base_image"], obs["wrist_image"], instruction, state,
+                                         return_attention=want_attention)
+        box = out.box
+        if box is not None and frame is not None:  # the model answers in base-view coordinates
+            box = gaze_box_in_frame(box, float(self.model.config.stitch_top_fraction))
+        return ActionChunk(out.actions, out.attention, box)
+
+
+class CheckpointPolicy(ModelPolicy):
+    """A ReconVLA checkpoint directory (``load_model``) as a policy."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", dtype: str = "float32") -> None:
+        self.path = Path(path)
+        self.device = device
+        super().__init__(load_model(path, device=device, dtype=dtype), name=f"checkpoint:{self.path.name}")

@@ -15,8 +15,9 @@ for the model. Per inference the worker checks that the frame is at most ``max_o
   ``viz_rate`` Hz (0 disables; attention costs an extra forward pass);
 - /diagnostics: inference time and observation-to-chunk latency.
 
-The model is ``reconvla_core.runtime.predictor.ModelPredictor`` loaded from ``checkpoint``
-(``device``, ``dtype``); tests and benchmarks inject any ``Predictor`` instead. ``torch_threads``
+The model is ``reconvla_core.policy.CheckpointPolicy`` loaded from ``checkpoint`` (``device``,
+``dtype``); tests and benchmarks inject any ``reconvla_core.policy.Policy`` instead (its observation
+carries the stitched ``frame``). ``torch_threads``
 sets torch's intra-op threads (default 1: on a loaded 2-core machine the tiny model's median
 inference was 3.7x slower with 2 threads, see docs/benchmarks.md; 0 keeps torch's default).
 """
@@ -48,9 +49,9 @@ from reconvla_core.interfaces import (
     MODEL_FRAME_TOPIC,
 )
 from reconvla_core.piper import ACTION_NAMES
+from reconvla_core.policy import DTYPES, CheckpointPolicy, Policy
 from reconvla_core.runtime.image import image_to_rgb, rgb_to_fields
 from reconvla_core.runtime.overlay import render_attention_overlay
-from reconvla_core.runtime.predictor import DTYPES, ModelPredictor, Predictor, check_prediction
 from reconvla_ros.common import (
     COMMAND_QOS,
     DIAGNOSTICS_TOPIC,
@@ -112,7 +113,7 @@ def chunk_message(actions: np.ndarray, stamp: Any, action_rate: float, frame_id:
 class PolicyNode(Node):
     """Runs the VLA on the latest observation in a worker thread and publishes action chunks."""
 
-    def __init__(self, *, predictor: Predictor | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, policy: Policy | None = None, **kwargs: Any) -> None:
         super().__init__("policy", **kwargs)
         ro = ParameterDescriptor(read_only=True)
         defaults = {
@@ -140,13 +141,13 @@ class PolicyNode(Node):
         p = {name: self.get_parameter(name).value for name in defaults}
         validate_parameters(p)
         self._p = p
-        if predictor is None:
+        if policy is None:
             if not p["checkpoint"]:
                 raise ValueError("parameter 'checkpoint' is empty: set it to a checkpoint directory written by "
                                  "`reconvla train` (ReconVLA.save_pretrained)")
-            predictor = ModelPredictor.from_checkpoint(p["checkpoint"], p["device"], p["dtype"])
-        self._predictor = predictor
-        if p["torch_threads"] > 0 and "torch" in sys.modules:  # only a torch predictor has threads to set
+            policy = CheckpointPolicy(p["checkpoint"], p["device"], p["dtype"])
+        self._policy = policy
+        if p["torch_threads"] > 0 and "torch" in sys.modules:  # only a torch policy has threads to set
             sys.modules["torch"].set_num_threads(int(p["torch_threads"]))
 
         self._lock = threading.Lock()
@@ -277,7 +278,8 @@ class PolicyNode(Node):
         viz_rate = self._p["viz_rate"]
         want_attention = viz_rate > 0 and time.monotonic() - self._last_viz >= 1.0 / viz_rate
         t0 = time.perf_counter()
-        prediction = check_prediction(self._predictor(frame, instruction, state, want_attention))
+        prediction = self._policy.infer({"frame": frame, "instruction": instruction, "state": state,
+                                         "return_attention": want_attention})
         self._inference_ms.append((time.perf_counter() - t0) * 1e3)
         self._chunk_pub.publish(chunk_message(prediction.actions, frame_msg.header.stamp, self._p["action_rate"],
                                               frame_msg.header.frame_id))

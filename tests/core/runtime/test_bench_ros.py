@@ -15,8 +15,8 @@ pytestmark = pytest.mark.unit
 def test_importing_the_bench_and_the_runtime_does_not_import_rclpy_or_torch():
     import subprocess
 
-    modules = ["reconvla_core.bench.ros"] + [f"reconvla_core.runtime.{name}" for name in (
-        "safety", "action_queue", "image", "sync", "overlay", "backend", "piper_sdk_backend", "frames", "predictor")]
+    modules = ["reconvla_core.bench.ros", "reconvla_core.policy"] + [f"reconvla_core.runtime.{name}" for name in (
+        "safety", "action_queue", "image", "sync", "overlay", "backend", "piper_sdk_backend", "frames")]
     code = (f"import sys; import {', '.join(modules)}; "
             "sys.exit(bool({'rclpy', 'torch', 'piper_sdk'} & set(sys.modules)))")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

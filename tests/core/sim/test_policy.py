@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from reconvla_core.piper import GRIPPER_MAX, JOINT_LOWER, JOINT_UPPER
-from reconvla_core.policy import CheckpointPolicy, ExpertPolicy, RandomPolicy, check_chunk
+from reconvla_core.policy import ActionChunk, CheckpointPolicy, ExpertPolicy, RandomPolicy
 
 
 def test_random_policy_is_seeded_and_within_limits():
     a, b = RandomPolicy(seed=1, chunk_size=4), RandomPolicy(seed=1, chunk_size=4)
-    chunk = a.infer({})
-    assert chunk.shape == (4, 7) and np.array_equal(chunk, b.infer({}))
+    chunk = a.infer({}).actions
+    assert chunk.shape == (4, 7) and np.array_equal(chunk, b.infer({}).actions)
     assert np.all(chunk[:, :6] >= JOINT_LOWER) and np.all(chunk[:, :6] <= JOINT_UPPER)
     assert np.all((chunk[:, 6] >= 0) & (chunk[:, 6] <= GRIPPER_MAX))
 
@@ -20,13 +20,15 @@ def test_random_policy_is_seeded_and_within_limits():
 def test_expert_policy_returns_the_env_expert_command(env):
     env.reset(seed=2)
     chunk = ExpertPolicy(env).infer(env.observe(render=False))
-    assert chunk.shape == (1, 7)
+    assert chunk.actions.shape == (1, 7) and chunk.attention is None and chunk.box is None
 
 
-def test_check_chunk_and_checkpoint_errors(tmp_path):
-    assert check_chunk(np.zeros(7)).shape == (1, 7)
+def test_action_chunk_checks_and_checkpoint_errors(tmp_path):
+    assert ActionChunk(np.zeros(7)).actions.shape == (1, 7)
     with pytest.raises(ValueError, match=r"\(K, 7\)"):
-        check_chunk(np.zeros((2, 6)))
+        ActionChunk(np.zeros((2, 6)))
+    with pytest.raises(ValueError, match="non-finite"):
+        ActionChunk(np.full((3, 7), np.nan))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         CheckpointPolicy(tmp_path / "nope")
     with pytest.raises(ValueError, match="dtype"):
@@ -56,7 +58,7 @@ def test_checkpoint_policy_predicts_chunks_and_runs_in_eval(tiny_checkpoint, tmp
     policy = CheckpointPolicy(tiny_checkpoint)
     obs = {"base_image": np.zeros((32, 48, 3), np.uint8), "wrist_image": np.zeros((32, 48, 3), np.uint8),
            "instruction": "pick up the red block", "state": np.zeros(7)}
-    chunk = policy.infer(obs)
+    chunk = policy.infer(obs).actions
     assert chunk.shape == (3, 7) and np.all(np.isfinite(chunk))
     with pytest.raises(ValueError, match="needs base_image"):
         policy.infer(dict(obs, base_image=None))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from reconvla_core.cli.main import main
-from reconvla_core.policy import ExpertPolicy, Policy, RandomPolicy
+from reconvla_core.policy import ActionChunk, ExpertPolicy, Policy, RandomPolicy
 from reconvla_core.sim.probe import JOINT_NAMES, probe_policy
 from reconvla_core.sim.tasks import make_eval_chains
 
@@ -19,7 +19,7 @@ class HoldStill(Policy):
     name = "hold-still"
 
     def infer(self, obs):
-        return np.repeat(np.asarray(obs["state"], dtype=np.float64)[None], 5, axis=0)
+        return ActionChunk(np.repeat(np.asarray(obs["state"], dtype=np.float64)[None], 5, axis=0))
 
 
 def test_probe_counts_frames_and_scores_a_motionless_policy(env):
@@ -67,8 +67,7 @@ def test_probe_scores_the_gaze_box_of_a_policy_that_gives_one(env):
         """Points at the simulator's own gaze box: perfect grounding."""
 
         def infer(self, obs):
-            self.last_box = env.gaze_box()
-            return super().infer(obs)
+            return ActionChunk(super().infer(obs).actions, box=env.gaze_box())
 
     result = probe_policy(Pointer(), make_eval_chains(1), env=env, steps_per_chain=6)
     assert result["gaze_box"] == {"frames": 6, "mean_iou": 1.0, "mean_centre_error": 0.0}

@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from reconvla_core.policy import DTYPE_SHORT_NAMES
+
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 QUICK_OVERRIDES = {"iters": 10, "warmup": 2}
 
 
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-init", action="store_true",
                         help="random weights, no fitting (fine for speed; 'identical' is then usually false)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights dtype (default fp32)")
+    parser.add_argument("--dtype", choices=sorted(DTYPE_SHORT_NAMES), default="fp32", help="weights dtype (default fp32)")
     parser.add_argument("--iters", type=int, default=30, help="timed chunks per decoder (default 30)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed chunks per decoder first (default 3)")
     parser.add_argument("--fit-steps", type=int, default=None,
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked but torch sees no CUDA device")
-    dtype = getattr(torch, DTYPES[args.dtype])
+    dtype = getattr(torch, DTYPE_SHORT_NAMES[args.dtype])
     model, source = _build_model(args, device, dtype)
     obs = _observation(args.seed)
     token_model, parallel_model = _head_pair(model, device, dtype)
@@ -133,9 +134,10 @@ def _default_device_dtype(device: Any, dtype: Any) -> Iterator[None]:
 def _build_model(args: argparse.Namespace, device: Any, dtype: Any) -> tuple[Any, str]:
     from reconvla_core.model import ReconVLA, ReconVLAConfig
     from reconvla_core.model.action_tokenizer import piper_norm_stats
+    from reconvla_core.policy import load_model
 
     if args.checkpoint:
-        model = ReconVLA.from_pretrained(args.checkpoint, device=device, dtype=dtype)
+        model = load_model(args.checkpoint, device=device, dtype=DTYPE_SHORT_NAMES[args.dtype])
         source = f"checkpoint {args.checkpoint}"
     else:
         config = ReconVLAConfig.from_preset(args.preset)

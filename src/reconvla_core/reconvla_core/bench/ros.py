@@ -240,20 +240,26 @@ def _make_node(role: str, cfg: dict[str, Any], context: Any, log: _EventLog) -> 
             "backend": "piper_ros", "control_rate": cfg["control_rate"], "auto_enable": True,
             "observation_timeout": 0.5, "chunk_timeout": 2.0}))
 
-    from reconvla_core.runtime.predictor import ModelPredictor, Prediction
+    from reconvla_core.policy import ActionChunk, CheckpointPolicy, Policy
     from reconvla_ros.policy import PolicyNode
 
-    def stub(frame: Any, instruction: str, state: Any, with_attention: bool) -> Prediction:
-        return Prediction(np.repeat(np.asarray(state)[None], 5, axis=0))
+    class HoldStill(Policy):
+        """Without a checkpoint: a chunk that holds the observed state (measures the graph, not a model)."""
 
-    inner = ModelPredictor.from_checkpoint(cfg["checkpoint"], cfg["device"]) if cfg["checkpoint"] else stub
+        def infer(self, obs: dict[str, Any]) -> ActionChunk:
+            return ActionChunk(np.repeat(np.asarray(obs["state"])[None], 5, axis=0))
+
+    inner = CheckpointPolicy(cfg["checkpoint"], cfg["device"]) if cfg["checkpoint"] else HoldStill()
     last = {"s": 0.0}
 
-    def timed(frame: Any, instruction: str, state: Any, with_attention: bool) -> Any:
-        t0 = time.monotonic()
-        out = inner(frame, instruction, state, with_attention)
-        last["s"] = time.monotonic() - t0
-        return out
+    class Timed(Policy):
+        """``inner`` with the time of its last inference kept for the event log."""
+
+        def infer(self, obs: dict[str, Any]) -> ActionChunk:
+            t0 = time.monotonic()
+            out = inner.infer(obs)
+            last["s"] = time.monotonic() - t0
+            return out
 
     class BenchPolicy(PolicyNode):
         def _on_frame(self, msg: Any) -> None:
@@ -275,7 +281,7 @@ def _make_node(role: str, cfg: dict[str, Any], context: Any, log: _EventLog) -> 
             if self.counts["chunks"] > before:
                 log.mark(key_of(frame_msg.header.stamp), "inference_s", last["s"])
 
-    return BenchPolicy(predictor=timed, context=context, parameter_overrides=params({
+    return BenchPolicy(policy=Timed(), context=context, parameter_overrides=params({
         "instruction": "put the red block in the blue bowl", "viz_rate": 0.0, "max_obs_age": 2.0,
         "action_rate": cfg["action_rate"], "torch_threads": cfg["torch_threads"]}))
 

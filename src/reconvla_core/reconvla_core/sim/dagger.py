@@ -102,7 +102,6 @@ def rollout(policy: Any, config: DaggerConfig, round_index: int, bags: Path,
             on_episode: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Step 1-2: roll ``policy`` out in round ``round_index``'s collection scenes, recording the
     relabelling expert's action at every visited state into ``bags/episode_XXXXXX``."""
-    from reconvla_core.policy import check_chunk
     from reconvla_core.sim.collect import _EpisodeRecorder, collection_chain
     from reconvla_core.sim.env import PiperCellEnv
 
@@ -145,7 +144,7 @@ def rollout(policy: Any, config: DaggerConfig, round_index: int, bags: Path,
                             if rng.random() < config.beta:
                                 queue = [None] * chunk_len
                             else:
-                                chunk = check_chunk(policy.infer(obs))
+                                chunk = policy.infer(obs).actions
                                 chunk_len = len(chunk)
                                 queue = list(chunk)
                         planned = queue.pop(0)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from reconvla_core.policy import Policy, check_chunk
+from reconvla_core.policy import Policy
 from reconvla_core.sim.env import PiperCellEnv, SimConfig
 from reconvla_core.sim.tasks import CHAIN_LENGTH, TASK_FAMILIES, Chain
 
@@ -58,7 +58,7 @@ def run_chain(
     steps = 0
     while True:
         if not queue:
-            queue = list(check_chunk(policy.infer(obs)))
+            queue = list(policy.infer(obs).actions)
         action = queue.pop(0)
         obs, info = env.step(action, render=render)
         steps += 1

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from reconvla_core.policy import ExpertPolicy, Policy, check_chunk
+from reconvla_core.policy import ExpertPolicy, Policy
 from reconvla_core.sim.env import PiperCellEnv, SimConfig
 from reconvla_core.sim.tasks import Chain
 
@@ -49,13 +49,12 @@ def probe_policy(policy: Policy, chains: Sequence[Chain], config: SimConfig | No
             policy.reset()
             states, chunks, commands = [], [], []
             for _ in range(steps_per_chain):
-                command = check_chunk(expert.infer(obs))[0]
-                chunk = check_chunk(policy.infer(obs))
-                box = getattr(policy, "last_box", None)
-                if box is not None:
-                    box_scores.append(box_agreement(box, env.gaze_box()))
+                command = expert.infer(obs).actions[0]
+                output = policy.infer(obs)
+                if output.box is not None:  # where the model looked (answer_box models), base-view coordinates
+                    box_scores.append(box_agreement(output.box, env.gaze_box()))
                 states.append(np.asarray(obs["state"], dtype=np.float64))
-                chunks.append(chunk)
+                chunks.append(output.actions)
                 commands.append(command)
                 obs, _ = env.step(command)
             horizon = len(chunks[0])

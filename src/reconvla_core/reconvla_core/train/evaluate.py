@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from reconvla_core.model.modeling_reconvla import LOSS_KEYS
-from reconvla_core.policy import Policy
+from reconvla_core.policy import ModelPolicy
 from reconvla_core.train.data import move_to_device, process_raw
 
 logger = logging.getLogger(__name__)
@@ -136,7 +136,8 @@ def _closed_loop(run: Any) -> dict[str, float]:
             height, width = _camera_size(run)
             sim_config = SimConfig(image_width=width, image_height=height,
                                    subtask_time_limit_s=run.config.eval.sim_max_steps / SimConfig().control_hz)
-            metrics, _ = evaluate_policy(TrainingModelPolicy(model), make_eval_chains(run.config.eval.sim_episodes),
+            policy = ModelPolicy(model, name="training-model")  # the model in memory, no checkpoint round trip
+            metrics, _ = evaluate_policy(policy, make_eval_chains(run.config.eval.sim_episodes),
                                          config=sim_config, progress=False)
         finally:
             model.train()
@@ -153,17 +154,3 @@ def _camera_size(run: Any) -> tuple[int, int]:
     source = run.data.train.sources[0]
     shape = source.info["features"][source.fmap.base_image]["shape"]
     return int(shape[0]), int(shape[1])
-
-
-class TrainingModelPolicy(Policy):
-    """The in-memory model as a ``reconvla_core.policy.Policy`` (no checkpoint round trip)."""
-
-    name = "training-model"
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-
-    def infer(self, obs: dict[str, Any]) -> np.ndarray:
-        with torch.inference_mode():
-            return self.model.predict_action(obs["base_image"], obs["wrist_image"], str(obs["instruction"]),
-                                             np.asarray(obs["state"]))
