@@ -399,6 +399,8 @@ def test_a_failing_feedback_read_holds_instead_of_crashing(ros):
         def disable(self): pass
         def emergency_stop(self): pass
         def close(self): pass
+        def advance(self, dt): pass
+        def read_leader_command(self): return None
 
         def send(self, positions, speed_percent):
             self.sent.append(positions.copy())

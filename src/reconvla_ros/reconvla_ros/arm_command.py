@@ -1,6 +1,8 @@
 """arm_command: executes action chunks at the control rate through the safety filter.
 
-Per control tick (``control_rate`` Hz): read the arm's feedback, sample the action queue
+A thin node around ``reconvla_core.runtime.arm_controller.ArmController``, which holds the
+control logic and is tested without ROS; the node converts messages, runs the timers and serves
+the services. Per control tick (``control_rate`` Hz) the controller reads the arm's feedback, samples the action queue
 (``reconvla_core.runtime.action_queue``: chunks time-aligned by their observation stamp, replaced
 or cross-faded; with a predictor slower than the chunk horizon only the part the arm executed
 since the observation is trimmed, ``trim``; chunks older than ``max_chunk_age`` are dropped),
@@ -14,7 +16,7 @@ counted. Every chunk executed or dropped is counted on ``~/status`` (std_msgs/St
 per drop reason, the last chunk's age, horizon and trim) and /diagnostics; when the arm holds
 because no usable chunk arrived for ``chunk_timeout``, one ERROR says why.
 
-Backends (parameter ``backend``):
+Backends (parameter ``backend``, registered by name in ``reconvla_core.runtime.backend``):
 - ``piper_ros``: publishes ``joint_ctrl_single`` (JointState: position rad + gripper m,
   velocity[6] = speed %), reads ``joint_states_single``, enables with ``enable_flag`` (std_msgs/Bool).
   piper_ros has no estop topic: estop stops all commands (the driver holds its last target).
@@ -37,7 +39,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -59,15 +61,14 @@ from reconvla_core.interfaces import (
 )
 from reconvla_core.piper import ACTION_DIM, ACTION_NAMES, GRIPPER_MAX
 from reconvla_core.runtime.action_queue import (
-    DROP_REASONS,
     QUEUE_MODES,
     TRIM_MODES,
     ActionChunk,
     ActionQueue,
     ActionQueueConfig,
-    ChunkReport,
 )
-from reconvla_core.runtime.backend import ArmFeedback, SimArmBackend
+from reconvla_core.runtime.arm_controller import ArmController, ArmControllerConfig
+from reconvla_core.runtime.backend import ArmFeedback, backend_names, make_backend, register_backend
 from reconvla_core.runtime.chunk_markers import (
     BASE_FRAME,
     MarkerData,
@@ -79,7 +80,6 @@ from reconvla_core.runtime.safety import (
     DEFAULT_MAX_JOINT_SPEED,
     LIMIT_TOLERANCE,
     SOFT_LIMIT_MARGIN,
-    ArmMode,
     SafetyConfig,
     SafetyFilter,
 )
@@ -97,9 +97,6 @@ from reconvla_ros.common import (
     run_node,
     stamp_to_s,
 )
-
-BACKENDS = ("piper_ros", "piper_sdk", "sim")
-
 
 MARKER_KINDS = {"line_strip": Marker.LINE_STRIP, "sphere_list": Marker.SPHERE_LIST}
 
@@ -177,10 +174,10 @@ def safety_config_from(values: dict[str, Any]) -> SafetyConfig:
     )
 
 
-def validate_parameters(values: dict[str, Any]) -> tuple[SafetyConfig, ActionQueueConfig]:
-    """Check every parameter; returns the safety and queue configs (ValueError naming the field)."""
-    if values["backend"] not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {values['backend']!r}")
+def validate_parameters(values: dict[str, Any]) -> ArmControllerConfig:
+    """Check every parameter; returns the controller's config (ValueError naming the field)."""
+    if values["backend"] not in backend_names():
+        raise ValueError(f"backend must be one of {backend_names()}, got {values['backend']!r}")
     if values["queue_mode"] not in QUEUE_MODES:
         raise ValueError(f"queue_mode must be one of {QUEUE_MODES}, got {values['queue_mode']!r}")
     if values["trim"] not in TRIM_MODES:
@@ -200,7 +197,8 @@ def validate_parameters(values: dict[str, Any]) -> tuple[SafetyConfig, ActionQue
     queue = ActionQueueConfig(mode=values["queue_mode"], blend_s=float(values["blend_s"]),
                               interpolate=bool(values["interpolate"]), trim=values["trim"],
                               max_chunk_age_s=float(values["max_chunk_age"]))
-    return safety, queue
+    return ArmControllerConfig(safety=safety, queue=queue, home=tuple(float(v) for v in values["home_position"]),
+                               enable_timeout_s=float(values["enable_timeout"]), read_leader=bool(values["teleop"]))
 
 
 class PiperRosBackend:
@@ -246,6 +244,12 @@ class PiperRosBackend:
     def read_state(self) -> ArmFeedback | None:
         return self._feedback
 
+    def read_leader_command(self) -> ArmFeedback | None:
+        return None  # the piper_ros driver does not forward the leader's commands
+
+    def advance(self, dt: float) -> None:
+        pass  # the driver runs on its own
+
     def emergency_stop(self) -> None:
         self._node.get_logger().warning("estop: piper_ros has no estop input; commands stopped, the driver "
                                         "holds its last target")
@@ -254,8 +258,33 @@ class PiperRosBackend:
         pass
 
 
+@register_backend("piper_ros")
+def _piper_ros_backend(params: Mapping[str, Any], node: Any) -> PiperRosBackend:
+    return PiperRosBackend(node, params["command_topic"], params["feedback_topic"], params["enable_topic"],
+                           params["disable_cuts_power"])
+
+
+class NodeLog:
+    """The controller's log on the node's rclpy logger (which throttles)."""
+
+    def __init__(self, node: Node) -> None:
+        self._logger = node.get_logger()
+
+    def info(self, message: str) -> None:
+        self._logger.info(message)
+
+    def warning(self, message: str, throttle_s: float = 0.0) -> None:
+        self._logger.warning(message, throttle_duration_sec=throttle_s or None)
+
+    def error(self, message: str, throttle_s: float = 0.0) -> None:
+        self._logger.error(message, throttle_duration_sec=throttle_s or None)
+
+
+DIAGNOSTIC_LEVELS = {"ok": DiagnosticStatus.OK, "warn": DiagnosticStatus.WARN, "error": DiagnosticStatus.ERROR}
+
+
 class ArmCommand(Node):
-    """Control loop: action queue -> safety filter -> arm backend, plus the operator services."""
+    """Thin node around ArmController: chunk messages in, services, joint states and status out."""
 
     def __init__(self, *, backend: Any | None = None, **kwargs: Any) -> None:
         super().__init__("arm_command", **kwargs)
@@ -296,29 +325,12 @@ class ArmCommand(Node):
             self.declare_parameter(name, value, ro)
         p = {name: self.get_parameter(name).value for name in defaults}
         p["home_position"] = [float(v) for v in p["home_position"]]
-        safety_config, queue_config = validate_parameters(p)
+        config = validate_parameters(p)
         self._p = p
-        self.safety = SafetyFilter(safety_config)
-        self.queue = ActionQueue(queue_config)
-        self._dt = safety_config.dt
-        self._home = np.array(p["home_position"])
-        self._homing = False
-        self._last_feedback_stamp: float | None = None
-        self._published_stamp: float | None = None
-        self._backend_enabled = False  # the backend was enabled since the last disable / estop
         self._closing = False
-        self._leader_stamp: float | None = None
-        # chunks: executed (accepted into the queue); dropped_*: by reason; bad_chunks: malformed.
-        self.counts = {"chunks": 0, "bad_chunks": 0, "sent": 0, "send_errors": 0,
-                       "feedback_errors": 0, "missed_ticks": 0, "ticks": 0}
-        self.counts.update({f"dropped_{reason}": 0 for reason in DROP_REASONS + ("out_of_limits", "homing")})
-        self._last_report: ChunkReport | None = None
-        self._starving = False  # an ERROR was logged for the current spell without a usable chunk
-        self._tick_times: deque[float] = deque(maxlen=300)
-        self._last_tick: float | None = None
-
-        self.backend = backend if backend is not None else self._make_backend(p)
-        self.backend.connect()
+        self.controller = ArmController(backend if backend is not None else make_backend(p["backend"], p, self),
+                                        config, NodeLog(self))
+        self.controller.connect()
         self._joint_pub = self.create_publisher(JointState, p["joint_states_topic"], STATE_QOS)
         self._leader_pub = (self.create_publisher(JointState, p["leader_topic"], STATE_QOS)
                             if p["teleop"] else None)
@@ -330,22 +342,27 @@ class ArmCommand(Node):
         self.create_service(Trigger, "~/estop", self._on_estop)
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_service(Trigger, "~/home", self._on_home)
-        self.create_timer(self._dt, self._tick)
+        self.create_timer(config.safety.dt, self._tick)
         self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
         self.get_logger().info(f"backend {p['backend']}, {p['control_rate']} Hz, "
                                f"{'auto-enable' if p['auto_enable'] else 'disabled until ~/enable'}")
 
-    def _make_backend(self, p: dict[str, Any]) -> Any:
-        if p["backend"] == "piper_ros":
-            return PiperRosBackend(self, p["command_topic"], p["feedback_topic"], p["enable_topic"],
-                                   p["disable_cuts_power"])
-        if p["backend"] == "piper_sdk":
-            from reconvla_core.runtime.piper_sdk_backend import PiperSdkBackend
+    # The controller's parts, for tests and tools that look inside the node.
+    @property
+    def backend(self) -> Any:
+        return self.controller.backend
 
-            return PiperSdkBackend(p["can_port"], gripper_effort=int(p["gripper_effort"]),
-                                   cut_power_on_disable=p["disable_cuts_power"],
-                                   speed_percent=int(p["speed_percent"]))
-        return SimArmBackend(seed=int(p["sim_seed"]))
+    @property
+    def safety(self) -> SafetyFilter:
+        return self.controller.safety
+
+    @property
+    def queue(self) -> ActionQueue:
+        return self.controller.queue
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.controller.counts
 
     # --- inputs -------------------------------------------------------------------------------
     def _on_chunk(self, msg: JointTrajectory) -> None:
@@ -353,236 +370,76 @@ class ArmCommand(Node):
         try:
             chunk = chunk_from_message(msg, now)
         except ValueError as error:
-            self.counts["bad_chunks"] += 1
-            self.get_logger().warning(f"dropping action chunk: {error}", throttle_duration_sec=5.0)
+            self.controller.note_bad_chunk(str(error))
             return
-        violation = self.safety.limit_violation(chunk.actions)
-        if violation is not None:  # rejected whole: never clamped onto a limit
-            self.counts["dropped_out_of_limits"] += 1
-            self.get_logger().error(f"rejecting action chunk: {violation}", throttle_duration_sec=1.0)
-            beyond = self.safety.violating_steps(chunk.actions)
-            self._publish_markers(rejected_chunk_markers(chunk.actions, beyond))
-            return
-        if self._homing:
-            self.counts["dropped_homing"] += 1
-            return
-        report = self.queue.push_report(chunk, now)
-        self._last_report = report
-        if not report.accepted:
-            self.counts[f"dropped_{report.reason}"] += 1
-            self.get_logger().warning(report.describe(), throttle_duration_sec=1.0)
-            return
-        self.counts["chunks"] += 1
-        self.safety.note_chunk(now)
-        # What the arm will execute: from the first step still ahead (the rest was trimmed).
-        first = min(report.trimmed_steps, len(chunk.actions) - 1)
-        self._publish_markers(executed_chunk_markers(chunk.actions[first:]))
-        if self._starving:
-            self._starving = False
-            self.get_logger().info(f"executing again: {report.describe()}")
+        outcome = self.controller.push_chunk(chunk, now)
+        if outcome.violating_steps is not None:
+            self._publish_markers(rejected_chunk_markers(chunk.actions, outcome.violating_steps))
+        elif outcome.accepted:  # what the arm will execute: from the first step still ahead
+            self._publish_markers(executed_chunk_markers(chunk.actions[outcome.first_step:]))
 
     def _publish_markers(self, markers: list[MarkerData]) -> None:
         if self._marker_pub.get_subscription_count() == 0:
             return  # nobody draws them: skip the FK
         self._marker_pub.publish(marker_array(markers, self.get_clock().now().to_msg()))
 
-    def _check_starvation(self, now: float) -> None:
-        """One ERROR per spell in which the enabled arm holds because no usable chunk arrives."""
-        if self._starving or self.safety.mode is not ArmMode.ENABLED or self._homing:
-            return
-        received = self.counts["chunks"] + sum(self.counts[f"dropped_{r}"] for r in DROP_REASONS + ("out_of_limits",))
-        if received == 0:
-            return  # the policy has not produced anything yet (model loading): diagnostics say so
-        starved = self.queue.starved_s(now)
-        if starved <= float(self._p["chunk_timeout"]):
-            return
-        self._starving = True
-        last = self._last_report.describe() if self._last_report is not None else "none"
-        self.get_logger().error(
-            f"arm holding: no usable action chunk for {min(starved, 1e6):.1f} s "
-            f"({self.counts['chunks']} executed, {self._dropped()} dropped: {self._drop_summary()}); "
-            f"last chunk: {last}. The policy's observation-to-chunk latency must stay below "
-            f"max_chunk_age ({self._p['max_chunk_age']} s).")
-        self._publish_status()
-
-    def _dropped(self) -> int:
-        return sum(v for k, v in self.counts.items() if k.startswith("dropped_"))
-
-    def _drop_summary(self) -> str:
-        return ", ".join(f"{k[len('dropped_'):]} {v}" for k, v in self.counts.items()
-                         if k.startswith("dropped_") and v) or "none"
-
-    def _read_feedback(self, now: float) -> ArmFeedback | None:
-        try:
-            feedback = self.backend.read_state()
-        except Exception as error:  # a bus read error: no fresh feedback, the observation watchdog holds
-            self.counts["feedback_errors"] += 1
-            self.get_logger().error(f"reading arm feedback failed: {error}", throttle_duration_sec=2.0)
-            return None
-        if feedback is not None and feedback.source_stamp != self._last_feedback_stamp:
-            if self.safety.observe(feedback.positions, now):
-                self._last_feedback_stamp = feedback.source_stamp
-        return feedback
-
     # --- the control tick ---------------------------------------------------------------------
-    def _enable_backend(self) -> bool:
-        """Enable the backend for a filter that enabled itself (auto_enable); disable both on failure."""
-        if self.backend.enable(float(self._p["enable_timeout"])):
-            self._backend_enabled = True
-            self.get_logger().info("auto-enabled")
-            return True
-        self.safety.disable()
-        self.get_logger().error("auto-enable failed: the arm did not report enabled")
-        return False
-
     def _tick(self) -> None:
         if self._closing:
             return
-        wall = time.monotonic()
-        if self._last_tick is not None and wall - self._last_tick > 1.5 * self._dt:
-            self.counts["missed_ticks"] += int(round((wall - self._last_tick) / self._dt)) - 1
-        self._last_tick = wall
-        self.counts["ticks"] += 1
-        now = now_s(self)
-        feedback = self._read_feedback(now)
-        if self._homing:
-            target, require_chunk = self._home, False
-            self.queue.sample(now)  # keep the queue's clock moving; its actions are not used
-        else:
-            target, require_chunk = self.queue.sample(now), True
-        command = self.safety.step(now, target, require_chunk=require_chunk)
-        if target is None and not self._homing:
-            self._check_starvation(now)
-        if command is not None and not self._backend_enabled and not self._enable_backend():
-            command = None  # auto_enable: the filter enabled itself on first feedback, the arm did not
-        if command is not None:
-            try:
-                self.backend.send(command.positions, command.speed_percent)
-                self.counts["sent"] += 1
-            except Exception as error:
-                self.counts["send_errors"] += 1
-                self.get_logger().error(f"backend send failed: {error}", throttle_duration_sec=2.0)
-            if self._homing and np.allclose(command.positions, self._home, atol=1e-4):
-                self._homing = False
-                self.queue.clear(now)  # chunks observed while homing describe a moving arm
-                self.get_logger().info("home reached")
-        if isinstance(self.backend, SimArmBackend) and self.backend.env is not None:
-            self.backend.advance(self._dt)
+        was_starving = self.controller.starving
+        out = self.controller.tick(now_s(self), time.monotonic())
+        if self.controller.starving and not was_starving:
+            self._publish_status()  # the spell's ERROR was logged: show why on ~/status at once
         stamp = self.get_clock().now().to_msg()
-        if feedback is not None and feedback.source_stamp != self._published_stamp:
-            self._published_stamp = feedback.source_stamp
-            self._joint_pub.publish(make_joint_state(feedback.positions, stamp))
-        if self._leader_pub is not None:
-            leader = self.backend.read_leader_command()
-            if leader is not None and leader.source_stamp != self._leader_stamp:
-                self._leader_stamp = leader.source_stamp
-                self._leader_pub.publish(make_joint_state(leader.positions, stamp))
-        self._tick_times.append((time.monotonic() - wall) * 1e3)
+        if out.feedback is not None:
+            self._joint_pub.publish(make_joint_state(out.feedback.positions, stamp))
+        if self._leader_pub is not None and out.leader is not None:
+            self._leader_pub.publish(make_joint_state(out.leader.positions, stamp))
 
     # --- services -----------------------------------------------------------------------------
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
-        self.queue.clear(now_s(self))  # chunks observed before this are not executed
-        self._homing = False
-        if not request.data:
-            self.safety.disable()
-            self.backend.disable()
-            self._backend_enabled = False
-            response.success, response.message = True, "disabled: no motion commands"
-            return response
-        self._read_feedback(now_s(self))
-        ok, message = self.safety.enable(now_s(self))
-        if ok and not self.backend.enable(float(self._p["enable_timeout"])):
-            self.safety.disable()
-            ok, message = False, f"the arm did not report enabled within {self._p['enable_timeout']} s"
-        self._backend_enabled = ok
-        response.success, response.message = ok, message
-        self.get_logger().info(f"enable: {message}")
+        response.success, response.message = self.controller.enable(now_s(self), bool(request.data))
         return response
 
     def _on_estop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        self.safety.estop()
-        self.queue.clear(now_s(self))
-        self._homing = False
-        self._backend_enabled = False
-        try:
-            self.backend.emergency_stop()
-        except Exception as error:
-            self.get_logger().error(f"backend emergency stop failed: {error}")
-        response.success, response.message = True, "emergency stop latched: reset, then enable"
+        response.success, response.message = self.controller.estop(now_s(self))
         return response
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        response.success, response.message = self.safety.reset()
+        response.success, response.message = self.controller.reset()
         return response
 
     def _on_home(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        if self.safety.mode is not ArmMode.ENABLED:
-            response.success, response.message = False, f"cannot home while {self.safety.mode.value}: enable first"
-            return response
-        self.queue.clear(now_s(self))
-        self._homing = True
-        response.success, response.message = True, f"homing to {self._home.tolist()}"
+        response.success, response.message = self.controller.start_homing(now_s(self))
         return response
 
     # --- diagnostics and shutdown -------------------------------------------------------------
     def diagnostics_values(self) -> dict[str, Any]:
-        now = now_s(self)
-        c = self.safety.counters
-        values: dict[str, Any] = {"mode": self.safety.mode.value, "homing": self._homing,
-                                  "hold_reason": self.safety.hold_reason(now).value}
-        values.update(self.counts)
-        values.update({f"holds_{k}": v for k, v in c.holds.items()})
-        values.update({"clipped": c.clipped, "rate_limited": c.rate_limited, "rejected_targets": c.rejected_targets,
-                       "out_of_limit_targets": c.out_of_limits, "dropped_chunks": self._dropped(),
-                       "queue_remaining_s": self.queue.remaining_s(now),
-                       "late_steps": self.queue.stats.late_steps})
-        report = self._last_report
-        if report is not None:
-            values.update({"last_chunk": report.reason, "last_chunk_age_s": report.age_s,
-                           "last_chunk_horizon_s": report.horizon_s,
-                           "last_chunk_skipped_idle_s": report.skipped_idle_s,
-                           "last_chunk_trimmed_steps": report.trimmed_steps})
-        if self._tick_times:
-            values["tick_ms_max"] = float(max(self._tick_times))
-        bad = getattr(self.backend, "bad_feedback", None)
-        if bad is not None:
-            values["bad_feedback"] = bad
-        return values
+        return self.controller.diagnostics_values(now_s(self))
 
     def _publish_diagnostics(self) -> None:
         values = self.diagnostics_values()
-        mode = self.safety.mode
-        if mode is ArmMode.ESTOPPED:
-            level, message = DiagnosticStatus.ERROR, "emergency stop latched"
-        elif self.safety.measured is None:
-            level, message = DiagnosticStatus.WARN, "no arm feedback"
-        elif mode is ArmMode.DISABLED:
-            level, message = DiagnosticStatus.OK, "disabled"
-        elif self._starving:
-            level, message = DiagnosticStatus.ERROR, (f"holding: no usable action chunk ({values['dropped_chunks']} "
-                                                      f"dropped: {self._drop_summary()})")
-        elif values["hold_reason"] != "none":
-            level, message = DiagnosticStatus.WARN, f"holding: {values['hold_reason']}"
-        else:
-            level, message = DiagnosticStatus.OK, "executing"
-        status = diagnostic_status(f"{self.get_name()}: arm", self._p["backend"], level, message, values)
+        level, message = self.controller.health(values)
+        status = diagnostic_status(f"{self.get_name()}: arm", self._p["backend"], DIAGNOSTIC_LEVELS[level],
+                                   message, values)
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), [status]))
         self._publish_status(values)
 
     def _publish_status(self, values: dict[str, Any] | None = None) -> None:
         """~/status: the diagnostics values as one JSON object (chunks executed vs dropped, why)."""
         values = self.diagnostics_values() if values is None else values
-        values = dict(values, starving=self._starving)
+        values = dict(values, starving=self.controller.starving)
         self._status_pub.publish(String(data=json.dumps(values, default=str)))
 
     def destroy_node(self) -> None:
         self._closing = True
-        backend = getattr(self, "backend", None)  # absent when the constructor failed
+        controller = getattr(self, "controller", None)  # absent when the constructor failed
         try:
             super().destroy_node()
         finally:
-            if backend is not None:
-                backend.close()
+            if controller is not None:
+                controller.close()
 
 
 def main(args: list[str] | None = None) -> None:

@@ -152,6 +152,9 @@ class PiperSdkBackend:
         positions.append(sdk_gripper_to_m(gripper.grippers_angle))
         return ArmFeedback(np.array(positions, dtype=np.float64), float(joints_msg.time_stamp))
 
+    def advance(self, dt: float) -> None:
+        """Nothing to do: the arm runs on its own (ArmBackend's per-period hook)."""
+
     def emergency_stop(self) -> None:
         """EmergencyStop(0x01): the quick stop. Never ResetPiper (power cut on a raised arm)."""
         self.piper.EmergencyStop(EMERGENCY_STOP)
