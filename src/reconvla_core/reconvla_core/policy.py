@@ -124,10 +124,14 @@ class ExpertPolicy(Policy):
     name = "expert"
 
     def __init__(self, env: PiperCellEnv) -> None:
+        # Imported here: the ROS policy node imports this module and needs no simulator.
+        from reconvla_core.sim.expert import ScriptedExpert
+
         self.env = env
+        self.expert = ScriptedExpert(env)
 
     def infer(self, obs: dict[str, Any]) -> ActionChunk:
-        return ActionChunk(self.env.expert_action()[None, :])
+        return ActionChunk(self.expert.act()[None, :])
 
 
 def load_model(path: str | Path, device: Any = "cpu", dtype: str = "float32") -> Any:

@@ -9,6 +9,7 @@ import pytest
 
 from reconvla_core.piper import GRIPPER_MAX, JOINT_LOWER, JOINT_UPPER
 from reconvla_core.sim.env import PiperCellEnv, SimConfig
+from reconvla_core.sim.expert import ScriptedExpert
 from reconvla_core.sim.scene import COLOURS
 from reconvla_core.sim.tasks import make_eval_chains
 
@@ -24,9 +25,10 @@ def _hash(obs):
 def _expert_run(config, seed, steps):
     with PiperCellEnv(config) as env:
         first = env.reset(seed=seed)
+        expert = ScriptedExpert(env)
         actions = []
         for _ in range(steps):
-            action = env.expert_action()
+            action = expert.act()
             actions.append(action)
             env.step(action, render=False)
         return _hash(first), np.array(actions), env.state()
@@ -62,7 +64,7 @@ def test_joint_limits_and_speed_never_exceeded(small_config):
         env.reset(seed=1)
         previous = env.state()
         for _ in range(40):
-            obs, _ = env.step(policy.infer({})[0], render=False)
+            obs, _ = env.step(policy.infer({}).actions[0], render=False)
             q = obs["state"]
             assert np.all(q[:6] >= np.array(JOINT_LOWER) - 1e-3) and np.all(q[:6] <= np.array(JOINT_UPPER) + 1e-3)
             assert -1e-3 <= q[6] <= GRIPPER_MAX + 1e-3

@@ -6,6 +6,7 @@ import numpy as np
 
 from reconvla_core.piper import JOINT_LOWER, JOINT_UPPER
 from reconvla_core.sim.env import PiperCellEnv, SimConfig
+from reconvla_core.sim.expert import ScriptedExpert
 from reconvla_core.sim.scene import BLOCK_SIZE, sample_layout
 from reconvla_core.sim.tasks import make_eval_chains
 
@@ -14,9 +15,10 @@ def test_expert_completes_a_chain_within_limits():
     chain = make_eval_chains(1, seed=0)[0]
     with PiperCellEnv(SimConfig(image_width=32, image_height=24)) as env:
         env.reset(chain=chain)
+        expert = ScriptedExpert(env)
         picked = False
         while True:
-            action = env.expert_action()
+            action = expert.act()
             assert np.all(action[:6] >= JOINT_LOWER) and np.all(action[:6] <= JOINT_UPPER)
             _, info = env.step(action, render=False)
             task = chain.tasks[info["subtask_index"]]
@@ -40,6 +42,23 @@ def test_expert_completes_a_chain_within_limits():
 
 def test_expert_action_is_a_leader_command(env):
     env.reset(seed=4, task=f"pick {sample_layout(4).block_colours()[0]}")
-    action = env.expert_action()
+    action = ScriptedExpert(env).act()
     assert action.shape == (7,) and action.dtype == np.float64
     assert 0.0 <= action[6] <= 0.07
+
+
+def test_expert_starts_afresh_after_a_reset_and_on_restart(env):
+    """One expert per env serves every episode: after env.reset() (or restart()) it acts exactly like
+    a new one built then."""
+    kept = ScriptedExpert(env)
+    env.reset(seed=4)
+    for _ in range(8):
+        env.step(kept.act(), render=False)
+    env.reset(seed=5)
+    fresh = ScriptedExpert(env)
+    np.testing.assert_array_equal(kept.act(), fresh.act())
+    for _ in range(5):
+        env.step(fresh.act(), render=False)
+    kept.restart()
+    fresh = ScriptedExpert(env)
+    np.testing.assert_array_equal(kept.act(), fresh.act())

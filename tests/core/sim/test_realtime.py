@@ -31,9 +31,7 @@ class FakeEnv:
         self.subtask_steps = 0
         self.chain = type("Chain", (), {"tasks": ("pick red", "place red blue")})()
         self._state = HOME.copy()
-        self.expert_calls = 0
         self.success_next = False
-        self._expert = object()
 
     def reset(self, seed=None, chain=None, task=None):
         self.reset_args = (seed, chain, task)
@@ -50,10 +48,6 @@ class FakeEnv:
 
     def advance(self, dt):
         self.advanced.append(dt)
-
-    def expert_action(self):
-        self.expert_calls += 1
-        return HOME + np.array([0.1, 0, 0, 0, 0, 0, -0.03])
 
     def check_progress(self):
         success = self.success_next
@@ -73,6 +67,21 @@ class FakeEnv:
 
     def gaze_box(self):
         return np.array([0.1, 0.2, 0.3, 0.4])
+
+
+class FakeExpert:
+    """The leader arm: counts its commands and restarts."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.restarts = 0
+
+    def act(self):
+        self.calls += 1
+        return HOME + np.array([0.1, 0, 0, 0, 0, 0, -0.03])
+
+    def restart(self):
+        self.restarts += 1
 
 
 def test_schedule_fires_each_job_at_its_rate_without_bursts():
@@ -130,13 +139,13 @@ def test_commands_move_at_the_commanded_speed_only_when_enabled():
 
 
 def test_expert_leader_drives_the_follower_and_ignores_commands():
-    env = FakeEnv()
-    twin = RealtimeTwin(env, expert_leader=True)
+    env, expert = FakeEnv(), FakeExpert()
+    twin = RealtimeTwin(env, expert_leader=True, expert=expert)
     twin.reset(0, task="pick red")
     assert env.reset_args == (0, None, "pick red")
     assert not twin.command(HOME, [])
     twin.control_tick()
-    assert env.expert_calls == 1
+    assert expert.calls == 1
     np.testing.assert_allclose(twin.leader_command, HOME + [0.1, 0, 0, 0, 0, 0, -0.03])
     for _ in range(5):
         twin.advance(0.05)
@@ -144,8 +153,8 @@ def test_expert_leader_drives_the_follower_and_ignores_commands():
 
 
 def test_progress_reports_subtask_changes_and_next_subtask_skips():
-    env = FakeEnv()
-    twin = RealtimeTwin(env)
+    env, expert = FakeEnv(), FakeExpert()
+    twin = RealtimeTwin(env, expert=expert)
     assert twin.reset(0) == "pick up the red block"
     assert twin.control_tick().instruction_changed is False
     env.success_next = True
@@ -156,7 +165,7 @@ def test_progress_reports_subtask_changes_and_next_subtask_skips():
         twin.next_subtask()  # already on the last one
     env.subtask_index = 0
     assert twin.next_subtask() == "put the red block in the blue bowl"
-    assert env._expert is None  # the expert re-plans for the new subtask
+    assert expert.restarts == 1  # the expert re-plans for the new subtask
     frame = twin.render()
     assert frame.gaze_valid and frame.base_image.shape == (4, 6, 3)
 

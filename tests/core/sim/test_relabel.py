@@ -7,6 +7,7 @@ import numpy as np
 from reconvla_core.piper import GRIPPER_MAX, JOINT_LOWER, JOINT_UPPER
 from reconvla_core.sim.collect import collection_chain
 from reconvla_core.sim.env import PiperCellEnv, SimConfig
+from reconvla_core.sim.expert import ScriptedExpert
 from reconvla_core.sim.relabel import PERTURBATIONS, RelabelExpert, face_yaw, perturbed_recovery
 from reconvla_core.sim.tasks import Task
 
@@ -47,11 +48,12 @@ def test_relabel_does_not_advance_the_scripted_plan():
     for with_relabels in (False, True):
         with PiperCellEnv(SimConfig(image_width=32, image_height=24)) as env:
             env.reset(chain=chain)
+            expert, relabel = ScriptedExpert(env), RelabelExpert(env)
             run = []
             for _ in range(40):
                 if with_relabels:
-                    env.relabel_action()
-                action = env.expert_action()
+                    relabel.act()
+                action = expert.act()
                 run.append(action)
                 env.step(action, render=False)
             commands.append(np.array(run))

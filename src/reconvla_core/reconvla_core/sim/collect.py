@@ -35,6 +35,7 @@ import numpy as np
 from reconvla_core import interfaces as itf
 from reconvla_core.piper import GRIPPER_MAX
 from reconvla_core.sim.env import PiperCellEnv, SimConfig
+from reconvla_core.sim.expert import ScriptedExpert
 from reconvla_core.sim.tasks import Chain, Task, chain_for_scene
 
 logger = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ def collect(
     if noise:  # a noisy command may poke past a limit: clamp it, as the driver does
         config = dataclasses.replace(config, clip_actions=True)
     env = PiperCellEnv(config)
+    expert = ScriptedExpert(env)
     period_ns = int(round(1e9 / config.control_hz))
     written: list[str] = []
     successful = frames = 0
@@ -197,7 +199,7 @@ def collect(
                 success = False
                 try:
                     while True:
-                        action = env.expert_action()
+                        action = expert.act()
                         velocity = np.concatenate([env.arm.state().velocities, [0.0]])
                         recorder.write(clock_ns, obs, velocity, action, env.gaze_box())
                         obs, info = env.step(jitter.perturb(action) if jitter else action)

@@ -8,7 +8,7 @@
    later rounds);
 2. **record** every visited state as rosbag2 episodes on the teleop topics (one per subtask, the
    writer of ``reconvla sim collect``); the leader command is the *relabelling expert's* action
-   at that state (``PiperCellEnv.relabel_action``), whoever drove. A subtask the policy did not
+   at that state (``RelabelExpert.act``), whoever drove. A subtask the policy did not
    finish is kept (``success=False``): its states are the ones DAgger is for;
 3. **build** those bags into ``round_RR/dataset`` (``reconvla dataset build`` logic, unsuccessful
    episodes included); the round trains on the aggregate: every round's dataset so far plus any
@@ -104,6 +104,7 @@ def rollout(policy: Any, config: DaggerConfig, round_index: int, bags: Path,
     relabelling expert's action at every visited state into ``bags/episode_XXXXXX``."""
     from reconvla_core.sim.collect import _EpisodeRecorder, collection_chain
     from reconvla_core.sim.env import PiperCellEnv
+    from reconvla_core.sim.relabel import RelabelExpert
 
     if bags.exists():
         shutil.rmtree(bags)  # an unfinished rollout is redone whole: its episodes came from one policy
@@ -119,6 +120,7 @@ def rollout(policy: Any, config: DaggerConfig, round_index: int, bags: Path,
     chunk_len = DEFAULT_CHUNK
     started = time.perf_counter()
     env = PiperCellEnv(sim_config)
+    relabel = RelabelExpert(env)
     try:
         chain_index = 0
         while episodes < config.episodes:
@@ -139,7 +141,7 @@ def rollout(policy: Any, config: DaggerConfig, round_index: int, bags: Path,
                 episode_expert = 0
                 try:
                     while True:
-                        label = env.relabel_action()  # the expert's action at the state the arm is in
+                        label = relabel.act()  # the expert's action at the state the arm is in
                         if not queue:
                             if rng.random() < config.beta:
                                 queue = [None] * chunk_len

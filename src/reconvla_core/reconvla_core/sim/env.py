@@ -3,15 +3,16 @@
 Batch use (evaluation, collection)::
 
     env = PiperCellEnv(SimConfig(image_width=320, image_height=240, control_hz=10))
+    expert = ScriptedExpert(env)            # sim/expert.py; the env never builds one itself
     obs = env.reset(seed=0)                 # or chain=make_eval_chains(1)[0], or task="place red blue"
     while True:
-        obs, info = env.step(env.expert_action())
+        obs, info = env.step(expert.act())
         if info["done"]:
             break
 
 Real-time use (the ROS ``sim_robot`` node): ``apply_command(action7)`` when a command
 arrives, ``advance(dt)`` on a timer, ``observe()`` for images and joint states,
-``check_progress()`` to update the subtask, ``expert_action()`` to play the leader arm.
+``check_progress()`` to update the subtask; a ``ScriptedExpert`` plays the leader arm.
 
 Actions are absolute targets: 6 joint angles (rad) + gripper opening (m), the layout of
 ``reconvla_core.piper.ACTION_NAMES``. Action policy: a wrong shape, NaN or inf raises
@@ -163,8 +164,7 @@ class PiperCellEnv:
         self.sim_time = 0.0
         self.done = True
         self.completed = 0
-        self._expert: Any = None
-        self._relabel_expert: Any = None
+        self.episode = 0  # counts reset() calls: an expert holding a plan notices a new scene by it
         self._last_command = np.concatenate([HOME_JOINTS, [GRIPPER_MAX]])
         self._wrist_view: np.ndarray | None = None
         aspect = self.config.image_width / self.config.image_height
@@ -222,8 +222,7 @@ class PiperCellEnv:
         self.total_steps = 0
         self.completed = 0
         self.done = False
-        self._expert = None
-        self._relabel_expert = None
+        self.episode += 1
         return self.observe()
 
     @staticmethod
@@ -458,31 +457,6 @@ class PiperCellEnv:
         gripper), clipped to the image."""
         corners = self.object_corners(name or self.target_object)
         return cam.box_from_points(cam.project(corners, self.base_view, self.base_proj))
-
-    # ------------------------------------------------------------------ expert
-    def expert_action(self) -> np.ndarray:
-        """The scripted expert's next leader command (7,) for the current subtask; one call per
-        control period (the expert advances its plan on each call)."""
-        self._require_scene()
-        if self._expert is None:
-            from reconvla_core.sim.expert import ScriptedExpert
-
-            self._expert = ScriptedExpert(self)
-        return self._expert.act()
-
-    def restart_expert(self) -> None:
-        """Make the scripted expert plan afresh from the current state (e.g. after skipping a subtask)."""
-        self._expert = None
-
-    def relabel_action(self) -> np.ndarray:
-        """The relabelling expert's command (7,) from the measured state alone (DAgger labels; see
-        ``sim/relabel.py``). Independent of ``expert_action``'s plan: calling one never advances the other."""
-        self._require_scene()
-        if self._relabel_expert is None or self._relabel_expert.env is not self:
-            from reconvla_core.sim.relabel import RelabelExpert
-
-            self._relabel_expert = RelabelExpert(self)
-        return self._relabel_expert.act()
 
     def move_object(self, name: str, position: Any) -> None:
         """Put an object at ``position`` (x, y, z), at rest, keeping its orientation (perturbation tests)."""

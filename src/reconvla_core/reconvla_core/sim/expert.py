@@ -7,6 +7,10 @@ with the block faces, the wrist turned as little as possible), moves the TCP alo
 straight Cartesian segments at a bounded speed, verifies the grasp after lifting and
 retries a failed grasp (up to ``MAX_GRASP_TRIES``). It replans whenever the env moves on
 to the next subtask, so it also works from the state a previous subtask left behind.
+
+Callers build it (``ScriptedExpert(env)``, once per env); the env knows nothing of experts. It
+starts from the arm's state at its first ``act()`` after each ``env.reset()`` (``env.episode``)
+or ``restart()``.
 """
 
 from __future__ import annotations
@@ -61,16 +65,21 @@ class ScriptedExpert:
     def __init__(self, env: PiperCellEnv) -> None:
         self.env = env
         self.dt = env.config.control_dt
-        state = env.state()
-        self.q = state[:6].copy()
-        self.gripper = float(state[6])
+        self.q = np.zeros(6)
+        self.gripper = 0.0
+        self._episode: int | None = None  # env.episode the plan belongs to; None: start afresh
         self._key: tuple[int, int] | None = None
         self._plan: Iterator[None] | None = None
         self.tries = 0
 
     # ------------------------------------------------------------------ public
+    def restart(self) -> None:
+        """Plan afresh from the arm's current state at the next ``act()`` (e.g. after skipping a subtask)."""
+        self._episode = None
+
     def act(self) -> np.ndarray:
         """Next command (7,) for the current subtask; holds still once the chain is done."""
+        self._follow_episode()
         key = (id(self.env.chain), self.env.subtask_index)
         if key != self._key:
             self._key = key
@@ -82,6 +91,20 @@ class ScriptedExpert:
         except StopIteration:
             pass  # plan finished: hold the last command
         return np.concatenate([self.q, [self.gripper]])
+
+    def _follow_episode(self) -> None:
+        """After a reset of the env (or ``restart()``): start from the state the arm is in now."""
+        if self._episode != self.env.episode:
+            self._episode = self.env.episode
+            self._start()
+
+    def _start(self) -> None:
+        state = self.env.state()  # RuntimeError before the env's first reset()
+        self.q = state[:6].copy()
+        self.gripper = float(state[6])
+        self._key = None
+        self._plan = None
+        self.tries = 0
 
     # ------------------------------------------------------------------ geometry
     def _tcp(self) -> np.ndarray:

@@ -12,8 +12,9 @@ Command semantics follow piper_ros' ``joint_ctrl_single`` handling:
   target at no more than ``speed% x MAX_JOINT_SPEED``;
 - joint targets outside the limits are clamped (the arm's firmware does), the gripper opening
   to 0..GRIPPER_MAX; non-finite values are refused.
-In expert-leader mode the scripted expert plays the leader arm; the follower mirrors it (as on
-the real teleop bus) and external commands are ignored.
+In expert-leader mode the scripted expert (``expert``, by default a ``ScriptedExpert`` of the env)
+plays the leader arm; the follower mirrors it (as on the real teleop bus) and external commands are
+ignored.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -115,16 +116,32 @@ class Frame:
     instruction: str
 
 
+class LeaderArm(Protocol):
+    """What plays the leader arm in expert-leader mode (``ScriptedExpert``)."""
+
+    def act(self) -> np.ndarray: ...
+
+    def restart(self) -> None: ...
+
+
 class RealtimeTwin:
     """A ``PiperCellEnv`` driven in real time with the real driver's command semantics."""
 
     def __init__(
-        self, env: Any, *, expert_leader: bool = False, auto_enable: bool = True, max_step_s: float = 0.1
+        self, env: Any, *, expert_leader: bool = False, auto_enable: bool = True, max_step_s: float = 0.1,
+        expert: LeaderArm | None = None,
     ) -> None:
+        """``expert``: what plays the leader arm in ``expert_leader`` mode, anything with ``act() -> (7,)``
+        and ``restart()`` (``LeaderArm``); None builds a ``ScriptedExpert(env)`` when ``expert_leader`` is set."""
         if max_step_s <= 0:
             raise ValueError(f"max_step_s must be > 0, got {max_step_s}")
         self.env = env
         self.expert_leader = expert_leader
+        if expert is None and expert_leader:
+            from reconvla_core.sim.expert import ScriptedExpert  # only the leader mode needs the planner
+
+            expert = ScriptedExpert(env)
+        self.expert = expert
         self.enabled = auto_enable
         self.max_step_s = max_step_s
         self.seed = 0
@@ -158,7 +175,8 @@ class RealtimeTwin:
             raise RuntimeError("no next subtask: the chain is finished; reset the scene")
         env.subtask_index += 1
         env.subtask_steps = 0
-        restart_expert(env)
+        if self.expert is not None:
+            self.expert.restart()  # plan the new subtask from where the arm is
         return self.instruction
 
     @property
@@ -210,7 +228,7 @@ class RealtimeTwin:
     def control_tick(self) -> Progress:
         """One control period of the env: the leader's next command (expert mode) and progress."""
         if self.expert_leader and not self.env.done:
-            leader = np.asarray(self.env.expert_action(), dtype=np.float64)
+            leader = np.asarray(self.expert.act(), dtype=np.float64)
             self.leader_command = leader
             self._target = driver_target(leader)
             self._speed = 100.0
@@ -235,14 +253,6 @@ class RealtimeTwin:
         box = np.asarray(self.env.gaze_box(), dtype=np.float32).reshape(4)
         valid = bool(np.all(np.isfinite(box))) and not self.env.done
         return Frame(obs["base_image"], obs["wrist_image"], np.nan_to_num(box), valid, self.instruction)
-
-
-def restart_expert(env: Any) -> None:
-    """Make the scripted expert plan afresh for the current subtask (after a skip)."""
-    if hasattr(env, "restart_expert"):
-        env.restart_expert()
-    elif hasattr(env, "_expert"):
-        env._expert = None  # the env builds a new expert on the next expert_action()
 
 
 def plan_chain_of_length(seed: int, length: int) -> Any:

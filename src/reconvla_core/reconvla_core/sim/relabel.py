@@ -100,8 +100,14 @@ class RelabelExpert(ScriptedExpert):
         self._yaw_cache: dict[tuple[Any, ...], tuple[np.ndarray, float]] = {}
         self.phase = "start"  # last inferred phase (for logs and tests)
 
+    def _start(self) -> None:
+        super()._start()
+        self._yaw_cache = {}  # the grasp yaws chosen in the previous scene
+        self.phase = "start"
+
     # ------------------------------------------------------------------ public
     def act(self) -> np.ndarray:
+        self._follow_episode()
         env = self.env
         state = env.state()
         self.q = state[:6].copy()
@@ -350,14 +356,14 @@ def perturbed_recovery(
     report = RecoveryReport()
     for chain in chains:
         env.reset(chain=chain)
-        relabel = RelabelExpert(env)
+        expert, relabel = ScriptedExpert(env), RelabelExpert(env)
         rng = np.random.default_rng([seed, chain.seed, 15])  # each chain's trials reproduce on their own
         for position, task in enumerate(chain.tasks):
             kind = PERTURBATIONS[(chain.seed + position) % len(PERTURBATIONS)]
-            env.restart_expert()  # the scripted expert plans afresh from wherever the last subtask ended
+            expert.restart()  # the scripted expert plans afresh from wherever the last subtask ended
             on_path = int(rng.integers(0, 60))
             for _ in range(on_path):
-                _, info = env.step(env.expert_action(), render=False)
+                _, info = env.step(expert.act(), render=False)
                 report.steps += 1
                 if info["done"] or info["subtask_index"] != position or info["subtask_success"]:
                     break
