@@ -33,3 +33,7 @@ EPISODE_INFO_KEYS = ("task", "instruction", "success", "operator", "software_ver
 MODEL_FRAME_TOPIC = "/reconvla/frame"  # sensor_msgs/Image: stitched model-input frame (rgb8)
 ACTION_CHUNK_TOPIC = "/reconvla/action_chunk"  # trajectory_msgs/JointTrajectory
 ATTENTION_TOPIC = "/reconvla/attention"  # sensor_msgs/Image, rgb8 colour-mapped overlay
+# Operator interventions (HG-DAgger), published by arm_command every control period while
+# interventions are on: std_msgs/Bool, true while the leader arm drives the follower. The recorder
+# writes it into each episode; the bag reader turns it into the dataset's per-frame flag.
+INTERVENTION_TOPIC = "/reconvla/intervention"

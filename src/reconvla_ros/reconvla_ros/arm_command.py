@@ -33,6 +33,16 @@ Services (node-private): ``~/enable`` (std_srvs/SetBool), ``~/estop``, ``~/reset
 (std_srvs/Trigger). The arm starts disabled unless ``auto_enable``. Estop latches until reset,
 then enable. Reset clears the software latch only: the SDK's resume frame is the same as
 ResetPiper (motor power cut, a raised arm falls), so it is never sent from here.
+
+Operator interventions (HG-DAgger; ``interventions: true``): the leader arm's command is read
+every period (piper_ros: the ``leader_topic`` subscription; piper_sdk: the leader's frames on
+the bus) and ``reconvla_core.runtime.intervention.InterventionGate`` picks the source.
+``~/takeover`` / ``~/handback`` (std_srvs/Trigger) ask for and give back the arm; with
+``auto_takeover_rad`` > 0 moving the leader that far from where it rested also takes over. The
+arm holds until leader and follower agree within ``agree_tol_rad`` / ``agree_tol_m`` (no jump;
+the safety filter still bounds the speed), and after a handback until the policy's target
+agrees with the arm. ``intervention_topic`` (std_msgs/Bool, every period) is true while the
+leader drives; the source (policy | handover | leader | handback) is on ~/status and /diagnostics.
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ from reconvla_core.interfaces import (
     ACTION_CHUNK_TOPIC,
     ARM_COMMAND_TOPIC,
     FOLLOWER_STATE_TOPIC,
+    INTERVENTION_TOPIC,
     JOINT_STATES_TOPIC,
     LEADER_COMMAND_TOPIC,
 )
@@ -69,6 +80,7 @@ from reconvla_core.runtime.action_queue import (
 )
 from reconvla_core.runtime.arm_controller import ArmController, ArmControllerConfig
 from reconvla_core.runtime.backend import ArmFeedback, backend_names, make_backend, register_backend
+from reconvla_core.runtime.intervention import InterventionConfig
 from reconvla_core.runtime.chunk_markers import (
     BASE_FRAME,
     MarkerData,
@@ -197,22 +209,35 @@ def validate_parameters(values: dict[str, Any]) -> ArmControllerConfig:
     queue = ActionQueueConfig(mode=values["queue_mode"], blend_s=float(values["blend_s"]),
                               interpolate=bool(values["interpolate"]), trim=values["trim"],
                               max_chunk_age_s=float(values["max_chunk_age"]))
+    intervention = None
+    if values["interventions"]:
+        auto = float(values["auto_takeover_rad"])
+        if auto < 0:
+            raise ValueError(f"auto_takeover_rad must be >= 0 (0: off), got {auto}")
+        intervention = InterventionConfig(agree_tol_rad=float(values["agree_tol_rad"]),
+                                          agree_tol_m=float(values["agree_tol_m"]),
+                                          auto_takeover_rad=auto if auto > 0 else None,
+                                          leader_timeout_s=float(values["leader_timeout"]))
     return ArmControllerConfig(safety=safety, queue=queue, home=tuple(float(v) for v in values["home_position"]),
-                               enable_timeout_s=float(values["enable_timeout"]), read_leader=bool(values["teleop"]))
+                               enable_timeout_s=float(values["enable_timeout"]), read_leader=bool(values["teleop"]),
+                               intervention=intervention)
 
 
 class PiperRosBackend:
     """ArmBackend made of the piper_ros driver's topics (see the module docstring)."""
 
     def __init__(self, node: Node, command_topic: str, feedback_topic: str, enable_topic: str,
-                 cut_power_on_disable: bool) -> None:
+                 cut_power_on_disable: bool, leader_topic: str | None = None) -> None:
         self._node = node
         self._cut_power = cut_power_on_disable
         self._command_pub = node.create_publisher(JointState, command_topic, COMMAND_QOS)
         self._enable_pub = node.create_publisher(Bool, enable_topic, COMMAND_QOS)
         node.create_subscription(JointState, feedback_topic, self._on_feedback, SENSOR_QOS)
         self._feedback: ArmFeedback | None = None
+        self._leader: ArmFeedback | None = None
         self.bad_feedback = 0
+        if leader_topic:  # operator interventions: whoever reads the leader arm publishes it here
+            node.create_subscription(JointState, leader_topic, self._on_leader, SENSOR_QOS)
 
     def _on_feedback(self, msg: JointState) -> None:
         try:
@@ -223,6 +248,14 @@ class PiperRosBackend:
             return
         # The arrival time tells fresh from repeated feedback (driver stamps may be zero).
         self._feedback = ArmFeedback(positions, time.monotonic())
+
+    def _on_leader(self, msg: JointState) -> None:
+        try:
+            positions = joint_state_positions(msg)
+        except JointStateError as error:  # never drive from it: the gate sees no (fresh) leader
+            self._node.get_logger().warning(f"dropping leader command: {error}", throttle_duration_sec=5.0)
+            return
+        self._leader = ArmFeedback(positions, time.monotonic())
 
     def connect(self) -> None:
         pass
@@ -245,7 +278,7 @@ class PiperRosBackend:
         return self._feedback
 
     def read_leader_command(self) -> ArmFeedback | None:
-        return None  # the piper_ros driver does not forward the leader's commands
+        return self._leader  # None unless subscribed to a leader topic (interventions)
 
     def advance(self, dt: float) -> None:
         pass  # the driver runs on its own
@@ -261,7 +294,8 @@ class PiperRosBackend:
 @register_backend("piper_ros")
 def _piper_ros_backend(params: Mapping[str, Any], node: Any) -> PiperRosBackend:
     return PiperRosBackend(node, params["command_topic"], params["feedback_topic"], params["enable_topic"],
-                           params["disable_cuts_power"])
+                           params["disable_cuts_power"],
+                           leader_topic=params["leader_topic"] if params["interventions"] else None)
 
 
 class NodeLog:
@@ -318,6 +352,12 @@ class ArmCommand(Node):
             "disable_cuts_power": False,
             "teleop": False,
             "leader_topic": LEADER_COMMAND_TOPIC.lstrip("/"),
+            "interventions": False,
+            "auto_takeover_rad": 0.0,
+            "agree_tol_rad": 0.05,
+            "agree_tol_m": 0.01,
+            "leader_timeout": 0.2,
+            "intervention_topic": INTERVENTION_TOPIC.lstrip("/"),
             "sim_seed": 0,
             "diagnostics_period": 1.0,
         }
@@ -337,11 +377,15 @@ class ArmCommand(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self._status_pub = self.create_publisher(String, "~/status", STATE_QOS)
         self._marker_pub = self.create_publisher(MarkerArray, "~/chunk_markers", STATE_QOS)
+        self._intervention_pub = (self.create_publisher(Bool, p["intervention_topic"], STATE_QOS)
+                                  if p["interventions"] else None)
         self.create_subscription(JointTrajectory, p["chunk_topic"], self._on_chunk, COMMAND_QOS)
         self.create_service(SetBool, "~/enable", self._on_enable)
         self.create_service(Trigger, "~/estop", self._on_estop)
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_service(Trigger, "~/home", self._on_home)
+        self.create_service(Trigger, "~/takeover", self._on_takeover)
+        self.create_service(Trigger, "~/handback", self._on_handback)
         self.create_timer(config.safety.dt, self._tick)
         self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
         self.get_logger().info(f"backend {p['backend']}, {p['control_rate']} Hz, "
@@ -396,6 +440,8 @@ class ArmCommand(Node):
             self._joint_pub.publish(make_joint_state(out.feedback.positions, stamp))
         if self._leader_pub is not None and out.leader is not None:
             self._leader_pub.publish(make_joint_state(out.leader.positions, stamp))
+        if self._intervention_pub is not None:  # every period, so a recording's flag is never stale
+            self._intervention_pub.publish(Bool(data=out.leader_drives))
 
     # --- services -----------------------------------------------------------------------------
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
@@ -412,6 +458,16 @@ class ArmCommand(Node):
 
     def _on_home(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         response.success, response.message = self.controller.start_homing(now_s(self))
+        return response
+
+    def _on_takeover(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.success, response.message = self.controller.request_takeover()
+        self.get_logger().info(f"takeover: {response.message}")
+        return response
+
+    def _on_handback(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.success, response.message = self.controller.request_handback()
+        self.get_logger().info(f"handback: {response.message}")
         return response
 
     # --- diagnostics and shutdown -------------------------------------------------------------

@@ -277,3 +277,140 @@ def test_backends_are_picked_by_name_from_the_registry(monkeypatch):
 
     arm = make_backend("fake_for_test", {"start": HOME})
     assert isinstance(arm, FakeArm) and np.allclose(arm.positions, HOME)
+
+
+# --- operator interventions (HG-DAgger) ---------------------------------------------------------
+def make_gated(auto_takeover_rad: float | None = None, **safety: object) -> tuple[ArmController, FakeArm]:
+    from reconvla_core.runtime.intervention import InterventionConfig
+
+    arm = FakeArm()
+    options = {"control_rate_hz": RATE, "observation_timeout_s": 1.0, "chunk_timeout_s": 0.5, **safety}
+    config = ArmControllerConfig(safety=SafetyConfig(**options), queue=ActionQueueConfig(max_chunk_age_s=5.0),
+                                 home=HOME, intervention=InterventionConfig(auto_takeover_rad=auto_takeover_rad))
+    controller = ArmController(arm, config)
+    controller.connect()
+    controller.tick(0.0, wall=0.0)
+    assert controller.enable(0.0, True)[0]
+    return controller, arm
+
+
+class Leader:
+    """The operator's leader arm: a pose it publishes with a new stamp every period."""
+
+    def __init__(self, arm: FakeArm, pose: np.ndarray) -> None:
+        self.arm, self.pose, self.stamp = arm, np.array(pose, dtype=np.float64), 100.0
+        self.publishing = True
+
+    def publish(self) -> None:
+        if self.publishing:
+            self.stamp += 1.0
+            self.arm.leader = ArmFeedback(self.pose.copy(), self.stamp)
+
+
+def drive(controller: ArmController, leader: Leader, t: float, ticks: int, chunk_every: float | None = None):
+    outputs = []
+    for _ in range(ticks):
+        leader.publish()
+        if chunk_every is not None:  # a policy that plans from where the arm is, and wants to hold there
+            controller.push_chunk(ramp(leader.arm.positions, np.zeros(7), 3, t), t)
+        outputs.append(controller.tick(t, wall=t))
+        t += DT
+    return t, outputs
+
+
+def test_takeover_holds_until_the_leader_agrees_then_the_leader_drives_without_a_jump():
+    controller, arm = make_gated()
+    away = START + np.array([0.6, -0.3, 0.2, 0.0, 0.0, 0.4, 0.02])
+    leader = Leader(arm, away)
+    drifting = ramp(START, np.array([0.3] + [0.0] * 6), 10, 0.0)  # the policy moves joint1 off
+    controller.push_chunk(drifting, 0.0)
+    t, outputs = drive(controller, leader, 0.0, 3)
+    assert [o.source for o in outputs] == ["policy"] * 3 and arm.positions[0] > START[0]
+
+    ok, message = controller.request_takeover()
+    assert ok and "agree" in message
+    assert not controller.request_takeover()[0]  # already asked
+    held = arm.positions.copy()
+    t, outputs = drive(controller, leader, t, 5, chunk_every=DT)
+    assert outputs[0].event == "takeover" and {o.source for o in outputs} == {"handover"}
+    assert not any(o.leader_drives for o in outputs)
+    for sent in arm.sent[-5:]:
+        np.testing.assert_allclose(sent, held)  # holds; never chases the leader that is away
+    assert not controller.start_homing(t)[0]  # the operator has the arm
+
+    leader.pose = held + np.array([0.02] * 6 + [0.004])  # the operator brings the leader over
+    t, outputs = drive(controller, leader, t, 1)
+    assert outputs[0].event == "leader_drives" and outputs[0].leader_drives
+
+    goal = held + np.array([-0.5, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0])
+    for k in range(1, 11):  # the operator moves the leader on; no chunk arrives meanwhile
+        leader.pose = held + (goal - held) * k / 10
+        t, outputs = drive(controller, leader, t, 1)
+        assert outputs[0].source == "leader" and outputs[0].leader_drives
+    t, _ = drive(controller, leader, t, 10)
+    np.testing.assert_allclose(arm.positions, goal, atol=1e-6)  # followed the leader, no chunk needed
+    steps = np.abs(np.diff(np.stack([START] + arm.sent), axis=0))
+    assert np.all(steps[:, :6] <= MAX_STEP)  # the filter bounded every step, the switch included
+    values = controller.diagnostics_values(t)
+    assert values["source"] == "leader" and values["interventions"] == 1 and values["hold_reason"] == "none"
+    assert controller.health(values) == ("ok", "operator intervention: leader")
+
+    # Hand back: the arm holds until the policy's target agrees with it, then the policy drives.
+    assert controller.request_handback()[0] and not controller.request_handback()[0]
+    here = arm.positions.copy()
+    controller.push_chunk(ramp(here + 0.3, np.zeros(7), 3, t), t)  # a chunk far from the arm never drives
+    t, outputs = drive(controller, leader, t, 2)
+    assert {o.source for o in outputs} == {"handback"} and not any(o.leader_drives for o in outputs)
+    np.testing.assert_allclose(arm.positions, here)
+    t, outputs = drive(controller, leader, t, 2, chunk_every=DT)
+    assert outputs[0].event == "policy_drives" and outputs[-1].source == "policy"
+
+
+def test_auto_takeover_when_the_operator_moves_the_leader():
+    controller, arm = make_gated(auto_takeover_rad=0.15)
+    leader = Leader(arm, START + np.array([0.5, 0, 0, 0, 0, 0, 0]))  # resting away from the arm
+    t, outputs = drive(controller, leader, 0.0, 3, chunk_every=DT)
+    assert {o.source for o in outputs} == {"policy"}
+    leader.pose = leader.pose - np.array([0.1, 0, 0, 0, 0, 0, 0])  # a small nudge: not yet
+    t, outputs = drive(controller, leader, t, 2, chunk_every=DT)
+    assert outputs[-1].source == "policy"
+    leader.pose = START.copy()  # the operator grabbed it and brought it onto the arm
+    t, outputs = drive(controller, leader, t, 2, chunk_every=DT)
+    # Taken over and, the leader being on the arm already, handed to the leader in the same period.
+    assert outputs[0].source == "leader" and outputs[0].leader_drives and controller.gate.segments == 1
+
+
+def test_a_stale_leader_holds_the_arm_and_estop_makes_the_operator_match_again():
+    controller, arm = make_gated()
+    leader = Leader(arm, START)
+    controller.request_takeover()
+    t, outputs = drive(controller, leader, 0.0, 2)
+    assert outputs[-1].source == "leader"
+    leader.pose = START + np.array([0.3, 0, 0, 0, 0, 0, 0])
+    t, _ = drive(controller, leader, t, 2)
+    moved = arm.positions.copy()
+    assert moved[0] > START[0]
+    leader.publishing = False  # the leader's stream stops: its last command goes stale
+    t, _ = drive(controller, leader, t, 8)
+    assert np.abs(arm.positions[0] - moved[0]) <= 2 * MAX_STEP  # at most the periods before it went stale
+    stopped = arm.positions.copy()
+    t, _ = drive(controller, leader, t, 5)
+    np.testing.assert_allclose(arm.positions, stopped)
+
+    leader.publishing = True
+    controller.estop(t)
+    controller.reset()
+    assert controller.enable(t, True)[0]
+    leader.pose = stopped + np.array([0.4, 0, 0, 0, 0, 0, 0])  # moved while the arm was stopped
+    t, outputs = drive(controller, leader, t, 3)
+    assert {o.source for o in outputs} == {"handover"}  # must be matched to the arm again first
+    np.testing.assert_allclose(arm.positions, stopped)
+
+
+def test_without_interventions_the_requests_are_refused_and_no_source_is_reported():
+    controller, _ = make()
+    ok, message = controller.request_takeover()
+    assert not ok and "interventions:=true" in message
+    assert not controller.request_handback()[0]
+    assert "source" not in controller.diagnostics_values(0.0)
+    assert controller.tick(0.0, wall=0.0).source == "policy"

@@ -12,7 +12,11 @@ Per control period, ``tick(now)``:
 1. reads the backend's feedback (a read error counts and holds: the observation watchdog of
    the safety filter stops the arm once the feedback is stale) and, when asked for, the leader
    arm's command;
-2. picks the target: the home pose while homing, otherwise the queue's sample at ``now``;
+2. picks the target: the home pose while homing, otherwise the queue's sample at ``now``; with
+   operator interventions on (``config.intervention``), ``runtime.intervention.InterventionGate``
+   chooses between that sample and the leader arm's command (takeover on request or when the
+   operator moves the leader, a handover without a jump, handback once the policy agrees with
+   the arm). Only the policy's targets are subject to the chunk watchdog;
 3. passes it through ``SafetyFilter.step`` (limits, speed, watchdogs, enable/estop latch);
 4. with ``auto_enable`` enables the backend the first time the filter lets a command through
    (the filter enables itself on the first feedback; the arm must follow or both go back to
@@ -44,6 +48,7 @@ from reconvla_core.runtime.action_queue import (
     ChunkReport,
 )
 from reconvla_core.runtime.backend import ArmBackend, ArmFeedback, missing_backend_methods
+from reconvla_core.runtime.intervention import CommandSource, InterventionConfig, InterventionGate
 from reconvla_core.runtime.safety import ArmMode, SafetyCommand, SafetyConfig, SafetyFilter
 
 logger = logging.getLogger(__name__)
@@ -102,6 +107,7 @@ class ArmControllerConfig:
     home: tuple[float, ...] = DEFAULT_HOME  # joint1..joint6 rad + gripper m, inside the soft limits
     enable_timeout_s: float = 2.0  # how long backend.enable may wait for the arm to report enabled
     read_leader: bool = False  # poll backend.read_leader_command() every period (teleop)
+    intervention: InterventionConfig | None = None  # operator interventions with the leader arm (reads it)
 
     def __post_init__(self) -> None:
         if len(self.home) != ACTION_DIM:
@@ -129,6 +135,9 @@ class TickOutput:
     command: SafetyCommand | None  # sent to the backend (None: nothing was sent)
     feedback: ArmFeedback | None  # the arm's feedback, when it is newer than the last one returned
     leader: ArmFeedback | None  # the leader's command, when newer than the last one returned
+    source: str = CommandSource.POLICY.value  # who commands the arm: policy | handover | leader | handback
+    leader_drives: bool = False  # the operator's leader arm commanded this period (an intervention)
+    event: str | None = None  # the gate's switch this period: takeover, auto_takeover, leader_drives, ...
 
 
 class ArmController:
@@ -159,7 +168,10 @@ class ArmController:
         self._last_feedback_stamp: float | None = None  # taken by the safety filter
         self._returned_feedback_stamp: float | None = None  # handed to the caller by tick()
         self._leader_stamp: float | None = None
+        self._leader_seen: float | None = None  # when (our clock) the current leader reading arrived
         self._last_wall: float | None = None
+        self.gate = InterventionGate(self.config.intervention) if self.config.intervention is not None else None
+        self._reads_leader = self.config.read_leader or self.gate is not None
 
     def connect(self) -> None:
         self.backend.connect()
@@ -225,14 +237,28 @@ class ArmController:
         self._last_wall = wall
         self.counts["ticks"] += 1
         feedback = self.read_feedback(now)
-        leader = self._read_leader() if self.config.read_leader else None
+        leader = self._read_leader() if self._reads_leader else None
+        new_leader = None
+        if leader is not None and leader.source_stamp != self._leader_stamp:
+            self._leader_stamp = leader.source_stamp
+            self._leader_seen = now  # the gate judges staleness on our clock, not the source's
+            new_leader = leader
+        source, event = CommandSource.POLICY, None
         if self.homing:
             target, require_chunk = self.home, False
             self.queue.sample(now)  # keep the queue's clock moving; its actions are not used
         else:
             target, require_chunk = self.queue.sample(now), True
+            if self.gate is not None:
+                gated = self.gate.update(now, self.safety.measured, None if leader is None else leader.positions,
+                                         leader_stamp=self._leader_seen, policy_target=target)
+                source, event = gated.source, gated.event
+                # Only the policy's targets come from chunks; the operator may drive when it has stopped.
+                target, require_chunk = gated.target, source is CommandSource.POLICY
+                if event is not None:
+                    self.log.info(f"intervention: {event} (source {source.value})")
         command = self.safety.step(now, target, require_chunk=require_chunk)
-        if target is None and not self.homing:
+        if target is None and not self.homing and source is CommandSource.POLICY:
             self._check_starvation(now)
         if command is not None and not self._backend_enabled and not self._auto_enable_backend():
             command = None  # auto_enable: the filter enabled itself on first feedback, the arm did not
@@ -247,12 +273,8 @@ class ArmController:
         if feedback is not None and feedback.source_stamp != self._returned_feedback_stamp:
             self._returned_feedback_stamp = feedback.source_stamp
             new_feedback = feedback
-        new_leader = None
-        if leader is not None and leader.source_stamp != self._leader_stamp:
-            self._leader_stamp = leader.source_stamp
-            new_leader = leader
         self.tick_ms.append((time.monotonic() - started) * 1e3)
-        return TickOutput(command, new_feedback, new_leader)
+        return TickOutput(command, new_feedback, new_leader, source.value, source is CommandSource.LEADER, event)
 
     def _send(self, command: SafetyCommand) -> None:
         try:
@@ -302,6 +324,8 @@ class ArmController:
             self.safety.disable()
             self.backend.disable()
             self._backend_enabled = False
+            if self.gate is not None:
+                self.gate.rearm()
             return True, "disabled: no motion commands"
         self.read_feedback(now)
         ok, message = self.safety.enable(now)
@@ -318,6 +342,8 @@ class ArmController:
         self.queue.clear(now)
         self.homing = False
         self._backend_enabled = False
+        if self.gate is not None:
+            self.gate.rearm()
         try:
             self.backend.emergency_stop()
         except Exception as error:
@@ -332,9 +358,34 @@ class ArmController:
         """Move to the home pose through the same filter, without chunks; refused unless enabled."""
         if self.safety.mode is not ArmMode.ENABLED:
             return False, f"cannot home while {self.safety.mode.value}: enable first"
+        if self.gate is not None and self.gate.source is not CommandSource.POLICY:
+            return False, f"cannot home while the operator has the arm (source {self.gate.source.value}): hand back first"
         self.queue.clear(now)
         self.homing = True
         return True, f"homing to {self.home.tolist()}"
+
+    def request_takeover(self) -> tuple[bool, str]:
+        """The operator asks for the arm: the arm holds until the leader agrees with it, then the leader drives."""
+        if self.gate is None:
+            return False, "operator interventions are off (start arm_command with interventions:=true)"
+        if not self.gate.request_takeover():
+            return False, f"the operator has the arm already (source {self.gate.source.value})"
+        tol = self.gate.config
+        return True, (f"takeover: bring the leader onto the follower (within {tol.agree_tol_rad} rad per joint, "
+                      f"{tol.agree_tol_m * 1000:.0f} mm gripper); the arm holds until they agree")
+
+    def request_handback(self) -> tuple[bool, str]:
+        """The operator gives the arm back: it holds until a policy target agrees with it."""
+        if self.gate is None:
+            return False, "operator interventions are off (start arm_command with interventions:=true)"
+        if not self.gate.request_handback():
+            return False, f"the policy has the arm already (source {self.gate.source.value})"
+        return True, "handback: the arm holds until the policy's target agrees with it, then the policy drives"
+
+    @property
+    def source(self) -> str:
+        """Who commands the arm now: policy | handover | leader | handback (policy without a gate)."""
+        return self.gate.source.value if self.gate is not None else CommandSource.POLICY.value
 
     # --- diagnostics --------------------------------------------------------------------------
     def dropped(self) -> int:
@@ -348,7 +399,9 @@ class ArmController:
         """Every counter and state, flat (the node's /diagnostics values and ``~/status`` JSON)."""
         c = self.safety.counters
         values: dict[str, Any] = {"mode": self.safety.mode.value, "homing": self.homing,
-                                  "hold_reason": self.safety.hold_reason(now).value}
+                                  "hold_reason": self.safety.hold_reason(now, self.source == "policy").value}
+        if self.gate is not None:
+            values.update({"source": self.gate.source.value, "interventions": self.gate.segments})
         values.update(self.counts)
         values.update({f"holds_{k}": v for k, v in c.holds.items()})
         values.update({"clipped": c.clipped, "rate_limited": c.rate_limited, "rejected_targets": c.rejected_targets,
@@ -381,6 +434,8 @@ class ArmController:
             return "error", f"holding: no usable action chunk ({values['dropped_chunks']} dropped: {self.drop_summary()})"
         if values["hold_reason"] != "none":
             return "warn", f"holding: {values['hold_reason']}"
+        if self.source != CommandSource.POLICY.value:
+            return "ok", f"operator intervention: {self.source}"
         return "ok", "executing"
 
     def close(self) -> None:

@@ -98,6 +98,13 @@ class InterventionGate:
         self._pending = "handback"
         return True
 
+    def rearm(self) -> None:
+        """The arm was disabled or emergency-stopped: an operator who had it must bring the leader
+        onto the follower again before the leader drives (either may have moved meanwhile)."""
+        if self.source is CommandSource.LEADER:
+            self.source = CommandSource.HANDOVER
+        self._hold = None  # re-taken from the follower at the next update
+
     @property
     def intervening(self) -> bool:
         return self.source in (CommandSource.HANDOVER, CommandSource.LEADER)
