@@ -25,9 +25,6 @@ KNOWN_CYCLES: set[frozenset[str]] = {
     # The model's save/load methods call checkpoint.py, which builds models; issue 18 moves save/load
     # into a base class the model inherits.
     frozenset({"reconvla_core.model.checkpoint", "reconvla_core.model.modeling_reconvla"}),
-    # backend.py's registry entry for piper_sdk imports piper_sdk_backend.py, which imports
-    # ArmFeedback from backend.py; moving the shared types into a module of their own ends it.
-    frozenset({"reconvla_core.runtime.backend", "reconvla_core.runtime.piper_sdk_backend"}),
 }
 
 

@@ -16,23 +16,17 @@ so it lives in, and registers from, the arm_command node module. A new backend: 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from reconvla_core.piper import ACTION_DIM
+from reconvla_core.runtime.feedback import ArmFeedback
+
+__all__ = ["ArmBackend", "ArmFeedback", "SimArmBackend", "backend_names", "make_backend", "register_backend"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ArmFeedback:
-    """Measured arm state: 7 positions and the source's own stamp (to tell fresh from repeated)."""
-
-    positions: np.ndarray  # (7,) rad + m
-    source_stamp: float
 
 
 @runtime_checkable

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from reconvla_core.piper import ACTION_DIM, SDK_GRIPPER_UNIT_M, SDK_JOINT_UNIT_RAD
-from reconvla_core.runtime.backend import ArmFeedback
+from reconvla_core.runtime.feedback import ArmFeedback
 
 logger = logging.getLogger(__name__)
 
