@@ -134,7 +134,8 @@ def test_the_cycle_finder_sees_a_lazy_import_and_skips_type_checking(tmp_path, m
     (package / "pkg" / "__init__.py").write_text("")
     (package / "pkg" / "a.py").write_text("def f():\n    from pkg import b\n")
     (package / "pkg" / "b.py").write_text("from pkg.a import f\n")
-    (package / "pkg" / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.a\n")
+    (package / "pkg" / "c.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.a\n")
     (package / "pkg" / "d.py").write_text("import pkg.c\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGES", {"pkg": package})
     assert import_cycles() == [frozenset({"pkg.a", "pkg.b"})]
