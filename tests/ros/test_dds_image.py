@@ -38,3 +38,17 @@ def test_image_roundtrip_through_dds(ros):
     assert (got.height, got.width, got.encoding, got.step) == (48, 64, "rgb8", 192)
     assert got.header.frame_id == "camera_color_optical_frame"
     np.testing.assert_array_equal(np.frombuffer(bytes(got.data), np.uint8).reshape(48, 64, 3), pixels)
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8"])
+def test_image_message_round_trips_through_image_to_rgb(encoding):
+    from builtin_interfaces.msg import Time
+
+    from reconvla_core.runtime.image import image_to_rgb
+    from reconvla_ros.common import image_message
+
+    pixels = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
+    msg = image_message(pixels, Time(sec=3, nanosec=4), "wrist", encoding)
+    assert (msg.height, msg.width, msg.encoding, msg.step, msg.is_bigendian) == (5, 7, encoding, 21, 0)
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id) == (3, 4, "wrist")
+    np.testing.assert_array_equal(image_to_rgb(msg), pixels)

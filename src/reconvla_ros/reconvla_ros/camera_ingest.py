@@ -28,13 +28,14 @@ from sensor_msgs.msg import Image
 
 from reconvla_core.interfaces import BASE_IMAGE_TOPIC, MODEL_FRAME_TOPIC, WRIST_IMAGE_TOPIC
 from reconvla_core.runtime.frames import STITCH_BACKENDS
-from reconvla_core.runtime.image import check_layout, image_to_rgb, rgb_to_fields
+from reconvla_core.runtime.image import check_layout, image_to_rgb
 from reconvla_core.runtime.sync import FramePairer
 from reconvla_ros.common import (
     DIAGNOSTICS_TOPIC,
     SENSOR_QOS,
     diagnostic_array,
     diagnostic_status,
+    image_message,
     now_s,
     qos_from_parameters,
     run_node,
@@ -151,15 +152,11 @@ class CameraIngest(Node):
             return
         try:
             frame = np.ascontiguousarray(self._stitch(base, wrist), dtype=np.uint8)
-            fields = rgb_to_fields(frame, "rgb8")
+            out = image_message(frame, s_to_stamp(pair.stamp), self._p["frame_id"])
         except Exception as error:
             self.counts["stitch_errors"] += 1
             self.get_logger().error(f"stitching failed, frame dropped: {error}", throttle_duration_sec=5.0)
             return
-        out = Image(height=fields.height, width=fields.width, encoding=fields.encoding,
-                    is_bigendian=fields.is_bigendian, step=fields.step, data=fields.data)
-        out.header.stamp = s_to_stamp(pair.stamp)
-        out.header.frame_id = self._p["frame_id"]
         self._frame_pub.publish(out)
         self.counts["published"] += 1
 

@@ -35,9 +35,10 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import Image, JointState
 
 from reconvla_core.piper import ACTION_DIM, ACTION_NAMES
+from reconvla_core.runtime.image import rgb_to_fields
 
 SENSOR_QOS = qos_profile_sensor_data
 COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=3, reliability=ReliabilityPolicy.RELIABLE,
@@ -124,6 +125,17 @@ def make_joint_state(positions: Sequence[float], stamp: Time, velocity: Sequence
     msg.position = [float(v) for v in positions]
     if velocity is not None:
         msg.velocity = [float(v) for v in velocity]
+    return msg
+
+
+def image_message(rgb: np.ndarray, stamp: Time, frame_id: str, encoding: str = "rgb8") -> Image:
+    """An (H, W, 3) uint8 RGB array as a sensor_msgs/Image in ``encoding`` (rgb8 | bgr8 | mono8), no row
+    padding; the one place the nodes build image messages (the fields: ``runtime.image.rgb_to_fields``)."""
+    fields = rgb_to_fields(rgb, encoding)
+    msg = Image(height=fields.height, width=fields.width, encoding=fields.encoding,
+                is_bigendian=fields.is_bigendian, step=fields.step, data=fields.data)
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
     return msg
 
 

@@ -50,7 +50,7 @@ from reconvla_core.interfaces import (
 )
 from reconvla_core.piper import ACTION_NAMES
 from reconvla_core.policy import DTYPES, CheckpointPolicy, Policy
-from reconvla_core.runtime.image import image_to_rgb, rgb_to_fields
+from reconvla_core.runtime.image import image_to_rgb
 from reconvla_core.runtime.overlay import render_attention_overlay
 from reconvla_ros.common import (
     COMMAND_QOS,
@@ -60,6 +60,7 @@ from reconvla_ros.common import (
     JointStateError,
     diagnostic_array,
     diagnostic_status,
+    image_message,
     joint_state_positions,
     now_s,
     run_node,
@@ -289,11 +290,8 @@ class PolicyNode(Node):
             self._last_viz = time.monotonic()
             overlay = render_attention_overlay(frame, prediction.attention, cmap=self._p["colormap"],
                                                gaze_box=prediction.box)
-            fields = rgb_to_fields(overlay)
-            out = Image(height=fields.height, width=fields.width, encoding=fields.encoding,
-                        is_bigendian=fields.is_bigendian, step=fields.step, data=fields.data)
-            out.header = frame_msg.header
-            self._attention_pub.publish(out)
+            header = frame_msg.header  # the overlay is the observation's frame, stamped like it
+            self._attention_pub.publish(image_message(overlay, header.stamp, header.frame_id))
             self.counts["overlays"] += 1
 
     # --- diagnostics and shutdown -------------------------------------------------------------

@@ -37,19 +37,9 @@ from std_msgs.msg import Bool, Float32MultiArray, String
 from std_srvs.srv import Trigger
 
 from reconvla_core.sim.realtime import PeriodicSchedule, RealtimeTwin
-from reconvla_ros.common import run_node
+from reconvla_ros.common import image_message, run_node
 
 PIPER_JOINT_NAMES = ["joint0", "joint1", "joint2", "joint3", "joint4", "joint5", "joint6"]
-
-
-def image_message(rgb: np.ndarray, stamp: Any, frame_id: str) -> Image:
-    """HxWx3 uint8 RGB -> sensor_msgs/Image rgb8 with no row padding."""
-    height, width = rgb.shape[:2]
-    msg = Image(height=height, width=width, encoding="rgb8", is_bigendian=0, step=width * 3)
-    msg.header.stamp = stamp
-    msg.header.frame_id = frame_id
-    msg.data = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
-    return msg
 
 
 class SimRobot(Node):
