@@ -151,3 +151,25 @@ def test_chain_advances_and_ends(small_config):
         assert info["done"] and info["timeout"] and info["completed"] == 0
         with pytest.raises(RuntimeError, match="done"):
             env.step(env.last_command)
+
+
+def test_gaze_follows_the_block_then_its_destination():
+    """The gaze box is on the block until both fingers hold it, then on where the carry goes."""
+    from reconvla_core.sim.expert import ScriptedExpert
+    from reconvla_core.sim.tasks import make_eval_chains
+
+    chain = next(c for c in make_eval_chains(10, seed=0) if c.tasks[0].family == "place")
+    with PiperCellEnv(SimConfig(image_width=64, image_height=48, render_wrist=False)) as env:
+        env.reset(chain=chain)
+        expert = ScriptedExpert(env)
+        task = env.current_task
+        assert env.gaze_object == f"{task.obj}_block"
+        seen = []
+        for _ in range(env.config.max_subtask_steps):
+            _, info = env.step(expert.act(), render=False)
+            seen.append(env.gaze_object)
+            if info["subtask_success"]:
+                break
+        assert f"{task.dest}_bowl" in seen, "the gaze moved to the bowl while the block was carried"
+        held = seen.index(f"{task.dest}_bowl")
+        assert set(seen[:held]) == {f"{task.obj}_block"}

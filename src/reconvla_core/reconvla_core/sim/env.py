@@ -451,11 +451,22 @@ class PiperCellEnv:
         signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
         return centre + (signs * half) @ rot.T
 
+    @property
+    def gaze_object(self) -> str:
+        """Where the subtask's attention belongs: the block until both fingers hold it, then (place,
+        stack) its destination, where the carry goes. The recorded gaze box follows it, so the
+        "where" supervision covers both halves of a subtask."""
+        task = self.current_task
+        block = self.target_object
+        if task.family != "pick" and all(self.touching_gripper(block)):
+            return f"{task.dest}_bowl" if task.family == "place" else f"{task.dest}_block"
+        return block
+
     def gaze_box(self, name: str | None = None) -> np.ndarray:
-        """Normalised xyxy box of the current target (or ``name``) in the base image: the object's
+        """Normalised xyxy box of the gaze object (or ``name``) in the base image: the object's
         bounding box corners projected through the camera (ground truth, also when occluded by the
         gripper), clipped to the image."""
-        corners = self.object_corners(name or self.target_object)
+        corners = self.object_corners(name or self.gaze_object)
         return cam.box_from_points(cam.project(corners, self.base_view, self.base_proj))
 
     def move_object(self, name: str, position: Any) -> None:
