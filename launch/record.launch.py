@@ -17,17 +17,13 @@ warning and goes on without RViz.
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, GroupAction, IncludeLaunchDescription
+from launch.actions import GroupAction, IncludeLaunchDescription
 from launch.conditions import IfCondition, UnlessCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, ThisLaunchFileDir
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
-from launch_ros.substitutions import FindPackageShare
 
-from reconvla_ros.launch_support import if_installed, required
-
-PACKAGE = "reconvla_ros"
+from reconvla_ros.launch_support import PACKAGE, argument, config_file, declare_arguments, required, rviz_node
 
 ARGUMENTS = (
     ("sim", "false", "record in the PyBullet twin (scripted expert as the leader) instead of the real cell"),
@@ -43,15 +39,8 @@ ARGUMENTS = (
 )
 
 
-def _config(name: str) -> PathJoinSubstitution:
-    return PathJoinSubstitution([FindPackageShare(PACKAGE), "config", name])
-
-
 def generate_launch_description() -> LaunchDescription:
-    declared = [
-        DeclareLaunchArgument(name, default_value=default, description=text)
-        for name, default, text in ARGUMENTS
-    ]
+    declared = declare_arguments(ARGUMENTS)
     in_sim = IfCondition(LaunchConfiguration("sim"))
     on_robot = UnlessCondition(LaunchConfiguration("sim"))
 
@@ -61,11 +50,11 @@ def generate_launch_description() -> LaunchDescription:
         name="sim_robot",
         output="screen",
         parameters=[
-            _config("sim_robot.yaml"),
+            config_file("sim_robot.yaml"),
             {
                 "expert_leader": True,
-                "seed": ParameterValue(LaunchConfiguration("seed"), value_type=int),
-                "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
+                "seed": argument("seed", int),
+                "task": argument("task"),
             },
         ],
         condition=in_sim,
@@ -92,21 +81,15 @@ def generate_launch_description() -> LaunchDescription:
         name="teleop_recorder",
         output="screen",
         parameters=[
-            _config("teleop_recorder.yaml"),
+            config_file("teleop_recorder.yaml"),
             {
-                "output_dir": ParameterValue(LaunchConfiguration("output_dir"), value_type=str),
-                "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
-                "operator": ParameterValue(LaunchConfiguration("operator"), value_type=str),
-                "min_free_gb": ParameterValue(LaunchConfiguration("min_free_gb"), value_type=float),
+                "output_dir": argument("output_dir"),
+                "task": argument("task"),
+                "operator": argument("operator"),
+                "min_free_gb": argument("min_free_gb", float),
             },
         ],
     )
-    rviz = Node(
-        package="rviz2",
-        executable="rviz2",
-        name="rviz2",
-        arguments=["-d", PathJoinSubstitution([FindPackageShare(PACKAGE), "rviz", "reconvla.rviz"])],
-        condition=if_installed("rviz2", "rviz2", LaunchConfiguration("use_rviz")),
-    )
+    rviz = rviz_node()
     handlers = [required(sim_robot, "sim_robot"), required(recorder, "teleop_recorder")]
     return LaunchDescription(declared + [sim_robot, drivers, recorder, rviz] + handlers)

@@ -28,7 +28,6 @@ calibration. A pose that does not parse shuts the launch down with one line nami
 
 from launch import LaunchDescription
 from launch.actions import (
-    DeclareLaunchArgument,
     GroupAction,
     IncludeLaunchDescription,
     LogInfo,
@@ -50,9 +49,17 @@ from reconvla_core.sim.description import (
     twin_base_camera,
     twin_wrist_camera,
 )
-from reconvla_ros.launch_support import camera_transform_arguments, if_installed, required, robot_description
-
-PACKAGE = "reconvla_ros"
+from reconvla_ros.launch_support import (
+    PACKAGE,
+    argument,
+    camera_transform_arguments,
+    config_file,
+    declare_arguments,
+    if_installed,
+    required,
+    robot_description,
+    rviz_node,
+)
 
 ARGUMENTS = (
     ("checkpoint", "", "ReconVLA checkpoint directory (written by `reconvla train`)"),
@@ -87,10 +94,6 @@ ARGUMENTS = (
         f"{WRIST_CAMERA_FRAME} in {WRIST_CAMERA_PARENT}: 'x y z roll pitch yaw' (m, rad); default: the twin",
     ),
 )
-
-
-def _config(name: str) -> PathJoinSubstitution:
-    return PathJoinSubstitution([FindPackageShare(PACKAGE), "config", name])
 
 
 def _role_is(*roles: str) -> IfCondition:
@@ -191,17 +194,8 @@ def _transforms(context, *args, **kwargs):
 
 
 def generate_launch_description() -> LaunchDescription:
-    declared = [
-        DeclareLaunchArgument(name, default_value=default, description=text)
-        for name, default, text in ARGUMENTS
-    ]
-    as_str = {
-        "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
-        "instruction": ParameterValue(LaunchConfiguration("instruction"), value_type=str),
-        "can_port": ParameterValue(LaunchConfiguration("can_port"), value_type=str),
-        "backend": ParameterValue(LaunchConfiguration("backend"), value_type=str),
-        "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
-    }
+    declared = declare_arguments(ARGUMENTS)
+    as_str = {name: argument(name) for name in ("checkpoint", "instruction", "can_port", "backend", "device")}
     robot_side = _role_is("all", "robot")
     policy_side = _role_is("all", "policy")
 
@@ -242,7 +236,7 @@ def generate_launch_description() -> LaunchDescription:
         executable="camera_ingest",
         name="camera_ingest",
         output="screen",
-        parameters=[_config("camera_ingest.yaml"), {"checkpoint": as_str["checkpoint"]}],
+        parameters=[config_file("camera_ingest.yaml"), {"checkpoint": as_str["checkpoint"]}],
         condition=robot_side,
     )
     arm_command = Node(
@@ -251,11 +245,11 @@ def generate_launch_description() -> LaunchDescription:
         name="arm_command",
         output="screen",
         parameters=[
-            _config("arm_command.yaml"),
+            config_file("arm_command.yaml"),
             {
                 "backend": as_str["backend"],
                 "can_port": as_str["can_port"],
-                "teleop": ParameterValue(LaunchConfiguration("teleop"), value_type=bool),
+                "teleop": argument("teleop", bool),
                 # While recording, the follower's state goes where piper_ros would publish it, so bags
                 # from the cell and from the twin have the same topics.
                 "joint_states_topic": PythonExpression(
@@ -275,7 +269,7 @@ def generate_launch_description() -> LaunchDescription:
         name="policy",
         output="screen",
         parameters=[
-            _config("policy.yaml"),
+            config_file("policy.yaml"),
             {
                 "checkpoint": as_str["checkpoint"],
                 "instruction": as_str["instruction"],
@@ -284,13 +278,7 @@ def generate_launch_description() -> LaunchDescription:
         ],
         condition=policy_side,
     )
-    rviz = Node(
-        package="rviz2",
-        executable="rviz2",
-        name="rviz2",
-        arguments=["-d", PathJoinSubstitution([FindPackageShare(PACKAGE), "rviz", "reconvla.rviz"])],
-        condition=if_installed("rviz2", "rviz2", LaunchConfiguration("use_rviz")),
-    )
+    rviz = rviz_node()
     handlers = [required(piper_driver, "piper_ctrl_single_node"), required(camera_ingest, "camera_ingest"),
                 required(arm_command, "arm_command"), required(policy, "policy")]
     return LaunchDescription(declared + [transforms, cameras, piper_driver, camera_ingest, arm_command, policy, rviz] + handlers)

@@ -17,17 +17,23 @@ frames, which the twin's images are stamped with) from arm_command's /joint_stat
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, Shutdown
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.actions import LogInfo, OpaqueFunction, Shutdown
+from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
-from launch_ros.substitutions import FindPackageShare
 
 from reconvla_core.model.pretrained import SHIPPED_CHECKPOINT
 from reconvla_core.sim.description import piper_description_urdf
-from reconvla_ros.launch_support import checkpoint_problem, if_installed, required
-
-PACKAGE = "reconvla_ros"
+from reconvla_ros.launch_support import (
+    PACKAGE,
+    argument,
+    checkpoint_problem,
+    config_file,
+    declare_arguments,
+    if_installed,
+    required,
+    rviz_node,
+)
 
 ARGUMENTS = (
     ("checkpoint", str(SHIPPED_CHECKPOINT),
@@ -40,10 +46,6 @@ ARGUMENTS = (
 )
 
 
-def _config(name: str) -> PathJoinSubstitution:
-    return PathJoinSubstitution([FindPackageShare(PACKAGE), "config", name])
-
-
 def _start_with_a_checkpoint(context, entities):
     """The nodes, or (no usable checkpoint) one line and a shutdown before anything starts."""
     problem = checkpoint_problem(LaunchConfiguration("checkpoint").perform(context))
@@ -53,20 +55,17 @@ def _start_with_a_checkpoint(context, entities):
 
 
 def generate_launch_description() -> LaunchDescription:
-    declared = [
-        DeclareLaunchArgument(name, default_value=default, description=text)
-        for name, default, text in ARGUMENTS
-    ]
+    declared = declare_arguments(ARGUMENTS)
     sim_robot = Node(
         package=PACKAGE,
         executable="sim_robot",
         name="sim_robot",
         output="screen",
         parameters=[
-            _config("sim_robot.yaml"),
+            config_file("sim_robot.yaml"),
             {
-                "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
-                "seed": ParameterValue(LaunchConfiguration("seed"), value_type=int),
+                "task": argument("task"),
+                "seed": argument("seed", int),
                 "expert_leader": False,  # the policy drives the arm
             },
         ],
@@ -77,9 +76,9 @@ def generate_launch_description() -> LaunchDescription:
         name="camera_ingest",
         output="screen",
         parameters=[
-            _config("camera_ingest.yaml"),
+            config_file("camera_ingest.yaml"),
             {
-                "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
+                "checkpoint": argument("checkpoint"),
             },
         ],
     )
@@ -89,10 +88,10 @@ def generate_launch_description() -> LaunchDescription:
         name="policy",
         output="screen",
         parameters=[
-            _config("policy.yaml"),
+            config_file("policy.yaml"),
             {
-                "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
-                "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
+                "checkpoint": argument("checkpoint"),
+                "device": argument("device"),
             },
         ],
     )
@@ -102,10 +101,10 @@ def generate_launch_description() -> LaunchDescription:
         name="arm_command",
         output="screen",
         parameters=[
-            _config("arm_command.yaml"),
+            config_file("arm_command.yaml"),
             {
                 "backend": "piper_ros",
-                "auto_enable": ParameterValue(LaunchConfiguration("enable_arm"), value_type=bool),
+                "auto_enable": argument("enable_arm", bool),
             },
         ],
     )
@@ -121,13 +120,7 @@ def generate_launch_description() -> LaunchDescription:
         ],
         condition=if_installed("robot_state_publisher", "robot_state_publisher", "true"),
     )
-    rviz = Node(
-        package="rviz2",
-        executable="rviz2",
-        name="rviz2",
-        arguments=["-d", PathJoinSubstitution([FindPackageShare(PACKAGE), "rviz", "reconvla.rviz"])],
-        condition=if_installed("rviz2", "rviz2", LaunchConfiguration("use_rviz")),
-    )
+    rviz = rviz_node()
     handlers = [required(sim_robot, "sim_robot"), required(camera_ingest, "camera_ingest"),
                 required(policy, "policy"), required(arm_command, "arm_command")]
     entities = [sim_robot, camera_ingest, policy, arm_command, robot_state_publisher, rviz] + handlers

@@ -183,6 +183,23 @@ def test_required_nodes_shut_the_launch_down_and_rviz_is_optional(name):
         assert getattr(condition.func, "id", None) == "if_installed", f"{name}: rviz2 without if_installed"
 
 
+def test_launch_support_starts_rviz_only_when_wanted_and_installed():
+    """RViz is the one node the launch files take from launch_support (rviz_node) rather than spell out."""
+    tree = ast.parse((ROS_PKG / PACKAGE / "launch_support.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Node"]
+    assert len(calls) == 1
+    keywords = {k.arg: k.value for k in calls[0].keywords}
+    assert ast.literal_eval(keywords["package"]) == "rviz2"
+    assert getattr(keywords["condition"].func, "id", None) == "if_installed"
+    assert "use_rviz" in ast.dump(keywords["condition"])
+    for rviz in {c for c in string_constants(tree) if c.endswith(".rviz")}:
+        assert (ROS_PKG / "rviz" / rviz).is_file(), f"launch_support references missing rviz/{rviz}"
+    for name in EXPECTED_ARGUMENTS:
+        launch = launch_tree(name)
+        assert "use_rviz" in declared_arguments(launch), f"{name} starts RViz but has no use_rviz argument"
+        assert "rviz_node" in {n.id for n in ast.walk(launch) if isinstance(n, ast.Name)}, name
+
+
 def test_sim_launch_checks_the_checkpoint_before_starting_anything():
     tree = launch_tree("sim.launch.py")
     assert "checkpoint_problem" in {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}

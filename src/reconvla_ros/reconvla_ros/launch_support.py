@@ -1,9 +1,15 @@
-"""Helpers the launch files share: required nodes, optional tools, the checkpoint check.
+"""Helpers the launch files share: arguments, config files, required nodes, optional tools, RViz,
+the checkpoint check.
 
 The pure checks (``checkpoint_problem``, ``executable_in_package``) import nothing from
 ``launch``; the factories import ``launch`` when called, so this module imports on a machine
 without launch (the tests) and the launch files use it as ``reconvla_ros.launch_support``.
 
+- ``declare_arguments(ARGUMENTS)``: a ``DeclareLaunchArgument`` per ``(name, default, description)``
+  (each launch file keeps its ``ARGUMENTS`` table literal: the workspace tests read the names).
+- ``config_file(name)``: ``share/reconvla_ros/config/<name>``, the installed parameter file.
+- ``argument(name, value_type)``: a launch argument as a node parameter of that type.
+- ``rviz_node()``: RViz with ``rviz/reconvla.rviz`` when ``use_rviz:=true`` and rviz2 is installed.
 - ``required(node)``: when the node's process exits (a crash, exit code 2 for a bad parameter),
   the whole launch shuts down, like ROS 1's ``required="true"``; launch then stops every other
   node with SIGINT, so nothing keeps running (an enabled arm_command included) after a node it
@@ -20,8 +26,11 @@ without launch (the tests) and the launch files use it as ``reconvla_ros.launch_
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+PACKAGE = "reconvla_ros"
 
 
 def checkpoint_problem(checkpoint: str) -> str | None:
@@ -130,3 +139,43 @@ def if_installed(package: str, executable: str, wanted: Any) -> Any:
         return False
 
     return Condition(predicate=predicate)
+
+
+def declare_arguments(arguments: Iterable[tuple[str, str, str]]) -> list[Any]:
+    """A ``DeclareLaunchArgument`` for each ``(name, default, description)`` of a launch file's table."""
+    from launch.actions import DeclareLaunchArgument
+
+    return [DeclareLaunchArgument(name, default_value=default, description=text)
+            for name, default, text in arguments]
+
+
+def config_file(name: str) -> Any:
+    """The installed parameter file ``share/reconvla_ros/config/<name>`` as a substitution."""
+    from launch.substitutions import PathJoinSubstitution
+    from launch_ros.substitutions import FindPackageShare
+
+    return PathJoinSubstitution([FindPackageShare(PACKAGE), "config", name])
+
+
+def argument(name: str, value_type: type = str) -> Any:
+    """Launch argument ``name`` as a node parameter of ``value_type``: without the explicit type launch
+    reads the text as YAML (a digit-only string becomes an int, an empty one is rejected)."""
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.parameter_descriptions import ParameterValue
+
+    return ParameterValue(LaunchConfiguration(name), value_type=value_type)
+
+
+def rviz_node() -> Any:
+    """RViz with the product layout, when the launch argument ``use_rviz`` is true and rviz2 is installed."""
+    from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+    from launch_ros.actions import Node
+    from launch_ros.substitutions import FindPackageShare
+
+    return Node(
+        package="rviz2",
+        executable="rviz2",
+        name="rviz2",
+        arguments=["-d", PathJoinSubstitution([FindPackageShare(PACKAGE), "rviz", "reconvla.rviz"])],
+        condition=if_installed("rviz2", "rviz2", LaunchConfiguration("use_rviz")),
+    )
