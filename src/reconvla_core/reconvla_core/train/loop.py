@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from reconvla_core.model.modeling_reconvla import LOSS_KEYS
-from reconvla_core.train.checkpoint import (
+from reconvla_core.train.state import (
     SignalStopper,
     TrainState,
     latest_checkpoint,
@@ -29,7 +29,7 @@ from reconvla_core.train.checkpoint import (
 )
 from reconvla_core.train.config import TrainConfig, to_yaml, validate_config, world_size
 from reconvla_core.train.data import TrainData, build_data, make_loader, move_to_device
-from reconvla_core.train.evaluate import evaluate
+from reconvla_core.train.validation import evaluate
 from reconvla_core.train.logs import MetricsLogger, plot_loss_curve
 from reconvla_core.train.model_setup import build_model, save_final
 from reconvla_core.train.optim import (

@@ -1,4 +1,6 @@
-"""Checkpoints: resumable training state, the final inference artefact, stop-on-signal.
+"""Training state on disk: resumable checkpoints, the final inference artefact, stop-on-signal.
+
+(The model's own save/load is ``model/checkpoint.py``; this module saves a whole training run.)
 
 Layout of a run's output directory::
 

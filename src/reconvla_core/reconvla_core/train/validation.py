@@ -1,5 +1,5 @@
 """Validation on held-out episodes: action-token accuracy, losses, L1 of de-normalised actions,
-and optionally a short closed-loop run in the simulation twin.
+and optionally a short closed-loop run in the simulation twin (``sim/evaluate.py`` runs it).
 
 Runs under ``torch.random.fork_rng`` so validation never shifts the training random streams (a
 run with and without validation, or resumed, draws the same noise).
