@@ -224,3 +224,32 @@ def test_film_instruction_encoding_knows_word_order(norm_stats):
         with torch.no_grad():
             encodings.append(model.encode_instruction(sample["input_ids"][None], sample["instruction_mask"][None]))
     assert not torch.allclose(encodings[0], encodings[1], atol=1e-4)
+
+
+def test_action_head_state_feeds_the_exact_state_and_keypoints_to_the_head(norm_stats, observation, tmp_path):
+    with pytest.raises(ValueError, match="parallel"):
+        ReconVLAConfig.from_preset("tiny", action_head_state=True)
+    model = parallel(norm_stats, seed=5, recon_target="none", spatial_keypoints=2, action_head_state=True)
+    batch = make_batch(model, n=2)
+    assert batch["state"].shape == (2, model.config.state_dim) and float(batch["state"].abs().max()) <= 1.0
+    assert model.action_head.geometry_dim == model.config.state_dim + 4
+    out = model(batch)
+    assert out.action_loss is not None
+    missing = {k: v for k, v in batch.items() if k != "state"}
+    with pytest.raises(ValueError, match="state"):
+        model(missing)
+    # The head reads the state directly: a state change below one state-token bin still moves the chunk.
+    model.eval()
+    args = (observation["base_image"], observation["wrist_image"], observation["instruction"])
+    state = np.asarray(observation["state"], dtype=np.float64)
+    nudged = state.copy()
+    nudged[0] += 1e-4
+    assert model.processor(**dict(zip(("base_image", "wrist_image", "instruction"), args), state=state))[
+        "input_ids"].tolist() == model.processor(**dict(zip(("base_image", "wrist_image", "instruction"), args),
+                                                        state=nudged))["input_ids"].tolist()
+    assert not np.array_equal(model.predict_action(*args, state), model.predict_action(*args, nudged))
+    # It saves and loads with the option.
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = ReconVLA.from_pretrained(tmp_path / "ckpt")
+    assert loaded.config.action_head_state
+    np.testing.assert_array_equal(model.predict_action(*args, state), loaded.predict_action(*args, state))

@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def parallel_chunk() -> Any:
         with torch.inference_mode():
-            return parallel_model.run_parallel(parallel_embeds, masks["attention_mask"], masks["action_query_mask"])[1]
+            return parallel_model.run_parallel(parallel_embeds, masks["attention_mask"], masks["action_query_mask"],
+                                               geometry=masks.get("geometry"))[1]
 
     (tokens_ms, _), (parallel_ms, _) = _time_pair(lambda: model.decode_action_tokens(embeds), parallel_chunk,
                                                   device, args.iters, args.warmup)

@@ -206,6 +206,11 @@ class ReconVLAConfig:
     # Weight of the "where" supervision of keypoint 0: L1 to the centre of the dataset's gaze box (the
     # target object before the grasp, the destination after it) in the model-input frame. 0 = off.
     gaze_keypoint_weight: float = 0.0
+    # Parallel head only: the normalised robot state and the keypoints' coordinates also go straight
+    # into the action MLP, beside each query's hidden state (as a robomimic policy gets its
+    # proprioception), so the chunk is a function of exact geometry, not only of what attention over
+    # 7 binned state tokens keeps of it. The state tokens stay in the prompt.
+    action_head_state: bool = False
 
     # Prompt and images.
     system_prompt: str = "A chat between a robot operator and a robot policy that outputs arm actions."
@@ -329,6 +334,8 @@ class ReconVLAConfig:
             raise ValueError("spatial_keypoints feed the parallel head's action queries: set action_head: parallel")
         if not (isinstance(self.gaze_keypoint_weight, (int, float)) and 0.0 <= self.gaze_keypoint_weight < float("inf")):
             raise ValueError(f"gaze_keypoint_weight must be a finite number >= 0, got {self.gaze_keypoint_weight!r}")
+        if self.action_head_state and self.action_head != "parallel":
+            raise ValueError("action_head_state feeds the parallel head's MLP: set action_head: parallel")
         if self.gaze_keypoint_weight > 0 and not self.spatial_keypoints:
             raise ValueError("gaze_keypoint_weight supervises keypoint 0: set spatial_keypoints >= 1")
         if self.action_embedding_init not in ACTION_EMBEDDING_INITS:

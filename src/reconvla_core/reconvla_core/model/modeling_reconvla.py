@@ -126,10 +126,19 @@ class ParallelActionHead(nn.Module):
         super().__init__()
         d = config.llm.hidden_size
         self.queries = nn.Parameter(torch.randn(config.chunk_size, d) * 0.02)
-        self.mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, config.action_dim))
+        # action_head_state: the normalised state and the keypoint coordinates join every query's input.
+        self.geometry_dim = (config.state_dim + 2 * config.spatial_keypoints) if config.action_head_state else 0
+        self.mlp = nn.Sequential(nn.Linear(d + self.geometry_dim, d), nn.GELU(), nn.Linear(d, config.action_dim))
 
-    def forward(self, query_hidden: torch.Tensor) -> torch.Tensor:
-        """(B, K, D_llm) query hidden states -> (B, K, action_dim) normalised actions."""
+    def forward(self, query_hidden: torch.Tensor, geometry: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, K, D_llm) query hidden states (+ (B, geometry_dim) state and keypoints) -> (B, K, action_dim)
+        normalised actions."""
+        if self.geometry_dim:
+            if geometry is None or geometry.shape[-1] != self.geometry_dim:
+                raise ValueError(f"action_head_state needs the (B, {self.geometry_dim}) normalised state and "
+                                 "keypoints; build the batch with model.processor")
+            expanded = geometry.to(query_hidden.dtype)[:, None, :].expand(-1, query_hidden.shape[1], -1)
+            query_hidden = torch.cat([query_hidden, expanded], dim=-1)
         return self.mlp(query_hidden)
 
 
@@ -390,16 +399,29 @@ class ReconVLA(nn.Module):
         return hidden[torch.arange(ids.shape[0], device=ids.device), lengths - 1]  # (B, D)
 
     def run_parallel(self, embeds: torch.Tensor, attention_mask: torch.Tensor, query_mask: torch.Tensor,
-                     output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor, Any]:
+                     output_attentions: bool = False,
+                     geometry: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """One decoder pass of the parallel head: (all hidden states, (B, K, action_dim) normalised
-        actions, the attentions when asked)."""
+        actions, the attentions when asked). ``geometry``: ``head_geometry``'s output (action_head_state)."""
         mask = chunk_attention_mask(attention_mask, query_mask, embeds.dtype)
         out = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
                                      output_attentions=output_attentions)
         hidden = out.last_hidden_state
         b, k = hidden.shape[0], self.config.chunk_size
-        actions = self.action_head(hidden[query_mask].view(b, k, -1))
+        actions = self.action_head(hidden[query_mask].view(b, k, -1), geometry)
         return hidden, actions, out.attentions if output_attentions else None
+
+    def head_geometry(self, state: torch.Tensor | None, keypoints: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, state_dim + 2 * keypoints) exact geometry for the action MLP (action_head_state), else None."""
+        if not self.config.action_head_state:
+            return None
+        if state is None:
+            raise ValueError("action_head_state needs batch['state'] (the normalised state); build it with "
+                             "model.processor")
+        parts = [state.float()]
+        if keypoints is not None:
+            parts.append(keypoints.reshape(keypoints.shape[0], -1).float())
+        return torch.cat(parts, dim=-1)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> ReconVLAOutput:
         """Action loss (token head: CE over the action tokens + EOS; parallel head: L1 on the continuous
@@ -414,7 +436,9 @@ class ReconVLA(nn.Module):
                                         batch.get("instruction_mask"), batch.get("action_query_mask"))
         action_loss = action_accuracy = grounding_loss = None
         if self.action_head is not None:
-            hidden, predicted, _ = self.run_parallel(embeds, batch["attention_mask"], batch["action_query_mask"])
+            geometry = self.head_geometry(batch.get("state"), keypoints)
+            hidden, predicted, _ = self.run_parallel(embeds, batch["attention_mask"], batch["action_query_mask"],
+                                                     geometry=geometry)
             if "actions" in batch:
                 action_loss = self._l1_action_loss(predicted, batch["actions"], batch.get("action_is_pad"))
             if self.config.gaze_keypoint_weight > 0 and "gaze_point" in batch:
@@ -486,8 +510,12 @@ class ReconVLA(nn.Module):
             instruction = None
             if self.vision_film is not None:
                 instruction = self._cached_instruction_encoding(ids, masks["instruction_mask"])
-            embeds, _ = self._embed(ids, masks["image_mask"], sample["pixel_values"][None].to(device),
-                                    masks.get("instruction_mask"), masks.get("action_query_mask"), instruction)
+            embeds, keypoints = self._embed(ids, masks["image_mask"], sample["pixel_values"][None].to(device),
+                                            masks.get("instruction_mask"), masks.get("action_query_mask"),
+                                            instruction)
+            geometry = self.head_geometry(sample["state"][None].to(device) if "state" in sample else None, keypoints)
+        if geometry is not None:
+            masks["geometry"] = geometry  # rides with the masks to run_parallel
         return embeds, masks
 
     def _cached_instruction_encoding(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -527,13 +555,15 @@ class ReconVLA(nn.Module):
             previous = self.llm.config._attn_implementation
             self.llm.set_attn_implementation("eager")
             try:
-                _, values, attentions = self.run_parallel(embeds, masks["attention_mask"], query_mask, True)
+                _, values, attentions = self.run_parallel(embeds, masks["attention_mask"], query_mask, True,
+                                                          masks.get("geometry"))
             finally:
                 self.llm.set_attn_implementation(previous)
             attention = self._attention_to_image(attentions, query_mask[0].nonzero().squeeze(-1),
                                                  masks["image_mask"][0])
         else:
-            _, values, _ = self.run_parallel(embeds, masks["attention_mask"], query_mask)
+            _, values, _ = self.run_parallel(embeds, masks["attention_mask"], query_mask,
+                                             geometry=masks.get("geometry"))
         actions = self.processor.decode_continuous(values[0].float().cpu().numpy(), state=state)
         return ActionPrediction(actions=actions, box=None, attention=attention)
 

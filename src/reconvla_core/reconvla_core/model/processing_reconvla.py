@@ -234,6 +234,8 @@ class ReconVLAProcessor:
             if cfg.builds_reconstruction:
                 sample["recon_pixel_values"] = self.vae_pixels(
                     self._recon_frame(frame, base_image, wrist_image, gaze_box if gaze_valid else None))
+        if cfg.action_head_state:
+            sample["state"] = torch.tensor(state_norm.normalize(state_arr), dtype=torch.float32)
         if cfg.action_head == "parallel":
             # The K action queries follow the prompt at training and at inference alike; their input
             # embeddings are the model's learned queries (the placeholder id is never embedded).
@@ -298,7 +300,8 @@ class ReconVLAProcessor:
                 seq = s[key]
                 rows.append(torch.cat([seq, seq.new_full((length - seq.shape[0],), value)]))
             batch[key] = torch.stack(rows)
-        for key in ("pixel_values", "recon_pixel_values", "actions", "action_is_pad", "gaze_point", "gaze_valid"):
+        for key in ("pixel_values", "recon_pixel_values", "state", "actions", "action_is_pad", "gaze_point",
+                    "gaze_valid"):
             if key in samples[0]:
                 batch[key] = torch.stack([s[key] for s in samples])
         return batch
