@@ -25,6 +25,11 @@ disk_check_period, queue_depth, qos_reliability: ``auto`` (default, like ``ros2 
 each topic is subscribed when its publishers appear, reliable when they all are, so large camera
 frames from another process are retransmitted rather than dropped), ``reliable`` or ``best_effort``.
 On SIGINT/SIGTERM the open episode is finished (success=False, interrupted) so the bag is readable.
+
+Operator interventions (HG-DAgger): ``/reconvla/intervention`` (std_msgs/Bool, published by
+arm_command with ``interventions: true``, true while the leader arm drives) is one of the default
+topics, so each episode carries it as a topic of its own (``ros2 bag info`` lists it) and
+``reconvla dataset build`` turns it into the per-frame ``intervention`` flag.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from reconvla_core import interfaces as itf
-from reconvla_core.data.bag_writer import EpisodeBagWriter
+from reconvla_core.data.bag_writer import EpisodeBagWriter, get_typestore
 
 SEC = 1_000_000_000
 T0 = 1_700_000_000 * SEC
@@ -60,6 +60,16 @@ class BagSpec:
     write_leader: bool = True
     smooth_images: bool = False  # camera-like content instead of noise (for lossy-codec tests)
     hold_leader_frames: tuple[int, ...] = ()  # joint-message indices where the leader repeats its last command
+    # None: no intervention topic; else the joint-message indices at which the flag is true (written
+    # with every joint message, as arm_command publishes it every control period)
+    intervention_frames: tuple[int, ...] | None = None
+
+
+def write_flag(bag: EpisodeBagWriter, stamp: int, flag: bool) -> None:
+    """One std_msgs/Bool on the intervention topic, serialized as rclpy would."""
+    typestore = get_typestore()
+    raw = typestore.serialize_cdr(typestore.types["std_msgs/msg/Bool"](data=flag), "std_msgs/msg/Bool")
+    bag.write_serialized(itf.INTERVENTION_TOPIC, "std_msgs/msg/Bool", stamp, raw)
 
 
 def write_bag(path: Path, spec: BagSpec) -> Path:
@@ -80,6 +90,8 @@ def write_bag(path: Path, spec: BagSpec) -> Path:
                     if i not in spec.hold_leader_frames:
                         command = action_at(t, spec.episode)
                     bag.write_joint_state(itf.LEADER_COMMAND_TOPIC, stamp, command)
+                if spec.intervention_frames is not None:
+                    write_flag(bag, stamp, i in spec.intervention_frames)
             else:
                 render = smooth_image_at if spec.smooth_images else image_at
                 bag.write_image(itf.BASE_IMAGE_TOPIC, stamp, render(0, i, spec.height, spec.width))

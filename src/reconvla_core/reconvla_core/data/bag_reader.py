@@ -66,6 +66,7 @@ class BagTopics:
     instruction: str = itf.INSTRUCTION_TOPIC
     gaze_box: str = itf.GAZE_BOX_TOPIC
     episode_info: str = itf.EPISODE_INFO_TOPIC
+    intervention: str = itf.INTERVENTION_TOPIC  # optional (std_msgs/Bool): operator interventions
 
     @classmethod
     def from_overrides(cls, overrides: Sequence[str] | dict[str, str] | None) -> BagTopics:
@@ -139,6 +140,9 @@ class BagEpisode:
     filled_frames: int = 0  # grid points without a message within tolerance, filled inside a segment
     # [start, stop) row ranges with no hole longer than max_gap_s (one range without max_gap_s)
     segments: list[tuple[int, int]] = field(default_factory=list)
+    # (T,) bool: the operator's leader drove the arm at the frame (the intervention topic's latest
+    # flag at its time; all False for a bag without the topic)
+    intervention: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     _image_index: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # role -> (T,) msg index
     _index: McapIndex | SqliteIndex | None = field(default=None, repr=False)  # pass-1 index, reused by pass 2
 
@@ -568,6 +572,7 @@ def _role_map(topics: BagTopics) -> dict[str, str]:
         topics.instruction: "instruction",
         topics.gaze_box: "gaze_box",
         topics.episode_info: "episode_info",
+        topics.intervention: "intervention",
     }
 
 
@@ -663,6 +668,9 @@ def _decode_into(
         instructions.append(str(typestore.deserialize_cdr(raw, msgtype).data))
     elif role == "episode_info":
         info_texts.append(str(typestore.deserialize_cdr(raw, msgtype).data))
+    elif role == "intervention":  # std_msgs/Bool has no header: always its log time
+        values.setdefault("intervention", []).append(bool(typestore.deserialize_cdr(raw, msgtype).data))
+        stamps[role].append(log_ns)
 
 
 def _read_episode_scan(path: Path, topics: BagTopics, align: AlignConfig) -> BagEpisode:
@@ -809,8 +817,24 @@ def _align(
         stream_rates={role: _median_rate(arrays[role]) for role in required},
         filled_frames=filled,
         segments=segments,
+        intervention=intervention_flags(stamps.get("intervention", []), values.get("intervention", []), grid),
         _image_index={"base_image": kept["base_image"], "wrist_image": kept["wrist_image"]},
     )
+
+
+def intervention_flags(stamps_ns: Sequence[int], flags: Sequence[bool], grid_ns: np.ndarray) -> np.ndarray:
+    """(T,) bool: at each grid time, the latest intervention flag at or before it; False before the
+    first message and for a bag without the intervention topic."""
+    out = np.zeros(np.asarray(grid_ns).shape[0], dtype=bool)
+    stamps = np.asarray(stamps_ns, dtype=np.int64)
+    if stamps.size == 0:
+        return out
+    order = np.argsort(stamps, kind="stable")
+    stamps, values = stamps[order], np.asarray(flags, dtype=bool)[order]
+    latest = np.searchsorted(stamps, grid_ns, side="right") - 1
+    seen = latest >= 0
+    out[seen] = values[latest[seen]]
+    return out
 
 
 def _median_rate(stamps_ns: np.ndarray) -> float | None:

@@ -14,6 +14,12 @@ What the build guarantees for every episode it writes (each fault has its per-ba
 - one image size (``image_size``, default the most common among the bags): bags of another size
   are resized, with a note;
 - colour only: single-channel (mono8) cameras fail the bag unless ``allow_mono``.
+
+Operator interventions (``interventions``): every frame carries the ``intervention`` flag (the
+recording's intervention topic; False without it). ``"all"`` keeps every frame, ``"only"`` keeps
+only intervention frames (each unbroken run becomes an episode of its own, so rows stay on the fps
+grid; a bag without any is skipped and listed), ``"weight=W"`` keeps every frame and stores a
+``sample_weight`` of W on intervention frames and 1 on the others.
 """
 
 from __future__ import annotations
@@ -42,6 +48,22 @@ MONO_ENCODINGS = frozenset({"mono8", "mono16", "8UC1", "16UC1"})
 RATE_SLACK = 0.8
 RATE_NOTE = 0.95
 _CAMERA_ROLES = ("base_image", "wrist_image")
+INTERVENTION_MODES = ("all", "only", "weight")
+
+
+def parse_interventions(text: str) -> tuple[str, float]:
+    """``all`` | ``only`` | ``weight=W`` (W > 0) -> (mode, weight of an intervention frame)."""
+    text = str(text).strip()
+    if text in ("all", "only"):
+        return text, 1.0
+    if text.startswith("weight="):
+        try:
+            weight = float(text[len("weight="):])
+        except ValueError:
+            weight = float("nan")
+        if np.isfinite(weight) and weight > 0:
+            return "weight", weight
+    raise ValueError(f"interventions must be 'all', 'only' or 'weight=W' with W > 0, got {text!r}")
 
 
 @dataclass
@@ -72,8 +94,12 @@ class BuildConfig:
     allow_mono: bool = False
     dropped_warn_pct: float = 5.0  # one warning line per bag that dropped more of its frames
     recover: bool = False  # recover cut-off MCAP bags (bag recover) before reading them
+    interventions: str = "all"  # all | only | weight=W (see the module docstring)
+    intervention_mode: str = field(init=False, default="all")  # parsed from interventions
+    intervention_weight: float = field(init=False, default=1.0)
 
     def __post_init__(self) -> None:
+        self.intervention_mode, self.intervention_weight = parse_interventions(self.interventions)
         if not self.bags:
             raise ValueError("no bags given (--bags DIR [DIR ...])")
         if self.batch_frames < 1:
@@ -105,6 +131,9 @@ class BuildReport:
     frames_per_s: float = 0.0
     filled_frames: int = 0
     image_size: str = ""  # WxH of the dataset's camera images
+    interventions: str = "all"
+    intervention_frames: int = 0  # frames written with the intervention flag set
+    skipped_no_interventions: list[str] = field(default_factory=list)  # --interventions only
     # Every bag with its outcome: converted | skipped_unsuccessful | failed, and per-bag figures
     bags: list[dict[str, Any]] = field(default_factory=list)
 
@@ -239,7 +268,8 @@ def build_dataset(config: BuildConfig) -> BuildReport:
         fps=config.fps, tolerance_s=config.tolerance_s, stamp_source=config.stamp_source,
         require_gaze=backend.needs_gaze_topic, max_gap_s=config.max_gap_s,
     )
-    report = BuildReport(fps=config.fps, out=str(config.out), gaze=config.gaze, bags_found=len(bags))
+    report = BuildReport(fps=config.fps, out=str(config.out), gaze=config.gaze, bags_found=len(bags),
+                         interventions=config.interventions)
     slot = _WriterSlot(sizes=dataset_image_sizes(bags, config))
     if slot.sizes is not None:
         report.image_size = "{1}x{0}".format(*slot.sizes["base_image"])
@@ -337,20 +367,29 @@ def _convert_bag(
             return
         entry.update(_episode_figures(episode))
         notes = _check_episode(episode, config)
+        segments = intervention_segments(episode, config.intervention_mode)
+        if not segments:  # --interventions only, and the operator never took over
+            report.skipped_no_interventions.append(bag.name)
+            report.bags.append({"bag": bag.name, "outcome": "skipped_no_interventions", **entry})
+            return
         if slot.writer is None:
             _open_writer(config, episode, slot)
         assert slot.writer is not None
         notes += _resize_notes(episode, slot.writer)
-        fallbacks = _write_episode(slot.writer, episode, backend, config.batch_frames)
+        fallbacks = _write_episode(slot.writer, episode, backend, config.batch_frames, segments,
+                                   config.intervention_weight)
     except BagError as error:
         _fail(bag, error, config, report, entry)
         return
     for note in notes:
         logger.warning("%s: %s", bag.name, note)
-    report.bags.append({"bag": bag.name, "outcome": "converted", "episodes": len(episode.segments),
-                        "notes": notes, **entry})
-    report.episodes += len(episode.segments)
-    report.frames += episode.num_frames
+    frames = sum(stop - start for start, stop in segments)
+    flagged = sum(int(episode.intervention[start:stop].sum()) for start, stop in segments)
+    report.bags.append({"bag": bag.name, "outcome": "converted", "episodes": len(segments),
+                        "notes": notes, **entry, "intervention_frames": flagged})
+    report.episodes += len(segments)
+    report.frames += frames
+    report.intervention_frames += flagged
     report.dropped_frames += episode.dropped_frames
     report.filled_frames += episode.filled_frames
     report.gaze_fallbacks += fallbacks
@@ -363,6 +402,20 @@ def _looks_cut_off(bag: Path) -> bool:
         return needs_recovery(bag)
     except OSError:
         return False  # unreadable: read_episode says why
+
+
+def intervention_segments(episode: BagEpisode, mode: str) -> list[tuple[int, int]]:
+    """The [start, stop) row ranges to write: the bag's segments, or with ``only`` the unbroken
+    runs of intervention frames inside them (each its own episode, starting at t = 0)."""
+    segments = list(episode.segments) or [(0, episode.num_frames)]
+    if mode != "only":
+        return segments
+    runs: list[tuple[int, int]] = []
+    for start, stop in segments:
+        flags = np.concatenate([[False], episode.intervention[start:stop].astype(bool), [False]])
+        edges = np.flatnonzero(np.diff(flags.astype(np.int8)))  # rises and falls, in pairs
+        runs.extend((start + int(a), start + int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True))
+    return runs
 
 
 def _episode_figures(episode: BagEpisode) -> dict[str, Any]:
@@ -442,6 +495,7 @@ def _open_writer(config: BuildConfig, episode: BagEpisode, slot: _WriterSlot) ->
     slot.writer = LeRobotV3Writer(
         config.out, fps=config.fps, image_shapes=shapes, image_format=config.image_format,
         overwrite=config.overwrite, encode_workers=config.encode_workers,
+        sample_weights=config.intervention_mode == "weight",
     )
     slot.writer.open()
 
@@ -454,10 +508,12 @@ def _resized(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
 
 
-def _write_episode(writer: LeRobotV3Writer, episode: BagEpisode, backend: GazeBackend, batch_frames: int) -> int:
+def _write_episode(writer: LeRobotV3Writer, episode: BagEpisode, backend: GazeBackend, batch_frames: int,
+                   segments: list[tuple[int, int]] | None = None, intervention_weight: float = 1.0) -> int:
     """Stream one bag into the writer in one pass, one dataset episode per segment (each starting at
-    t = 0 on the fps grid); frames of another size are resized to the dataset's. Returns the number
-    of whole-image gaze fallbacks."""
+    t = 0 on the fps grid; default the bag's segments); frames of another size are resized to the
+    dataset's. Intervention frames get ``intervention_weight`` as their sample weight (in a dataset
+    that stores one). Returns the number of whole-image gaze fallbacks."""
     base_shape, wrist_shape = writer.image_shapes[BASE_IMAGE_KEY], writer.image_shapes[WRIST_IMAGE_KEY]
     metadata = {
         "source_bag": episode.name,
@@ -466,7 +522,10 @@ def _write_episode(writer: LeRobotV3Writer, episode: BagEpisode, backend: GazeBa
         "instruction": episode.instruction,
         "dropped_frames": episode.dropped_frames,
     }
-    segments = list(episode.segments) or [(0, episode.num_frames)]
+    segments = segments if segments is not None else (list(episode.segments) or [(0, episode.num_frames)])
+    flags = episode.intervention if episode.intervention.shape[0] == episode.num_frames else \
+        np.zeros(episode.num_frames, dtype=bool)
+    weighted = writer.features.get("sample_weight") is not None
     total_fallbacks = 0
     written = 0
     frames = episode.iter_frames()
@@ -484,11 +543,15 @@ def _write_episode(writer: LeRobotV3Writer, episode: BagEpisode, backend: GazeBa
                 target.add_frames(
                     base, [_resized(item[2], wrist_shape) for item in buffer], episode.state[indices],
                     episode.action[indices], boxes, episode.timestamps[indices] - origin,
+                    intervention=flags[indices],
+                    sample_weight=np.where(flags[indices], intervention_weight, 1.0) if weighted else None,
                 )
                 buffer.clear()
                 return int((boxes[:, 4] < 0.5).sum())
 
             for item in frames:
+                if item[0] < first:
+                    continue  # a frame between two intervention runs (--interventions only)
                 buffer.append(item)
                 if len(buffer) >= batch_frames:
                     fallbacks += flush()
@@ -497,6 +560,7 @@ def _write_episode(writer: LeRobotV3Writer, episode: BagEpisode, backend: GazeBa
             if buffer:
                 fallbacks += flush()
             target.metadata["gaze_fallbacks"] = fallbacks
+            target.metadata["intervention_frames"] = int(flags[first:stop].sum())
             target.finish()
         except BaseException as error:
             target.discard()

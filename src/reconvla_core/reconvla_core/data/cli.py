@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="align on bag receive time (log, default) or message header stamps")
     build.add_argument("--topic", action="append", default=[], metavar="ROLE=TOPIC",
                        help="override a topic, e.g. base_image=/camera/color/image_raw (repeatable); roles: "
-                            "base_image wrist_image follower_state leader_command instruction gaze_box episode_info")
+                            "base_image wrist_image follower_state leader_command instruction gaze_box episode_info "
+                            "intervention")
     build.add_argument("--image-format", choices=("jpeg", "png"), default="jpeg",
                        help="camera frame encoding in the parquet image columns (jpeg q95, default; png: lossless, "
                             "~10x slower to build and ~9x larger)")
@@ -60,6 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="warn (one line per bag) when more than PCT %% of its frames were dropped (default 5)")
     build.add_argument("--recover", action="store_true",
                        help="recover cut-off MCAP bags in place first (as 'reconvla bag recover')")
+    build.add_argument("--interventions", default="all", metavar="all|only|weight=W",
+                       help="operator interventions (the recording's /reconvla/intervention flag, stored per frame "
+                            "as the 'intervention' feature): all = keep every frame (default); only = keep only "
+                            "intervention frames, each unbroken run an episode of its own; weight=W = keep every "
+                            "frame and store a 'sample_weight' feature, W on intervention frames, 1 elsewhere")
     build.add_argument("--strict", action="store_true", help="fail the build on the first bad bag")
     build.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     build.add_argument("--workers", type=int, default=None, help="image-encoding threads (default: min(4, cores))")
@@ -111,9 +117,13 @@ def parse_gaze(values: list[str]) -> tuple[str, Path | None]:
 def cmd_build(args: argparse.Namespace) -> int:
     from reconvla_core.cli.main import CLIError, emit_result
     from reconvla_core.data.bag_reader import BagError, BagTopics
-    from reconvla_core.data.build import BuildConfig, build_dataset, parse_image_size
+    from reconvla_core.data.build import BuildConfig, build_dataset, parse_image_size, parse_interventions
 
     gaze, boxes_file = parse_gaze(args.gaze)
+    try:
+        parse_interventions(args.interventions)
+    except ValueError as error:
+        raise CLIError(f"--interventions: {error}") from None
     config = BuildConfig(
         bags=args.bags,
         out=args.out,
@@ -140,6 +150,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         allow_mono=args.allow_mono,
         dropped_warn_pct=args.warn_dropped_pct,
         recover=args.recover,
+        interventions=args.interventions,
     )
     try:
         report = build_dataset(config)
@@ -157,6 +168,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         "image_size": report.image_size,
         "out": report.out,
         "skipped_unsuccessful": len(report.skipped_unsuccessful),
+        "interventions": report.interventions,
+        "intervention_frames": report.intervention_frames,
+        "skipped_no_interventions": len(report.skipped_no_interventions),
         "failed": report.failed,
         "seconds": report.seconds,
         "frames_per_s": report.frames_per_s,
@@ -234,6 +248,8 @@ def dataset_summary(root: Path) -> dict[str, Any]:
         stats = {}
     if GAZE_KEY in stats:
         summary["gaze_valid_fraction"] = round(float(np.asarray(stats[GAZE_KEY]["mean"])[4]), 4)
+    if "intervention" in stats:  # HG-DAgger recordings: the share of frames the operator drove
+        summary["intervention_fraction"] = round(float(np.asarray(stats["intervention"]["mean"]).reshape(-1)[0]), 4)
     if "gaze_fallbacks" in (episodes[0] if episodes else {}):
         summary["gaze_fallbacks"] = int(sum(int(e.get("gaze_fallbacks") or 0) for e in episodes))
     return summary

@@ -8,7 +8,9 @@ from small parquet row groups (cached per worker) and decoded with PIL.
 ``ds[i]`` returns the raw sample dict when ``processor`` is None, else
 ``processor(base_image=..., wrist_image=..., instruction=..., state=..., actions=...,
 gaze_box=..., norm_stats=<that source's stats>)``. Split is by episode, deterministic in
-``seed``; ``ds.sampler(n, seed)`` draws sources by their weights (not their sizes).
+``seed``; ``ds.sampler(n, seed)`` draws sources by their weights (not their sizes), and within a
+source that stores a per-frame ``sample_weight`` (``dataset build --interventions weight=W``)
+frames in proportion to it (``ds.frame_weights()``).
 
 ``static_threshold`` drops "no-op" frames as samples (OpenVLA does the same for BridgeData):
 frames whose commanded action moved less than the threshold in every dimension since the
@@ -33,6 +35,7 @@ from reconvla_core.data.lerobot_v3 import (
     ACTION_KEY,
     BASE_IMAGE_KEY,
     GAZE_KEY,
+    SAMPLE_WEIGHT_KEY,
     STATE_KEY,
     ACTION_DELTA_KEY,
     DEFAULT_DELTA_CHUNK,
@@ -201,6 +204,8 @@ class _Source:
         numeric = [fmap.state, fmap.action, "episode_index", "frame_index", "task_index"]
         if fmap.gaze_box is not None:
             numeric.append(fmap.gaze_box)
+        if SAMPLE_WEIGHT_KEY in features:
+            numeric.append(SAMPLE_WEIGHT_KEY)
         columns: dict[str, list[np.ndarray]] = {key: [] for key in numeric}
         self.files: list[Path] = data_files(root)
         if not self.files:
@@ -244,6 +249,9 @@ class _Source:
             self.static_rows = int(np.count_nonzero(keep & static))
             keep &= ~static
         self.rows = np.flatnonzero(keep).astype(np.int64)
+        # Per sample (row of self.rows): its sampling weight, or None when the dataset stores none.
+        self.frame_weight = (arrays[SAMPLE_WEIGHT_KEY].reshape(-1).astype(np.float64)[self.rows]
+                             if SAMPLE_WEIGHT_KEY in arrays else None)
         self.episode_start_row = {ep: int(start) for ep, start in zip(self.episodes, starts, strict=False)}
         self.instructions = self._instructions(root)
         self.chunk_size = chunk_size
@@ -379,9 +387,18 @@ class VLADataset(_TorchDataset):
     def norm_stats(self, source_id: int = 0) -> dict[str, Any]:
         return self.sources[source_id].norm_stats
 
+    def frame_weights(self) -> np.ndarray | None:
+        """(len(self),) per-sample weights within their source (the datasets' ``sample_weight``, 1
+        for a source without it); None when no source stores weights."""
+        if all(source.frame_weight is None for source in self.sources):
+            return None
+        return np.concatenate([source.frame_weight if source.frame_weight is not None
+                               else np.ones(len(source)) for source in self.sources])
+
     def sampler(self, num_samples: int, seed: int = 0) -> MixtureSampler:
-        """Sampler drawing a source by its mixing weight, then a frame uniformly within it."""
-        return MixtureSampler(self.offsets, self.weights, num_samples, seed)
+        """Sampler drawing a source by its mixing weight, then a frame within it (uniformly, or by
+        the source's per-frame sample weights)."""
+        return MixtureSampler(self.offsets, self.weights, num_samples, seed, frame_weights=self.frame_weights())
 
     # -- samples
     def __getitem__(self, index: int) -> Any:
@@ -557,10 +574,12 @@ def colour_jitter(image: np.ndarray, config: AugmentConfig, rng: np.random.Gener
 
 
 class MixtureSampler(_TorchSampler):
-    """``num_samples`` indices: source s with probability weight_s / sum(weights), then a uniform
-    frame of s. Sources with no frames are never drawn. ``set_epoch`` reshuffles reproducibly."""
+    """``num_samples`` indices: source s with probability weight_s / sum(weights), then a frame of s,
+    uniformly or, with ``frame_weights`` (one per index), in proportion to them. Sources with no
+    frames are never drawn. ``set_epoch`` reshuffles reproducibly."""
 
-    def __init__(self, offsets: np.ndarray, weights: np.ndarray, num_samples: int, seed: int = 0) -> None:
+    def __init__(self, offsets: np.ndarray, weights: np.ndarray, num_samples: int, seed: int = 0,
+                 frame_weights: np.ndarray | None = None) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         self.offsets = np.asarray(offsets, dtype=np.int64)
@@ -570,6 +589,13 @@ class MixtureSampler(_TorchSampler):
             raise ValueError("no source has frames to sample from")
         self.probabilities = weights / weights.sum()
         self.lengths = lengths
+        self.frame_weights = None
+        if frame_weights is not None:
+            frame_weights = np.asarray(frame_weights, dtype=np.float64).reshape(-1)
+            if frame_weights.shape[0] != self.offsets[-1] or not np.all(np.isfinite(frame_weights)) \
+                    or np.any(frame_weights < 0):
+                raise ValueError(f"frame_weights must be {self.offsets[-1]} finite values >= 0")
+            self.frame_weights = frame_weights
         self.num_samples = num_samples
         self.seed = seed
         self.epoch = 0
@@ -584,6 +610,14 @@ class MixtureSampler(_TorchSampler):
         rng = np.random.default_rng([self.seed, self.epoch])
         sources = rng.choice(len(self.probabilities), size=self.num_samples, p=self.probabilities)
         within = np.floor(rng.random(self.num_samples) * self.lengths[sources]).astype(np.int64)
+        if self.frame_weights is not None:  # its own stream: unweighted draws stay as they were
+            weighted = np.random.default_rng([self.seed, self.epoch, 1])
+            for source in np.unique(sources).tolist():
+                w = self.frame_weights[self.offsets[source]:self.offsets[source + 1]]
+                if w.sum() <= 0:
+                    continue  # all zero: uniform
+                mask = sources == source
+                within[mask] = weighted.choice(w.shape[0], size=int(mask.sum()), p=w / w.sum())
         return self.offsets[sources] + within
 
     def __iter__(self) -> Iterator[int]:

@@ -55,6 +55,10 @@ STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 GAZE_KEY = "observation.gaze_box"
 GAZE_NAMES = ("x1", "y1", "x2", "y2", "valid")
+# Per frame: the operator's leader arm drove the robot (HG-DAgger interventions; False without them)
+INTERVENTION_KEY = "intervention"
+# Per frame, only in datasets built with `--interventions weight=W`: the frame's sampling weight
+SAMPLE_WEIGHT_KEY = "sample_weight"
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
 QUANTILE_KEYS = tuple(f"q{int(q * 100):02d}" for q in QUANTILES)
 STAT_KEYS = ("min", "max", "mean", "std", "count") + QUANTILE_KEYS
@@ -77,7 +81,8 @@ _CHANNEL_OFFSETS = np.array([0, 256, 512], dtype=np.uint16)
 
 
 # ---------------------------------------------------------------------- features
-def make_features(image_shapes: dict[str, tuple[int, int, int]]) -> dict[str, dict[str, Any]]:
+def make_features(image_shapes: dict[str, tuple[int, int, int]],
+                  sample_weights: bool = False) -> dict[str, dict[str, Any]]:
     """The LeRobot ``features`` dict of our datasets, in column order."""
     features: dict[str, dict[str, Any]] = {}
     for key in IMAGE_KEYS:
@@ -85,6 +90,10 @@ def make_features(image_shapes: dict[str, tuple[int, int, int]]) -> dict[str, di
     features[STATE_KEY] = {"dtype": "float32", "shape": [len(ACTION_NAMES)], "names": list(ACTION_NAMES)}
     features[ACTION_KEY] = {"dtype": "float32", "shape": [len(ACTION_NAMES)], "names": list(ACTION_NAMES)}
     features[GAZE_KEY] = {"dtype": "float32", "shape": [len(GAZE_NAMES)], "names": list(GAZE_NAMES)}
+    # Scalars per frame, like LeRobot's own "next.done" (bool) and "timestamp" (float32)
+    features[INTERVENTION_KEY] = {"dtype": "bool", "shape": [1], "names": None}
+    if sample_weights:
+        features[SAMPLE_WEIGHT_KEY] = {"dtype": "float32", "shape": [1], "names": None}
     features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
     for key in ("frame_index", "episode_index", "index", "task_index"):
         features[key] = {"dtype": "int64", "shape": [1], "names": None}
@@ -306,6 +315,7 @@ class LeRobotV3Writer:
         data_file_size_in_mb: float = DEFAULT_DATA_FILE_SIZE_IN_MB,
         overwrite: bool = False,
         encode_workers: int | None = None,
+        sample_weights: bool = False,
     ) -> None:
         if image_format not in IMAGE_FORMATS:
             raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
@@ -313,7 +323,7 @@ class LeRobotV3Writer:
             raise ValueError(f"row_group_frames must be >= 1, got {row_group_frames}")
         self.root = Path(root)
         self.fps = fps
-        self.features = make_features(image_shapes)
+        self.features = make_features(image_shapes, sample_weights=sample_weights)
         self.image_shapes = {key: tuple(int(v) for v in image_shapes[key]) for key in IMAGE_KEYS}
         self.image_format = image_format
         self.robot_type = robot_type
@@ -512,6 +522,7 @@ class EpisodeWriter:
         self.length = 0
         self.histograms = {key: ImageHistogram() for key in IMAGE_KEYS}
         self._columns: dict[str, list[np.ndarray]] = {STATE_KEY: [], ACTION_KEY: [], GAZE_KEY: [], "timestamp": []}
+        self._columns.update({key: [] for key in (INTERVENTION_KEY, SAMPLE_WEIGHT_KEY) if key in parent.features})
         fd, name = tempfile.mkstemp(suffix=".parquet", prefix="episode-", dir=parent.staging)
         os.close(fd)
         self.staged_path = Path(name)
@@ -527,15 +538,26 @@ class EpisodeWriter:
         action: np.ndarray,
         gaze: np.ndarray,
         timestamps: np.ndarray,
+        intervention: np.ndarray | None = None,
+        sample_weight: np.ndarray | None = None,
     ) -> None:
-        """Append B frames: images HxWx3 uint8, state/action (B, 7), gaze (B, 5), timestamps (B,) s."""
+        """Append B frames: images HxWx3 uint8, state/action (B, 7), gaze (B, 5), timestamps (B,) s;
+        intervention (B,) bool (default all False) and, in a dataset with sample weights, sample_weight
+        (B,) (default all 1)."""
         count = len(base_images)
         arrays = {
             STATE_KEY: np.asarray(state, dtype=np.float32).reshape(count, -1),
             ACTION_KEY: np.asarray(action, dtype=np.float32).reshape(count, -1),
             GAZE_KEY: np.asarray(gaze, dtype=np.float32).reshape(count, -1),
             "timestamp": np.asarray(timestamps, dtype=np.float32).reshape(count),
+            INTERVENTION_KEY: (np.zeros(count, dtype=bool) if intervention is None
+                               else np.asarray(intervention, dtype=bool).reshape(count)),
         }
+        if SAMPLE_WEIGHT_KEY in self.parent.features:
+            arrays[SAMPLE_WEIGHT_KEY] = (np.ones(count, dtype=np.float32) if sample_weight is None
+                                         else np.asarray(sample_weight, dtype=np.float32).reshape(count))
+        elif sample_weight is not None:
+            raise ValueError("sample_weight given, but the dataset was opened without sample_weights=True")
         if len(wrist_images) != count:
             raise ValueError(f"{count} base images but {len(wrist_images)} wrist images")
         for key in (STATE_KEY, ACTION_KEY, GAZE_KEY):
@@ -579,6 +601,9 @@ class EpisodeWriter:
             flat = pa.array(arrays[key].reshape(-1))
             columns[key] = pa.FixedSizeListArray.from_arrays(flat, arrays[key].shape[1])
         columns["timestamp"] = pa.array(arrays["timestamp"])
+        for key in (INTERVENTION_KEY, SAMPLE_WEIGHT_KEY):
+            if key in arrays:
+                columns[key] = pa.array(arrays[key])
         columns["frame_index"] = pa.array(np.arange(start, start + count, dtype=np.int64))
         for key in ("episode_index", "index", "task_index"):  # filled in at commit time
             columns[key] = pa.array(np.zeros(count, dtype=np.int64))

@@ -43,10 +43,12 @@ from typing import Any, Protocol
 
 from reconvla_core import __version__
 from reconvla_core.interfaces import (
+    ARM_COMMAND_TOPIC,
     BASE_IMAGE_TOPIC,
     FOLLOWER_STATE_TOPIC,
     GAZE_BOX_TOPIC,
     INSTRUCTION_TOPIC,
+    INTERVENTION_TOPIC,
     LEADER_COMMAND_TOPIC,
     WRIST_IMAGE_TOPIC,
 )
@@ -61,6 +63,10 @@ DEFAULT_TOPIC_TYPES: dict[str, str] = {
     LEADER_COMMAND_TOPIC: "sensor_msgs/msg/JointState",
     INSTRUCTION_TOPIC: "std_msgs/msg/String",
     GAZE_BOX_TOPIC: "std_msgs/msg/Float32MultiArray",
+    # While arm_command runs with operator interventions (HG-DAgger): true while the leader drives,
+    # and what the arm was commanded (piper_ros backend), the action of the frames the policy drove.
+    INTERVENTION_TOPIC: "std_msgs/msg/Bool",
+    ARM_COMMAND_TOPIC: "sensor_msgs/msg/JointState",
 }
 DEFAULT_RECORD_TOPICS: tuple[str, ...] = tuple(DEFAULT_TOPIC_TYPES)
 # Topics published once and latched (transient local): the last message seen before an episode
