@@ -5,15 +5,25 @@ real drivers' names):
   camera/camera/color/image_raw   sensor_msgs/Image rgb8, frame camera_color_optical_frame (RealSense)
   wrist_camera/color/image_raw    sensor_msgs/Image rgb8, frame wrist_camera_color_optical_frame (Dabai)
   joint_states_single             sensor_msgs/JointState, position[0:6] rad + [6] gripper m (piper_ros)
-  master/joint_states             the scripted expert as the leader arm (expert_leader:=true)
+  master/joint_states             the leader arm: the scripted expert teleoperating (expert_leader:=true),
+                                  or the simulated HG-DAgger operator (operator:=true)
   instruction                     std_msgs/String, transient local, on every subtask change
   reconvla/gaze_box               std_msgs/Float32MultiArray [x1, y1, x2, y2, valid], normalised
 Subscribes (as piper_ros does): joint_ctrl_single (sensor_msgs/JointState: position rad + gripper m,
 velocity[6] = speed %), enable_flag (std_msgs/Bool).
   ~/status                        std_msgs/String JSON {seed, instruction, subtask_index, completed,
-                                  done, subtask_steps} every control period (drives recording and
-                                  evaluation sessions, e.g. `reconvla demo`)
+                                  done, subtask_steps; with operator:=true operator (its state),
+                                  operator_interventions, operator_deviation_m} every control period
+                                  (drives recording and evaluation sessions, e.g. `reconvla demo`)
 Services: ~/reset (std_srvs/Trigger; the next scene seed), ~/next_subtask (std_srvs/Trigger).
+
+``operator:=true``: the follower obeys joint_ctrl_single (arm_command drives it with
+``interventions:=true``) and ``reconvla_core.sim.operator.SimOperator`` plays the person at the
+leader arm: when the TCP is farther than ``operator_deviation_m`` from the scripted expert's path
+it calls ``operator_takeover_service``, brings the leader onto the follower, drives with the
+relabelling expert once arm_command's ``intervention_topic`` says the leader drives, and calls
+``operator_handback_service`` when the subtask ends (or after ``operator_max_drive_s``). Empty
+service names: no call (arm_command's ``auto_takeover_rad`` may notice the leader moving instead).
 
 QoS as the real drivers publish: reliable, keep last (best-effort and reliable subscribers both
 receive), transient local for the instruction. Physics runs in the node's one timer in real
@@ -36,6 +46,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float32MultiArray, String
 from std_srvs.srv import Trigger
 
+from reconvla_core.interfaces import INTERVENTION_TOPIC
 from reconvla_core.sim.realtime import PeriodicSchedule, RealtimeTwin
 from reconvla_ros.common import image_message, run_node
 
@@ -62,6 +73,13 @@ class SimRobot(Node):
         self.declare_parameter("base_frame_id", "camera_color_optical_frame", fixed)
         self.declare_parameter("wrist_frame_id", "wrist_camera_color_optical_frame", fixed)
         self.declare_parameter("joint_names", PIPER_JOINT_NAMES, fixed)
+        self.declare_parameter("operator", False, fixed)
+        self.declare_parameter("operator_deviation_m", 0.05, fixed)
+        self.declare_parameter("operator_speed", 1.0, fixed)
+        self.declare_parameter("operator_max_drive_s", 0.0, fixed)
+        self.declare_parameter("operator_takeover_service", "/arm_command/takeover", fixed)
+        self.declare_parameter("operator_handback_service", "/arm_command/handback", fixed)
+        self.declare_parameter("intervention_topic", INTERVENTION_TOPIC.lstrip("/"), fixed)
 
         p = {
             name: self.get_parameter(name).value
@@ -80,6 +98,13 @@ class SimRobot(Node):
                 "base_frame_id",
                 "wrist_frame_id",
                 "joint_names",
+                "operator",
+                "operator_deviation_m",
+                "operator_speed",
+                "operator_max_drive_s",
+                "operator_takeover_service",
+                "operator_handback_service",
+                "intervention_topic",
             )
         }
         rates = {
@@ -112,8 +137,14 @@ class SimRobot(Node):
                     clip_actions=True,
                 )
             )
+        operator = None
+        if p["operator"]:
+            from reconvla_core.sim.operator import SimOperator
+
+            operator = SimOperator(env, deviation_m=float(p["operator_deviation_m"]),
+                                   speed=float(p["operator_speed"]), max_drive_s=float(p["operator_max_drive_s"]))
         self.twin = RealtimeTwin(
-            env, expert_leader=bool(p["expert_leader"]), auto_enable=bool(p["auto_enable"])
+            env, expert_leader=bool(p["expert_leader"]), auto_enable=bool(p["auto_enable"]), operator=operator
         )
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -125,9 +156,15 @@ class SimRobot(Node):
         self._state_pub = self.create_publisher(JointState, "joint_states_single", reliable)
         self._leader_pub = (
             self.create_publisher(JointState, "master/joint_states", reliable)
-            if self.twin.expert_leader
+            if self.twin.expert_leader or operator is not None
             else None
         )
+        self._operator_clients: dict[str, Any] = {}
+        if operator is not None:
+            self.create_subscription(Bool, str(p["intervention_topic"]), self._on_intervention, reliable)
+            for event, key in (("takeover", "operator_takeover_service"), ("handback", "operator_handback_service")):
+                if str(p[key]):
+                    self._operator_clients[event] = self.create_client(Trigger, str(p[key]))
         self._instruction_pub = self.create_publisher(String, "instruction", latched)
         self._gaze_pub = self.create_publisher(Float32MultiArray, "reconvla/gaze_box", reliable)
         self._status_pub = self.create_publisher(String, "~/status", reliable)
@@ -225,6 +262,8 @@ class SimRobot(Node):
                 self.get_logger().info(f"subtask done ({progress.completed} in a row)")
             if progress.instruction_changed:
                 self._publish_instruction()
+            if progress.operator_event is not None:
+                self._operator_request(progress.operator_event)
             self._publish_status()
         if "joint_state" in due:
             self._publish_joint_states(stamp, now)
@@ -235,10 +274,35 @@ class SimRobot(Node):
             box = [float(v) for v in frame.gaze_box] + [1.0 if frame.gaze_valid else 0.0]
             self._gaze_pub.publish(Float32MultiArray(data=box))
 
+    def _on_intervention(self, msg: Bool) -> None:
+        with self._lock:
+            if self.twin.operator is not None:
+                self.twin.operator.leader_drives(msg.data)
+
+    def _operator_request(self, event: str) -> None:
+        """The simulated operator presses its button: the service call is not waited for (the
+        twin's timer must not block), its answer is logged."""
+        deviation = self.twin.operator.deviation if self.twin.operator is not None else 0.0
+        self.get_logger().info(f"operator: {event} (TCP {deviation * 100:.1f} cm from the expert's path)")
+        client = self._operator_clients.get(event)
+        if client is None:
+            return
+        if not client.service_is_ready():
+            self.get_logger().warning(f"operator: {client.srv_name} is not available; {event} not requested")
+            return
+        future = client.call_async(Trigger.Request())
+        future.add_done_callback(
+            lambda done: self.get_logger().info(
+                f"operator: {event}: {done.result().message if done.result() is not None else 'no answer'}"))
+
     def _publish_status(self) -> None:
         env = self.twin.env
         status = {"seed": self._seed, "instruction": self.twin.instruction, "subtask_index": int(env.subtask_index),
                   "completed": int(env.completed), "done": self.twin.done, "subtask_steps": int(env.subtask_steps)}
+        operator = self.twin.operator
+        if operator is not None:
+            status.update({"operator": operator.state.value, "operator_interventions": operator.interventions,
+                           "operator_deviation_m": round(operator.deviation, 4)})
         self._status_pub.publish(String(data=json.dumps(status)))
 
     def _publish_joint_states(self, stamp: Any, now: float) -> None:

@@ -371,7 +371,7 @@ class ArmController:
         if not self.gate.request_takeover():
             return False, f"the operator has the arm already (source {self.gate.source.value})"
         tol = self.gate.config
-        return True, (f"takeover: bring the leader onto the follower (within {tol.agree_tol_rad} rad per joint, "
+        return True, (f"bring the leader onto the follower (within {tol.agree_tol_rad} rad per joint, "
                       f"{tol.agree_tol_m * 1000:.0f} mm gripper); the arm holds until they agree")
 
     def request_handback(self) -> tuple[bool, str]:
@@ -380,7 +380,7 @@ class ArmController:
             return False, "operator interventions are off (start arm_command with interventions:=true)"
         if not self.gate.request_handback():
             return False, f"the policy has the arm already (source {self.gate.source.value})"
-        return True, "handback: the arm holds until the policy's target agrees with it, then the policy drives"
+        return True, "the arm holds until the policy's target agrees with it, then the policy drives"
 
     @property
     def source(self) -> str:

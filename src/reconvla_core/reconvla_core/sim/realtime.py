@@ -14,7 +14,9 @@ Command semantics follow piper_ros' ``joint_ctrl_single`` handling:
   to 0..GRIPPER_MAX; non-finite values are refused.
 In expert-leader mode the scripted expert (``expert``, by default a ``ScriptedExpert`` of the env)
 plays the leader arm; the follower mirrors it (as on the real teleop bus) and external commands are
-ignored.
+ignored. With an ``operator`` (``reconvla_core.sim.operator.SimOperator``) the follower obeys
+commands (arm_command drives it) and the operator plays the leader arm of an HG-DAgger deployment:
+it watches, grabs the leader and drives with it when the arm leaves the expert's path, and hands back.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ class Progress:
     instruction_changed: bool
     done: bool
     completed: int
+    operator_event: str | None = None  # the simulated operator asks for the arm ("takeover") or gives it back
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,13 +132,18 @@ class RealtimeTwin:
 
     def __init__(
         self, env: Any, *, expert_leader: bool = False, auto_enable: bool = True, max_step_s: float = 0.1,
-        expert: LeaderArm | None = None,
+        expert: LeaderArm | None = None, operator: Any | None = None,
     ) -> None:
         """``expert``: what plays the leader arm in ``expert_leader`` mode, anything with ``act() -> (7,)``
-        and ``restart()`` (``LeaderArm``); None builds a ``ScriptedExpert(env)`` when ``expert_leader`` is set."""
+        and ``restart()`` (``LeaderArm``); None builds a ``ScriptedExpert(env)`` when ``expert_leader`` is set.
+        ``operator``: a ``SimOperator`` playing the leader arm while the follower obeys commands."""
         if max_step_s <= 0:
             raise ValueError(f"max_step_s must be > 0, got {max_step_s}")
+        if operator is not None and expert_leader:
+            raise ValueError("expert_leader and operator exclude each other: the expert either teleoperates "
+                             "the follower or, as the operator, intervenes while arm_command drives it")
         self.env = env
+        self.operator = operator
         self.expert_leader = expert_leader
         if expert is None and expert_leader:
             from reconvla_core.sim.expert import ScriptedExpert  # only the leader mode needs the planner
@@ -166,6 +174,9 @@ class RealtimeTwin:
         self._target, self._setpoint = state.copy(), state.copy()
         self._speed = 100.0
         self.leader_command = None
+        if self.operator is not None:
+            self.operator.reset()
+            self.leader_command = self.operator.leader
         return self.instruction
 
     def next_subtask(self) -> str:
@@ -232,8 +243,12 @@ class RealtimeTwin:
             self.leader_command = leader
             self._target = driver_target(leader)
             self._speed = 100.0
+        event = None
+        if self.operator is not None:
+            event = self.operator.tick()
+            self.leader_command = self.operator.leader
         if self.env.done:
-            return Progress(False, False, True, int(self.env.completed))
+            return Progress(False, False, True, int(self.env.completed), event)
         before = self.instruction
         info = self.env.check_progress()  # moves on to the next subtask of the chain on success
         return Progress(
@@ -241,6 +256,7 @@ class RealtimeTwin:
             self.instruction != before,
             bool(info["done"]),
             int(info["completed"]),
+            event,
         )
 
     # ------------------------------------------------------------------ reading
