@@ -134,3 +134,18 @@ def test_without_interventions_the_services_refuse_and_no_flag_is_published(ros)
     assert arm.count_publishers("/reconvla/intervention") == 0
     assert ros.wait_for(lambda: arm.counts["ticks"] > 10)
     assert operator.flags == []
+
+
+def test_interventions_need_the_leader_topic_of_the_piper_ros_backend(ros):
+    from rclpy.parameter import Parameter
+
+    from reconvla_ros.arm_command import ArmCommand
+
+    for overrides, match in [({"backend": "sim"}, "piper_ros"),
+                             ({"backend": "piper_sdk"}, "piper_ros"),
+                             ({"auto_takeover_rad": 0.03}, "auto_takeover_rad"),
+                             ({"auto_takeover_rad": -1.0}, "auto_takeover_rad"),
+                             ({"agree_tol_rad": 0.0}, "agree_tol_rad")]:
+        params = [Parameter("interventions", value=True)] + [Parameter(k, value=v) for k, v in overrides.items()]
+        with pytest.raises(ValueError, match=match):
+            ArmCommand(context=ros.context, parameter_overrides=params)

@@ -34,9 +34,8 @@ Services (node-private): ``~/enable`` (std_srvs/SetBool), ``~/estop``, ``~/reset
 then enable. Reset clears the software latch only: the SDK's resume frame is the same as
 ResetPiper (motor power cut, a raised arm falls), so it is never sent from here.
 
-Operator interventions (HG-DAgger; ``interventions: true``): the leader arm's command is read
-every period (piper_ros: the ``leader_topic`` subscription; piper_sdk: the leader's frames on
-the bus) and ``reconvla_core.runtime.intervention.InterventionGate`` picks the source.
+Operator interventions (HG-DAgger; ``interventions: true``, backend ``piper_ros``): the leader
+arm's command is read every period from the ``leader_topic`` subscription and ``reconvla_core.runtime.intervention.InterventionGate`` picks the source.
 ``~/takeover`` / ``~/handback`` (std_srvs/Trigger) ask for and give back the arm; with
 ``auto_takeover_rad`` > 0 moving the leader that far from where it rested also takes over. The
 arm holds until leader and follower agree within ``agree_tol_rad`` / ``agree_tol_m`` (no jump;
@@ -210,6 +209,11 @@ def validate_parameters(values: dict[str, Any]) -> ArmControllerConfig:
                               interpolate=bool(values["interpolate"]), trim=values["trim"],
                               max_chunk_age_s=float(values["max_chunk_age"]))
     intervention = None
+    if values["interventions"] and values["backend"] != "piper_ros":
+        # piper_sdk would read the leader's frames on the follower's own bus, where arm_command's own
+        # commands are too (and a leader there drives the follower in hardware); sim has no leader.
+        raise ValueError("interventions need backend 'piper_ros': the leader arm is read from leader_topic "
+                         "(on the robot: the leader on its own CAN interface, see docs/real_robot.md)")
     if values["interventions"]:
         auto = float(values["auto_takeover_rad"])
         if auto < 0:
