@@ -136,16 +136,52 @@ def test_without_interventions_the_services_refuse_and_no_flag_is_published(ros)
     assert operator.flags == []
 
 
-def test_interventions_need_the_leader_topic_of_the_piper_ros_backend(ros):
+def test_bad_intervention_settings_are_refused_by_name(ros):
     from rclpy.parameter import Parameter
 
     from reconvla_ros.arm_command import ArmCommand
 
-    for overrides, match in [({"backend": "sim"}, "piper_ros"),
-                             ({"backend": "piper_sdk"}, "piper_ros"),
+    for overrides, match in [({"backend": "piper_sdk", "teleop": True}, "exclude teleop"),
                              ({"auto_takeover_rad": 0.03}, "auto_takeover_rad"),
                              ({"auto_takeover_rad": -1.0}, "auto_takeover_rad"),
                              ({"agree_tol_rad": 0.0}, "agree_tol_rad")]:
         params = [Parameter("interventions", value=True)] + [Parameter(k, value=v) for k, v in overrides.items()]
         with pytest.raises(ValueError, match=match):
             ArmCommand(context=ros.context, parameter_overrides=params)
+
+
+def test_with_piper_sdk_the_leader_comes_from_the_topic_not_from_the_follower_bus(ros):
+    """The follower's bus carries arm_command's own JointCtrl frames; the leader is on its own bus
+    and arrives on master/joint_states."""
+    from std_srvs.srv import SetBool, Trigger
+
+    from reconvla_core.runtime.piper_sdk_backend import PiperSdkBackend
+    from test_arm_command import _fake_sdk_module
+
+    fake = _fake_sdk_module().FakePiperInterfaceV2()
+    fake.joint_msgs.time_stamp = 1.0
+    js = fake.joint_msgs.joint_state
+    js.joint_2, js.joint_3, js.joint_5 = 57296, -57296, 17189  # ~1.0, -1.0, 0.3 rad
+    fake.gripper_msgs.gripper_state.grippers_angle = 30000  # 0.03 m
+    fake.joint_ctrl_msgs.time_stamp = 1.0
+    fake.joint_ctrl_msgs.joint_ctrl.joint_1 = 40000  # on the follower's bus: not the leader
+    follower = np.array([0.0, 1.0, -1.0, 0.0, 0.3, 0.0, 0.03])
+    backend = PiperSdkBackend("can0", interface_factory=lambda can: fake, enable_poll_s=0.0)
+    from rclpy.parameter import Parameter
+
+    from reconvla_ros.arm_command import ArmCommand
+
+    overrides = {"backend": "piper_sdk", "interventions": True, "observation_timeout": 5.0}
+    arm = ros.add_node(ArmCommand(backend=backend, context=ros.context,
+                                  parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()]))
+    operator = Operator(ros, list(follower + np.array([0.01, 0, 0, 0, 0, 0, 0])))
+    assert call(ros, operator.node, SetBool, "/arm_command/enable", SetBool.Request(data=True)).success
+    assert call(ros, operator.node, Trigger, "/arm_command/takeover", Trigger.Request()).success
+    assert ros.wait_for(lambda: arm.controller.source == "leader")
+    operator.pose = list(follower + np.array([0.2, 0, 0, 0, 0, 0, 0]))
+
+    def joint1_sent() -> float:
+        calls = [args for name, args in list(fake.calls) if name == "JointCtrl"]
+        return calls[-1]["joint_1"] if calls else 0
+
+    assert ros.wait_for(lambda: abs(joint1_sent() - 11459) <= 2, timeout=15.0)  # 0.2 rad in 0.001 deg

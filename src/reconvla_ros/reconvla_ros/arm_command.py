@@ -34,8 +34,11 @@ Services (node-private): ``~/enable`` (std_srvs/SetBool), ``~/estop``, ``~/reset
 then enable. Reset clears the software latch only: the SDK's resume frame is the same as
 ResetPiper (motor power cut, a raised arm falls), so it is never sent from here.
 
-Operator interventions (HG-DAgger; ``interventions: true``, backend ``piper_ros``): the leader
-arm's command is read every period from the ``leader_topic`` subscription and ``reconvla_core.runtime.intervention.InterventionGate`` picks the source.
+Operator interventions (HG-DAgger; ``interventions: true``, any backend, not with ``teleop``):
+the leader arm's command is read every period from ``leader_topic`` (published by whatever reads
+the leader arm: on the robot a second arm_command in teleop mode on the leader's own CAN
+interface, in the twin sim_robot's operator) and
+``reconvla_core.runtime.intervention.InterventionGate`` picks the source.
 ``~/takeover`` / ``~/handback`` (std_srvs/Trigger) ask for and give back the arm; with
 ``auto_takeover_rad`` > 0 moving the leader that far from where it rested also takes over. The
 arm holds until leader and follower agree within ``agree_tol_rad`` / ``agree_tol_m`` (no jump;
@@ -209,11 +212,11 @@ def validate_parameters(values: dict[str, Any]) -> ArmControllerConfig:
                               interpolate=bool(values["interpolate"]), trim=values["trim"],
                               max_chunk_age_s=float(values["max_chunk_age"]))
     intervention = None
-    if values["interventions"] and values["backend"] != "piper_ros":
-        # piper_sdk would read the leader's frames on the follower's own bus, where arm_command's own
-        # commands are too (and a leader there drives the follower in hardware); sim has no leader.
-        raise ValueError("interventions need backend 'piper_ros': the leader arm is read from leader_topic "
-                         "(on the robot: the leader on its own CAN interface, see docs/real_robot.md)")
+    if values["interventions"] and values["teleop"]:
+        # teleop: leader and follower share a bus and the follower mirrors the leader in hardware,
+        # so no one could hand the arm to the policy; interventions read the leader from leader_topic.
+        raise ValueError("interventions exclude teleop: put the leader arm on its own CAN interface and publish "
+                         "it on leader_topic (docs/real_robot.md, section 11)")
     if values["interventions"]:
         auto = float(values["auto_takeover_rad"])
         if auto < 0:
@@ -231,17 +234,14 @@ class PiperRosBackend:
     """ArmBackend made of the piper_ros driver's topics (see the module docstring)."""
 
     def __init__(self, node: Node, command_topic: str, feedback_topic: str, enable_topic: str,
-                 cut_power_on_disable: bool, leader_topic: str | None = None) -> None:
+                 cut_power_on_disable: bool) -> None:
         self._node = node
         self._cut_power = cut_power_on_disable
         self._command_pub = node.create_publisher(JointState, command_topic, COMMAND_QOS)
         self._enable_pub = node.create_publisher(Bool, enable_topic, COMMAND_QOS)
         node.create_subscription(JointState, feedback_topic, self._on_feedback, SENSOR_QOS)
         self._feedback: ArmFeedback | None = None
-        self._leader: ArmFeedback | None = None
         self.bad_feedback = 0
-        if leader_topic:  # operator interventions: whoever reads the leader arm publishes it here
-            node.create_subscription(JointState, leader_topic, self._on_leader, SENSOR_QOS)
 
     def _on_feedback(self, msg: JointState) -> None:
         try:
@@ -252,14 +252,6 @@ class PiperRosBackend:
             return
         # The arrival time tells fresh from repeated feedback (driver stamps may be zero).
         self._feedback = ArmFeedback(positions, time.monotonic())
-
-    def _on_leader(self, msg: JointState) -> None:
-        try:
-            positions = joint_state_positions(msg)
-        except JointStateError as error:  # never drive from it: the gate sees no (fresh) leader
-            self._node.get_logger().warning(f"dropping leader command: {error}", throttle_duration_sec=5.0)
-            return
-        self._leader = ArmFeedback(positions, time.monotonic())
 
     def connect(self) -> None:
         pass
@@ -282,7 +274,7 @@ class PiperRosBackend:
         return self._feedback
 
     def read_leader_command(self) -> ArmFeedback | None:
-        return self._leader  # None unless subscribed to a leader topic (interventions)
+        return None  # the driver does not forward a leader; interventions read LeaderTopic
 
     def advance(self, dt: float) -> None:
         pass  # the driver runs on its own
@@ -298,8 +290,30 @@ class PiperRosBackend:
 @register_backend("piper_ros")
 def _piper_ros_backend(params: Mapping[str, Any], node: Any) -> PiperRosBackend:
     return PiperRosBackend(node, params["command_topic"], params["feedback_topic"], params["enable_topic"],
-                           params["disable_cuts_power"],
-                           leader_topic=params["leader_topic"] if params["interventions"] else None)
+                           params["disable_cuts_power"])
+
+
+class LeaderTopic:
+    """The leader arm's command from a JointState topic (operator interventions, any backend)."""
+
+    def __init__(self, node: Node, topic: str) -> None:
+        self._node = node
+        self._leader: ArmFeedback | None = None
+        self.bad_messages = 0
+        node.create_subscription(JointState, topic, self._on_leader, SENSOR_QOS)
+
+    def _on_leader(self, msg: JointState) -> None:
+        try:
+            positions = joint_state_positions(msg)
+        except JointStateError as error:  # never drive from it: the gate sees no (fresh) leader
+            self.bad_messages += 1
+            self._node.get_logger().warning(f"dropping leader command: {error}", throttle_duration_sec=5.0)
+            return
+        # The arrival time tells a fresh command from a repeated one (the gate times it on its clock).
+        self._leader = ArmFeedback(positions, time.monotonic())
+
+    def read_leader_command(self) -> ArmFeedback | None:
+        return self._leader
 
 
 class NodeLog:
@@ -372,8 +386,9 @@ class ArmCommand(Node):
         config = validate_parameters(p)
         self._p = p
         self._closing = False
+        leader = LeaderTopic(self, p["leader_topic"]) if p["interventions"] else None
         self.controller = ArmController(backend if backend is not None else make_backend(p["backend"], p, self),
-                                        config, NodeLog(self))
+                                        config, NodeLog(self), leader=leader)
         self.controller.connect()
         self._joint_pub = self.create_publisher(JointState, p["joint_states_topic"], STATE_QOS)
         self._leader_pub = (self.create_publisher(JointState, p["leader_topic"], STATE_QOS)

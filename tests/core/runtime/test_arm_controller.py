@@ -414,3 +414,22 @@ def test_without_interventions_the_requests_are_refused_and_no_source_is_reporte
     assert not controller.request_handback()[0]
     assert "source" not in controller.diagnostics_values(0.0)
     assert controller.tick(0.0, wall=0.0).source == "policy"
+
+
+def test_a_separate_leader_source_is_read_instead_of_the_backend():
+    class LeaderTopic:
+        def __init__(self) -> None:
+            self.reading: ArmFeedback | None = None
+
+        def read_leader_command(self) -> ArmFeedback | None:
+            return self.reading
+
+    arm = FakeArm()
+    arm.leader = ArmFeedback(START + 0.4, 1.0)  # e.g. the controller's own frames seen on the bus
+    topic = LeaderTopic()
+    config = ArmControllerConfig(safety=SafetyConfig(control_rate_hz=RATE), home=HOME, read_leader=True)
+    controller = ArmController(arm, config, leader=topic)
+    controller.connect()
+    assert controller.tick(0.0, wall=0.0).leader is None
+    topic.reading = ArmFeedback(START + 0.1, 5.0)
+    assert controller.tick(0.1, wall=0.1).leader is topic.reading

@@ -58,6 +58,13 @@ DEFAULT_HOME = (0.0, 0.3, -0.3, 0.0, 0.3, 0.0, GRIPPER_MAX)
 CONTROLLER_DROP_REASONS = ("out_of_limits", "homing")
 
 
+class LeaderSource(Protocol):
+    """Where the leader arm's command comes from: the backend itself (teleop on one bus) or, for
+    operator interventions, whatever reads the leader arm (arm_command: the leader topic)."""
+
+    def read_leader_command(self) -> ArmFeedback | None: ...
+
+
 class ControllerLog(Protocol):
     """Where the controller reports; the node passes its rclpy logger (which throttles)."""
 
@@ -106,7 +113,7 @@ class ArmControllerConfig:
     queue: ActionQueueConfig = field(default_factory=ActionQueueConfig)
     home: tuple[float, ...] = DEFAULT_HOME  # joint1..joint6 rad + gripper m, inside the soft limits
     enable_timeout_s: float = 2.0  # how long backend.enable may wait for the arm to report enabled
-    read_leader: bool = False  # poll backend.read_leader_command() every period (teleop)
+    read_leader: bool = False  # poll the leader source every period (teleop)
     intervention: InterventionConfig | None = None  # operator interventions with the leader arm (reads it)
 
     def __post_init__(self) -> None:
@@ -144,11 +151,13 @@ class ArmController:
     """Control loop of one arm (see the module docstring)."""
 
     def __init__(self, backend: ArmBackend, config: ArmControllerConfig | None = None,
-                 log: ControllerLog | None = None) -> None:
+                 log: ControllerLog | None = None, leader: LeaderSource | None = None) -> None:
+        """``leader``: where the leader's command is read (default: ``backend.read_leader_command``)."""
         missing = missing_backend_methods(backend)
         if missing:
             raise TypeError(f"{type(backend).__name__} is not an ArmBackend: it lacks {', '.join(missing)}")
         self.backend = backend
+        self.leader_source: LeaderSource = leader if leader is not None else backend
         self.config = config or ArmControllerConfig()
         self.log: ControllerLog = log or StdLog()
         self.safety = SafetyFilter(self.config.safety)
@@ -220,7 +229,7 @@ class ArmController:
 
     def _read_leader(self) -> ArmFeedback | None:
         try:
-            return self.backend.read_leader_command()
+            return self.leader_source.read_leader_command()
         except Exception as error:  # the leader is an input like any other: a read error is no reading
             self.log.error(f"reading the leader arm failed: {error}", throttle_s=2.0)
             return None
