@@ -21,11 +21,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGES = {"reconvla_core": SRC / "reconvla_core", "reconvla_ros": SRC / "reconvla_ros"}
 
 # Cycles known to exist, each to be deleted here when it is fixed (the test then fails until it is).
-KNOWN_CYCLES: set[frozenset[str]] = {
-    # The model's save/load methods call checkpoint.py, which builds models; issue 18 moves save/load
-    # into a base class the model inherits.
-    frozenset({"reconvla_core.model.checkpoint", "reconvla_core.model.modeling_reconvla"}),
-}
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 def _modules() -> dict[str, Path]:

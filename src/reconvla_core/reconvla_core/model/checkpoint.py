@@ -11,6 +11,9 @@ Our checkpoint is a directory::
 
 Backbones come from local HF directories: a Qwen2 directory plus a SigLIP directory, or one
 LLaVA-style directory (``LlavaForConditionalGeneration`` layout), and optionally a diffusers VAE.
+
+``PreTrainedReconVLA`` is the base class ``ReconVLA`` inherits (LeRobot's pretrained.py pattern):
+loading builds ``cls(config, ...)``, so this module never imports the network module.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from reconvla_core.model.configuration_reconvla import ReconVLAConfig
 from reconvla_core.model.tokenization import build_byte_tokenizer, load_tokenizer
 
 if TYPE_CHECKING:
-    from reconvla_core.model.modeling_reconvla import ReconVLA
+    from typing import Self
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +51,45 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt or does not fit the model; the message names the file."""
 
 
+class PreTrainedReconVLA(torch.nn.Module):
+    """Save and load for the model class that inherits it (``ReconVLA``): our checkpoint directories,
+    LLaVA-style directories and separate local backbones. Subclasses are built as
+    ``cls(config, tokenizer=..., build_reconstruction=...)`` and provide ``build_projector_modules``."""
+
+    config: ReconVLAConfig
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, load_reconstruction: bool = False,
+                        device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                        config: ReconVLAConfig | None = None) -> Self:
+        """Our checkpoint directory, or a LLaVA-style directory (vision + projector + Qwen2 LLM)."""
+        return _from_pretrained(cls, path, load_reconstruction=load_reconstruction, device=device, dtype=dtype,
+                                config=config)
+
+    @classmethod
+    def from_backbones(cls, config: ReconVLAConfig, llm_path: str | Path | None = None,
+                       vision_path: str | Path | None = None, llava_path: str | Path | None = None,
+                       vae_path: str | Path | None = None, tokenizer_path: str | Path | None = None,
+                       build_reconstruction: bool = True, dtype: torch.dtype | None = None) -> Self:
+        """Pretrained parts from local HF directories (paths default to the config's *_path fields)."""
+        return _from_backbones(cls, config, llm_path=llm_path, vision_path=vision_path, llava_path=llava_path,
+                               vae_path=vae_path, tokenizer_path=tokenizer_path,
+                               build_reconstruction=build_reconstruction, dtype=dtype)
+
+    def save_pretrained(self, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+        """Write the checkpoint directory (layout in this module's docstring)."""
+        return _save(self, path, metadata=metadata)
+
+    @staticmethod
+    def build_projector_modules(config: ReconVLAConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """Freshly initialised (projector, projector_norm) for ``config``."""
+        raise NotImplementedError
+
+
 # ----------------------------------------------------------------------------------------------
 # Saving
 # ----------------------------------------------------------------------------------------------
-def save_pretrained(model: ReconVLA, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+def _save(model: PreTrainedReconVLA, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     main, recon = {}, {}
@@ -89,8 +127,9 @@ def is_reconvla_checkpoint(path: Path) -> bool:
     return _read_json(config_file).get("model_type") == "reconvla"
 
 
-def from_pretrained(path: str | Path, load_reconstruction: bool = False, device: str | torch.device | None = None,
-                    dtype: torch.dtype | None = None, config: ReconVLAConfig | None = None) -> ReconVLA:
+def _from_pretrained(cls: type[PreTrainedReconVLA], path: str | Path, load_reconstruction: bool = False,
+                     device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                     config: ReconVLAConfig | None = None) -> PreTrainedReconVLA:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
@@ -100,8 +139,8 @@ def from_pretrained(path: str | Path, load_reconstruction: bool = False, device:
                                 "directory (was it written by ReconVLA.save_pretrained / `reconvla train`?)")
     raw = _read_json(config_file)
     if raw.get("model_type") == "llava":
-        model = from_backbones(config or ReconVLAConfig.from_preset("paper"), llava_path=path,
-                               build_reconstruction=load_reconstruction, dtype=dtype)
+        model = _from_backbones(cls, config or ReconVLAConfig.from_preset("paper"), llava_path=path,
+                                build_reconstruction=load_reconstruction, dtype=dtype)
         return model.to(device) if device is not None else model
     if raw.get("model_type") != "reconvla":
         raise CheckpointError(f"{config_file} has model_type {raw.get('model_type')!r}; expected a ReconVLA "
@@ -111,11 +150,11 @@ def from_pretrained(path: str | Path, load_reconstruction: bool = False, device:
         config = ReconVLAConfig.from_dict(raw)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{config_file} is not a valid ReconVLA config: {error}") from error
-    return _load_checkpoint(path, config, load_reconstruction, device, dtype)
+    return _load_checkpoint(cls, path, config, load_reconstruction, device, dtype)
 
 
-def _load_checkpoint(path: Path, config: ReconVLAConfig, load_reconstruction: bool,
-                     device: str | torch.device | None, dtype: torch.dtype | None) -> ReconVLA:
+def _load_checkpoint(cls: type[PreTrainedReconVLA], path: Path, config: ReconVLAConfig, load_reconstruction: bool,
+                     device: str | torch.device | None, dtype: torch.dtype | None) -> PreTrainedReconVLA:
     from accelerate import init_empty_weights
 
 
@@ -130,7 +169,7 @@ def _load_checkpoint(path: Path, config: ReconVLAConfig, load_reconstruction: bo
         raise FileNotFoundError(f"checkpoint file {path / RECON_FILE} is missing (needed for "
                                 "load_reconstruction=True)")
     with init_empty_weights(include_buffers=False):
-        model = _build(config, tokenizer, with_recon)
+        model = _build(cls, config, tokenizer, with_recon)
     target = "cpu" if device is None else str(device)
     state = _read_safetensors(path / WEIGHTS_FILE, target)
     # A removed training-only head (grounding_box_weight, REMOVED_TRAINING_OPTIONS): inference never used it.
@@ -162,7 +201,7 @@ def _load_checkpoint(path: Path, config: ReconVLAConfig, load_reconstruction: bo
     return model
 
 
-def _finish(model: ReconVLA, device: str | torch.device | None, dtype: torch.dtype | None) -> None:
+def _finish(model: PreTrainedReconVLA, device: str | torch.device | None, dtype: torch.dtype | None) -> None:
     """Moves to the device; casts the VLA (not the fp32 reconstruction branch) to dtype."""
     if device is not None:
         model.to(device)
@@ -193,10 +232,10 @@ def _read_safetensors(path: Path, device: str) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------
 # Pretrained backbones from HF directories
 # ----------------------------------------------------------------------------------------------
-def from_backbones(config: ReconVLAConfig, llm_path: str | Path | None = None, vision_path: str | Path | None = None,
-                   llava_path: str | Path | None = None, vae_path: str | Path | None = None,
-                   tokenizer_path: str | Path | None = None, build_reconstruction: bool = True,
-                   dtype: torch.dtype | None = None) -> ReconVLA:
+def _from_backbones(cls: type[PreTrainedReconVLA], config: ReconVLAConfig, llm_path: str | Path | None = None,
+                    vision_path: str | Path | None = None, llava_path: str | Path | None = None,
+                    vae_path: str | Path | None = None, tokenizer_path: str | Path | None = None,
+                    build_reconstruction: bool = True, dtype: torch.dtype | None = None) -> PreTrainedReconVLA:
     """A ReconVLA whose sizes follow the given directories' configs and whose weights come from them."""
     from accelerate import init_empty_weights
     from transformers import LlavaForConditionalGeneration, Qwen2ForCausalLM, SiglipVisionModel
@@ -254,20 +293,19 @@ def from_backbones(config: ReconVLAConfig, llm_path: str | Path | None = None, v
     config = config.replace(llm_path=_str(llm_path), vision_path=_str(vision_path), llava_path=_str(llava_path),
                             vae_path=_str(vae_path), tokenizer_path=_str(tokenizer_path))  # provenance
     with init_empty_weights(include_buffers=False):
-        model = _build(config, tokenizer, False)
+        model = _build(cls, config, tokenizer, False)
     vision_state = vision_module.state_dict()
     wanted = model.vision.state_dict()
     _assign(model.vision, {k: vision_state[k] for k in wanted if k in vision_state}, f"vision weights ({vision_path or llava_path})")
     _assign(model.llm, llm_state, f"LLM weights ({llm_path or llava_path})")
     if config.llm.tie_word_embeddings:
         model.llm.tie_weights()
-    from reconvla_core.model.modeling_reconvla import build_projector, build_projector_norm
-
+    fresh_projector, fresh_norm = model.build_projector_modules(config)  # real (not meta) weights
     if projector_state is not None:
         _assign(model.projector, projector_state, f"projector weights ({llava_path})")
     else:
-        model.projector = build_projector(config).to(model.llm.get_input_embeddings().weight.dtype)
-    model.projector_norm = build_projector_norm(config).to(model.llm.get_input_embeddings().weight.dtype)
+        model.projector = fresh_projector.to(model.llm.get_input_embeddings().weight.dtype)
+    model.projector_norm = fresh_norm.to(model.llm.get_input_embeddings().weight.dtype)
     if build_reconstruction and config.builds_reconstruction:
         from reconvla_core.model.reconstruction import ReconstructionBranch
 
@@ -277,12 +315,11 @@ def from_backbones(config: ReconVLAConfig, llm_path: str | Path | None = None, v
     return model
 
 
-def _build(config: ReconVLAConfig, tokenizer: Any, build_reconstruction: bool) -> ReconVLA:
+def _build(cls: type[PreTrainedReconVLA], config: ReconVLAConfig, tokenizer: Any,
+           build_reconstruction: bool) -> PreTrainedReconVLA:
     """The model skeleton; the weight directories named in the config are what is being loaded."""
-    from reconvla_core.model.modeling_reconvla import ReconVLA
-
     paths = {name: None for name in ("llm_path", "vision_path", "llava_path", "vae_path")}
-    model = ReconVLA(config.replace(**paths), tokenizer=tokenizer, build_reconstruction=build_reconstruction)
+    model = cls(config.replace(**paths), tokenizer=tokenizer, build_reconstruction=build_reconstruction)
     model.config = model.processor.config = config
     return model
 

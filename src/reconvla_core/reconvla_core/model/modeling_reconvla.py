@@ -12,7 +12,6 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 from reconvla_core.model.configuration_reconvla import ReconVLAConfig
+from reconvla_core.model.checkpoint import PreTrainedReconVLA
 from reconvla_core.model.decoding import ActionDecoder, naive_generate
 from reconvla_core.model.processing_reconvla import IGNORE_INDEX, ReconVLAProcessor
 from reconvla_core.model.tokenization import build_byte_tokenizer
@@ -192,7 +192,7 @@ def chunk_attention_mask(attention_mask: torch.Tensor, query_mask: torch.Tensor,
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-class ReconVLA(nn.Module):
+class ReconVLA(PreTrainedReconVLA):
     """The vision-language-action model with its (optional) reconstruction branch."""
 
     def __init__(self, config: ReconVLAConfig, tokenizer: Any = None, build_reconstruction: bool = True) -> None:
@@ -221,32 +221,10 @@ class ReconVLA(nn.Module):
 
             self.reconstruction = ReconstructionBranch(config)
 
-    # Loading / saving (implemented in checkpoint.py) -----------------------------------------
-    @classmethod
-    def from_pretrained(cls, path: str | Path, load_reconstruction: bool = False, device: str | torch.device | None = None,
-                        dtype: torch.dtype | None = None, config: ReconVLAConfig | None = None) -> ReconVLA:
-        """Our checkpoint directory, or a LLaVA-style directory (vision + projector + Qwen2 LLM)."""
-        from reconvla_core.model import checkpoint
-
-        return checkpoint.from_pretrained(path, load_reconstruction=load_reconstruction, device=device,
-                                          dtype=dtype, config=config)
-
-    @classmethod
-    def from_backbones(cls, config: ReconVLAConfig, llm_path: str | Path | None = None,
-                       vision_path: str | Path | None = None, llava_path: str | Path | None = None,
-                       vae_path: str | Path | None = None, tokenizer_path: str | Path | None = None,
-                       build_reconstruction: bool = True, dtype: torch.dtype | None = None) -> ReconVLA:
-        """Pretrained parts from local HF directories (paths default to the config's *_path fields)."""
-        from reconvla_core.model import checkpoint
-
-        return checkpoint.from_backbones(config, llm_path=llm_path, vision_path=vision_path, llava_path=llava_path,
-                                         vae_path=vae_path, tokenizer_path=tokenizer_path,
-                                         build_reconstruction=build_reconstruction, dtype=dtype)
-
-    def save_pretrained(self, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
-        from reconvla_core.model import checkpoint
-
-        return checkpoint.save_pretrained(self, path, metadata=metadata)
+    # Loading / saving: from_pretrained, from_backbones, save_pretrained (PreTrainedReconVLA) -------
+    @staticmethod
+    def build_projector_modules(config: ReconVLAConfig) -> tuple[nn.Module, nn.Module]:
+        return build_projector(config), build_projector_norm(config)
 
     # Surface used by training and the runtime -----------------------------------------------
     def set_norm_stats(self, stats: Mapping[str, Any]) -> None:
