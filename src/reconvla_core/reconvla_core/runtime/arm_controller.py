@@ -368,7 +368,8 @@ class ArmController:
         if self.safety.mode is not ArmMode.ENABLED:
             return False, f"cannot home while {self.safety.mode.value}: enable first"
         if self.gate is not None and self.gate.source is not CommandSource.POLICY:
-            return False, f"cannot home while the operator has the arm (source {self.gate.source.value}): hand back first"
+            return False, (f"cannot home while the operator has the arm (source {self.gate.source.value}): "
+                           "hand back first")
         self.queue.clear(now)
         self.homing = True
         return True, f"homing to {self.home.tolist()}"
@@ -440,7 +441,8 @@ class ArmController:
         if mode is ArmMode.DISABLED:
             return "ok", "disabled"
         if self.starving:
-            return "error", f"holding: no usable action chunk ({values['dropped_chunks']} dropped: {self.drop_summary()})"
+            return "error", (f"holding: no usable action chunk ({values['dropped_chunks']} dropped: "
+                             f"{self.drop_summary()})")
         if values["hold_reason"] != "none":
             return "warn", f"holding: {values['hold_reason']}"
         if self.source != CommandSource.POLICY.value:
