@@ -2,14 +2,14 @@
 
 A thin node around ``reconvla_core.runtime.arm_controller.ArmController``, which holds the
 control logic and is tested without ROS; the node converts messages, runs the timers and serves
-the services. Per control tick (``control_rate`` Hz) the controller reads the arm's feedback, samples the action queue
-(``reconvla_core.runtime.action_queue``: chunks time-aligned by their observation stamp, replaced
-or cross-faded; with a predictor slower than the chunk horizon only the part the arm executed
-since the observation is trimmed, ``trim``; chunks older than ``max_chunk_age`` are dropped),
-pass the target through the one safety filter (``reconvla_core.runtime.safety``: finite, soft
-joint limits, max step per period, gripper range, speed cap, stale-observation / no-chunk
-watchdogs, estop latch) and send the command to the backend; publish the canonical
-``joint_states`` (joint1..joint6 rad, gripper m).
+the services. Per control tick (``control_rate`` Hz) the controller reads the arm's feedback,
+samples the action queue (``reconvla_core.runtime.action_queue``: chunks time-aligned by their
+observation stamp, replaced or cross-faded; with a predictor slower than the chunk horizon only
+the part the arm executed since the observation is trimmed, ``trim``; chunks older than
+``max_chunk_age`` are dropped), passes the target through the one safety filter
+(``reconvla_core.runtime.safety``: finite, soft joint limits, max step per period, gripper range,
+speed cap, stale-observation / no-chunk watchdogs, estop latch) and sends the command to the
+backend; the node publishes the canonical ``joint_states`` (joint1..joint6 rad, gripper m).
 
 A chunk with a target beyond a soft limit by more than ``limit_tolerance`` is rejected whole and
 counted. Every chunk executed or dropped is counted on ``~/status`` (std_msgs/String, JSON: counts
