@@ -10,7 +10,6 @@ from reconvla_core.sim.kinematics import tcp_pose
 from reconvla_core.sim.operator import OperatorState, SimOperator
 from reconvla_core.sim.realtime import RealtimeTwin
 
-pytestmark = pytest.mark.e2e
 
 CONTROL_DT = 0.1
 
