@@ -99,7 +99,7 @@ def test_batch_division_and_ranges(fake_dataset: Path) -> None:
     for override, message in [
         ("optim.lr_projector=0", r"optim.lr_projector: learning rate of the projector group"),
         ("optim.warmup_ratio=1.5", r"warmup_ratio"),
-        ("model.recon_target=depth", r"recon_target: 'depth' is not one of none, full, gaze"),
+        ("model.recon_target=depth", r"model: recon_target must be one of \('none', 'full', 'gaze'\), got 'depth'"),
         ("train.mixed_precision=fp8", r"mixed_precision"),
         ("optim.scheduler=step", r"optim.scheduler"),
     ]:
@@ -130,6 +130,100 @@ def test_yaml_file_with_extends(tmp_path: Path, fake_dataset: Path) -> None:
     assert config.optim.lr_denoiser == 5e-4  # inherited
     assert config.data.sources[0].path == str(fake_dataset)
     validate_config(config)
+
+
+def test_model_section_is_typed_reconvla_config_fields(fake_dataset: Path) -> None:
+    """model: is a preset plus any ReconVLAConfig field, nested ones too; overrides reach them typed."""
+    config = load_train_config("tiny-sim", ["model.action_head=tokens", "model.spatial_keypoints=0",
+                                            "model.gaze_keypoint_weight=0", "model.action_head_state=false",
+                                            "model.vision.image_size=168", "model.vae.image_size=96",
+                                            "model.delta_action_dims=0,1,2", "chunk_size=3"],
+                               data=[str(fake_dataset)])
+    model = config.model.resolve()
+    assert model.action_head == "tokens" and model.chunk_size == 3 and model.delta_action_dims == (0, 1, 2)
+    assert model.vision.image_size == 168 and model.grid_size == 12
+    assert model.vision.hidden_size == 64  # the rest of the nested config stays the tiny preset's
+    assert model.train_vision is True  # set by the recipe, untouched by the overrides
+    assert config.model.overrides["vision"] == {"image_size": 168}
+    validate_config(config)
+
+
+def test_model_section_rejects_unknown_keys_and_bad_values() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.action_haed'; did you mean 'action_head'"):
+        load_train_config("tiny-sim", ["model.action_haed=tokens"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.vision.imag_size'; did you mean 'image_size'"):
+        load_train_config("tiny-sim", ["model.vision.imag_size=160"])
+    with pytest.raises(ConfigError, match=r"model.chunk_size: expected an integer, got 'five'"):
+        load_train_config("tiny-sim", ["model.chunk_size=five"])
+    with pytest.raises(ConfigError, match=r"model.vision.image_mean: expected 3 values, got 2"):
+        load_train_config("tiny-sim", ["model.vision.image_mean=[0.5, 0.5]"])
+    with pytest.raises(ConfigError, match=r"model: action_head must be one of .*got 'paralel'"):
+        load_train_config("tiny-sim", ["model.action_head=paralel"])
+    with pytest.raises(ConfigError, match=r"model: vae.image_size 64 gives .* set vae.image_size to 88"):
+        load_train_config("tiny-sim", ["model.vision.image_size=160"])  # the grid needs a matching VAE size
+    with pytest.raises(ConfigError, match=r"model.preset: 'tinyy' is not one of paper, tiny; did you mean 'tiny'"):
+        load_train_config("tiny-sim", ["model.preset=tinyy"])
+    with pytest.raises(ConfigError, match=r"ambiguous; use one of: model.vision.image_size, model.vae.image_size"):
+        apply_overrides({}, ["image_size=160"])
+
+
+def test_print_config_shows_the_resolved_model_and_reloads_unchanged(tmp_path: Path, fake_dataset: Path) -> None:
+    import yaml
+
+    from reconvla_core.model import ReconVLAConfig
+    from reconvla_core.train.config import to_yaml
+
+    config = load_train_config("tiny-sim", ["model.recon_weight=0.5"], data=[str(fake_dataset)])
+    proc = subprocess.run([sys.executable, "-m", "reconvla_core.cli.main", "train", "--config", "tiny-sim",
+                           "--data", str(fake_dataset), "model.recon_weight=0.5", "--print-config"],
+                          capture_output=True, text=True, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    printed = yaml.safe_load(proc.stdout)
+    assert printed["model"] == yaml.safe_load(to_yaml(config))["model"]
+    resolved = ReconVLAConfig.from_preset("tiny", **{k: v for k, v in printed["model"].items() if k != "preset"})
+    assert resolved == config.model.resolve()  # every field, nested ones included, not only the overrides
+    assert printed["model"]["recon_weight"] == 0.5 and printed["model"]["vision"]["image_size"] == 112
+    assert printed["model"]["llm"]["vocab_size"] == 520 and "options" not in printed["model"]
+    path = tmp_path / "train_config.yaml"
+    path.write_text(proc.stdout)
+    assert load_train_config(str(path)).model.resolve() == config.model.resolve()
+
+
+def test_train_config_of_an_earlier_run_with_model_options_still_loads(caplog) -> None:
+    """train_config.yaml files written before the typed model section hold model.options."""
+    from reconvla_core.model.pretrained import SHIPPED_CHECKPOINT
+
+    path = SHIPPED_CHECKPOINT / "train_config.yaml"
+    assert "options" in yaml_model(path)
+    recipe = load_train_config("tiny-sim").model  # the recipe the checkpoint was trained with
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="reconvla_core.train.config"):
+        old = load_train_config(str(path))
+    assert old.model == recipe
+    assert old.model.resolve().action_head == "parallel" and old.model.resolve().train_vision is True
+    deprecations = [r.getMessage() for r in caplog.records if "model.options is deprecated" in r.getMessage()]
+    assert len(deprecations) == 1 and "\n" not in deprecations[0] and "action_head" in deprecations[0]
+
+
+def test_user_yaml_with_model_options_still_loads(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text("extends: tiny-sim\nmodel:\n  recon_target: none\n  options:\n    train_vision: false\n"
+                    "    recon_weight: 0.25\n    vision: {feature_layer: -1}\n")
+    with caplog.at_level("WARNING", logger="reconvla_core.train.config"):
+        config = load_train_config(str(path), ["model.recon_weight=0.5"])
+    model = config.model.resolve()
+    assert model.recon_target == "none" and model.train_vision is False and model.vision.feature_layer == -1
+    assert model.recon_weight == 0.5  # a key=value override comes after the file's options
+    assert model.action_head == "parallel"  # the rest of tiny-sim's model fields are kept
+    assert "model.options is deprecated: put its fields (train_vision, recon_weight, vision)" in caplog.text
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.train_visoin'; did you mean 'train_vision'"):
+        load_train_config("tiny-sim", ["model.options.train_visoin=true"])  # still checked, as a model field
+
+
+def yaml_model(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())["model"]
 
 
 def test_accelerate_configs_are_valid_accelerate_files() -> None:

@@ -114,7 +114,7 @@ def test_lora_trains_adapters_projector_and_denoiser_only(make_config: Any, tmp_
             assert name not in changed, f"{name} changed but is frozen under LoRA"
     assert any(n.startswith("projector.") for n in changed) and any(n.startswith("projector_norm.") for n in changed)
     assert any(n.startswith("reconstruction.denoiser.") for n in changed)
-    assert config.model.options["train_vision"] and any(n.startswith("vision.") for n in changed)
+    assert config.model.resolve().train_vision and any(n.startswith("vision.") for n in changed)
     for module in ("action_head.", "vision_film.", "keypoints."):  # new modules outside the LLM train fully
         assert any(n.startswith(module) for n in changed), module
     assert ReconVLA.from_pretrained(final).reconstruction is None
@@ -124,7 +124,7 @@ def test_lora_trains_adapters_projector_and_denoiser_only(make_config: Any, tmp_
 def test_vision_tower_trains_only_when_the_config_says_so(make_config: Any, tmp_path: Path,
                                                           train_vision: bool) -> None:
     config = make_config(tmp_path / "run", **{"train.max_steps": 2, "optim.lr": 1e-2,
-                                              "model.options.train_vision": str(train_vision).lower()})
+                                              "model.train_vision": str(train_vision).lower()})
     before = _initial_weights(config)
     after = _weights(Path(train(config)["checkpoint"]))
     vision = [name for name in before if name.startswith("vision.")]
@@ -176,8 +176,8 @@ def test_finetune_applies_finetune_options_and_keeps_the_architecture(pretrained
     from reconvla_core.train.model_setup import build_model
 
     config = make_config(tmp_path / "ground", **{"stage": "finetune", "init_from": pretrained["checkpoint"],
-                                                 "train.max_steps": 2, "model.options.gaze_keypoint_weight": 1.5,
-                                                 "model.options.action_embedding_init": "random", "eval.at_end": "true",
+                                                 "train.max_steps": 2, "model.gaze_keypoint_weight": 1.5,
+                                                 "model.action_embedding_init": "random", "eval.at_end": "true",
                                                  "eval.max_samples": 4})
     with caplog.at_level("WARNING"):
         model, info = build_model(config, build_data(config, need_val=False).stats)
@@ -186,6 +186,26 @@ def test_finetune_applies_finetune_options_and_keeps_the_architecture(pretrained
     assert "action_embedding_init='random' is ignored" in caplog.text  # architecture stays the checkpoint's
     result = train(config)
     assert result["val"]["grounding_loss"] >= 0.0  # the keypoint loss trains and validation reports it
+
+
+def test_finetune_options_compare_nested_fields_with_the_checkpoint(caplog) -> None:
+    """Only the fields the config sets count; FINETUNE_OPTIONS apply, the others are ignored loudly,
+    nested sections field by field (an equal nested value is not reported)."""
+    from types import SimpleNamespace
+
+    from reconvla_core.model import ReconVLAConfig
+    from reconvla_core.train.model_setup import apply_finetune_options
+
+    model = SimpleNamespace(config=ReconVLAConfig.from_preset("tiny", recon_weight=0.5))
+    overrides = {"recon_weight": 1.0, "train_vision": False, "vision": {"image_size": 112, "feature_layer": -1},
+                 "delta_action_dims": (0, 1)}
+    with caplog.at_level("WARNING"):
+        applied = apply_finetune_options(model, overrides)
+    assert applied == {"recon_weight": 1.0} and model.config.recon_weight == 1.0
+    assert "model.vision.feature_layer=-1 is ignored: the init checkpoint has -2" in caplog.text
+    assert "model.delta_action_dims=(0, 1) is ignored: the init checkpoint has None" in caplog.text
+    assert "image_size" not in caplog.text and "train_vision" not in caplog.text  # equal to the checkpoint's
+    assert model.config.vision.feature_layer == -2 and model.config.delta_action_dims is None
 
 
 def test_finetune_rejects_a_mismatched_checkpoint(pretrained: dict[str, Any], make_config: Any,

@@ -51,8 +51,9 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "train",
         help="train ReconVLA (pretrain or finetune stage) on LeRobot v3 datasets",
         description="Train one stage. Configs: shipped names (tiny-sim, paper-pretrain, paper-finetune) or a YAML "
-        "file; key=value overrides use dotted paths (optim.lr=1e-4, train.per_device_batch_size=8) or unique "
-        "field names (lr=1e-4). Run under `accelerate launch` for several processes.",
+        "file; key=value overrides use dotted paths (optim.lr=1e-4, train.per_device_batch_size=8, "
+        "model.action_head=parallel, model.vision.feature_layer=-1) or unique field names (lr=1e-4). "
+        "Run under `accelerate launch` for several processes.",
     )
     parser.add_argument("--config", default="tiny-sim", help="shipped config name or YAML file (default tiny-sim)")
     parser.add_argument("--data", nargs="+", metavar="DIR[:WEIGHT[:FEATURES]]",

@@ -4,13 +4,17 @@ A run is described by one :class:`TrainConfig`. Shipped configs live in ``train/
 are found by name (``tiny-sim``, ``paper-pretrain``, ``paper-finetune``); any other YAML file is
 loaded by path. A YAML file may start from another with ``extends: <name or path>`` (a deep merge).
 
-Every check a user can fail runs in :func:`validate_config` before any model or data is built:
-unknown keys (with a "did you mean"), values out of range, missing dataset directories, a global
-batch that does not divide into per-device batch x processes x accumulation steps.
+The ``model:`` section is a :class:`ReconVLAConfig` preset plus any of its fields (nested ones as
+mappings), typed and checked against ReconVLAConfig when the config is loaded.
+
+Every check a user can fail runs at load or in :func:`validate_config`, before any model or data is
+built: unknown keys (with a "did you mean"), values out of range, missing dataset directories, a
+global batch that does not divide into per-device batch x processes x accumulation steps.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import logging
@@ -18,11 +22,14 @@ import math
 import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+
+from reconvla_core.model.configuration_reconvla import PRESETS, REMOVED_TRAINING_OPTIONS, ReconVLAConfig
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +37,6 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 ACCELERATE_CONFIG_DIR = CONFIG_DIR / "accelerate"
 
 PARAM_GROUPS: tuple[str, ...] = ("llm", "projector", "denoiser", "vision")
-RECON_TARGETS: tuple[str, ...] = ("none", "full", "gaze")
 MIXED_PRECISION: tuple[str, ...] = ("no", "bf16", "fp16")
 SCHEDULERS: tuple[str, ...] = ("cosine", "linear", "constant")
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
@@ -41,14 +47,83 @@ class ConfigError(ValueError):
     """A training configuration a run cannot start from; the message names the field and the fix."""
 
 
-@dataclass
 class ModelSection:
-    """What to build: a ``ReconVLAConfig`` preset plus overrides of its fields."""
+    """The ``model:`` section: a ReconVLAConfig preset plus any of its fields, typed and checked at load.
 
-    preset: str = "tiny"
-    recon_target: str = "gaze"  # none | full | gaze (the paper's ablation switch)
-    chunk_size: int = 5
-    options: dict[str, Any] = field(default_factory=dict)  # extra ReconVLAConfig fields (weights dirs, ...)
+    In YAML the fields sit directly under ``model:``, nested configs as mappings::
+
+        model:
+          preset: tiny
+          action_head: parallel
+          vision: {feature_layer: -1}
+
+    Args:
+        preset: the ReconVLAConfig preset the fields start from (``tiny`` | ``paper``).
+        overrides: the ReconVLAConfig fields the recipe sets on top of the preset. They are checked
+            against the dataclass fields and types here: an unknown key or a wrong type raises
+            ConfigError naming ``model.<key>``, a value ReconVLAConfig rejects raises its message.
+
+    A fresh run builds :meth:`resolve` (the preset with the overrides applied). A finetune keeps its
+    init checkpoint's config and looks only at ``overrides``: it applies the FINETUNE_OPTIONS among
+    them and reports the others that differ (train/model_setup.py). That is why the section keeps
+    which fields the recipe set, not only the resolved result.
+    """
+
+    def __init__(self, preset: str = "tiny", overrides: Mapping[str, Any] | None = None) -> None:
+        if preset not in PRESETS:
+            close = difflib.get_close_matches(str(preset), sorted(PRESETS), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"model.preset: '{preset}' is not one of {', '.join(sorted(PRESETS))}{hint}")
+        self.preset: str = preset
+        self.overrides: dict[str, Any] = _coerce_fields(ReconVLAConfig, dict(overrides or {}), "model")
+        try:
+            self._resolved = ReconVLAConfig.from_preset(preset, **self.overrides)
+        except ValueError as error:  # ReconVLAConfig's own validation; its message names the field
+            raise ConfigError(f"model: {error}") from error
+
+    @classmethod
+    def from_yaml(cls, data: Mapping[str, Any], where: str = "model") -> ModelSection:
+        """The section from its YAML mapping (``preset`` plus ReconVLAConfig fields; a deprecated
+        ``options:`` sub-mapping is folded in, see :func:`fold_model_options`)."""
+        data = fold_model_options(data)
+        preset = _coerce(data.pop("preset", "tiny"), str, f"{where}.preset")
+        removed = [name for name in REMOVED_TRAINING_OPTIONS if name in data]
+        if removed:  # configs written before these research options were removed still load
+            logger.warning("%s: %s dropped (removed training options)", where, ", ".join(removed))
+            for name in removed:
+                data.pop(name)
+        return cls(preset, data)
+
+    def resolve(self) -> ReconVLAConfig:
+        """The model config a fresh run builds: the preset with the overrides applied (a copy of its own)."""
+        return copy.deepcopy(self._resolved)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every resolved ReconVLAConfig field (``preset`` first), as YAML writes it."""
+        return _plain(dataclasses.asdict(self._resolved))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ModelSection):
+            return NotImplemented
+        return self.preset == other.preset and self.overrides == other.overrides
+
+    def __repr__(self) -> str:
+        return f"ModelSection(preset={self.preset!r}, overrides={self.overrides!r})"
+
+
+def fold_model_options(model: Mapping[str, Any], source: str = "") -> dict[str, Any]:
+    """``model.options`` (the untyped sub-mapping of ReconVLAConfig fields that recipes and the
+    train_config.yaml of earlier runs hold) folded into the model section, with a one-line deprecation
+    warning. Its fields win over the same keys beside it, as they did when ``options`` was applied last."""
+    data = dict(model)
+    options = data.pop("options", None)
+    if options is None:
+        return data
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{source}model.options: expected a mapping, got {type(options).__name__}")
+    logger.warning("%smodel.options is deprecated: put its fields (%s) directly under model:", source,
+                   ", ".join(map(str, options)) or "none")
+    return _deep_merge(data, dict(options))
 
 
 @dataclass
@@ -91,7 +166,7 @@ class OptimSection:
     lr_llm: float | None = None  # per-group learning rates; None -> lr
     lr_projector: float | None = None
     lr_denoiser: float | None = None
-    lr_vision: float | None = None  # only used with model.options.train_vision
+    lr_vision: float | None = None  # only used with model.train_vision
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
@@ -181,7 +256,9 @@ class TrainConfig:
         return round(self.optim.warmup_ratio * total_steps)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["model"] = self.model.to_dict()  # the resolved model fields, not the section object
+        return data
 
 
 # ---------------------------------------------------------------------- building from dicts
@@ -214,11 +291,30 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if optional:
             return None
         raise ConfigError(f"{where}: null is not allowed (expected {getattr(inner, '__name__', inner)})")
+    if inner is ModelSection:  # its YAML shape is ReconVLAConfig's fields, not its attributes
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return ModelSection.from_yaml(value, where)
     if _is_dataclass_type(inner):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         return _build(inner, value, where)
     origin = typing.get_origin(inner)
+    if origin is tuple:  # ReconVLAConfig's sequences: tuple[int, ...] or a fixed tuple[float, float, float]
+        args = typing.get_args(inner)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            item_types = [args[0]] * len(value)
+        elif args:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+            item_types = list(args)
+        else:
+            item_types = [Any] * len(value)
+        return tuple(_coerce(v, tp, f"{where}[{i}]") for i, (v, tp) in enumerate(zip(value, item_types)))
     if origin is list:
         (item_tp,) = typing.get_args(inner) or (Any,)
         if isinstance(value, str) and not _is_dataclass_type(item_tp):
@@ -285,6 +381,34 @@ def _build(cls: type, data: dict[str, Any], where: str = "") -> Any:
     return cls(**kwargs)
 
 
+def _coerce_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """Typed values for some fields of a config dataclass, nested dataclasses kept as mappings (they are
+    merged into the preset's nested config, not built from the class defaults)."""
+    hints = _resolve_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "preset"]  # the section's base, not a field
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{where}.{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}'{_did_you_mean(str(key), names)}")
+        if _is_dataclass_type(hints[key]):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+            values[key] = _coerce_fields(hints[key], dict(value), path)
+        else:
+            values[key] = _coerce(value, hints[key], path)
+    return values
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively: yaml.safe_dump writes no tuples."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from a (YAML-shaped) dict; unknown keys and wrong types raise ConfigError."""
     data = dict(data)
@@ -322,7 +446,7 @@ def config_path(name_or_path: str | os.PathLike[str]) -> Path:
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "options":
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = _deep_merge(merged[key], value)
         else:
             merged[key] = value
@@ -339,6 +463,10 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
             raise ConfigError(f"config {path} is not valid YAML: {error}") from error
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: top level must be a mapping, got {type(data).__name__}")
+    if isinstance(data.get("model"), Mapping) and "options" in data["model"]:
+        # Folded per file, before the merge with its parent and the key=value overrides, so a
+        # newer layer's flat field is not overwritten by an older layer's options.
+        data["model"] = fold_model_options(data["model"], f"config {path}: ")
     parent = data.get("extends")
     if parent:
         parent_path = config_path(parent) if not Path(str(parent)).is_absolute() else Path(parent)
@@ -374,6 +502,8 @@ def _field_type(keys: list[str]) -> Any | None:
     """The annotation of the field at a dotted path of TrainConfig, or None if there is none."""
     cls: Any = TrainConfig
     for i, key in enumerate(keys):
+        if cls is ModelSection:
+            cls = ReconVLAConfig
         if not _is_dataclass_type(cls):
             return None
         hints = _resolve_hints(cls)
@@ -393,7 +523,9 @@ def _leaf_index() -> dict[str, list[list[str]]]:
         hints = _resolve_hints(cls)
         for f in dataclasses.fields(cls):
             tp, _ = _strip_optional(hints[f.name])
-            if _is_dataclass_type(tp):
+            if tp is ModelSection:
+                walk(ReconVLAConfig, prefix + [f.name])
+            elif _is_dataclass_type(tp):
                 walk(tp, prefix + [f.name])
             else:
                 index.setdefault(f.name, []).append(prefix + [f.name])
@@ -492,9 +624,7 @@ def validate_config(config: TrainConfig, num_processes: int = 1, *, check_paths:
     Runs before any model or data is built, so a wrong key or path costs no waiting.
     """
     _require(config.stage in STAGES, f"stage: '{config.stage}' is not one of {', '.join(STAGES)}")
-    _require(config.model.recon_target in RECON_TARGETS,
-             f"model.recon_target: '{config.model.recon_target}' is not one of {', '.join(RECON_TARGETS)}")
-    _require(config.model.chunk_size >= 1, f"model.chunk_size must be >= 1, got {config.model.chunk_size}")
+    # The model section was checked by ReconVLAConfig when it was built (ModelSection).
 
     t = config.train
     _require(t.mixed_precision in MIXED_PRECISION,

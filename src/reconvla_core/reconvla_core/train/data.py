@@ -184,7 +184,7 @@ def build_data(config: TrainConfig, *, need_val: bool = True) -> TrainData:
     from reconvla_core.data import DatasetSource, VLADataset
 
     sources = [DatasetSource(s.path, weight=s.weight, features=s.features) for s in config.data.sources]
-    common: dict[str, Any] = {"chunk_size": config.model.chunk_size, "processor": None,
+    common: dict[str, Any] = {"chunk_size": config.model.resolve().chunk_size, "processor": None,
                               "val_fraction": config.data.val_fraction, "seed": config.seed,
                               "static_threshold": config.data.static_threshold}
     train = VLADataset(sources, split="train", augment=config.data.augment, **common)

@@ -7,7 +7,9 @@ denoiser it trains is the pretrained one (the authors' code silently re-initiali
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +25,28 @@ def build_model(config: TrainConfig, stats: list[dict[str, Any]]) -> tuple[nn.Mo
     """The model for this stage and a description of where its weights came from. A finetune replaces
     the target robot's entries of ``stats`` in place by its init checkpoint's stats (the loaders
     normalise with that list)."""
-    from reconvla_core.model import ReconVLA, ReconVLAConfig
+    from reconvla_core.model import ReconVLA
 
     if config.init_from:
         model = ReconVLA.from_pretrained(config.init_from, load_reconstruction=True)
         check_matches_config(model, config)
         info = {"init_from": str(config.init_from), **check_carried_over(model, Path(config.init_from))}
-        applied = apply_finetune_options(model, config.model.options)
+        applied = apply_finetune_options(model, config.model.overrides)
         if applied:
             info["finetune_options"] = applied
     else:
-        model_config = ReconVLAConfig.from_preset(config.model.preset, recon_target=config.model.recon_target,
-                                                  chunk_size=config.model.chunk_size, **config.model.options)
+        model_config = config.model.resolve()
         if model_config.llava_path or (model_config.llm_path and model_config.vision_path):
-            model = ReconVLA.from_backbones(model_config)  # local weight directories named in model.options
+            model = ReconVLA.from_backbones(model_config)  # local weight directories named under model:
             info = {"init": "backbones", **{k: getattr(model_config, k) for k in
                                              ("llava_path", "llm_path", "vision_path", "vae_path") if getattr(model_config, k)}}
             if model_config.builds_reconstruction and not model_config.vae_path:
-                logger.warning("no model.options.vae_path: the reconstruction targets come from a random VAE")
+                logger.warning("no model.vae_path: the reconstruction targets come from a random VAE")
         else:
             model = ReconVLA(model_config)
             info = {"init": f"preset {config.model.preset}, random weights"}
             if config.model.preset != "tiny":
-                logger.warning("preset %s with random weights: set model.options.llava_path (or llm_path + "
+                logger.warning("preset %s with random weights: set model.llava_path (or llm_path + "
                                "vision_path) and vae_path to start from pretrained backbones", config.model.preset)
     if stats and config.init_from and model.norm_stats is not None:
         # A finetune keeps the action space its init checkpoint learned: the target (first) dataset, and
@@ -60,37 +61,49 @@ def build_model(config: TrainConfig, stats: list[dict[str, Any]]) -> tuple[nn.Mo
     return model, info
 
 
-def apply_finetune_options(model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
-    """A finetune keeps its init checkpoint's architecture; the config's FINETUNE_OPTIONS (loss weights,
-    input dropout, answer format) still apply. Other options that differ from the checkpoint are ignored, loudly."""
+def apply_finetune_options(model: nn.Module, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A finetune keeps its init checkpoint's architecture; of the model fields the config sets
+    (``config.model.overrides``), the FINETUNE_OPTIONS (loss weights, answer format) still apply.
+    The others that differ from the checkpoint are ignored, loudly. Returns the options applied."""
     from reconvla_core.model.configuration_reconvla import FINETUNE_OPTIONS
 
     applied: dict[str, Any] = {}
-    for name, value in options.items():
+    for name, value in overrides.items():
         current = getattr(model.config, name, None)
         if name in FINETUNE_OPTIONS:
             if value != current:
                 setattr(model.config, name, value)
                 applied[name] = value
-        elif current is not None and value != current and not isinstance(current, (dict, tuple)):
-            logger.warning("finetune: model.options.%s=%r is ignored: the init checkpoint has %r", name, value,
-                           current)
+            continue
+        for path, wanted, has in _differences(f"model.{name}", value, current):
+            logger.warning("finetune: %s=%r is ignored: the init checkpoint has %r", path, wanted, has)
     if applied:
         model.config.validate()
         logger.info("finetune: options on top of the checkpoint's config: %s", applied)
     return applied
 
 
+def _differences(path: str, value: Any, current: Any) -> list[tuple[str, Any, Any]]:
+    """(field path, config value, checkpoint value) for each leaf where they differ; a nested section
+    (``vision: {...}``) is compared field by field with the checkpoint's nested config."""
+    if isinstance(value, Mapping) and dataclasses.is_dataclass(current):
+        return [diff for key, item in value.items()
+                for diff in _differences(f"{path}.{key}", item, getattr(current, key, None))]
+    return [] if value == current else [(path, value, current)]
+
+
 def check_matches_config(model: nn.Module, config: TrainConfig) -> None:
+    """The two fields a finetune cannot change: the reconstruction target and the chunk length."""
     model_config = model.config
+    wanted = config.model.resolve()
     recon = getattr(model_config, "recon_target", None)
-    if recon is not None and recon != config.model.recon_target:
-        raise ConfigError(f"model.recon_target is '{config.model.recon_target}' but the init_from checkpoint was "
+    if recon is not None and recon != wanted.recon_target:
+        raise ConfigError(f"model.recon_target is '{wanted.recon_target}' but the init_from checkpoint was "
                           f"trained with '{recon}'; set model.recon_target={recon}")
     chunk = getattr(model_config, "chunk_size", None)
-    if chunk is not None and chunk != config.model.chunk_size:
-        raise ConfigError(f"model.chunk_size is {config.model.chunk_size} but the init_from checkpoint has {chunk}; "
-                          f"set model.chunk_size={chunk}")
+    if chunk is not None and chunk != wanted.chunk_size:
+        raise ConfigError(f"model.chunk_size is {wanted.chunk_size} but the init_from checkpoint has "
+                          f"{chunk}; set model.chunk_size={chunk}")
 
 
 def _named(model: nn.Module, group: str) -> dict[str, torch.Tensor]:
