@@ -253,3 +253,22 @@ def test_action_head_state_feeds_the_exact_state_and_keypoints_to_the_head(norm_
     loaded = ReconVLA.from_pretrained(tmp_path / "ckpt")
     assert loaded.config.action_head_state
     np.testing.assert_array_equal(model.predict_action(*args, state), loaded.predict_action(*args, state))
+
+
+def test_gaze_teacher_forcing_gives_the_head_the_gaze_centre_at_training_only(norm_stats):
+    with pytest.raises(ValueError, match="action_head_state"):
+        ReconVLAConfig.from_preset("tiny", action_head="parallel", spatial_keypoints=2, gaze_keypoint_weight=1.0,
+                                   gaze_teacher_forcing=0.5)
+    model = parallel(norm_stats, seed=6, recon_target="none", spatial_keypoints=2, gaze_keypoint_weight=1.0,
+                     action_head_state=True, gaze_teacher_forcing=1.0)
+    batch = make_batch(model, n=2)
+    seen = []
+    model.action_head.register_forward_pre_hook(lambda module, args: seen.append(args[1].detach().clone()))
+    keypoint0 = slice(model.config.state_dim, model.config.state_dim + 2)
+    model.train()
+    model(batch)
+    np.testing.assert_allclose(seen[-1][:, keypoint0].numpy(), batch["gaze_point"].numpy(), atol=1e-6)
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+    assert not np.allclose(seen[-1][:, keypoint0].numpy(), batch["gaze_point"].numpy(), atol=1e-3)

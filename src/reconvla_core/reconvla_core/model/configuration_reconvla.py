@@ -27,7 +27,8 @@ ACTION_HEADS: tuple[str, ...] = ("tokens", "parallel")
 CONFIG_FORMAT_VERSION = 1
 # Options a finetune stage may set on top of its init checkpoint's config: they change the losses,
 # the training inputs or the answer format, never the layout of the checkpoint's weights.
-FINETUNE_OPTIONS: tuple[str, ...] = ("recon_weight", "num_noise_draws", "answer_box", "gaze_keypoint_weight")
+FINETUNE_OPTIONS: tuple[str, ...] = ("recon_weight", "num_noise_draws", "answer_box", "gaze_keypoint_weight",
+                                     "gaze_teacher_forcing")
 # Training-only research options that the study found not to help (docs/study_recon.md); configs
 # saved with them still load (the options are dropped: inference never used them).
 REMOVED_TRAINING_OPTIONS: tuple[str, ...] = ("action_input_dropout", "grounding_box_weight")
@@ -211,6 +212,10 @@ class ReconVLAConfig:
     # proprioception), so the chunk is a function of exact geometry, not only of what attention over
     # 7 binned state tokens keeps of it. The state tokens stay in the prompt.
     action_head_state: bool = False
+    # Training only (action_head_state + gaze keypoint): the probability that a sample's head input
+    # gets the gaze-box centre in place of keypoint 0's estimate, so the head learns to act on where
+    # the gaze is while the keypoint learns to find it; inference always uses the estimate. 0 = off.
+    gaze_teacher_forcing: float = 0.0
 
     # Prompt and images.
     system_prompt: str = "A chat between a robot operator and a robot policy that outputs arm actions."
@@ -334,6 +339,11 @@ class ReconVLAConfig:
             raise ValueError("spatial_keypoints feed the parallel head's action queries: set action_head: parallel")
         if not (isinstance(self.gaze_keypoint_weight, (int, float)) and 0.0 <= self.gaze_keypoint_weight < float("inf")):
             raise ValueError(f"gaze_keypoint_weight must be a finite number >= 0, got {self.gaze_keypoint_weight!r}")
+        if not (isinstance(self.gaze_teacher_forcing, (int, float)) and 0.0 <= self.gaze_teacher_forcing <= 1.0):
+            raise ValueError(f"gaze_teacher_forcing must be a probability in [0, 1], got {self.gaze_teacher_forcing!r}")
+        if self.gaze_teacher_forcing > 0 and not (self.action_head_state and self.gaze_keypoint_weight > 0):
+            raise ValueError("gaze_teacher_forcing replaces keypoint 0 in the head's input: set action_head_state: "
+                             "true and gaze_keypoint_weight > 0")
         if self.action_head_state and self.action_head != "parallel":
             raise ValueError("action_head_state feeds the parallel head's MLP: set action_head: parallel")
         if self.gaze_keypoint_weight > 0 and not self.spatial_keypoints:

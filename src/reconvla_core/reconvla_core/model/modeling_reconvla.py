@@ -389,6 +389,18 @@ class ReconVLA(PreTrainedReconVLA):
         actions = self.action_head(hidden[query_mask].view(b, k, -1), geometry)
         return hidden, actions, out.attentions if output_attentions else None
 
+    def _teacher_forced(self, keypoints: torch.Tensor | None, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """Keypoints for the head's input at training: keypoint 0 replaced by the gaze-box centre in a
+        random ``gaze_teacher_forcing`` share of the rows that have a box (gradients still reach the
+        keypoints through the queries and the gaze loss)."""
+        p = self.config.gaze_teacher_forcing
+        if not (self.training and p > 0 and keypoints is not None and "gaze_point" in batch):
+            return keypoints
+        rows = (torch.rand(keypoints.shape[0], device=keypoints.device) < p) & batch["gaze_valid"].bool()
+        forced = keypoints.clone()
+        forced[rows, 0] = batch["gaze_point"][rows].to(forced.dtype)
+        return forced
+
     def head_geometry(self, state: torch.Tensor | None, keypoints: torch.Tensor | None) -> torch.Tensor | None:
         """(B, state_dim + 2 * keypoints) exact geometry for the action MLP (action_head_state), else None."""
         if not self.config.action_head_state:
@@ -414,7 +426,7 @@ class ReconVLA(PreTrainedReconVLA):
                                         batch.get("instruction_mask"), batch.get("action_query_mask"))
         action_loss = action_accuracy = grounding_loss = None
         if self.action_head is not None:
-            geometry = self.head_geometry(batch.get("state"), keypoints)
+            geometry = self.head_geometry(batch.get("state"), self._teacher_forced(keypoints, batch))
             hidden, predicted, _ = self.run_parallel(embeds, batch["attention_mask"], batch["action_query_mask"],
                                                      geometry=geometry)
             if "actions" in batch:
