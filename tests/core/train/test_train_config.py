@@ -189,6 +189,15 @@ def test_print_config_shows_the_resolved_model_and_reloads_unchanged(tmp_path: P
     assert load_train_config(str(path)).model.resolve() == config.model.resolve()
 
 
+def test_shipped_recipes_use_the_flat_model_section(caplog) -> None:
+    with caplog.at_level("WARNING", logger="reconvla_core.train.config"):
+        configs = {name: load_train_config(name) for name in available_configs()}
+    assert "deprecated" not in caplog.text
+    tiny = configs["tiny-sim"].model
+    assert tiny.preset == "tiny" and tiny.overrides["action_head"] == "parallel" and tiny.overrides["train_vision"]
+    assert configs["paper-pretrain"].model.resolve().llm.hidden_size == 3584
+
+
 def test_train_config_of_an_earlier_run_with_model_options_still_loads(caplog) -> None:
     """train_config.yaml files written before the typed model section hold model.options."""
     from reconvla_core.model.pretrained import SHIPPED_CHECKPOINT
