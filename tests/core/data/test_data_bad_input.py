@@ -59,6 +59,25 @@ def test_strict_fails_the_build_and_writes_nothing(tmp_path, mixed_bags):
     assert not list(tmp_path.glob(".ds.partial-*"))  # the staging area is cleaned up
 
 
+def test_a_corrupt_mcap_record_is_named_not_skipped(tmp_path, make_bag):
+    """A damaged message record in an otherwise whole MCAP: a BagError naming the byte, never the
+    record after it read in its place."""
+    from reconvla_core import interfaces as itf
+    from reconvla_core.data.bag_storage import McapStorage
+
+    path = make_bag("damaged")
+    storage = McapStorage.open(path)
+    assert storage is not None
+    offset = int(storage._index[itf.BASE_IMAGE_TOPIC][1][3])  # the fourth base image's record
+    (mcap,) = path.glob("*.mcap")
+    with open(mcap, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(b"\x00")
+    episode = read_episode(path)  # pass 1 reads only the first image
+    with pytest.raises(BagError, match=f"damaged: no MCAP message record at byte {offset}"):
+        list(episode.iter_frames())
+
+
 def test_missing_topic_is_named(tmp_path, make_bag):
     path = make_bag("no_gaze", gaze=False)
     with pytest.raises(MissingTopicError, match="/reconvla/gaze_box") as error:

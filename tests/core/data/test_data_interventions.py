@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from reconvla_core.data.bag_reader import intervention_flags, read_episode
+from reconvla_core.data.align import intervention_flags
+from reconvla_core.data.bag_reader import read_episode
 from reconvla_core.data.build import BuildConfig, build_dataset, intervention_segments, parse_interventions
 from reconvla_core.data.lerobot_v3 import load_episodes, load_stats
 

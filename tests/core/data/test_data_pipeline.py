@@ -107,7 +107,7 @@ def test_augmentation_keeps_shapes_and_moves_the_gaze_box(tmp_path, make_bag):
 @pytest.mark.parametrize("frame_id", ["", "c", "camera_color_optical_frame", "abc"])
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "mono8"])
 def test_fast_image_parse_matches_rosbags(frame_id, encoding):
-    from reconvla_core.data.bag_reader import image_to_rgb, parse_image_cdr
+    from reconvla_core.data.bag_messages import image_to_rgb, parse_image_cdr
     from reconvla_core.data.bag_writer import get_typestore
 
     ts = get_typestore()
@@ -129,19 +129,20 @@ def test_fast_image_parse_matches_rosbags(frame_id, encoding):
     np.testing.assert_array_equal(fast, expected)
 
 
-@pytest.mark.parametrize(("storage", "index_class"), [("mcap", "McapIndex"), ("sqlite3", "SqliteIndex")])
-def test_indexed_and_scanning_readers_agree(tmp_path, make_bag, storage, index_class):
-    from reconvla_core.data.bag_reader import BagTopics, _read_episode_scan
+@pytest.mark.parametrize(("storage", "storage_class"), [("mcap", "McapStorage"), ("sqlite3", "SqliteStorage")])
+def test_indexed_and_scanning_readers_agree(tmp_path, make_bag, storage, storage_class):
+    from reconvla_core.data.bag_storage import open_storage
 
     path = make_bag("robot", seconds=1.0, camera_hz=30.0, joint_hz=200.0, skip_wrist_frames=(4, 5), storage=storage)
     fast = read_episode(path)
-    assert type(fast._index).__name__ == index_class
-    slow = _read_episode_scan(path, BagTopics(), AlignConfig())
-    assert fast._index is not None and slow._index is None
+    assert type(fast._storage).__name__ == storage_class
+    slow = read_episode(path, storage=open_storage(path, scan=True))
+    assert type(slow._storage).__name__ == "ScanStorage"
     for name in ("timestamps", "state", "action", "gaze"):
         np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name))
     assert (fast.dropped_frames, fast.info, fast.instruction) == (slow.dropped_frames, slow.info, slow.instruction)
-    for (i, base_a, wrist_a), (j, base_b, wrist_b) in zip(fast.iter_frames(), slow._iter_frames_scan(), strict=True):
+    assert (fast.image_sizes, fast.image_encodings) == (slow.image_sizes, slow.image_encodings)
+    for (i, base_a, wrist_a), (j, base_b, wrist_b) in zip(fast.iter_frames(), slow.iter_frames(), strict=True):
         assert i == j
         np.testing.assert_array_equal(base_a, base_b)
         np.testing.assert_array_equal(wrist_a, wrist_b)
@@ -196,3 +197,10 @@ def test_header_stamps_align_when_receive_times_lag(tmp_path):
     np.testing.assert_allclose(by_header.state[5], state_at(0.5).astype(np.float32), atol=1e-6)
     # On receive times the joint state paired with image 5 is the one from 40 ms later.
     np.testing.assert_allclose(by_log.state[5], state_at(0.54).astype(np.float32), atol=1e-6)
+    # Header stamps through the MCAP index and through a rosbags scan give the same episode.
+    from reconvla_core.data.bag_storage import open_storage
+
+    scanned = read_episode(path, align=AlignConfig(fps=10, stamp_source="header"), storage=open_storage(path, scan=True))
+    assert type(by_header._storage).__name__ == "McapStorage" and type(scanned._storage).__name__ == "ScanStorage"
+    np.testing.assert_array_equal(by_header.stamps_ns, scanned.stamps_ns)
+    np.testing.assert_array_equal(by_header.state, scanned.state)

@@ -1,7 +1,9 @@
 """Data pipeline: rosbag2 episodes -> LeRobotDataset v3.0 -> model-ready samples.
 
 - ``bag_writer.EpisodeBagWriter``: one episode -> one MCAP rosbag2 directory.
-- ``bag_reader``: rosbag2 (MCAP / sqlite3) -> episodes aligned onto the dataset fps.
+- ``bag_reader``: rosbag2 (MCAP / sqlite3) -> episodes aligned onto the dataset fps, through
+  ``bag_storage`` (messages by topic and position), ``bag_messages`` (CDR -> values) and
+  ``align`` (the time alignment, pure functions).
 - ``lerobot_v3``: the LeRobot v3.0 writer and meta readers; ``build``: bags -> dataset.
 - ``gaze``: gaze-box annotation backends (sim, boxes file, Grounding DINO).
 - ``dataset``: ``VLADataset`` / ``DatasetSource`` / ``load_stats`` for training.
@@ -16,8 +18,8 @@ from typing import Any
 
 _LAZY = {
     "EpisodeBagWriter": "reconvla_core.data.bag_writer",
-    "AlignConfig": "reconvla_core.data.bag_reader",
-    "BagError": "reconvla_core.data.bag_reader",
+    "AlignConfig": "reconvla_core.data.align",
+    "BagError": "reconvla_core.data.bag_storage",
     "BagTopics": "reconvla_core.data.bag_reader",
     "read_episode": "reconvla_core.data.bag_reader",
     "BuildConfig": "reconvla_core.data.build",

@@ -203,32 +203,17 @@ def parse_image_size(text: str) -> tuple[int, int]:
 
 def peek_image_sizes(path: Path, topics: BagTopics) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """((h, w) base, (h, w) wrist) from each camera's first message, or None if the bag cannot say."""
-    from reconvla_core.data.bag_reader import _open_reader, open_index
-    from reconvla_core.data.bag_writer import get_typestore
+    from reconvla_core.data.bag_messages import deserialize
+    from reconvla_core.data.bag_storage import open_storage
 
-    typestore = get_typestore()
     wanted = (topics.base_image, topics.wrist_image)
     sizes: dict[str, tuple[int, int]] = {}
     try:
-        index = open_index(path)
-        if index is not None:
-            with index:
-                for topic in wanted:
-                    channel_id, msgtype = index.channel(topic)
-                    msg = typestore.deserialize_cdr(index.read(channel_id, 0), msgtype)
-                    sizes[topic] = (int(msg.height), int(msg.width))
-        else:
-            with _open_reader(path) as reader:
-                connections = [c for c in reader.connections if c.topic in wanted]
-                for connection, _, raw in reader.messages(connections=connections):
-                    if connection.topic not in sizes:
-                        msg = typestore.deserialize_cdr(raw, connection.msgtype)
-                        sizes[connection.topic] = (int(msg.height), int(msg.width))
-                    if len(sizes) == len(wanted):
-                        break
+        with open_storage(path, set(wanted)) as storage:
+            for topic in wanted:
+                msg = deserialize(storage.read(topic, 0), storage.topics[topic])
+                sizes[topic] = (int(msg.height), int(msg.width))
     except Exception:  # a bag that cannot be read is diagnosed (and reported) by its conversion
-        return None
-    if len(sizes) != len(wanted):
         return None
     return sizes[topics.base_image], sizes[topics.wrist_image]
 
