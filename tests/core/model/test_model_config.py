@@ -68,3 +68,29 @@ def test_inference_model_does_not_import_diffusers():
             "assert m.reconstruction is None and 'diffusers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
                                                                    "PATH": ""})
+
+
+def test_every_field_is_documented_once_with_its_default():
+    """The class docstring is the one place the fields are explained (Args-style); a new field needs
+    an entry, and a default it states in backticks must be the field's."""
+    import dataclasses
+    import re
+
+    doc = ReconVLAConfig.__doc__
+    entries = re.findall(r"^        ([a-z_][a-z0-9_, ]*) \(`([^`]*)`(?:, (?:\*optional\*|defaults to ([^)\n]*)))?\):$",
+                         doc, re.M)
+    documented = [name.strip() for names, _, _ in entries for name in names.split(",")]
+    fields = {f.name: f for f in dataclasses.fields(ReconVLAConfig)}
+    assert sorted(documented) == sorted(fields), set(documented) ^ set(fields)  # each field exactly once
+    checked = 0
+    for names, _, default in entries:
+        stated = re.fullmatch(r"`(.*)`", default or "")
+        if stated:  # e.g. defaults to `0.0`, `"random"`, `14 / 27`
+            for name in names.split(","):
+                assert eval(stated.group(1)) == fields[name.strip()].default, name  # noqa: S307 (literal)
+                checked += 1
+    assert checked >= 20
+    experimental = doc.split("Experimental / training-from-scratch options:")[1]
+    for name in ("train_vision", "projector_input_norm", "action_embedding_init", "answer_box", "vision_film",
+                 "spatial_keypoints", "gaze_keypoint_weight", "action_head_state"):
+        assert f"\n        {name} (" in experimental, name

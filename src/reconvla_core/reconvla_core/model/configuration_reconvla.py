@@ -155,7 +155,134 @@ _NESTED: dict[str, type] = {"vision": VisionConfig, "llm": LLMConfig, "vae": VAE
 
 @dataclass
 class ReconVLAConfig:
-    """The whole model. Build with ``ReconVLAConfig.from_preset("tiny" | "paper", **overrides)``."""
+    """Configuration of a ReconVLA model: its parts, the action encoding, the answer format and the
+    reconstruction branch. Build one with ``ReconVLAConfig.from_preset("tiny" | "paper", **overrides)``
+    (nested configs as dicts); every size the model uses is derived from these fields, and a bad value
+    raises ``ValueError`` naming it. Checkpoints keep it as config.json; a training config sets its
+    fields under ``model:``.
+
+    Args:
+        preset (`str`, defaults to `"paper"`):
+            The preset the config was built from (``paper`` | ``tiny``); a record, the fields decide.
+        vision (`VisionConfig`):
+            The SigLIP vision tower (frozen unless ``train_vision``).
+        llm (`LLMConfig`):
+            The Qwen2 decoder.
+        vae (`VAEConfig`):
+            The frozen AutoencoderKL whose latents the reconstruction branch denoises.
+        denoiser (`DenoiserConfig`):
+            The DiT denoiser of the reconstruction branch.
+
+        action_dim (`int`, defaults to `7`):
+            Dimensions of one action (PiPer: 6 joints + the gripper opening).
+        state_dim (`int`, defaults to `7`):
+            Dimensions of the robot state in the prompt.
+        chunk_size (`int`, defaults to `5`):
+            Actions per chunk K: one answer covers the next K control steps.
+        n_bins (`int`, defaults to `256`):
+            Bins per normalised dimension of the action and state tokens.
+        norm_mode (`str`, defaults to `"q01_q99"`):
+            How the dataset stats map values onto [-1, 1]: ``q01_q99``, ``min_max`` or ``mean_std``.
+        action_dim_modes, state_dim_modes (`tuple[str, ...]`, *optional*):
+            Per dimension: ``normalize`` (stats -> [-1, 1]), ``identity`` (already in [-1, 1]) or
+            ``binary`` (thresholded at the middle of the stats range; decodes to the range's ends).
+            None: ``normalize`` for every dimension.
+        action_mode (`str`, defaults to `"absolute"`):
+            ``absolute``: the chunk encodes the targets a_{t+k} as they are. ``delta``: for the dims in
+            ``delta_action_dims`` it encodes a_{t+k} - s_t (relative to the observed state, normalised
+            with the ``action_delta`` stats); the other dims stay absolute. Decoding adds the state
+            back, so ``predict_action`` / ``decode_actions`` return absolute robot-unit actions in both
+            modes. Checkpoints saved before this field existed load as ``absolute``.
+        delta_action_dims (`tuple[int, ...]`, *optional*):
+            The dims made relative in delta mode; each must also index the state. None: every dim but
+            the last (PiPer: the 6 joints; the gripper opening stays absolute).
+        action_token_offset (`int`, *optional*):
+            First token id of the action bins. None: the last ``n_bins`` ids of the LLM vocabulary.
+        action_head (`str`, defaults to `"tokens"`):
+            How the answer is produced. ``tokens``: the paper's (OpenVLA's) K x D discrete action
+            tokens, decoded one at a time and trained with cross-entropy. ``parallel`` (OpenVLA-OFT): K
+            learned action queries follow the prompt, attend to all of it and bidirectionally to each
+            other, and one forward pass yields the whole chunk; an MLP maps their hidden states to
+            normalised continuous actions, trained with L1. Checkpoints saved before this field existed
+            load as ``tokens``.
+
+        system_prompt (`str`, defaults to a one-line operator/policy prompt):
+            The system turn of the prompt.
+        stitch_top_fraction (`float`, defaults to `14 / 27`):
+            Share of the model-input image height given to the base view (on top; the wrist view
+            below). The same at training and at inference.
+
+        recon_target (`str`, defaults to `"gaze"`):
+            What the reconstruction branch rebuilds from the image positions' hidden states (the
+            paper's ablation switch): ``none`` (no branch), ``full`` (the stitched input image) or
+            ``gaze`` (the gaze-box crop of the base view above the wrist view).
+        recon_weight (`float`, defaults to `1.0`):
+            Weight of the reconstruction loss beside the action loss.
+        num_noise_draws (`int`, defaults to `4`):
+            Noise / timestep draws per sample of the reconstruction loss.
+        num_train_timesteps (`int`, defaults to `1000`):
+            Timesteps of the DDPM noise schedule.
+        beta_schedule (`str`, defaults to `"squaredcos_cap_v2"`):
+            The diffusers beta schedule (cosine).
+        gaze_sample_steps (`int`, defaults to `10`):
+            Denoising steps when a gaze image is sampled for visualisation.
+
+        attention_layers (`tuple[int, ...]`, *optional*):
+            Inference: the LLM layers averaged for the attention map. None: all layers.
+
+        llm_path, vision_path, llava_path, vae_path, tokenizer_path (`str`, *optional*):
+            Local weight directories (never downloaded) that ``ReconVLA.from_backbones`` loads: a Qwen2
+            and a SigLIP directory, or a LLaVA-style one; a diffusers VAE; the tokenizer (default:
+            the LLM's or LLaVA's). Checkpoints record them as provenance.
+
+    Experimental / training-from-scratch options:
+        Research options for small models trained from random weights on little data (the ``tiny``
+        preset of the ``tiny-sim`` recipe). Each defaults to off, which is the paper's model;
+        docs/study_recon.md records what each did. ``FINETUNE_OPTIONS`` among them may change on a
+        finetune, the others are fixed by the checkpoint.
+
+        train_vision (`bool`, defaults to `False`):
+            Train the vision tower as well. The paper freezes its pretrained SigLIP; a tower built
+            from random weights would stay a fixed random feature map.
+        projector_input_norm (`bool`, defaults to `False`):
+            LayerNorm on the vision features before the projector (as InternVL's projector does). The
+            raw output of a tower trained from scratch is large (std ~6 in the tiny model) and would
+            swamp the text embeddings; a pretrained LLaVA projector is trained without it.
+        action_embedding_init (`str`, defaults to `"random"`):
+            How a randomly initialised LLM starts its action-bin rows (input embeddings and LM-head
+            rows; the state tokens use them too): ``random`` (the library's init) or ``sinusoidal``
+            (features of the bin value, so neighbouring bins start alike and magnitudes are known from
+            the first step). Pretrained LLM weights (``from_backbones``, our checkpoints) are never
+            touched.
+        answer_box (`bool`, defaults to `False`):
+            Token head only. "Where" before "how" (an ECoT-style grounded answer): the answer starts
+            with the gaze box as 4 bin tokens (x0, y0, x1, y1 of the base view, [0, 1] mapped onto the
+            action bins), then the action chunk. Training teaches the box from the dataset's gaze
+            boxes; at inference the model decodes its own box first and the action tokens attend to it.
+        vision_film (`bool`, defaults to `False`):
+            FiLM of every vision-tower block by an instruction embedding (OpenVLA-OFT+; here the LLM's
+            encoding of the instruction alone), so the image features depend on which object the
+            instruction names. Starts as the identity.
+        spatial_keypoints (`int`, defaults to `0`):
+            Parallel head only: a spatial-softmax read-out of the vision features (Levine et al. 2016,
+            robomimic). Each of this many keypoints is the expected (x, y) of a softmax over the
+            image-token grid, added into the action queries' inputs, so the head gets coordinates, not
+            only features. 0: off.
+        gaze_keypoint_weight (`float`, defaults to `0.0`):
+            Weight of the "where" supervision of keypoint 0: L1 to the centre of the dataset's gaze box
+            (the target object before the grasp, the destination after it) in the model-input frame,
+            logged as ``grounding_loss``. Needs ``spatial_keypoints`` >= 1. 0: off.
+        action_head_state (`bool`, defaults to `False`):
+            Parallel head only: the normalised robot state and the keypoints' coordinates also go
+            straight into the action MLP beside each query's hidden state (as a robomimic policy gets
+            its proprioception), so the chunk is a function of exact geometry, not only of what
+            attention over the binned state tokens keeps of it. The state tokens stay in the prompt.
+        gaze_teacher_forcing (`float`, defaults to `0.0`):
+            Training only (``action_head_state`` with a gaze keypoint): the probability that a
+            sample's head input gets the gaze-box centre in place of keypoint 0's estimate, so the head
+            learns to act on where the gaze is while the keypoint learns to find it; inference always
+            uses the estimate. 0: off.
+    """
 
     preset: str = "paper"
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -169,70 +296,16 @@ class ReconVLAConfig:
     chunk_size: int = 5
     n_bins: int = 256
     norm_mode: str = "q01_q99"
-    # Per-dimension handling: "normalize" (stats -> [-1, 1]), "identity" (already in [-1, 1]),
-    # "binary" (thresholded at the middle of the stats range; decodes to the range's ends).
     action_dim_modes: tuple[str, ...] | None = None
     state_dim_modes: tuple[str, ...] | None = None
-    # "absolute": the action tokens encode the chunk's targets a_{t+k} as they are. "delta": for the
-    # dims in delta_action_dims they encode a_{t+k} - s_t (relative to the observed state, normalised
-    # with the "action_delta" norm stats); the other dims stay absolute. Decoding adds the state back,
-    # so predict_action / decode_actions return absolute robot-unit actions in both modes.
-    # Checkpoints saved before this field existed load as "absolute".
     action_mode: str = "absolute"
-    # Dims made relative in delta mode; None = every dim but the last (PiPer: the 6 joints, the
-    # gripper opening stays absolute). Each must also index the state.
     delta_action_dims: tuple[int, ...] | None = None
-    # First token id of the 256 action bins; None = the last n_bins ids of the LLM vocabulary.
     action_token_offset: int | None = None
-    # How a randomly initialised LLM starts its action-bin rows (input embeddings and LM-head rows;
-    # the state tokens use them too): "random" (the library's init) or "sinusoidal" (features of the
-    # bin value, so neighbouring bins start alike and the model knows magnitudes from the first
-    # step). Pretrained LLM weights (from_backbones, our checkpoints) are never touched.
-    action_embedding_init: str = "random"
-    # How the answer is produced. "tokens": the paper's (OpenVLA's) K*D discrete action tokens decoded
-    # one at a time and trained with cross-entropy. "parallel" (OpenVLA-OFT): K learned action queries
-    # follow the prompt, attend to all of it and bidirectionally to each other, and one forward pass
-    # yields the whole chunk; an MLP maps their hidden states to normalised continuous actions, trained
-    # with L1. Checkpoints saved before this field existed load as "tokens".
     action_head: str = "tokens"
-    # FiLM of every vision-tower block by an instruction embedding (OpenVLA-OFT+; here the LLM's
-    # encoding of the instruction alone), so the image features depend on which object the
-    # instruction names. Starts as the identity.
-    vision_film: bool = False
-    # Parallel head only: a spatial-softmax read-out of the vision features (Levine et al. 2016,
-    # robomimic): each of this many keypoints is the expected (x, y) of a softmax over the image-token
-    # grid, added into the action queries' inputs, so the head gets coordinates, not only features.
-    # 0 = off.
-    spatial_keypoints: int = 0
-    # Weight of the "where" supervision of keypoint 0: L1 to the centre of the dataset's gaze box (the
-    # target object before the grasp, the destination after it) in the model-input frame. 0 = off.
-    gaze_keypoint_weight: float = 0.0
-    # Parallel head only: the normalised robot state and the keypoints' coordinates also go straight
-    # into the action MLP, beside each query's hidden state (as a robomimic policy gets its
-    # proprioception), so the chunk is a function of exact geometry, not only of what attention over
-    # 7 binned state tokens keeps of it. The state tokens stay in the prompt.
-    action_head_state: bool = False
-    # Training only (action_head_state + gaze keypoint): the probability that a sample's head input
-    # gets the gaze-box centre in place of keypoint 0's estimate, so the head learns to act on where
-    # the gaze is while the keypoint learns to find it; inference always uses the estimate. 0 = off.
-    gaze_teacher_forcing: float = 0.0
 
     # Prompt and images.
     system_prompt: str = "A chat between a robot operator and a robot policy that outputs arm actions."
-    stitch_top_fraction: float = 14 / 27  # base view on top, wrist view below; same at train and test
-    # Train the vision tower as well. The paper freezes its pretrained SigLIP; a tower built from
-    # random weights (the tiny preset trained from scratch) would stay a fixed random feature map.
-    train_vision: bool = False
-    # LayerNorm on the vision features before the projector (as InternVL's projector does). The
-    # raw feature-layer output of a tower trained from scratch is large (std ~6 in the tiny model)
-    # and would swamp the text embeddings; a pretrained LLaVA projector is trained without it.
-    projector_input_norm: bool = False
-    # "Where" before "how" (an ECoT-style grounded answer; off = the paper's answer format): the answer
-    # starts with the gaze box as 4 bin tokens (x0, y0, x1, y1 of the base view, [0, 1] mapped onto the
-    # 256 action bins), then the action chunk. Training teaches the box from the dataset's gaze boxes
-    # (every frame says where the target is); at inference the model decodes its own box first and
-    # the action tokens attend to it, so the actions depend on the image through an explicit location.
-    answer_box: bool = False
+    stitch_top_fraction: float = 14 / 27  # base view on top, wrist view below
 
     # Reconstruction branch (training only).
     recon_target: str = "gaze"
@@ -242,15 +315,26 @@ class ReconVLAConfig:
     beta_schedule: str = "squaredcos_cap_v2"
     gaze_sample_steps: int = 10
 
-    # Inference extras: LLM layers averaged for the attention map (None = all layers).
+    # Inference extras.
     attention_layers: tuple[int, ...] | None = None
 
-    # Local weight directories (never downloaded). Used by ReconVLA.from_backbones.
+    # Local weight directories (never downloaded), read by ReconVLA.from_backbones.
     llm_path: str | None = None
     vision_path: str | None = None
     llava_path: str | None = None
     vae_path: str | None = None
     tokenizer_path: str | None = None
+
+    # Experimental / training-from-scratch options (all off = the paper's model; see the docstring).
+    train_vision: bool = False
+    projector_input_norm: bool = False
+    action_embedding_init: str = "random"
+    answer_box: bool = False
+    vision_film: bool = False
+    spatial_keypoints: int = 0
+    gaze_keypoint_weight: float = 0.0
+    action_head_state: bool = False
+    gaze_teacher_forcing: float = 0.0
 
     def __post_init__(self) -> None:
         for name, cls in _NESTED.items():
