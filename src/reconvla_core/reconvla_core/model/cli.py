@@ -7,6 +7,8 @@ import json
 import logging
 from typing import Any
 
+from reconvla_core.model.configuration_reconvla import ACTION_HEADS, PRESETS, RECON_TARGETS
+
 logger = logging.getLogger(__name__)
 
 
@@ -15,12 +17,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model_sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
     info = model_sub.add_parser("info", help="parameter counts, image tokens, action tokens per chunk")
     source = info.add_mutually_exclusive_group()
-    source.add_argument("--preset", choices=("tiny", "paper"), default="tiny", help="model preset (default tiny)")
+    source.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model preset (default tiny)")
     source.add_argument("--checkpoint", help="a ReconVLA checkpoint directory (reads its config.json only)")
-    info.add_argument("--recon-target", choices=("none", "full", "gaze"), default=None,
+    info.add_argument("--recon-target", choices=RECON_TARGETS, default=None,
                       help="reconstruction target (default: the preset's / checkpoint's)")
     info.add_argument("--chunk-size", type=int, default=None, help="actions per chunk K")
-    info.add_argument("--action-head", choices=("tokens", "parallel"), default=None,
+    info.add_argument("--action-head", choices=ACTION_HEADS, default=None,
                       help="tokens (the paper's) or parallel (OpenVLA-OFT: one pass per chunk)")
     info.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     info.set_defaults(func=_info)
