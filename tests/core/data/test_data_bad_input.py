@@ -68,7 +68,7 @@ def test_a_corrupt_mcap_record_is_named_not_skipped(tmp_path, make_bag):
     path = make_bag("damaged")
     storage = McapStorage.open(path)
     assert storage is not None
-    offset = int(storage._index[itf.BASE_IMAGE_TOPIC][1][3])  # the fourth base image's record
+    offset = int(storage._topic_index(itf.BASE_IMAGE_TOPIC)[1][3])  # the fourth base image's record
     (mcap,) = path.glob("*.mcap")
     with open(mcap, "r+b") as handle:
         handle.seek(offset)

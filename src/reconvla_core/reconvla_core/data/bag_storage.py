@@ -97,7 +97,10 @@ class McapStorage(BagStorage):
         super().__init__(path, topics, custom)
         self._file_path = file
         self._file: IO[bytes] | None = None
-        # topic -> ((N,) log times, (N,) file offsets of the message records), in time order
+        self._channels: dict[str, list[int]] = {}  # topic -> its MCAP channel ids
+        # per chunk: (start of its records, file offset of its message indexes, their bytes, channel -> offset)
+        self._chunks: list[tuple[int, int, bytes, dict[int, int]]] = []
+        # topic -> ((N,) log times, (N,) file offsets of the message records), in time order; built on first use
         self._index: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
@@ -108,43 +111,55 @@ class McapStorage(BagStorage):
             return None
         storage = cls(path, Path(storages[0].path), topics, custom)
         try:
-            if not storage._build_index():
+            if not storage._read_summary():
                 return None
         finally:
             storage.close()
         return storage
 
-    def _build_index(self) -> bool:
-        """Every message's time and record offset from the chunks' message indexes; False when the
-        file has no usable index (then the bag is scanned)."""
-        from mcap.opcode import Opcode
+    def _read_summary(self) -> bool:
+        """The summary's chunk indexes and the chunks' message index records (a few bytes per
+        message); False when the file has no usable index (then the bag is scanned)."""
         from mcap.reader import make_reader
 
-        summary = make_reader(self._handle()).get_summary()
+        handle = self._handle()
+        summary = make_reader(handle).get_summary()
         if summary is None or not summary.chunk_indexes:
             return False
         if any(chunk.compression or not chunk.message_index_offsets for chunk in summary.chunk_indexes):
             return False
-        parts: dict[str, list[np.ndarray]] = {}
-        handle = self._handle()
+        for channel_id, channel in summary.channels.items():
+            self._channels.setdefault(channel.topic, []).append(channel_id)
         for chunk in summary.chunk_indexes:
             # Message index offsets count from the start of the chunk's records, its last field.
             records_start = chunk.chunk_start_offset + chunk.chunk_length - chunk.compressed_size
-            # The chunk's message indexes follow it: one read, then parsed from memory (the parser
-            # reads 8 bytes at a time, several times faster from memory than from a file).
+            # The chunk's message indexes follow it: read at once here, parsed per topic when needed
+            # (the library's parser reads 8 bytes at a time, much faster from memory than from a file).
             block_start = chunk.chunk_start_offset + chunk.chunk_length
             handle.seek(block_start)
-            block = (block_start, io.BytesIO(handle.read(chunk.message_index_length)))
-            for channel_id, offset in chunk.message_index_offsets.items():
-                record = self._record_at(offset, Opcode.MESSAGE_INDEX, "message index", block)
-                pairs = np.array(record.records, dtype=np.int64).reshape(-1, 2)
-                pairs[:, 1] += records_start
-                parts.setdefault(summary.channels[channel_id].topic, []).append(pairs)
-        for topic, chunks in parts.items():
-            pairs = np.concatenate(chunks)
-            order = np.lexsort((pairs[:, 1], pairs[:, 0]))  # by time, then file position
-            self._index[topic] = (pairs[order, 0], pairs[order, 1])
+            block = handle.read(chunk.message_index_length)
+            self._chunks.append((records_start, block_start, block, dict(chunk.message_index_offsets)))
         return True
+
+    def _topic_index(self, topic: str) -> tuple[np.ndarray, np.ndarray]:
+        """The topic's messages: log times and record offsets in time order (then file order)."""
+        from mcap.opcode import Opcode
+
+        if topic not in self._index:
+            parts = [np.zeros((0, 2), dtype=np.int64)]
+            for records_start, block_start, block, offsets in self._chunks:
+                stream = io.BytesIO(block)
+                for channel_id in self._channels.get(topic, []):
+                    if channel_id in offsets:
+                        record = self._record_at(offsets[channel_id], Opcode.MESSAGE_INDEX, "message index",
+                                                 (block_start, stream))
+                        pairs = np.array(record.records, dtype=np.int64).reshape(-1, 2)
+                        pairs[:, 1] += records_start
+                        parts.append(pairs)
+            pairs = np.concatenate(parts)
+            order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+            self._index[topic] = (pairs[order, 0], pairs[order, 1])
+        return self._index[topic]
 
     def _handle(self) -> IO[bytes]:
         if self._file is None:
@@ -175,12 +190,12 @@ class McapStorage(BagStorage):
             self._file = None
 
     def stamps(self, topic: str) -> np.ndarray:
-        return self._index.get(topic, (np.zeros(0, dtype=np.int64),))[0]
+        return self._topic_index(topic)[0]
 
     def read(self, topic: str, ordinal: int) -> bytes:
         from mcap.opcode import Opcode
 
-        return self._record_at(int(self._index[topic][1][ordinal]), Opcode.MESSAGE, "message").data
+        return self._record_at(int(self._topic_index(topic)[1][ordinal]), Opcode.MESSAGE, "message").data
 
 
 class SqliteStorage(BagStorage):
