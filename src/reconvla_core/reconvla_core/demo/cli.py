@@ -1,4 +1,4 @@
-"""`reconvla demo` and `reconvla study recon`."""
+"""`reconvla demo`, `reconvla study recon` and `reconvla study privileged`."""
 
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     recon.add_argument("--out", type=Path, default=None, help="run directory (default runs/study-recon-<time>)")
     recon.add_argument("--json", action="store_true")
     recon.set_defaults(func=cmd_study_recon)
+    privileged = study_sub.add_parser(
+        "privileged", help="calibration: an MLP on the twin's ground-truth gaze box + state + instruction, "
+                           "trained on the same datasets and scored on the same fixed chains")
+    privileged.add_argument("--data", type=Path, nargs="+", required=True,
+                            help="datasets from `reconvla dataset build` of twin recordings")
+    privileged.add_argument("--steps", type=int, default=30_000, help="optimiser steps (batch 256)")
+    privileged.add_argument("--chains", type=int, default=20, help="fixed evaluation chains")
+    privileged.add_argument("--seed", type=int, default=0)
+    privileged.add_argument("--json", action="store_true")
+    privileged.set_defaults(func=cmd_study_privileged)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -88,5 +98,21 @@ def cmd_study_recon(args: argparse.Namespace) -> int:
 
     config = StudyConfig.from_args(args)
     result = run_recon_study(config)
+    emit_result(result, args.json)
+    return 0
+
+
+def cmd_study_privileged(args: argparse.Namespace) -> int:
+    from reconvla_core.cli.main import CLIError, emit_result
+    from reconvla_core.demo.privileged import run_privileged_study
+
+    if args.steps < 1 or args.chains < 1:
+        raise CLIError("--steps and --chains must be >= 1")
+    for path in args.data:
+        if not (path / "meta" / "info.json").is_file():
+            raise CLIError(f"{path} is not a dataset (no meta/info.json); build one with `reconvla dataset build`")
+    result = run_privileged_study(args.data, steps=args.steps, chains=args.chains, seed=args.seed)
+    sys.stderr.write(f"privileged MLP: avg len {result['avg_len']:.2f} / 5 on {result['chains']} fixed chains "
+                     f"({result['samples']} samples, {result['steps']} steps, {result['train_s']} s)\n")
     emit_result(result, args.json)
     return 0
