@@ -73,3 +73,21 @@ def test_recordings_of_one_robot_share_one_normalisation_other_robots_keep_their
     assert state["min"] == [-3.0] and state["max"] == [1.5] and state["count"] == [400]
     assert state["mean"] == pytest.approx([(-0.25 * 300 + -0.8 * 100) / 400])
     assert share_robot_stats([clean], ["reconvla"]) == [clean]  # one source: its own stats, untouched
+
+
+class _WeightedFrames:
+    """One 100-frame source whose last 10 frames (interventions) weigh 9 each."""
+
+    lengths = [100]
+
+    def frame_weights(self) -> np.ndarray:
+        return np.array([1.0] * 90 + [9.0] * 10)
+
+
+def test_frame_sample_weights_reach_the_training_stream() -> None:
+    weights = source_sample_weights(_WeightedFrames(), [1.0])
+    assert weights is not None
+    stream = SampleStream(weights, length=100, seed=0)
+    draws = np.array([stream[p] for p in range(100 * 40)])
+    # 10 frames x 9 against 90 frames x 1: half of the draws are interventions.
+    assert float(np.mean(draws >= 90)) == pytest.approx(0.5, abs=0.03)

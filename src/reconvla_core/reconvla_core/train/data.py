@@ -171,11 +171,19 @@ def _union_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def source_sample_weights(dataset: Any, weights: list[float]) -> np.ndarray | None:
     """Per-sample weights so a source is drawn with probability weight / sum(weights), whatever its
-    size (the VLADataset mixture semantics); None when there is a single source."""
-    if len(weights) <= 1:
+    size (the VLADataset mixture semantics), and a frame within its source in proportion to the
+    frame's ``sample_weight`` (datasets built with ``--interventions weight=W``; 1 without); None
+    when every sample weighs the same (a single source without frame weights)."""
+    frame_weights = dataset.frame_weights() if hasattr(dataset, "frame_weights") else None
+    if len(weights) <= 1 and frame_weights is None:
         return None
     lengths = [int(n) for n in dataset.lengths]  # sources are laid out one after another
-    per_sample = [np.full(n, w / n) for n, w in zip(lengths, weights) if n > 0]
+    per_sample, start = [], 0
+    for n, w in zip(lengths, weights):
+        within = np.ones(n) if frame_weights is None else np.asarray(frame_weights[start:start + n], np.float64)
+        if n > 0:
+            per_sample.append(w * within / within.sum())
+        start += n
     return np.concatenate(per_sample)
 
 
