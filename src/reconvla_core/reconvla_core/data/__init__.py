@@ -4,7 +4,8 @@
 - ``bag_reader``: rosbag2 (MCAP / sqlite3) -> episodes aligned onto the dataset fps, through
   ``bag_storage`` (messages by topic and position), ``bag_messages`` (CDR -> values) and
   ``align`` (the time alignment, pure functions).
-- ``lerobot_v3``: the LeRobot v3.0 writer and meta readers; ``build``: bags -> dataset.
+- ``lerobot_v3`` (package): the LeRobot v3.0 format, image codec, stats, writer and meta readers;
+  ``build``: bags -> dataset.
 - ``gaze``: gaze-box annotation backends (sim, boxes file, Grounding DINO).
 - ``dataset``: ``VLADataset`` / ``DatasetSource`` / ``load_stats`` for training.
 
