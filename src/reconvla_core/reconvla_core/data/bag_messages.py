@@ -13,11 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from reconvla_core.data.bag_storage import IMAGE_TYPE, BagError
-from reconvla_core.data.bag_writer import get_typestore
+from reconvla_core.data.bag_storage import BagError
+from reconvla_core.data.bag_writer import IMAGE_TYPE, get_typestore
 from reconvla_core.piper import ACTION_DIM, ACTION_NAMES
-
-JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
 _CDR_LE = 0x01  # second byte of the CDR encapsulation header: little-endian
 
 

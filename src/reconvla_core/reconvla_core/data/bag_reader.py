@@ -38,8 +38,6 @@ from reconvla_core.data.align import (
     nearest_within,
 )
 from reconvla_core.data.bag_messages import (
-    IMAGE_TYPE,
-    JOINT_STATE_TYPE,
     decode_data,
     decode_gaze,
     decode_joints,
@@ -49,7 +47,7 @@ from reconvla_core.data.bag_messages import (
     parse_image_cdr,
 )
 from reconvla_core.data.bag_storage import BagError, BagStorage, open_storage
-from reconvla_core.data.bag_writer import EPISODE_INFO_CUSTOM_KEY
+from reconvla_core.data.bag_writer import EPISODE_INFO_CUSTOM_KEY, IMAGE_TYPE, JOINT_STATE_TYPE
 
 __all__ = ["AlignConfig", "BagEpisode", "BagError", "BagTopics", "MissingTopicError", "read_episode"]
 

@@ -27,7 +27,7 @@ from typing import IO, Any
 
 import numpy as np
 
-IMAGE_TYPE = "sensor_msgs/msg/Image"
+from reconvla_core.data.bag_writer import IMAGE_TYPE
 
 
 class BagError(Exception):

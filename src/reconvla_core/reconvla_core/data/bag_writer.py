@@ -7,6 +7,11 @@ The output is a normal rosbag2 directory: ``ros2 bag info`` / ``ros2 bag play`` 
 Pure Python (no rclpy, no torch): the recorder hands raw CDR bytes from its rclpy
 subscriptions to :meth:`EpisodeBagWriter.write_serialized`; everything else is
 serialised here with the ROS 2 Jazzy typestore.
+
+Why ~450 lines in one module: it is one class and the fault handling of its writes (on a full
+disk the MCAP file is cut back to its last whole chunk and reopened there, so the episode still
+closes; a failed close releases the file cut at that point for ``reconvla bag recover``). Those
+paths only make sense next to the writes they protect (tests/core/runtime/test_recording_faults.py).
 """
 
 from __future__ import annotations
