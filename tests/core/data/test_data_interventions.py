@@ -11,7 +11,8 @@ import pytest
 
 from reconvla_core.data.align import intervention_flags
 from reconvla_core.data.bag_reader import read_episode
-from reconvla_core.data.build import BuildConfig, build_dataset, intervention_segments, parse_interventions
+from reconvla_core.data.build import BuildConfig, build_dataset, parse_interventions
+from reconvla_core.data.build_checks import intervention_segments
 from reconvla_core.data.lerobot_v3 import load_episodes, load_stats
 
 pytestmark = pytest.mark.unit

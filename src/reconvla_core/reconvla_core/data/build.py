@@ -20,6 +20,8 @@ recording's intervention topic; False without it). ``"all"`` keeps every frame, 
 only intervention frames (each unbroken run becomes an episode of its own, so rows stay on the fps
 grid; a bag without any is skipped and listed), ``"weight=W"`` keeps every frame and stores a
 ``sample_weight`` of W on intervention frames and 1 on the others.
+
+Finding and peeking at bags: ``bag_discovery.py``; the per-episode checks and notes: ``build_checks.py``.
 """
 
 from __future__ import annotations
@@ -34,19 +36,15 @@ from typing import Any
 
 import numpy as np
 
+from reconvla_core.data.bag_discovery import find_bags, peek_image_sizes, peek_success
 from reconvla_core.data.bag_reader import AlignConfig, BagEpisode, BagError, BagTopics, read_episode
+from reconvla_core.data.build_checks import check_episode, episode_figures, intervention_segments, resize_notes
 from reconvla_core.data.gaze import GazeBackend, make_gaze_backend, sanitise_boxes
 from reconvla_core.data.lerobot_v3 import BASE_IMAGE_KEY, WRIST_IMAGE_KEY, LeRobotV3Writer
 
 logger = logging.getLogger(__name__)
 
 GAP_POLICIES = ("split", "refuse")
-MONO_ENCODINGS = frozenset({"mono8", "mono16", "8UC1", "16UC1"})
-# A stream counts as "at the dataset fps" down to this fraction of it: a publisher timed at the
-# fps on a loaded machine measures a few percent slow (9.6-9.7 Hz for 10 Hz in the demo's own
-# recordings); below it the bag fails. Between it and RATE_NOTE the bag gets a note.
-RATE_SLACK = 0.8
-RATE_NOTE = 0.95
 _CAMERA_ROLES = ("base_image", "wrist_image")
 INTERVENTION_MODES = ("all", "only", "weight")
 
@@ -141,54 +139,6 @@ class BuildReport:
         return asdict(self)
 
 
-def is_bag_dir(path: Path) -> bool:
-    if not path.is_dir():
-        return False
-    if (path / "metadata.yaml").is_file():
-        return True
-    return any(path.glob("*.mcap")) or any(path.glob("*.db3"))
-
-
-def find_bags(paths: Iterable[str | Path]) -> list[Path]:
-    """Each path is a bag directory or a directory of bag directories (searched one level down)."""
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if not path.exists():
-            raise FileNotFoundError(f"bag path {path} does not exist")
-        if is_bag_dir(path):
-            found.append(path)
-            continue
-        children = sorted(child for child in path.iterdir() if is_bag_dir(child))
-        if not children:
-            raise FileNotFoundError(f"{path} holds no rosbag2 directory (metadata.yaml, *.mcap or *.db3)")
-        found.extend(children)
-    return found
-
-
-def peek_success(path: Path) -> bool | None:
-    """The episode's success flag from metadata.yaml custom_data, without reading messages (None if absent)."""
-    import json
-
-    import yaml
-
-    from reconvla_core.data.bag_writer import EPISODE_INFO_CUSTOM_KEY
-
-    meta = path / "metadata.yaml"
-    if not meta.is_file():
-        return None
-    try:
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        with open(meta, encoding="utf-8") as handle:
-            data = yaml.load(handle, Loader=loader) or {}  # noqa: S506 - a safe loader
-        custom = (data.get("rosbag2_bagfile_information") or {}).get("custom_data") or {}
-        if EPISODE_INFO_CUSTOM_KEY not in custom:
-            return None
-        return bool(json.loads(custom[EPISODE_INFO_CUSTOM_KEY]).get("success"))
-    except Exception:  # an unreadable metadata file is diagnosed by the full read
-        return None
-
-
 def parse_image_size(text: str) -> tuple[int, int]:
     """``"320x240"`` -> (320, 240) (width, height)."""
     width, sep, height = text.lower().partition("x")
@@ -199,23 +149,6 @@ def parse_image_size(text: str) -> tuple[int, int]:
     if not sep or min(size) < 1:
         raise ValueError(f"image size must look like WIDTHxHEIGHT (e.g. 320x240), got {text!r}")
     return size
-
-
-def peek_image_sizes(path: Path, topics: BagTopics) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """((h, w) base, (h, w) wrist) from each camera's first message, or None if the bag cannot say."""
-    from reconvla_core.data.bag_messages import deserialize
-    from reconvla_core.data.bag_storage import open_storage
-
-    wanted = (topics.base_image, topics.wrist_image)
-    sizes: dict[str, tuple[int, int]] = {}
-    try:
-        with open_storage(path, set(wanted)) as storage:
-            for topic in wanted:
-                msg = deserialize(storage.read(topic, 0), storage.topics[topic])
-                sizes[topic] = (int(msg.height), int(msg.width))
-    except Exception:  # a bag that cannot be read is diagnosed (and reported) by its conversion
-        return None
-    return sizes[topics.base_image], sizes[topics.wrist_image]
 
 
 def dataset_image_sizes(bags: Sequence[Path], config: BuildConfig) -> dict[str, tuple[int, int]] | None:
@@ -350,8 +283,8 @@ def _convert_bag(
             report.skipped_unsuccessful.append(bag.name)
             report.bags.append({"bag": bag.name, "outcome": "skipped_unsuccessful", **entry})
             return
-        entry.update(_episode_figures(episode))
-        notes = _check_episode(episode, config)
+        entry.update(episode_figures(episode))
+        notes = check_episode(episode, config)
         segments = intervention_segments(episode, config.intervention_mode)
         if not segments:  # --interventions only, and the operator never took over
             report.skipped_no_interventions.append(bag.name)
@@ -360,7 +293,7 @@ def _convert_bag(
         if slot.writer is None:
             _open_writer(config, episode, slot)
         assert slot.writer is not None
-        notes += _resize_notes(episode, slot.writer)
+        notes += resize_notes(episode, slot.writer)
         fallbacks = _write_episode(slot.writer, episode, backend, config.batch_frames, segments,
                                    config.intervention_weight)
     except BagError as error:
@@ -387,88 +320,6 @@ def _looks_cut_off(bag: Path) -> bool:
         return needs_recovery(bag)
     except OSError:
         return False  # unreadable: read_episode says why
-
-
-def intervention_segments(episode: BagEpisode, mode: str) -> list[tuple[int, int]]:
-    """The [start, stop) row ranges to write: the bag's segments, or with ``only`` the unbroken
-    runs of intervention frames inside them (each its own episode, starting at t = 0)."""
-    segments = list(episode.segments) or [(0, episode.num_frames)]
-    if mode != "only":
-        return segments
-    runs: list[tuple[int, int]] = []
-    for start, stop in segments:
-        flags = np.concatenate([[False], episode.intervention[start:stop].astype(bool), [False]])
-        edges = np.flatnonzero(np.diff(flags.astype(np.int8)))  # rises and falls, in pairs
-        runs.extend((start + int(a), start + int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True))
-    return runs
-
-
-def _episode_figures(episode: BagEpisode) -> dict[str, Any]:
-    return {
-        "frames": episode.num_frames,
-        "dropped_frames": episode.dropped_frames,
-        "filled_frames": episode.filled_frames,
-        "segments": len(episode.segments),
-        "stream_rates_hz": {role: None if rate is None else round(rate, 2)
-                            for role, rate in episode.stream_rates.items()},
-    }
-
-
-def _check_episode(episode: BagEpisode, config: BuildConfig) -> list[str]:
-    """Refuse what would make a wrong dataset (BagError); return notes on what was let through."""
-    notes: list[str] = []
-    for role in _CAMERA_ROLES:
-        encoding = episode.image_encodings.get(role, "")
-        if encoding in MONO_ENCODINGS and not config.allow_mono:
-            raise BagError(episode.path, f"{role} is {encoding} (single channel), the dataset is colour: "
-                                         "use --allow-mono to convert it to 3 equal channels")
-        if encoding in MONO_ENCODINGS:
-            notes.append(f"{role} is {encoding}: copied to 3 channels (--allow-mono)")
-    slow = {role: rate for role, rate in episode.stream_rates.items()
-            if rate is not None and rate < RATE_SLACK * config.fps}
-    if slow:
-        listing = ", ".join(f"{getattr(episode.topics, role)} ({role}) at {rate:.2f} Hz" for role, rate in slow.items())
-        if not config.allow_low_rate:
-            raise BagError(episode.path, f"{listing}: below the dataset's {config.fps:g} fps "
-                                         "(record faster, lower --fps, or --allow-low-rate)")
-        notes.append(f"{listing}: below the dataset's {config.fps:g} fps (--allow-low-rate)")
-    marginal = {role: rate for role, rate in episode.stream_rates.items()
-                if rate is not None and RATE_SLACK * config.fps <= rate < RATE_NOTE * config.fps}
-    if marginal:
-        listing = ", ".join(f"{getattr(episode.topics, role)} ({role}) at {rate:.2f} Hz"
-                            for role, rate in marginal.items())
-        notes.append(f"{listing}: slightly below the dataset's {config.fps:g} fps (some frames repeat a message)")
-    grid_points = episode.num_frames + episode.dropped_frames - episode.filled_frames
-    if grid_points and 100.0 * episode.dropped_frames / grid_points > config.dropped_warn_pct:
-        notes.append(f"dropped {episode.dropped_frames} of {grid_points} frames "
-                     f"({100.0 * episode.dropped_frames / grid_points:.0f}%: no message within "
-                     f"{(config.tolerance_s or 0.5 / config.fps) * 1e3:.0f} ms); "
-                     f"{episode.filled_frames} filled from the nearest messages")
-    if len(episode.segments) > 1:
-        gaps = _gap_list(episode)
-        if config.on_gap == "refuse":
-            raise BagError(episode.path, f"{len(gaps)} gap(s) longer than --max-gap "
-                                         f"{config.max_gap_s * 1e3:.0f} ms: {'; '.join(gaps)}")
-        notes.append(f"split into {len(episode.segments)} episodes at {len(gaps)} gap(s) longer than "
-                     f"--max-gap {config.max_gap_s * 1e3:.0f} ms: {'; '.join(gaps)}")
-    return notes
-
-
-def _gap_list(episode: BagEpisode) -> list[str]:
-    gaps = []
-    for (_, stop), (start, _) in zip(episode.segments[:-1], episode.segments[1:], strict=True):
-        before, after = episode.timestamps[stop - 1], episode.timestamps[start]
-        gaps.append(f"{after - before:.2f} s at t={before:.2f} s")
-    return gaps
-
-
-def _resize_notes(episode: BagEpisode, writer: LeRobotV3Writer) -> list[str]:
-    notes = []
-    for role, key in (("base_image", BASE_IMAGE_KEY), ("wrist_image", WRIST_IMAGE_KEY)):
-        have, want = episode.image_sizes[role], writer.image_shapes[key][:2]
-        if tuple(have) != tuple(want):
-            notes.append(f"{role} resized from {have[1]}x{have[0]} to the dataset's {want[1]}x{want[0]}")
-    return notes
 
 
 def _open_writer(config: BuildConfig, episode: BagEpisode, slot: _WriterSlot) -> None:

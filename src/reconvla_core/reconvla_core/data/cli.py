@@ -184,7 +184,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_bag_recover(args: argparse.Namespace) -> int:
     from reconvla_core.cli.main import emit_result
-    from reconvla_core.data.build import find_bags
+    from reconvla_core.data.bag_discovery import find_bags
     from reconvla_core.data.recover import RecoveryError, recover_bag
 
     bags: list[dict[str, Any]] = []
