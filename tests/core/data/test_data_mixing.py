@@ -80,7 +80,7 @@ def test_external_feature_names_map_in(tmp_path, two_datasets):
     table = pq.read_table(path).drop_columns(["observation.gaze_box"])
     table = table.rename_columns([renames.get(name, name) for name in table.column_names])
     pq.write_table(table, path, row_group_size=4)
-    from reconvla_core.data.dataset import KNOWN_FEATURE_MAPS, FeatureMap
+    from reconvla_core.data.dataset_source import KNOWN_FEATURE_MAPS, FeatureMap
 
     assert DatasetSource(ext, features=None).features == FeatureMap() == KNOWN_FEATURE_MAPS["reconvla"]
     with pytest.raises(ValueError, match="unknown feature map 'calvin'"):

@@ -8,7 +8,8 @@ from data_synthetic import action_at, gaze_at, image_at, state_at
 
 from reconvla_core.data.bag_reader import AlignConfig, read_episode
 from reconvla_core.data.build import BuildConfig, build_dataset
-from reconvla_core.data.dataset import DatasetSource, VLADataset, split_episodes
+from reconvla_core.data.dataset import DatasetSource, VLADataset
+from reconvla_core.data.dataset_source import split_episodes
 
 pytestmark = pytest.mark.unit
 K = 5

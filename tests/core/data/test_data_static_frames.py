@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from reconvla_core.data.build import BuildConfig, build_dataset
-from reconvla_core.data.dataset import VLADataset, static_frames
+from reconvla_core.data.dataset import VLADataset
+from reconvla_core.data.dataset_source import static_frames
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,8 @@
 - ``lerobot_v3`` (package): the LeRobot v3.0 format, image codec, stats, writer and meta readers;
   ``build``: bags -> dataset.
 - ``gaze``: gaze-box annotation backends (sim, boxes file, Grounding DINO).
-- ``dataset``: ``VLADataset`` / ``DatasetSource`` / ``load_stats`` for training.
+- ``dataset``: ``VLADataset`` for training, over ``dataset_source.DatasetSource`` (one dataset in the
+  mix), with ``augment`` and ``sampler.MixtureSampler``.
 
 Importing this package never imports torch; names load lazily.
 """
@@ -29,12 +30,12 @@ _LAZY = {
     "load_info": "reconvla_core.data.lerobot_v3",
     "load_stats": "reconvla_core.data.lerobot_v3",
     "VLADataset": "reconvla_core.data.dataset",
-    "DatasetSource": "reconvla_core.data.dataset",
-    "FeatureMap": "reconvla_core.data.dataset",
-    "MixtureSampler": "reconvla_core.data.dataset",
-    "action_delta_stats": "reconvla_core.data.dataset",
-    "compute_action_delta_stats": "reconvla_core.data.dataset",
-    "write_action_delta_stats": "reconvla_core.data.dataset",
+    "DatasetSource": "reconvla_core.data.dataset_source",
+    "FeatureMap": "reconvla_core.data.dataset_source",
+    "MixtureSampler": "reconvla_core.data.sampler",
+    "action_delta_stats": "reconvla_core.data.lerobot_v3",
+    "compute_action_delta_stats": "reconvla_core.data.dataset_source",
+    "write_action_delta_stats": "reconvla_core.data.dataset_source",
 }
 
 __all__ = sorted(_LAZY)
