@@ -50,7 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "trained on the same datasets and scored on the same fixed chains")
     privileged.add_argument("--data", type=Path, nargs="+", required=True,
                             help="datasets from `reconvla dataset build` of twin recordings")
-    privileged.add_argument("--steps", type=int, default=30_000, help="optimiser steps (batch 256)")
+    privileged.add_argument("--steps", type=int, default=30_000, help="optimiser steps")
+    privileged.add_argument("--batch-size", type=int, default=256,
+                            help="samples per step (16 and a ReconVLA run's steps: the same samples seen)")
     privileged.add_argument("--chains", type=int, default=20, help="fixed evaluation chains")
     privileged.add_argument("--seed", type=int, default=0)
     privileged.add_argument("--json", action="store_true")
@@ -106,12 +108,13 @@ def cmd_study_privileged(args: argparse.Namespace) -> int:
     from reconvla_core.cli.main import CLIError, emit_result
     from reconvla_core.demo.privileged import run_privileged_study
 
-    if args.steps < 1 or args.chains < 1:
-        raise CLIError("--steps and --chains must be >= 1")
+    if args.steps < 1 or args.chains < 1 or args.batch_size < 1:
+        raise CLIError("--steps, --batch-size and --chains must be >= 1")
     for path in args.data:
         if not (path / "meta" / "info.json").is_file():
             raise CLIError(f"{path} is not a dataset (no meta/info.json); build one with `reconvla dataset build`")
-    result = run_privileged_study(args.data, steps=args.steps, chains=args.chains, seed=args.seed)
+    result = run_privileged_study(args.data, steps=args.steps, chains=args.chains, seed=args.seed,
+                                  batch_size=args.batch_size)
     sys.stderr.write(f"privileged MLP: avg len {result['avg_len']:.2f} / 5 on {result['chains']} fixed chains "
                      f"({result['samples']} samples, {result['steps']} steps, {result['train_s']} s)\n")
     emit_result(result, args.json)

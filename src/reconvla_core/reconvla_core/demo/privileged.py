@@ -164,7 +164,8 @@ class PrivilegedPolicy(Policy):
 
 
 def run_privileged_study(datasets: Sequence[Path], steps: int = 30_000, chains: int = 20, chunk_size: int = 5,
-                         image_size: tuple[int, int] = (160, 120), seed: int = 0) -> dict[str, Any]:
+                         image_size: tuple[int, int] = (160, 120), seed: int = 0,
+                         batch_size: int = 256) -> dict[str, Any]:
     """Train the MLP on ``datasets`` and evaluate it on the first ``chains`` fixed chains."""
     from reconvla_core.sim.env import PiperCellEnv, SimConfig
     from reconvla_core.sim.evaluate import evaluate_policy
@@ -173,13 +174,13 @@ def run_privileged_study(datasets: Sequence[Path], steps: int = 30_000, chains: 
     start = time.perf_counter()
     inputs, targets = load_samples(datasets, chunk_size)
     logger.info("privileged study: %d samples from %d dataset(s)", len(inputs), len(datasets))
-    model, curve = train_mlp(inputs, targets, steps, chunk_size, seed=seed)
+    model, curve = train_mlp(inputs, targets, steps, chunk_size, seed=seed, batch_size=batch_size)
     train_s = time.perf_counter() - start
     config = SimConfig(image_width=image_size[0], image_height=image_size[1], clip_actions=True, render_wrist=False)
     with PiperCellEnv(config) as env:
         metrics, _ = evaluate_policy(PrivilegedPolicy(model, env), make_eval_chains(chains, seed=0), env=env,
                                      progress=False)
     return {"policy": "privileged-mlp", "inputs": "state + gaze box + instruction", "samples": len(inputs),
-            "steps": steps, "loss_curve": curve, "train_s": round(train_s, 1),
+            "steps": steps, "batch_size": batch_size, "samples_seen": steps * batch_size, "loss_curve": curve, "train_s": round(train_s, 1),
             **{k: metrics[k] for k in ("avg_len", "success_by_position", "per_task", "chains")},
             "datasets": [str(d) for d in datasets]}
