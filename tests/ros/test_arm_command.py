@@ -306,6 +306,19 @@ def test_auto_enable_enables_the_driver_once_feedback_arrives(ros):
     np.testing.assert_allclose(driver.take()[-1].position, HOME)  # holding: no chunk yet
 
 
+def fake_sdk_at_rest(bus_joint1_mdeg: int):
+    """A fake SDK whose follower rests at ~(0, 1.0, -1.0, 0, 0.3, 0) rad, 0.03 m, with a joint-control
+    frame for joint1 on the bus (milli-degrees)."""
+    fake = _fake_sdk_module().FakePiperInterfaceV2()
+    fake.joint_msgs.time_stamp = 1.0
+    js = fake.joint_msgs.joint_state
+    js.joint_2, js.joint_3, js.joint_5 = 57296, -57296, 17189  # ~1.0, -1.0, 0.3 rad
+    fake.gripper_msgs.gripper_state.grippers_angle = 30000  # 0.03 m
+    fake.joint_ctrl_msgs.time_stamp = 1.0
+    fake.joint_ctrl_msgs.joint_ctrl.joint_1 = bus_joint1_mdeg
+    return fake
+
+
 def _fake_sdk_module():
     """FakePiperInterfaceV2 from the core backend tests (the SDK seam, with its exact signatures)."""
     import importlib.util
@@ -325,13 +338,7 @@ def test_piper_sdk_backend_in_the_node_with_teleop(ros):
     from reconvla_core.runtime.piper_sdk_backend import PiperSdkBackend
     from reconvla_ros.common import SENSOR_QOS
 
-    fake = _fake_sdk_module().FakePiperInterfaceV2()
-    fake.joint_msgs.time_stamp = 1.0
-    js = fake.joint_msgs.joint_state
-    js.joint_2, js.joint_3, js.joint_5 = 57296, -57296, 17189  # ~1.0, -1.0, 0.3 rad
-    fake.gripper_msgs.gripper_state.grippers_angle = 30000  # 0.03 m
-    fake.joint_ctrl_msgs.time_stamp = 1.0
-    fake.joint_ctrl_msgs.joint_ctrl.joint_1 = 10000  # the leader's joint1 at 10 deg
+    fake = fake_sdk_at_rest(bus_joint1_mdeg=10000)  # the leader's joint1 at 10 deg
     fake.gripper_ctrl_msgs.gripper_ctrl.grippers_angle = 45000
     backend = PiperSdkBackend("can0", gripper_effort=1000, interface_factory=lambda can: fake, enable_poll_s=0.0)
     from rclpy.parameter import Parameter

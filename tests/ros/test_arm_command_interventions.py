@@ -156,15 +156,9 @@ def test_with_piper_sdk_the_leader_comes_from_the_topic_not_from_the_follower_bu
     from std_srvs.srv import SetBool, Trigger
 
     from reconvla_core.runtime.piper_sdk_backend import PiperSdkBackend
-    from test_arm_command import _fake_sdk_module
+    from test_arm_command import fake_sdk_at_rest
 
-    fake = _fake_sdk_module().FakePiperInterfaceV2()
-    fake.joint_msgs.time_stamp = 1.0
-    js = fake.joint_msgs.joint_state
-    js.joint_2, js.joint_3, js.joint_5 = 57296, -57296, 17189  # ~1.0, -1.0, 0.3 rad
-    fake.gripper_msgs.gripper_state.grippers_angle = 30000  # 0.03 m
-    fake.joint_ctrl_msgs.time_stamp = 1.0
-    fake.joint_ctrl_msgs.joint_ctrl.joint_1 = 40000  # on the follower's bus: not the leader
+    fake = fake_sdk_at_rest(bus_joint1_mdeg=40000)  # on the follower's bus: not the leader
     follower = np.array([0.0, 1.0, -1.0, 0.0, 0.3, 0.0, 0.03])
     backend = PiperSdkBackend("can0", interface_factory=lambda can: fake, enable_poll_s=0.0)
     from rclpy.parameter import Parameter
