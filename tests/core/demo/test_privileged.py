@@ -48,3 +48,19 @@ def test_study_refuses_a_directory_that_is_not_a_dataset(tmp_path, capsys):
 
     assert main(["study", "privileged", "--data", str(tmp_path)]) != 0
     assert "not a dataset" in capsys.readouterr().err
+
+
+def test_head_input_scaling_maps_boxes_and_state_like_the_reconvla_head():
+    from reconvla_core.demo.privileged import input_scaling
+
+    rng = np.random.default_rng(0)
+    inputs = np.concatenate([rng.normal(0.0, 0.5, (200, 7)), rng.uniform(0.2, 0.8, (200, 4)),
+                             np.zeros((200, 3))], axis=1).astype(np.float32)
+    shift, scale = input_scaling(inputs, "head")
+    scaled = (inputs - shift) / scale
+    np.testing.assert_allclose(scaled[:, 7:11], 2 * inputs[:, 7:11] - 1, atol=1e-6)
+    assert np.quantile(scaled[:, :7], 0.01, axis=0) == pytest.approx(-1.0, abs=1e-5)
+    shift, scale = input_scaling(inputs, "standard")
+    assert np.allclose(((inputs - shift) / scale)[:, :11].std(0), 1.0, atol=1e-3)
+    with pytest.raises(ValueError, match="scaling"):
+        input_scaling(inputs, "minmax")

@@ -54,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     privileged.add_argument("--batch-size", type=int, default=256,
                             help="samples per step (16 and a ReconVLA run's steps: the same samples seen)")
     privileged.add_argument("--chains", type=int, default=20, help="fixed evaluation chains")
+    privileged.add_argument("--input-scaling", choices=("standard", "head"), default="standard",
+                            help="standard: unit-variance inputs; head: scaled as an unstandardised ReconVLA "
+                                 "head input (state q01/q99 -> [-1, 1], box 2b - 1)")
     privileged.add_argument("--seed", type=int, default=0)
     privileged.add_argument("--json", action="store_true")
     privileged.set_defaults(func=cmd_study_privileged)
@@ -114,7 +117,7 @@ def cmd_study_privileged(args: argparse.Namespace) -> int:
         if not (path / "meta" / "info.json").is_file():
             raise CLIError(f"{path} is not a dataset (no meta/info.json); build one with `reconvla dataset build`")
     result = run_privileged_study(args.data, steps=args.steps, chains=args.chains, seed=args.seed,
-                                  batch_size=args.batch_size)
+                                  batch_size=args.batch_size, scaling=args.input_scaling)
     sys.stderr.write(f"privileged MLP: avg len {result['avg_len']:.2f} / 5 on {result['chains']} fixed chains "
                      f"({result['samples']} samples, {result['steps']} steps, {result['train_s']} s)\n")
     emit_result(result, args.json)

@@ -116,13 +116,33 @@ class PrivilegedMLP:
         return chunk
 
 
+INPUT_SCALINGS = ("standard", "head")
+
+
+def input_scaling(inputs: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
+    """(shift, scale) of the inputs: ``standard`` = mean / std (unit variance); ``head`` = what an
+    unstandardised ReconVLA head input looks like: the state by its q01/q99 to [-1, 1] (as the
+    processor normalises it), box coordinates 2b - 1, the one-hots as they are."""
+    if how == "standard":
+        return inputs.mean(0), inputs.std(0) + 1e-6
+    if how != "head":
+        raise ValueError(f"input scaling must be one of {INPUT_SCALINGS}, got {how!r}")
+    shift, scale = np.zeros(inputs.shape[1], np.float32), np.ones(inputs.shape[1], np.float32)
+    low, high = np.quantile(inputs[:, :7], 0.01, axis=0), np.quantile(inputs[:, :7], 0.99, axis=0)
+    scale[:7] = np.maximum(high - low, 1e-8) / 2
+    shift[:7] = low + scale[:7]
+    shift[7:11], scale[7:11] = 0.5, 0.5
+    return shift, scale
+
+
 def train_mlp(inputs: np.ndarray, targets: np.ndarray, steps: int, chunk_size: int, seed: int = 0,
-              batch_size: int = 256, width: int = 256, lr: float = 1e-3) -> tuple[PrivilegedMLP, list[float]]:
+              batch_size: int = 256, width: int = 256, lr: float = 1e-3,
+              scaling: str = "standard") -> tuple[PrivilegedMLP, list[float]]:
     """L1 on standardised targets, AdamW; returns the model and the loss every 1,000 steps."""
     import torch
 
     torch.manual_seed(seed)
-    in_mean, in_std = inputs.mean(0), inputs.std(0) + 1e-6
+    in_mean, in_std = input_scaling(inputs, scaling)
     out_mean, out_std = targets.mean(0), targets.std(0) + 1e-6
     x = torch.from_numpy((inputs - in_mean) / in_std)
     y = torch.from_numpy((targets - out_mean) / out_std)
@@ -165,7 +185,7 @@ class PrivilegedPolicy(Policy):
 
 def run_privileged_study(datasets: Sequence[Path], steps: int = 30_000, chains: int = 20, chunk_size: int = 5,
                          image_size: tuple[int, int] = (160, 120), seed: int = 0,
-                         batch_size: int = 256) -> dict[str, Any]:
+                         batch_size: int = 256, scaling: str = "standard") -> dict[str, Any]:
     """Train the MLP on ``datasets`` and evaluate it on the first ``chains`` fixed chains."""
     from reconvla_core.sim.env import PiperCellEnv, SimConfig
     from reconvla_core.sim.evaluate import evaluate_policy
@@ -174,13 +194,14 @@ def run_privileged_study(datasets: Sequence[Path], steps: int = 30_000, chains: 
     start = time.perf_counter()
     inputs, targets = load_samples(datasets, chunk_size)
     logger.info("privileged study: %d samples from %d dataset(s)", len(inputs), len(datasets))
-    model, curve = train_mlp(inputs, targets, steps, chunk_size, seed=seed, batch_size=batch_size)
+    model, curve = train_mlp(inputs, targets, steps, chunk_size, seed=seed, batch_size=batch_size, scaling=scaling)
     train_s = time.perf_counter() - start
     config = SimConfig(image_width=image_size[0], image_height=image_size[1], clip_actions=True, render_wrist=False)
     with PiperCellEnv(config) as env:
         metrics, _ = evaluate_policy(PrivilegedPolicy(model, env), make_eval_chains(chains, seed=0), env=env,
                                      progress=False)
-    return {"policy": "privileged-mlp", "inputs": "state + gaze box + instruction", "samples": len(inputs),
+    return {"policy": "privileged-mlp", "inputs": "state + gaze box + instruction", "input_scaling": scaling,
+            "samples": len(inputs),
             "steps": steps, "batch_size": batch_size, "samples_seen": steps * batch_size, "loss_curve": curve, "train_s": round(train_s, 1),
             **{k: metrics[k] for k in ("avg_len", "success_by_position", "per_task", "chains")},
             "datasets": [str(d) for d in datasets]}
