@@ -236,3 +236,25 @@ def test_paper_knobs_on_tiny_bf16_checkpointing_and_closed_loop_eval(make_config
     assert "mixed precision bf16" in caplog.text
     assert result["steps"] == 2 and 0 < result["final_recon_loss"] < 2 and result["final_action_loss"] > 0
     assert result["val"]["sim_avg_len"] >= 0.0 and "action_l1_gripper_m" in result["val"]
+
+
+def test_export_turns_a_step_checkpoint_into_an_inference_checkpoint(pretrained: dict[str, Any],
+                                                                     tmp_path: Path, capsys) -> None:
+    from reconvla_core.cli.main import main
+    from reconvla_core.model import ReconVLA
+
+    run = Path(pretrained["output_dir"])
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "step"), "--json"]) == 0
+    exported = ReconVLA.from_pretrained(tmp_path / "step", load_reconstruction=True)
+    saved = load_file(str(run / "checkpoints" / "step-0000020" / "model.safetensors"))
+    state = exported.state_dict()
+    for name, tensor in saved.items():
+        assert torch.equal(state[name], tensor), name
+    final = ReconVLA.from_pretrained(pretrained["checkpoint"])
+    assert exported.norm_stats == final.norm_stats
+    assert json.loads((tmp_path / "step" / "metadata.json").read_text())["training"]["steps"] == 20
+    capsys.readouterr()
+    assert main(["export", "--run", str(run), "--step", "7", "--out", str(tmp_path / "none")]) != 0
+    assert "step 7" in capsys.readouterr().err
+    assert main(["export", "--run", str(tmp_path), "--out", str(tmp_path / "none")]) != 0
+    assert "train_config.yaml" in capsys.readouterr().err and not (tmp_path / "none").exists()

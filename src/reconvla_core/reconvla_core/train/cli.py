@@ -44,6 +44,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     finally:
         subparsers._parser_class = default_class
     parser.set_defaults(func=run_train)
+    export = subparsers.add_parser(
+        "export", help="a training run's step checkpoint -> an inference checkpoint directory (like its final/)")
+    export.add_argument("--run", type=Path, required=True, help="the run's output directory (reconvla train --out)")
+    export.add_argument("--step", type=int, default=None, help="the step to export (default: the newest)")
+    export.add_argument("--out", type=Path, required=True, help="the checkpoint directory to write")
+    export.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    export.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from reconvla_core.cli.main import emit_result
+    from reconvla_core.train.model_setup import export_checkpoint
+
+    emit_result(export_checkpoint(args.run, args.out, args.step), args.json)
+    return 0
 
 
 def _add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

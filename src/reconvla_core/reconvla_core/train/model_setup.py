@@ -204,3 +204,40 @@ def _unsharded_copy(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn
         copy.llm.tie_weights()
     copy.set_norm_stats(model.norm_stats)
     return copy
+
+
+def export_checkpoint(run_dir: Path, out: Path, step: int | None = None) -> dict[str, Any]:
+    """A run's resumable checkpoint (step ``step``, or the newest) -> an inference directory like the
+    run's ``final/``: the model the run's config builds, with the checkpoint's weights, its norm stats
+    and tokenizer. For evaluating a run part way, or keeping a good step of a long one."""
+    import yaml
+    from safetensors.torch import load_file
+
+    from reconvla_core.train.config import config_from_dict
+    from reconvla_core.train.data import build_data
+    from reconvla_core.train.state import checkpoint_dir, latest_checkpoint
+
+    config_file = run_dir / "train_config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} is missing: {run_dir} is not a `reconvla train` output directory")
+    source = checkpoint_dir(run_dir, step) if step is not None else latest_checkpoint(run_dir)
+    if source is None or not (source / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no checkpoint {'at step ' + str(step) if step is not None else ''} with "
+                                f"model.safetensors in {run_dir / 'checkpoints'}")
+    config = config_from_dict(yaml.safe_load(config_file.read_text()))
+    if config.lora.enabled:
+        raise ValueError("a LoRA run's step checkpoints hold adapter weights: use its final/ (merged)")
+    model, _ = build_model(config, build_data(config, need_val=False).stats)
+    state = load_file(str(source / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if model.config.llm.tie_word_embeddings:
+        missing = [k for k in missing if k != "llm.lm_head.weight"]
+        model.llm.tie_weights()
+    if missing or unexpected:
+        raise ValueError(f"{source}: weights do not match the run's model (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]})")
+    steps = int(source.name.split("-")[-1])
+    model.save_pretrained(out, metadata={"training": {"stage": config.stage, "steps": steps,
+                                                      "exported_from": str(source)}})
+    (out / "train_config.yaml").write_text(config_file.read_text())
+    return {"checkpoint": str(out), "step": steps, "source": str(source)}
