@@ -272,15 +272,3 @@ def test_gaze_teacher_forcing_gives_the_head_the_gaze_centre_at_training_only(no
     with torch.no_grad():
         model(batch)
     assert not np.allclose(seen[-1][:, keypoint0].numpy(), batch["gaze_point"].numpy(), atol=1e-3)
-
-
-def test_head_geometry_is_standardised_with_running_statistics(norm_stats):
-    model = parallel(norm_stats, seed=7, recon_target="none", spatial_keypoints=2, action_head_state=True).train()
-    norm = model.action_head.geometry_norm
-    assert norm is not None and norm.num_features == model.config.state_dim + 4
-    batch = make_batch(model, n=3)
-    model(batch)
-    assert int(norm.num_batches_tracked) == 1 and not torch.allclose(norm.running_mean, torch.zeros_like(norm.running_mean))
-    one = {k: v[:1] for k, v in batch.items()}
-    model(one)  # a per-device batch of one trains with the running statistics instead of failing
-    assert int(norm.num_batches_tracked) == 1

@@ -128,10 +128,6 @@ class ParallelActionHead(nn.Module):
         self.queries = nn.Parameter(torch.randn(config.chunk_size, d) * 0.02)
         # action_head_state: the normalised state and the keypoint coordinates join every query's input.
         self.geometry_dim = (config.state_dim + 2 * config.spatial_keypoints) if config.action_head_state else 0
-        # Standardised geometry: keypoint y spans ~0.05 of the frame, and a privileged MLP fed such raw
-        # inputs learned ~10x slower than with standardised ones (docs/study_recon.md); running
-        # statistics make it robot-agnostic and are saved with the weights.
-        self.geometry_norm = nn.BatchNorm1d(self.geometry_dim) if self.geometry_dim else None
         self.mlp = nn.Sequential(nn.Linear(d + self.geometry_dim, d), nn.GELU(), nn.Linear(d, config.action_dim))
 
     def forward(self, query_hidden: torch.Tensor, geometry: torch.Tensor | None = None) -> torch.Tensor:
@@ -141,10 +137,6 @@ class ParallelActionHead(nn.Module):
             if geometry is None or geometry.shape[-1] != self.geometry_dim:
                 raise ValueError(f"action_head_state needs the (B, {self.geometry_dim}) normalised state and "
                                  "keypoints; build the batch with model.processor")
-            norm = self.geometry_norm
-            # A single row cannot give batch statistics (per-device batch 1): use the running ones.
-            geometry = norm(geometry.float()) if geometry.shape[0] > 1 or not self.training else F.batch_norm(
-                geometry.float(), norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
             expanded = geometry.to(query_hidden.dtype)[:, None, :].expand(-1, query_hidden.shape[1], -1)
             query_hidden = torch.cat([query_hidden, expanded], dim=-1)
         return self.mlp(query_hidden)
