@@ -136,7 +136,8 @@ def test_model_section_is_typed_reconvla_config_fields(fake_dataset: Path) -> No
     """model: is a preset plus any ReconVLAConfig field, nested ones too; overrides reach them typed."""
     config = load_train_config("tiny-sim", ["model.action_head=tokens", "model.spatial_keypoints=0",
                                             "model.gaze_keypoint_weight=0", "model.action_head_state=false",
-                                            "model.vision.image_size=168", "model.vae.image_size=96",
+                                            "model.gaze_teacher_forcing=0", "model.vision.image_size=168",
+                                            "model.vision.patch_size=14", "model.vae.image_size=96",
                                             "model.delta_action_dims=0,1,2", "chunk_size=3"],
                                data=[str(fake_dataset)])
     model = config.model.resolve()
@@ -144,7 +145,7 @@ def test_model_section_is_typed_reconvla_config_fields(fake_dataset: Path) -> No
     assert model.vision.image_size == 168 and model.grid_size == 12
     assert model.vision.hidden_size == 64  # the rest of the nested config stays the tiny preset's
     assert model.train_vision is True  # set by the recipe, untouched by the overrides
-    assert config.model.overrides["vision"] == {"image_size": 168}
+    assert config.model.overrides["vision"] == {"image_size": 168, "patch_size": 14}
     validate_config(config)
 
 
@@ -160,7 +161,7 @@ def test_model_section_rejects_unknown_keys_and_bad_values() -> None:
     with pytest.raises(ConfigError, match=r"model: action_head must be one of .*got 'paralel'"):
         load_train_config("tiny-sim", ["model.action_head=paralel"])
     with pytest.raises(ConfigError, match=r"model: vae.image_size 64 gives .* set vae.image_size to 88"):
-        load_train_config("tiny-sim", ["model.vision.image_size=160"])  # the grid needs a matching VAE size
+        load_train_config("tiny-sim", ["model.vision.patch_size=14"])  # 160 / 14: the grid needs a matching VAE
     with pytest.raises(ConfigError, match=r"model.preset: 'tinyy' is not one of paper, tiny; did you mean 'tiny'"):
         load_train_config("tiny-sim", ["model.preset=tinyy"])
     with pytest.raises(ConfigError, match=r"ambiguous; use one of: model.vision.image_size, model.vae.image_size"):
@@ -182,7 +183,7 @@ def test_print_config_shows_the_resolved_model_and_reloads_unchanged(tmp_path: P
     assert printed["model"] == yaml.safe_load(to_yaml(config))["model"]
     resolved = ReconVLAConfig.from_preset("tiny", **{k: v for k, v in printed["model"].items() if k != "preset"})
     assert resolved == config.model.resolve()  # every field, nested ones included, not only the overrides
-    assert printed["model"]["recon_weight"] == 0.5 and printed["model"]["vision"]["image_size"] == 112
+    assert printed["model"]["recon_weight"] == 0.5 and printed["model"]["vision"]["image_size"] == 160
     assert printed["model"]["llm"]["vocab_size"] == 520 and "options" not in printed["model"]
     path = tmp_path / "train_config.yaml"
     path.write_text(proc.stdout)
@@ -199,17 +200,16 @@ def test_shipped_recipes_use_the_flat_model_section(caplog) -> None:
 
 
 def test_train_config_of_an_earlier_run_with_model_options_still_loads(caplog) -> None:
-    """train_config.yaml files written before the typed model section hold model.options."""
-    from reconvla_core.model.pretrained import SHIPPED_CHECKPOINT
-
-    path = SHIPPED_CHECKPOINT / "train_config.yaml"
+    """train_config.yaml files written before the typed model section hold model.options (this one is
+    the train_config.yaml of the checkpoint shipped until 2026-12-03)."""
+    path = Path(__file__).parent / "data" / "train_config_with_model_options.yaml"
     assert "options" in yaml_model(path)
-    recipe = load_train_config("tiny-sim").model  # the recipe the checkpoint was trained with
     caplog.clear()
     with caplog.at_level("WARNING", logger="reconvla_core.train.config"):
         old = load_train_config(str(path))
-    assert old.model == recipe
-    assert old.model.resolve().action_head == "parallel" and old.model.resolve().train_vision is True
+    resolved = old.model.resolve()
+    assert resolved.action_head == "parallel" and resolved.train_vision is True
+    assert resolved.spatial_keypoints == 8 and resolved.action_mode == "delta" and resolved.vision.image_size == 112
     deprecations = [r.getMessage() for r in caplog.records if "model.options is deprecated" in r.getMessage()]
     assert len(deprecations) == 1 and "\n" not in deprecations[0] and "action_head" in deprecations[0]
 
