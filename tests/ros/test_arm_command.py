@@ -428,3 +428,41 @@ def test_a_failing_feedback_read_holds_instead_of_crashing(ros):
     assert ros.wait_for(lambda: arm.counts["feedback_errors"] > 20)
     assert arm.counts["ticks"] > 20  # the control loop kept running
     assert all(np.array_equal(p, HOME) for p in backend.sent)  # and only ever held the last position
+
+
+def test_controller_log_on_the_rclpy_logger_throttles_per_message_and_never_raises():
+    """The demo's deployment crashed arm_command: rclpy refuses one call site whose throttle changes
+    between calls, and every controller message passes through the same log method."""
+    from rclpy.logging import get_logger
+
+    from reconvla_core.runtime.arm_controller import ThrottledLog
+
+    now = [0.0]
+    log = ThrottledLog(get_logger("test_controller_log"), clock=lambda: now[0])
+    sent = []
+    original = log._log
+    log._log = type("Spy", (), {
+        "info": lambda self, m: (sent.append(m), original.info(m)),
+        "warning": lambda self, m: (sent.append(m), original.warning(m)),
+        "error": lambda self, m: (sent.append(m), original.error(m)),
+    })()
+    log.error("rejecting action chunk: NaN", throttle_s=1.0)
+    log.error("backend send failed: bus off", throttle_s=2.0)  # another throttle on the same path
+    log.error("auto-enable failed")  # and none
+    log.error("rejecting action chunk: NaN", throttle_s=1.0)  # within its second: dropped
+    log.error("rejecting action chunk: NaN at step 3", throttle_s=1.0)
+    log.error("rejecting action chunk: NaN at step 4", throttle_s=1.0)  # only the number differs: dropped
+    now[0] = 1.5
+    log.error("rejecting action chunk: NaN", throttle_s=1.0)
+    log.error("backend send failed: bus off", throttle_s=2.0)  # still within its 2 s
+    assert sent == ["rejecting action chunk: NaN", "backend send failed: bus off", "auto-enable failed",
+                    "rejecting action chunk: NaN at step 3", "rejecting action chunk: NaN"]
+
+    rclpy_logger = get_logger("test_controller_log_before")  # one object, as node.get_logger() keeps
+
+    def one_call_site(throttle_s: float | None) -> None:  # what the node's log wrapper did before
+        rclpy_logger.error("x", throttle_duration_sec=throttle_s)
+
+    one_call_site(1.0)
+    with pytest.raises(ValueError, match="filters"):
+        one_call_site(None)

@@ -80,7 +80,7 @@ from reconvla_core.runtime.action_queue import (
     ActionQueue,
     ActionQueueConfig,
 )
-from reconvla_core.runtime.arm_controller import ArmController, ArmControllerConfig
+from reconvla_core.runtime.arm_controller import ArmController, ArmControllerConfig, ThrottledLog
 from reconvla_core.runtime.backend import ArmFeedback, backend_names, make_backend, register_backend
 from reconvla_core.runtime.intervention import InterventionConfig
 from reconvla_core.runtime.chunk_markers import (
@@ -316,22 +316,6 @@ class LeaderTopic:
         return self._leader
 
 
-class NodeLog:
-    """The controller's log on the node's rclpy logger (which throttles)."""
-
-    def __init__(self, node: Node) -> None:
-        self._logger = node.get_logger()
-
-    def info(self, message: str) -> None:
-        self._logger.info(message)
-
-    def warning(self, message: str, throttle_s: float = 0.0) -> None:
-        self._logger.warning(message, throttle_duration_sec=throttle_s or None)
-
-    def error(self, message: str, throttle_s: float = 0.0) -> None:
-        self._logger.error(message, throttle_duration_sec=throttle_s or None)
-
-
 DIAGNOSTIC_LEVELS = {"ok": DiagnosticStatus.OK, "warn": DiagnosticStatus.WARN, "error": DiagnosticStatus.ERROR}
 
 
@@ -388,7 +372,7 @@ class ArmCommand(Node):
         self._closing = False
         leader = LeaderTopic(self, p["leader_topic"]) if p["interventions"] else None
         self.controller = ArmController(backend if backend is not None else make_backend(p["backend"], p, self),
-                                        config, NodeLog(self), leader=leader)
+                                        config, ThrottledLog(self.get_logger()), leader=leader)
         self.controller.connect()
         self._joint_pub = self.create_publisher(JointState, p["joint_states_topic"], STATE_QOS)
         self._leader_pub = (self.create_publisher(JointState, p["leader_topic"], STATE_QOS)

@@ -32,6 +32,7 @@ one mutually exclusive callback group.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from reconvla_core.runtime.intervention import CommandSource, InterventionConfig
 from reconvla_core.runtime.safety import ArmMode, SafetyCommand, SafetyConfig, SafetyFilter
 
 logger = logging.getLogger(__name__)
+_NUMBERS = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
 DEFAULT_HOME = (0.0, 0.3, -0.3, 0.0, 0.3, 0.0, GRIPPER_MAX)
 # Why a chunk was not executed, beyond the queue's own reasons (DROP_REASONS).
@@ -66,7 +68,7 @@ class LeaderSource(Protocol):
 
 
 class ControllerLog(Protocol):
-    """Where the controller reports; the node passes its rclpy logger (which throttles)."""
+    """Where the controller reports (``ThrottledLog`` over Python's or the node's rclpy logger)."""
 
     def info(self, message: str) -> None: ...
 
@@ -75,10 +77,13 @@ class ControllerLog(Protocol):
     def error(self, message: str, throttle_s: float = 0.0) -> None: ...
 
 
-class StdLog:
-    """ControllerLog on Python logging, throttling each message text to once per ``throttle_s``."""
+class ThrottledLog:
+    """ControllerLog on any logger with ``info`` / ``warning`` / ``error(message)`` (Python logging, a
+    node's rclpy logger), throttling each message text to once per ``throttle_s``. The throttling is
+    ours, not rclpy's: rclpy throttles per call site and refuses a call site whose filter settings
+    change between calls, and every controller message would pass through the same one."""
 
-    def __init__(self, log: logging.Logger = logger, clock: Any = time.monotonic) -> None:
+    def __init__(self, log: Any = logger, clock: Any = time.monotonic) -> None:
         self._log = log
         self._clock = clock
         self._last: dict[str, float] = {}
@@ -86,7 +91,7 @@ class StdLog:
     def _due(self, message: str, throttle_s: float) -> bool:
         if throttle_s <= 0:
             return True
-        key = message[:60]  # the varying numbers sit at the end of our messages
+        key = _NUMBERS.sub("#", message)  # "joint5 target 1.197 rad" and "... 1.207 rad" are one message
         now = self._clock()
         if now - self._last.get(key, -float("inf")) < throttle_s:
             return False
@@ -159,7 +164,7 @@ class ArmController:
         self.backend = backend
         self.leader_source: LeaderSource = leader if leader is not None else backend
         self.config = config or ArmControllerConfig()
-        self.log: ControllerLog = log or StdLog()
+        self.log: ControllerLog = log or ThrottledLog()
         self.safety = SafetyFilter(self.config.safety)
         self.queue = ActionQueue(self.config.queue)
         self.dt = self.config.safety.dt
