@@ -197,7 +197,7 @@ def test_the_operator_takes_over_in_the_twin_and_the_dataset_marks_the_intervent
     flags = np.array([flag for _, flag in marks])
     (first, stop_), = runs(flags)  # exactly one intervention segment, with policy time before and after
     assert 0 < first and stop_ < flags.size
-    marked_s = (marks[stop_ - 1][0] - marks[first][0]) / 1e9
+    marked_s = (marks[stop_][0] - marks[first][0]) / 1e9  # first true mark -> first false one after it
 
     # The dataset: the flag is set on the frames of that segment and on no others.
     # A loaded machine (CI) can stall the twin's realtime loop for a moment; gap splitting has its own
