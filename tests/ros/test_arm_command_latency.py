@@ -85,9 +85,6 @@ def test_a_policy_three_times_slower_than_the_horizon_moves_the_arm_without_jump
         Parameter(k, value=v) for k, v in {
             "backend": "piper_ros", "auto_enable": True, "control_rate": CONTROL_RATE,
             "max_joint_speed": MAX_JOINT_SPEED, "observation_timeout": 1.0, "diagnostics_period": 0.5,
-            # A 1.2 s policy on frames up to 0.5 s old sits near the 2 s default; CI jitter pushed one
-            # chunk past it. The age limit has its own tests (action queue); this one is about jumps.
-            "max_chunk_age": 3.0,
         }.items()]))
     policy = SlowPolicy()
     ros.add_node(PolicyNode(policy=policy, context=ros.context, parameter_overrides=[
