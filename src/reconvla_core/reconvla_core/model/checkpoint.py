@@ -80,11 +80,6 @@ class PreTrainedReconVLA(torch.nn.Module):
         """Write the checkpoint directory (layout in this module's docstring)."""
         return _save(self, path, metadata=metadata)
 
-    @staticmethod
-    def build_projector_modules(config: ReconVLAConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
-        """Freshly initialised (projector, projector_norm) for ``config``."""
-        raise NotImplementedError
-
 
 # ----------------------------------------------------------------------------------------------
 # Saving
