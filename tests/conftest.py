@@ -28,11 +28,15 @@ class RosHarness:
 
     def __init__(self) -> None:
         import rclpy
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        # Single-threaded, as every node runs in production (run_node -> rclpy.spin). rclpy's
+        # MultiThreadedExecutor resubmits a ready task on every spin until a pool thread starts it;
+        # on a loaded 2-core machine that queue snowballed (3,500 pending copies in 10 s) and the
+        # nodes' 30-100 Hz callbacks ran at ~5 Hz.
+        self.executor = SingleThreadedExecutor(context=self.context)
         self._nodes: list = []
         self._thread = threading.Thread(target=self._spin, name="ros-test-executor", daemon=True)
         self._thread.start()

@@ -69,13 +69,22 @@ class Harness:
 
         return (self.client.get_clock().now() + Duration(nanoseconds=int(offset * 1e9))).to_msg()
 
-    def send(self, size: int = 16, offset: float = 0.0, encoding: str = "rgb8", state=STATE):
-        from sensor_msgs.msg import Image, JointState
+    def send_state(self, state=STATE, offset: float = 0.0):
+        from sensor_msgs.msg import JointState
 
-        self.joints.publish(JointState(position=list(state)))
+        msg = JointState(position=list(state))
+        msg.header.stamp = self.stamp(offset)
+        self.joints.publish(msg)
+        return msg.header.stamp
+
+    def send(self, size: int = 16, offset: float = 0.0, encoding: str = "rgb8", state=STATE):
+        """A joint state and a frame measured at the same time (``offset`` s from now)."""
+        from sensor_msgs.msg import Image
+
+        stamp = self.send_state(state, offset)
         pixels = np.full((size, size, 3), 90, np.uint8)
         msg = Image(height=size, width=size, encoding=encoding, step=size * 3, data=pixels.tobytes())
-        msg.header.stamp = self.stamp(offset)
+        msg.header.stamp = stamp
         msg.header.frame_id = "reconvla_model_frame"
         self.frame.publish(msg)
         return msg.header.stamp
@@ -108,6 +117,36 @@ def test_publishes_chunks_stamped_with_the_observation(ros):
     assert (overlay.encoding, overlay.height, overlay.width) == ("rgb8", 16, 16)
     values = h.node.diagnostics_values()
     assert values["chunks"] >= 1 and values["inference_ms_p50"] >= 0.0
+
+
+def test_the_frame_is_paired_with_the_nearest_state_and_a_late_state_anchors_the_chunk(ros):
+    from reconvla_ros.common import stamp_to_s
+
+    policy = RecordingPolicy(chunk=4)
+    h = Harness(ros, policy, instruction_first="pick the red block", action_rate=10.0, viz_rate=0.0)
+    before, at_frame, after = ([0.1 * k, 1.0, -1.0, 0.0, 0.3, 0.0, 0.03] for k in (1, 2, 3))
+    # States measured 0.2 s before, with, and 0.2 s after the frame; all arrive before it.
+    for state, offset in ((before, -0.4), (at_frame, -0.2), (after, 0.0)):
+        h.send_state(state, offset)
+    assert ros.wait_for(lambda: len(h.node._states) >= 3)
+    frame_stamp = h.send(offset=-0.2, state=at_frame)
+    assert ros.wait_for(lambda: bool(h.chunks), timeout=10.0)
+    np.testing.assert_allclose(policy.calls[0][2], at_frame)  # not the newest state
+    assert h.chunks[0].header.stamp == frame_stamp
+    # Only a state measured 0.3 s before the frame is known (it arrived late): the model plans
+    # from where the arm was then, so the chunk is stamped with the state's time, not the frame's.
+    h.chunks.clear()
+    h.node._states = type(h.node._states)()
+    from sensor_msgs.msg import Image
+
+    state_stamp = h.send_state(before, offset=-0.3)
+    assert ros.wait_for(lambda: len(h.node._states) == 1)
+    frame = Image(height=16, width=16, encoding="rgb8", step=48, data=bytes(16 * 16 * 3))
+    frame.header.stamp = h.stamp()
+    h.frame.publish(frame)
+    assert ros.wait_for(lambda: bool(h.chunks), timeout=10.0)
+    np.testing.assert_allclose(policy.calls[-1][2], before)
+    assert stamp_to_s(h.chunks[0].header.stamp) == pytest.approx(stamp_to_s(state_stamp), abs=1e-9)
 
 
 @pytest.mark.parametrize("durability", ["volatile", "transient_local"])

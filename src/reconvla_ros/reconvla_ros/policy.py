@@ -9,7 +9,9 @@ for the model. Per inference the worker checks that the frame is at most ``max_o
 (else it is skipped and counted) and that a fresh joint state is known, then publishes:
 
 - ``reconvla/action_chunk``: trajectory_msgs/JointTrajectory, joint_names joint1..joint6 + gripper,
-  point i at ``time_from_start = i / action_rate``, header stamp = the frame's (observation) stamp;
+  point i at ``time_from_start = i / action_rate``, header stamp = the observation's time: the older
+  of the frame's stamp and that of the joint state paired with it (the one nearest in time, so a
+  state that arrived late anchors the chunk where the arm was, see ``StateHistory``);
 - ``reconvla/attention``: the colour-mapped attention overlay with the gaze box the model answered
   with (green; ``answer_box`` checkpoints) or else the attention peak's box, at most
   ``viz_rate`` Hz (0 disables; attention costs an extra forward pass);
@@ -52,6 +54,7 @@ from reconvla_core.piper import ACTION_NAMES
 from reconvla_core.policy import DTYPES, CheckpointPolicy, Policy
 from reconvla_core.runtime.image import image_to_rgb
 from reconvla_core.runtime.overlay import render_attention_overlay
+from reconvla_core.runtime.sync import StateHistory
 from reconvla_ros.common import (
     COMMAND_QOS,
     DIAGNOSTICS_TOPIC,
@@ -64,6 +67,7 @@ from reconvla_ros.common import (
     joint_state_positions,
     now_s,
     run_node,
+    s_to_stamp,
     stamp_to_s,
     subscribe_instruction,
 )
@@ -155,8 +159,8 @@ class PolicyNode(Node):
         self._wake = threading.Condition(self._lock)
         self._frame: Image | None = None
         self._frame_seq = 0
-        self._state: np.ndarray | None = None
-        self._state_time = -np.inf
+        self._states = StateHistory()
+        self._state_time = -np.inf  # arrival of the newest joint state: is the feed alive?
         self._instruction = str(self.get_parameter("instruction").value)
         self._stop = False
         self.counts = {"chunks": 0, "skipped_stale_frame": 0, "skipped_no_state": 0, "skipped_no_instruction": 0,
@@ -190,9 +194,11 @@ class PolicyNode(Node):
             self.counts["bad_joint_states"] += 1
             self.get_logger().warning(f"dropping joint state: {error}", throttle_duration_sec=5.0)
             return
+        now = now_s(self)
+        stamp = stamp_to_s(msg.header.stamp)
         with self._lock:
-            self._state = state
-            self._state_time = now_s(self)
+            self._states.add(stamp if stamp > 0 else now, state)
+            self._state_time = now
 
     def _on_instruction(self, msg: String) -> None:
         with self._lock:
@@ -223,13 +229,14 @@ class PolicyNode(Node):
         return SetParametersResult(successful=True)
 
     # --- the worker ---------------------------------------------------------------------------
-    def _next_input(self, last_seq: int) -> tuple[int, Image, np.ndarray | None, float, str] | None:
+    def _next_input(self, last_seq: int) -> tuple[int, Image, tuple[float, np.ndarray] | None, float, str] | None:
         with self._wake:
             while not self._stop and self._frame_seq == last_seq:
                 self._wake.wait(timeout=0.1)
             if self._stop:
                 return None
-            return self._frame_seq, self._frame, self._state, self._state_time, self._instruction
+            state = self._states.nearest(stamp_to_s(self._frame.header.stamp))
+            return self._frame_seq, self._frame, state, self._state_time, self._instruction
 
     def _run(self) -> None:
         seq = 0
@@ -253,7 +260,8 @@ class PolicyNode(Node):
                 while not self._stop and time.monotonic() < next_allowed:
                     time.sleep(min(0.05, next_allowed - time.monotonic()))
 
-    def _infer_once(self, frame_msg: Image, state: np.ndarray | None, state_time: float, instruction: str) -> None:
+    def _infer_once(self, frame_msg: Image, stamped_state: tuple[float, np.ndarray] | None, state_time: float,
+                    instruction: str) -> None:
         now = now_s(self)
         stamp = stamp_to_s(frame_msg.header.stamp)
         if now - stamp > self._p["max_obs_age"]:
@@ -261,7 +269,7 @@ class PolicyNode(Node):
             self.get_logger().warning(f"skipping a frame {now - stamp:.3f} s old (max_obs_age "
                                       f"{self._p['max_obs_age']} s)", throttle_duration_sec=5.0)
             return
-        if state is None or now - state_time > self._p["state_timeout"]:
+        if stamped_state is None or now - state_time > self._p["state_timeout"]:
             self.counts["skipped_no_state"] += 1
             self.get_logger().warning("no fresh joint state: waiting for joint_states", throttle_duration_sec=5.0)
             return
@@ -279,10 +287,12 @@ class PolicyNode(Node):
         viz_rate = self._p["viz_rate"]
         want_attention = viz_rate > 0 and time.monotonic() - self._last_viz >= 1.0 / viz_rate
         t0 = time.perf_counter()
+        state_stamp, state = stamped_state
         prediction = self._policy.infer({"frame": frame, "instruction": instruction, "state": state,
                                          "return_attention": want_attention})
         self._inference_ms.append((time.perf_counter() - t0) * 1e3)
-        self._chunk_pub.publish(chunk_message(prediction.actions, frame_msg.header.stamp, self._p["action_rate"],
+        observed = frame_msg.header.stamp if stamp <= state_stamp else s_to_stamp(state_stamp)
+        self._chunk_pub.publish(chunk_message(prediction.actions, observed, self._p["action_rate"],
                                               frame_msg.header.frame_id))
         self.counts["chunks"] += 1
         self._latency_ms.append((now_s(self) - stamp) * 1e3)

@@ -76,3 +76,19 @@ def test_rejects_unknown_stream_and_bad_config():
         FramePairer().add("left", 0.0, None, now=0.0)
     with pytest.raises(ValueError):
         FramePairer(tolerance_s=-1)
+
+
+def test_state_history_returns_the_state_nearest_the_frame_even_out_of_order():
+    from reconvla_core.runtime.sync import StateHistory
+
+    history = StateHistory(size=3)
+    assert history.nearest(1.0) is None
+    for stamp in (1.0, 1.3, 1.1):  # one arrives late
+        history.add(stamp, f"s{stamp}")
+    assert history.nearest(1.12) == (1.1, "s1.1")
+    assert history.nearest(0.0) == (1.0, "s1.0")
+    assert history.nearest(9.0) == (1.3, "s1.3")
+    history.add(1.4, "s1.4")  # the oldest falls out
+    assert len(history) == 3 and history.nearest(0.0) == (1.1, "s1.1")
+    with pytest.raises(ValueError, match="size"):
+        StateHistory(size=0)

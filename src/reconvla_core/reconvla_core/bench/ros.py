@@ -262,6 +262,23 @@ def _make_node(role: str, cfg: dict[str, Any], context: Any, log: _EventLog) -> 
             return out
 
     class BenchPolicy(PolicyNode):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            publisher, node = self._chunk_pub, self
+            self.frame_key = 0
+
+            class AliasingPublisher:
+                """A chunk is stamped with its observation time, the older of the frame's and the
+                state's stamps; the arm's events under that key belong to the frame's record."""
+
+                def publish(self, msg: Any) -> None:
+                    chunk_key = key_of(msg.header.stamp)
+                    if chunk_key != node.frame_key:
+                        log.mark(chunk_key, FRAME_KEY, node.frame_key)
+                    publisher.publish(msg)
+
+            self._chunk_pub = AliasingPublisher()
+
         def _on_frame(self, msg: Any) -> None:
             log.mark(key_of(msg.header.stamp), "policy_arrival")
             super()._on_frame(msg)
@@ -276,6 +293,7 @@ def _make_node(role: str, cfg: dict[str, Any], context: Any, log: _EventLog) -> 
             return item
 
         def _infer_once(self, frame_msg: Any, state: Any, state_time: float, instruction: str) -> None:
+            self.frame_key = key_of(frame_msg.header.stamp)
             before = self.counts["chunks"]
             super()._infer_once(frame_msg, state, state_time, instruction)
             if self.counts["chunks"] > before:
@@ -374,6 +392,9 @@ def _tiny_checkpoint(directory: Path) -> Path:
     return model.save_pretrained(directory / "tiny")
 
 
+FRAME_KEY = "frame_key"  # an event line that says which frame a chunk stamp belongs to
+
+
 def _read_events(paths: list[Path]) -> tuple[dict[int, dict[str, float]], list[float]]:
     events: dict[int, dict[str, float]] = {}
     ticks: list[float] = []
@@ -386,6 +407,11 @@ def _read_events(paths: list[Path]) -> tuple[dict[int, dict[str, float]], list[f
                 ticks.append(value)
             else:
                 events.setdefault(key, {}).setdefault(name, value)
+    for key in [k for k, record in events.items() if FRAME_KEY in record]:  # chunk key -> its frame's record
+        record = events.pop(key)
+        frame = events.setdefault(int(record.pop(FRAME_KEY)), {})
+        for name, value in record.items():
+            frame.setdefault(name, value)
     return events, ticks
 
 

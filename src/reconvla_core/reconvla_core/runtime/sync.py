@@ -151,3 +151,39 @@ class FramePairer:
             values[f"{name}_rate_hz"] = stats.rate.rate_hz(now)
             values[f"{name}_age_ms"] = 1e3 * stats.age_s(now)
         return values
+
+
+class StateHistory:
+    """The last joint states by stamp, to pair a camera frame with the state measured with it.
+
+    A chunk planned from a state is anchored at that state's time: the action queue trims what the
+    arm executed since then. Pairing a frame with whatever state arrived last anchors it at the
+    frame's time instead, and a state that arrived late (a loaded machine) then starts the chunk
+    behind the arm, which steps it back. ``nearest(stamp)`` returns the state closest in time.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        if size < 1:
+            raise ValueError(f"StateHistory size must be >= 1, got {size}")
+        self._states: deque[tuple[float, Any]] = deque(maxlen=int(size))
+
+    def add(self, stamp: float, state: Any) -> None:
+        """Add a state measured at ``stamp`` (seconds); out-of-order stamps are kept sorted."""
+        if self._states and stamp < self._states[-1][0]:
+            items = sorted([*self._states, (stamp, state)], key=lambda item: item[0])
+            self._states = deque(items[-self._states.maxlen:], maxlen=self._states.maxlen)
+        else:
+            self._states.append((stamp, state))
+
+    def nearest(self, stamp: float) -> tuple[float, Any] | None:
+        """``(state_stamp, state)`` closest to ``stamp``; None when empty."""
+        if not self._states:
+            return None
+        stamps = [s for s, _ in self._states]
+        right = bisect.bisect_left(stamps, stamp)
+        candidates = [i for i in (right - 1, right) if 0 <= i < len(stamps)]
+        best = min(candidates, key=lambda i: abs(stamps[i] - stamp))
+        return self._states[best]
+
+    def __len__(self) -> int:
+        return len(self._states)
