@@ -120,33 +120,41 @@ def test_publishes_chunks_stamped_with_the_observation(ros):
 
 
 def test_the_frame_is_paired_with_the_nearest_state_and_a_late_state_anchors_the_chunk(ros):
+    from sensor_msgs.msg import Image, JointState
+
     from reconvla_ros.common import stamp_to_s
 
     policy = RecordingPolicy(chunk=4)
     h = Harness(ros, policy, instruction_first="pick the red block", action_rate=10.0, viz_rate=0.0)
     before, at_frame, after = ([0.1 * k, 1.0, -1.0, 0.0, 0.3, 0.0, 0.03] for k in (1, 2, 3))
-    # States measured 0.2 s before, with, and 0.2 s after the frame; all arrive before it.
-    for state, offset in ((before, -0.4), (at_frame, -0.2), (after, 0.0)):
-        h.send_state(state, offset)
-    assert ros.wait_for(lambda: len(h.node._states) >= 3)
-    frame_stamp = h.send(offset=-0.2, state=at_frame)
-    assert ros.wait_for(lambda: bool(h.chunks), timeout=10.0)
-    np.testing.assert_allclose(policy.calls[0][2], at_frame)  # not the newest state
+
+    def frame(stamp) -> Image:
+        msg = Image(height=16, width=16, encoding="rgb8", step=48, data=bytes(16 * 16 * 3))
+        msg.header.stamp = stamp
+        return msg
+
+    # States measured 0.2 s before, with, and 0.2 s after the frame, all received before it.
+    known = len(h.node._states)
+    frame_stamp = h.stamp(-0.2)
+    h.send_state(before, -0.4)
+    h.joints.publish(JointState(position=at_frame, header=frame(frame_stamp).header))
+    h.send_state(after, 0.0)
+    assert ros.wait_for(lambda: len(h.node._states) >= known + 3)
+    assert ros.wait_for(lambda: (h.frame.publish(frame(frame_stamp)), bool(h.chunks))[1], timeout=15.0, period=0.2)
+    np.testing.assert_allclose(policy.calls[0][2], at_frame)  # the one measured with it, not the newest
     assert h.chunks[0].header.stamp == frame_stamp
     # Only a state measured 0.3 s before the frame is known (it arrived late): the model plans
     # from where the arm was then, so the chunk is stamped with the state's time, not the frame's.
-    h.chunks.clear()
     h.node._states = type(h.node._states)()
-    from sensor_msgs.msg import Image
-
     state_stamp = h.send_state(before, offset=-0.3)
     assert ros.wait_for(lambda: len(h.node._states) == 1)
-    frame = Image(height=16, width=16, encoding="rgb8", step=48, data=bytes(16 * 16 * 3))
-    frame.header.stamp = h.stamp()
-    h.frame.publish(frame)
-    assert ros.wait_for(lambda: bool(h.chunks), timeout=10.0)
-    np.testing.assert_allclose(policy.calls[-1][2], before)
-    assert stamp_to_s(h.chunks[0].header.stamp) == pytest.approx(stamp_to_s(state_stamp), abs=1e-9)
+
+    def planned_from_before() -> list:  # chunks still in flight from the frames above start elsewhere
+        return [c for c in h.chunks if c.points[0].positions[0] == pytest.approx(before[0])]
+
+    assert ros.wait_for(lambda: (h.frame.publish(frame(h.stamp())), bool(planned_from_before()))[1],
+                        timeout=15.0, period=0.2)
+    assert stamp_to_s(planned_from_before()[0].header.stamp) == pytest.approx(stamp_to_s(state_stamp), abs=1e-9)
 
 
 @pytest.mark.parametrize("durability", ["volatile", "transient_local"])

@@ -272,3 +272,43 @@ def test_gaze_teacher_forcing_gives_the_head_the_gaze_centre_at_training_only(no
     with torch.no_grad():
         model(batch)
     assert not np.allclose(seen[-1][:, keypoint0].numpy(), batch["gaze_point"].numpy(), atol=1e-3)
+
+
+def test_standardize_head_inputs_uses_the_dataset_statistics_and_saves_them(norm_stats, observation, tmp_path):
+    with pytest.raises(ValueError, match="action_head_state"):
+        ReconVLAConfig.from_preset("tiny", action_head="parallel", standardize_head_inputs=True)
+    model = parallel(norm_stats, seed=7, recon_target="none", spatial_keypoints=2, action_head_state=True,
+                     standardize_head_inputs=True)
+    stats = {k: {s: list(v) for s, v in entry.items()} for k, entry in norm_stats.items()}
+    with pytest.raises(ValueError, match="gaze_box"):
+        model.standardize_head_inputs(stats)
+    stats["observation.gaze_box"] = {"mean": [0.3, 0.4, 0.5, 0.6, 1.0], "std": [0.1, 0.05, 0.1, 0.05, 0.0]}
+    state_mean = np.asarray(stats["observation.state"]["mean"], np.float64)
+    set_values = model.standardize_head_inputs(stats)
+    head = model.action_head
+    # The dataset's mean state, normalised, is the state part's zero; the mean gaze centre the keypoints'.
+    _, state_norm = model.processor.normalizers()
+    np.testing.assert_allclose(head.geometry_shift[:7].numpy(), state_norm.normalize(state_mean), atol=1e-5)
+    centre = model.processor.gaze_point(np.array([0.3, 0.4, 0.5, 0.6]))
+    np.testing.assert_allclose(head.geometry_shift[7:9].numpy(), centre, atol=1e-6)
+    np.testing.assert_allclose(head.geometry_shift[9:11].numpy(), centre, atol=1e-6)
+    assert head.geometry_scale[7].item() == pytest.approx(0.1) and (head.geometry_scale > 0).all()
+    assert set_values["shift"][7] == pytest.approx(centre[0], abs=1e-4)
+    with pytest.raises(ValueError, match="positive"):
+        head.set_geometry_stats(torch.zeros(11), torch.zeros(11))
+    # The head sees (geometry - shift) / scale: the standardisation is part of the weights' meaning.
+    seen = []
+    head.mlp.register_forward_pre_hook(lambda module, args: seen.append(args[0][0, 0, -11:].detach().clone()))
+    batch = make_batch(model, n=1)
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+    geometry = model.head_geometry(batch["state"], None)
+    np.testing.assert_allclose(seen[-1][:7].numpy(), ((geometry[0] - head.geometry_shift[:7]) /
+                                                      head.geometry_scale[:7]).numpy(), atol=1e-5)
+    # Saved with the weights, loaded back the same.
+    args = (observation["base_image"], observation["wrist_image"], observation["instruction"], observation["state"])
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = ReconVLA.from_pretrained(tmp_path / "ckpt")
+    assert torch.equal(loaded.action_head.geometry_shift, head.geometry_shift)
+    np.testing.assert_array_equal(model.predict_action(*args), loaded.predict_action(*args))

@@ -282,6 +282,11 @@ class ReconVLAConfig:
             sample's head input gets the gaze-box centre in place of keypoint 0's estimate, so the head
             learns to act on where the gaze is while the keypoint learns to find it; inference always
             uses the estimate. 0: off.
+        standardize_head_inputs (`bool`, defaults to `False`):
+            ``action_head_state`` only: the geometry input is standardised with the training
+            dataset's statistics (state mean / std, gaze-box centre mean / std for every keypoint),
+            fixed before training and saved with the weights, so each input moves the MLP as much as
+            the hidden states do. Set by ``reconvla train`` from the first dataset's stats.json.
     """
 
     preset: str = "paper"
@@ -335,6 +340,7 @@ class ReconVLAConfig:
     gaze_keypoint_weight: float = 0.0
     action_head_state: bool = False
     gaze_teacher_forcing: float = 0.0
+    standardize_head_inputs: bool = False
 
     def __post_init__(self) -> None:
         for name, cls in _NESTED.items():
@@ -428,6 +434,8 @@ class ReconVLAConfig:
         if self.gaze_teacher_forcing > 0 and not (self.action_head_state and self.gaze_keypoint_weight > 0):
             raise ValueError("gaze_teacher_forcing replaces keypoint 0 in the head's input: set action_head_state: "
                              "true and gaze_keypoint_weight > 0")
+        if self.standardize_head_inputs and not self.action_head_state:
+            raise ValueError("standardize_head_inputs standardises the head's geometry input: set action_head_state: true")
         if self.action_head_state and self.action_head != "parallel":
             raise ValueError("action_head_state feeds the parallel head's MLP: set action_head: parallel")
         if self.gaze_keypoint_weight > 0 and not self.spatial_keypoints:

@@ -129,6 +129,24 @@ class ParallelActionHead(nn.Module):
         # action_head_state: the normalised state and the keypoint coordinates join every query's input.
         self.geometry_dim = (config.state_dim + 2 * config.spatial_keypoints) if config.action_head_state else 0
         self.mlp = nn.Sequential(nn.Linear(d + self.geometry_dim, d), nn.GELU(), nn.Linear(d, config.action_dim))
+        if self.geometry_dim and config.standardize_head_inputs:
+            # Dataset statistics, fixed before training and saved with the weights (no batch statistics:
+            # they would differ per process under DDP and between training and inference).
+            self.register_buffer("geometry_shift", torch.zeros(self.geometry_dim))
+            self.register_buffer("geometry_scale", torch.ones(self.geometry_dim))
+
+    def set_geometry_stats(self, shift: torch.Tensor, scale: torch.Tensor) -> None:
+        """Standardise the geometry input as (geometry - shift) / scale (standardize_head_inputs)."""
+        if not hasattr(self, "geometry_shift"):
+            raise ValueError("set_geometry_stats needs action_head_state and standardize_head_inputs")
+        shift, scale = torch.as_tensor(shift, dtype=torch.float32), torch.as_tensor(scale, dtype=torch.float32)
+        if shift.shape != (self.geometry_dim,) or scale.shape != (self.geometry_dim,):
+            raise ValueError(f"geometry stats must have shape ({self.geometry_dim},), got {tuple(shift.shape)} "
+                             f"and {tuple(scale.shape)}")
+        if not (torch.isfinite(shift).all() and torch.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError("geometry stats must be finite with a positive scale")
+        self.geometry_shift.copy_(shift)
+        self.geometry_scale.copy_(scale)
 
     def forward(self, query_hidden: torch.Tensor, geometry: torch.Tensor | None = None) -> torch.Tensor:
         """(B, K, D_llm) query hidden states (+ (B, geometry_dim) state and keypoints) -> (B, K, action_dim)
@@ -137,6 +155,8 @@ class ParallelActionHead(nn.Module):
             if geometry is None or geometry.shape[-1] != self.geometry_dim:
                 raise ValueError(f"action_head_state needs the (B, {self.geometry_dim}) normalised state and "
                                  "keypoints; build the batch with model.processor")
+            if hasattr(self, "geometry_shift"):
+                geometry = (geometry.float() - self.geometry_shift) / self.geometry_scale
             expanded = geometry.to(query_hidden.dtype)[:, None, :].expand(-1, query_hidden.shape[1], -1)
             query_hidden = torch.cat([query_hidden, expanded], dim=-1)
         return self.mlp(query_hidden)
@@ -234,6 +254,39 @@ class ReconVLA(PreTrainedReconVLA):
     @property
     def norm_stats(self) -> dict[str, Any] | None:
         return self.processor.norm_stats
+
+    def standardize_head_inputs(self, stats: Mapping[str, Any]) -> dict[str, list[float]]:
+        """Set the head's geometry standardisation (``standardize_head_inputs``) from a dataset's
+        stats.json: the normalised state's mean / std (its 'observation.state' entry through the
+        state normaliser) and, for every keypoint, the gaze-box centre's (its 'observation.gaze_box'
+        entry in the model-input frame; keypoints live in that frame too). Returns the values set."""
+        if self.action_head is None or not hasattr(self.action_head, "geometry_shift"):
+            raise ValueError("standardize_head_inputs needs action_head: parallel, action_head_state and "
+                             "standardize_head_inputs: true")
+        _, state_norm = self.processor.normalizers(stats)
+        entry = stats["observation.state"]
+        mean, std = np.asarray(entry["mean"], np.float64), np.asarray(entry["std"], np.float64)
+        state_mean = state_norm.normalize(mean)
+        state_std = np.abs(state_norm.normalize(mean + std) - state_mean)
+        shift, scale = [state_mean], [state_std]
+        if self.config.spatial_keypoints:
+            if "observation.gaze_box" not in stats:
+                raise ValueError("standardize_head_inputs with spatial keypoints needs the dataset's "
+                                 "'observation.gaze_box' stats (datasets built by `reconvla dataset build` have them)")
+            box = stats["observation.gaze_box"]
+            # xyxy (a fifth entry, when present, is the box's validity flag)
+            box_mean, box_std = np.asarray(box["mean"], np.float64)[:4], np.asarray(box["std"], np.float64)[:4]
+            # The centre is affine in the box: its spread is at most the mean of the two edges' spreads.
+            frame_scale = 2.0 * self.processor.gaze_point(np.array([0.0, 0.0, 1.0, 1.0]))  # (1, y-scale)
+            centre_std = 0.5 * np.array([box_std[0] + box_std[2], box_std[1] + box_std[3]]) * frame_scale
+            point_mean = self.processor.gaze_point(np.clip(box_mean, 0.0, 1.0))
+            for _ in range(self.config.spatial_keypoints):
+                shift.append(point_mean)
+                scale.append(centre_std)
+        shift_all, scale_all = np.concatenate(shift), np.concatenate(scale)
+        scale_all = np.where(scale_all > 1e-3, scale_all, 1.0)  # a constant input (a fixed joint) stays as it is
+        self.action_head.set_geometry_stats(torch.from_numpy(shift_all), torch.from_numpy(scale_all))
+        return {"shift": shift_all.round(4).tolist(), "scale": scale_all.round(4).tolist()}
 
     def vision_parameters(self) -> list[nn.Parameter]:
         """The tower parameters that shape the features: patch/position embeddings and the kept layers

@@ -58,6 +58,8 @@ def build_model(config: TrainConfig, stats: list[dict[str, Any]]) -> tuple[nn.Mo
         info["norm_stats"] = "init checkpoint"
     elif stats:
         model.set_norm_stats(stats[0])  # the checkpoint's stats: the first (target) dataset's
+        if model.config.standardize_head_inputs:
+            info["head_input_stats"] = model.standardize_head_inputs(stats[0])
     return model, info
 
 
