@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import signal
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -50,6 +51,7 @@ LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=R
 LIVE_INSTRUCTION_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                                   reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 DIAGNOSTICS_TOPIC = "/diagnostics"
+SHUTDOWN_GRACE_S = 1.0  # run_node: how long an error may precede the Ctrl-C shutdown it came from
 RELIABILITIES = ("best_effort", "reliable")
 
 
@@ -178,6 +180,11 @@ def run_node(factory: Callable[[], Any], args: list[str] | None = None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
+        # Ctrl-C can land inside rclpy's C++ take (pybind then reports "Unable to convert call
+        # argument") a moment before the signal handler has shut the context down: give it that moment.
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        while rclpy.ok() and time.monotonic() < deadline:
+            time.sleep(0.01)
         if rclpy.ok():
             raise  # a real error, not a callback racing the shutdown
     finally:
