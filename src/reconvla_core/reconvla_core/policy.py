@@ -11,11 +11,14 @@ The observation is a dict:
 - the images, either ``"base_image"`` + ``"wrist_image"`` (HxWx3 uint8 RGB, as the twin and the
   dataset give them) or ``"frame"``: the stitched model-input frame camera_ingest publishes;
 - optionally ``"return_attention"`` (bool): ask for the attention map (the ROS node does so at its
-  ``viz_rate``; it can cost an extra pass). Policies that have no such map ignore it.
+  ``viz_rate``; it can cost an extra pass). Policies that have no such map ignore it;
+- optionally ``"gaze_point"`` ((x, y), normalised in the image given, as the box below): where to
+  look, from outside (a detector, or the twin's truth in ``reconvla eval probe``). A model with
+  spatial keypoints acts on it in place of keypoint 0's own estimate; others ignore it.
 
 The result carries what a deployment shows next to the actions, all optional: the (grid, grid)
-attention map and the gaze box the model answered with (normalised xyxy in the image it was given:
-the base view, or the stitched frame when given ``"frame"``).
+attention map, the gaze box the model answered with and the gaze point its head acted on
+(normalised in the image it was given: the base view, or the stitched frame when given ``"frame"``).
 
 - ``RandomPolicy``: uniform random targets within the joint and gripper limits (a floor).
 - ``ExpertPolicy``: the simulator's scripted expert (needs the env; privileged state).
@@ -56,13 +59,15 @@ class ActionChunk:
     """One ``Policy.infer`` result: (K, 7) absolute actions, plus what some policies also report.
 
     ``attention``: the (grid, grid) attention map over the image tokens (only when asked and the
-    policy has one); ``box``: the gaze box the model answered with (``answer_box`` models).
+    policy has one); ``box``: the gaze box the model answered with (``answer_box`` models);
+    ``gaze_point``: the (x, y) its head acted on (models with spatial keypoints).
     Construction checks the actions, so every chunk a caller sees is a finite (K >= 1, 7) float64
     array; a single (7,) action becomes a chunk of one."""
 
     actions: np.ndarray
     attention: np.ndarray | None = None
     box: np.ndarray | None = None
+    gaze_point: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         actions = np.asarray(self.actions, dtype=np.float64)
@@ -78,6 +83,8 @@ class ActionChunk:
             object.__setattr__(self, "attention", np.asarray(self.attention, dtype=np.float64))
         if self.box is not None:
             object.__setattr__(self, "box", np.asarray(self.box, dtype=np.float64))
+        if self.gaze_point is not None:
+            object.__setattr__(self, "gaze_point", np.asarray(self.gaze_point, dtype=np.float64))
 
 
 class Policy(abc.ABC):
@@ -174,17 +181,23 @@ class ModelPolicy(Policy):
                              "in the observation")
         want_attention = bool(obs.get("return_attention", False))
         instruction, state = str(obs["instruction"]), np.asarray(obs["state"])
+        # Gaze points in the image given: the stitched frame is the model's input frame; the base view
+        # is its top band.
+        scale = np.ones(2) if frame is not None else self.model.processor.base_view_scale
+        gaze = obs.get("gaze_point")
+        forced = None if gaze is None or self.model.keypoints is None else np.asarray(gaze, np.float64) * scale
         with self._lock, self._torch.inference_mode():
             if frame is not None:
                 out = self.model.predict(None, None, instruction, state, return_attention=want_attention,
-                                         stitched_image=frame)
+                                         stitched_image=frame, gaze_point=forced)
             else:
                 out = self.model.predict(obs["base_image"], obs["wrist_image"], instruction, state,
-                                         return_attention=want_attention)
+                                         return_attention=want_attention, gaze_point=forced)
         box = out.box
         if box is not None and frame is not None:  # the model answers in base-view coordinates
             box = gaze_box_in_frame(box, float(self.model.config.stitch_top_fraction))
-        return ActionChunk(out.actions, out.attention, box)
+        point = None if out.gaze_point is None else out.gaze_point / scale
+        return ActionChunk(out.actions, out.attention, box, point)
 
 
 class CheckpointPolicy(ModelPolicy):

@@ -312,3 +312,30 @@ def test_standardize_head_inputs_uses_the_dataset_statistics_and_saves_them(norm
     loaded = ReconVLA.from_pretrained(tmp_path / "ckpt")
     assert torch.equal(loaded.action_head.geometry_shift, head.geometry_shift)
     np.testing.assert_array_equal(model.predict_action(*args), loaded.predict_action(*args))
+
+
+def test_a_given_gaze_point_replaces_keypoint_0_at_inference(norm_stats, observation, tiny_model):
+    from reconvla_core.policy import ModelPolicy
+
+    model = parallel(norm_stats, seed=8, recon_target="none", spatial_keypoints=2, action_head_state=True)
+    model.eval()
+    args = (observation["base_image"], observation["wrist_image"], observation["instruction"], observation["state"])
+    own = model.predict(*args)
+    assert own.gaze_point.shape == (2,) and np.all((own.gaze_point >= 0) & (own.gaze_point <= 1))
+    given = model.predict(*args, gaze_point=[0.9, 0.1])
+    np.testing.assert_allclose(given.gaze_point, [0.9, 0.1], atol=1e-6)
+    assert not np.allclose(given.actions, own.actions)
+    with pytest.raises(ValueError, match="gaze_point"):
+        model.predict(*args, gaze_point=[0.5])
+    # The policy speaks base-view coordinates for base + wrist images: y scales by the base band's height.
+    policy = ModelPolicy(model)
+    obs = {"base_image": observation["base_image"], "wrist_image": observation["wrist_image"],
+           "instruction": observation["instruction"], "state": observation["state"], "gaze_point": [0.9, 0.2]}
+    chunk = policy.infer(obs)
+    np.testing.assert_allclose(chunk.gaze_point, [0.9, 0.2], atol=1e-6)
+    scale = model.processor.base_view_scale
+    np.testing.assert_allclose(chunk.actions, model.predict(*args, gaze_point=np.array([0.9, 0.2]) * scale).actions)
+    # A model without keypoints has nothing to replace.
+    tiny_model.eval()
+    with pytest.raises(ValueError, match="keypoint"):
+        tiny_model.predict(*args, gaze_point=[0.5, 0.5])

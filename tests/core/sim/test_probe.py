@@ -72,3 +72,35 @@ def test_probe_scores_the_gaze_box_of_a_policy_that_gives_one(env):
     result = probe_policy(Pointer(), make_eval_chains(1), env=env, steps_per_chain=6)
     assert result["gaze_box"] == {"frames": 6, "mean_iou": 1.0, "mean_centre_error": 0.0}
     assert "gaze_box" not in probe_policy(HoldStill(), make_eval_chains(1), env=env, steps_per_chain=6)
+
+
+class SteersByGaze(Policy):
+    """Reports keypoint 0 at the image centre; its base yaw moves GAIN x (gaze x - 0.5) when given a
+    gaze point (``blind``: never reacts to it)."""
+
+    name = "steers-by-gaze"
+    GAIN = 0.5
+
+    def __init__(self, blind: bool = False) -> None:
+        self.blind = blind
+
+    def infer(self, obs):
+        chunk = np.repeat(np.asarray(obs["state"], dtype=np.float64)[None], 5, axis=0)
+        point = obs.get("gaze_point")
+        if point is not None and not self.blind:
+            chunk[:, 0] += self.GAIN * (float(point[0]) - 0.5) * np.linspace(0.2, 1.0, 5)
+        return ActionChunk(chunk, gaze_point=np.array([0.5, 0.5]))
+
+
+def test_probe_measures_whether_the_head_steers_by_its_gaze_point(env):
+    chains = make_eval_chains(2)
+    assert "gaze" not in probe_policy(HoldStill(), chains, env=env, steps_per_chain=8)  # no gaze point: no section
+    steering = probe_policy(SteersByGaze(), chains, env=env, steps_per_chain=8, gaze_shift=0.1)["gaze"]
+    assert steering["frames"] == 16 and steering["shift"] == 0.1
+    # right - left = GAIN x 2 x shift wherever neither shifted point is clipped at the image edge
+    assert 0.0 < steering["base_yaw_response_rad"] <= SteersByGaze.GAIN * 0.2 + 1e-9
+    assert steering["keypoint0_error"] > 0.0
+    assert -1.0 <= steering["base_yaw_with_true_gaze"]["correlation"] <= 1.0
+    blind = probe_policy(SteersByGaze(blind=True), chains, env=env, steps_per_chain=8)["gaze"]
+    assert blind["base_yaw_response_rad"] == 0.0 and blind["base_yaw_with_true_gaze"]["mean_abs_predicted_rad"] == 0.0
+    assert blind["keypoint0_error"] == pytest.approx(steering["keypoint0_error"])

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
+from reconvla_core.model.action_tokenizer import check_array
 from reconvla_core.model.configuration_reconvla import ReconVLAConfig
 from reconvla_core.model.checkpoint import PreTrainedReconVLA
 from reconvla_core.model.decoding import ActionDecoder, naive_generate
@@ -43,11 +44,13 @@ class ReconVLAOutput:
 @dataclass
 class ActionPrediction:
     """One inference: (K, action_dim) actions in robot units, the answer's gaze box (normalised xyxy of
-    the base view; None unless ``answer_box``) and the (grid, grid) attention map when asked."""
+    the base view; None unless ``answer_box``), the (grid, grid) attention map when asked, and keypoint 0
+    (the gaze point the head acted on, (x, y) in the model-input frame; None without keypoints)."""
 
     actions: np.ndarray
     box: np.ndarray | None = None
     attention: np.ndarray | None = None
+    gaze_point: np.ndarray | None = None
 
 
 # Metrics a forward pass reports (training logs and validation read them by these names).
@@ -277,8 +280,7 @@ class ReconVLA(PreTrainedReconVLA):
             # xyxy (a fifth entry, when present, is the box's validity flag)
             box_mean, box_std = np.asarray(box["mean"], np.float64)[:4], np.asarray(box["std"], np.float64)[:4]
             # The centre is affine in the box: its spread is at most the mean of the two edges' spreads.
-            frame_scale = 2.0 * self.processor.gaze_point(np.array([0.0, 0.0, 1.0, 1.0]))  # (1, y-scale)
-            centre_std = 0.5 * np.array([box_std[0] + box_std[2], box_std[1] + box_std[3]]) * frame_scale
+            centre_std = 0.5 * np.array([box_std[0] + box_std[2], box_std[1] + box_std[3]]) * self.processor.base_view_scale
             point_mean = self.processor.gaze_point(np.clip(box_mean, 0.0, 1.0))
             for _ in range(self.config.spatial_keypoints):
                 shift.append(point_mean)
@@ -385,8 +387,10 @@ class ReconVLA(PreTrainedReconVLA):
 
     def _embed(self, input_ids: torch.Tensor, image_mask: torch.Tensor, pixel_values: torch.Tensor,
                instruction_mask: torch.Tensor | None, query_mask: torch.Tensor | None,
-               instruction_embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``embed_inputs`` and the spatial keypoints (B, K, 2) when configured (else None)."""
+               instruction_embedding: torch.Tensor | None = None,
+               gaze_point: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``embed_inputs`` and the spatial keypoints (B, K, 2) when configured (else None); a given
+        ``gaze_point`` (B, 2) replaces keypoint 0 (an external gaze: a detector, or the twin's truth)."""
         embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, D)
         pooled = instruction_embedding
         if self.vision_film is not None and pooled is None:
@@ -395,6 +399,11 @@ class ReconVLA(PreTrainedReconVLA):
             pooled = self.encode_instruction(input_ids, instruction_mask)
         features = self.vision_features(pixel_values, pooled)
         keypoints = None if self.keypoints is None else self.keypoints(features)  # (B, K, 2)
+        if gaze_point is not None:
+            if keypoints is None:
+                raise ValueError("a gaze point replaces keypoint 0: this model has no spatial keypoints")
+            keypoints = keypoints.clone()
+            keypoints[:, 0] = gaze_point.to(keypoints.dtype)
         image_embeds = self.project(features)  # (B, N, D)
         b, n, _ = image_embeds.shape
         if int(image_mask.sum()) != b * n:
@@ -542,7 +551,8 @@ class ReconVLA(PreTrainedReconVLA):
         return embeds, masks["image_mask"][0]
 
     def _embed_observation(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
-                           state: Any, stitched_image: np.ndarray | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                           state: Any, stitched_image: np.ndarray | None,
+                           gaze_point: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sample = self.processor(base_image=base_image, wrist_image=wrist_image, instruction=instruction,
                                 state=state, stitched_image=stitched_image)
         device = self.device
@@ -553,12 +563,18 @@ class ReconVLA(PreTrainedReconVLA):
             instruction = None
             if self.vision_film is not None:
                 instruction = self._cached_instruction_encoding(ids, masks["instruction_mask"])
+            forced = None
+            if gaze_point is not None:
+                forced = torch.as_tensor(check_array(gaze_point, (2,), "gaze_point"), dtype=torch.float32,
+                                         device=device)[None]
             embeds, keypoints = self._embed(ids, masks["image_mask"], sample["pixel_values"][None].to(device),
                                             masks.get("instruction_mask"), masks.get("action_query_mask"),
-                                            instruction)
+                                            instruction, forced)
             geometry = self.head_geometry(sample["state"][None].to(device) if "state" in sample else None, keypoints)
         if geometry is not None:
             masks["geometry"] = geometry  # rides with the masks to run_parallel
+        if keypoints is not None:
+            masks["keypoints"] = keypoints
         return embeds, masks
 
     def _cached_instruction_encoding(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -574,12 +590,15 @@ class ReconVLA(PreTrainedReconVLA):
     @torch.inference_mode()
     def predict(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
                 state: Any, return_attention: bool = False,
-                stitched_image: np.ndarray | None = None) -> ActionPrediction:
-        """One chunk with what came with it: the box the answer started with (``answer_box``) and,
-        if asked, the attention map."""
+                stitched_image: np.ndarray | None = None, gaze_point: Any = None) -> ActionPrediction:
+        """One chunk with what came with it: the box the answer started with (``answer_box``), the gaze
+        point the head acted on and, if asked, the attention map. ``gaze_point`` ((x, y) in the
+        model-input frame, parallel head with keypoints) replaces keypoint 0's own estimate."""
         if self.action_head is not None:
             return self._predict_parallel(base_image, wrist_image, instruction, state, return_attention,
-                                          stitched_image)
+                                          stitched_image, gaze_point)
+        if gaze_point is not None:
+            raise ValueError("a gaze point replaces keypoint 0 of the parallel head: this model decodes tokens")
         embeds, image_mask = self.prepare_prompt(base_image, wrist_image, instruction, state, stitched_image)
         tokens = self.decode_action_tokens(embeds)
         ids = tokens.cpu().numpy()
@@ -588,10 +607,12 @@ class ReconVLA(PreTrainedReconVLA):
                                 attention=self.attention_map(embeds, tokens, image_mask) if return_attention else None)
 
     def _predict_parallel(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
-                          state: Any, return_attention: bool, stitched_image: np.ndarray | None) -> ActionPrediction:
+                          state: Any, return_attention: bool, stitched_image: np.ndarray | None,
+                          gaze_point: Any = None) -> ActionPrediction:
         """The whole chunk from one forward pass (the attention map, when asked, from the same pass:
         the action queries' attention to the image tokens)."""
-        embeds, masks = self._embed_observation(base_image, wrist_image, instruction, state, stitched_image)
+        embeds, masks = self._embed_observation(base_image, wrist_image, instruction, state, stitched_image,
+                                                gaze_point)
         query_mask = masks["action_query_mask"]
         attention = None
         if return_attention:
@@ -608,7 +629,9 @@ class ReconVLA(PreTrainedReconVLA):
             _, values, _ = self.run_parallel(embeds, masks["attention_mask"], query_mask,
                                              geometry=masks.get("geometry"))
         actions = self.processor.decode_continuous(values[0].float().cpu().numpy(), state=state)
-        return ActionPrediction(actions=actions, box=None, attention=attention)
+        keypoints = masks.get("keypoints")
+        gaze = None if keypoints is None else keypoints[0, 0].float().cpu().numpy().astype(np.float64)
+        return ActionPrediction(actions=actions, box=None, attention=attention, gaze_point=gaze)
 
     def _attention_to_image(self, attentions: Any, query_positions: torch.Tensor, image_mask: torch.Tensor) -> np.ndarray:
         """Attention of ``query_positions`` to the image tokens: per query renormalised over the image,

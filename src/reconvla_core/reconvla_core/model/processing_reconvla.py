@@ -136,13 +136,18 @@ class ReconVLAProcessor:
             base = base[y0:min(y1, h), x0:min(x1, w)]
         return self.stitch(base, wrist_image, size)
 
+    @property
+    def base_view_scale(self) -> np.ndarray:
+        """(x, y) scale from base-view coordinates to the stitched model-input frame (the base view is
+        its top band, full width)."""
+        size = self.config.vision.image_size
+        return np.array([1.0, round(size * self.config.stitch_top_fraction) / size])
+
     def gaze_point(self, gaze_box: Any) -> np.ndarray:
         """Centre of a base-view gaze box (normalised xyxy) in the stitched model-input frame, (x, y) in [0, 1]."""
         box = check_array(gaze_box, (4,), "gaze_box")
-        x = 0.5 * (box[0] + box[2])
-        y = 0.5 * (box[1] + box[3]) * round(self.config.vision.image_size * self.config.stitch_top_fraction) \
-            / self.config.vision.image_size
-        return np.clip(np.array([x, y]), 0.0, 1.0)
+        centre = 0.5 * np.array([box[0] + box[2], box[1] + box[3]])
+        return np.clip(centre * self.base_view_scale, 0.0, 1.0)
 
     def pixel_values(self, frame: np.ndarray) -> torch.Tensor:
         """Stitched uint8 frame -> (3, S, S) float normalised for the vision tower."""

@@ -267,5 +267,12 @@ def cmd_eval_probe(args: argparse.Namespace) -> int:
         logger.info("%s: %d moving frames, correlation %.2f, |predicted| %.3f rad vs |expert| %.3f rad", name,
                     joint["moving_frames"], joint["correlation"], joint["mean_abs_predicted_rad"],
                     joint["mean_abs_true_rad"])
+    gaze = result.get("gaze")
+    if gaze:
+        logger.info("gaze: keypoint 0 is %.3f image widths from the true centre; with the true centre given, "
+                    "|predicted base yaw| %.3f rad (correlation %.2f); moving it %.2f right vs left changes the "
+                    "base yaw by %+.3f rad", gaze["keypoint0_error"],
+                    gaze["base_yaw_with_true_gaze"]["mean_abs_predicted_rad"],
+                    gaze["base_yaw_with_true_gaze"]["correlation"], 2 * gaze["shift"], gaze["base_yaw_response_rad"])
     emit_result(result, args.json)
     return 0

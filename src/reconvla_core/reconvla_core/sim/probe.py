@@ -11,6 +11,12 @@ with correlation ~0 means the policy has not grounded the instruction; a joint w
 correlation follows the task's phases (descend, lift). A model that answers with a gaze box
 first (``answer_box``) is also scored on that box against the simulator's: mean IoU and the
 centre error in image widths/heights.
+
+A model with spatial keypoints reports the gaze point its head acts on; the probe then also says
+whether the head steers by it (``gaze``): keypoint 0's distance from the true gaze centre, the
+predicted base-yaw motion with the *true* centre given in its place (perception made perfect), and
+how much that motion changes when the given centre moves ``gaze_shift`` left vs right. A head that
+ignores its gaze input answers the same whatever it is given (response ~0).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ JOINT_NAMES: tuple[str, ...] = ("joint1", "joint2", "joint3", "joint4", "joint5"
 
 
 def probe_policy(policy: Policy, chains: Sequence[Chain], config: SimConfig | None = None, *,
-                 steps_per_chain: int = 14, moving_rad: float = 0.05,
+                 steps_per_chain: int = 14, moving_rad: float = 0.05, gaze_shift: float = 0.15,
                  env: PiperCellEnv | None = None) -> dict[str, Any]:
     """Per-joint agreement of ``policy``'s chunks with the expert's commands (see the module doc)."""
     if steps_per_chain < 2:
@@ -41,18 +47,23 @@ def probe_policy(policy: Policy, chains: Sequence[Chain], config: SimConfig | No
     predicted: list[np.ndarray] = []
     true: list[np.ndarray] = []
     box_scores: list[tuple[float, float]] = []  # (IoU, centre error) of the policy's gaze box, if it gives one
+    gaze_rows: list[tuple[float, float, float]] = []  # (keypoint-0 error, yaw with the true gaze, right - left)
+    oracle_yaw: list[np.ndarray] = []  # chunks predicted with the true gaze point
     horizon = None
     try:
         for chain in chains:
             obs = env.reset(chain=chain)
             expert.reset()
             policy.reset()
-            states, chunks, commands = [], [], []
+            states, chunks, commands, oracle_chunks = [], [], [], []
             for _ in range(steps_per_chain):
                 command = expert.infer(obs).actions[0]
                 output = policy.infer(obs)
                 if output.box is not None:  # where the model looked (answer_box models), base-view coordinates
                     box_scores.append(box_agreement(output.box, env.gaze_box()))
+                if output.gaze_point is not None:
+                    oracle_chunks.append(gaze_response(policy, obs, output.gaze_point, env.gaze_box(),
+                                                       gaze_shift, gaze_rows))
                 states.append(np.asarray(obs["state"], dtype=np.float64))
                 chunks.append(output.actions)
                 commands.append(command)
@@ -62,6 +73,8 @@ def probe_policy(policy: Policy, chains: Sequence[Chain], config: SimConfig | No
                 last = horizon - 1
                 predicted.append(chunks[t][last, :6] - states[t][:6])
                 true.append(commands[t + last][:6] - states[t][:6])
+                if oracle_chunks:
+                    oracle_yaw.append(oracle_chunks[t][last, :6] - states[t][:6])
     finally:
         if own_env:
             env.close()
@@ -82,7 +95,39 @@ def probe_policy(policy: Policy, chains: Sequence[Chain], config: SimConfig | No
         scores = np.array(box_scores)
         result["gaze_box"] = {"frames": len(scores), "mean_iou": round(float(scores[:, 0].mean()), 3),
                               "mean_centre_error": round(float(scores[:, 1].mean()), 4)}
+    if gaze_rows:
+        rows = np.array(gaze_rows)
+        moving = np.abs(target[:, 0]) > moving_rad
+        with_truth = np.array(oracle_yaw)[moving, 0]
+        corr = (float(np.corrcoef(with_truth, target[moving, 0])[0, 1])
+                if moving.sum() > 2 and with_truth.std() > 1e-9 else 0.0)
+        result["gaze"] = {"frames": len(rows), "shift": gaze_shift,
+                          "keypoint0_error": round(float(rows[:, 0].mean()), 4),
+                          "base_yaw_response_rad": round(float(rows[:, 2].mean()), 4),
+                          "base_yaw_with_true_gaze": {"correlation": round(corr, 3),
+                                                      "mean_abs_predicted_rad": round(float(np.abs(with_truth).mean()), 4)
+                                                      if with_truth.size else 0.0}}
     return result
+
+
+def gaze_response(policy: Policy, obs: dict[str, Any], own_point: np.ndarray, true_box: np.ndarray, shift: float,
+                  rows: list[tuple[float, float, float]]) -> np.ndarray:
+    """Predict again with the true gaze centre, and with it moved ``shift`` left and right; append
+    (keypoint-0 error, base-yaw motion with the truth, right - left base-yaw motion) to ``rows`` and
+    return the chunk predicted with the truth. Points are base-view coordinates, as the images."""
+    box = np.asarray(true_box, dtype=np.float64)
+    centre = 0.5 * np.array([box[0] + box[2], box[1] + box[3]])
+    state = float(np.asarray(obs["state"])[0])
+
+    def yaw_with(point: np.ndarray) -> tuple[float, np.ndarray]:
+        chunk = policy.infer({**obs, "gaze_point": np.clip(point, 0.0, 1.0)}).actions
+        return float(chunk[-1, 0]) - state, chunk
+
+    truth_yaw, truth_chunk = yaw_with(centre)
+    left, _ = yaw_with(centre - [shift, 0.0])
+    right, _ = yaw_with(centre + [shift, 0.0])
+    rows.append((float(np.hypot(*(np.asarray(own_point) - centre))), truth_yaw, right - left))
+    return truth_chunk
 
 
 def box_agreement(predicted: np.ndarray, true: np.ndarray) -> tuple[float, float]:
