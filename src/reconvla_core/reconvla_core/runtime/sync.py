@@ -165,15 +165,13 @@ class StateHistory:
     def __init__(self, size: int = 64) -> None:
         if size < 1:
             raise ValueError(f"StateHistory size must be >= 1, got {size}")
-        self._states: deque[tuple[float, Any]] = deque(maxlen=int(size))
+        self.size = int(size)
+        self._states: list[tuple[float, Any]] = []  # sorted by stamp
 
     def add(self, stamp: float, state: Any) -> None:
-        """Add a state measured at ``stamp`` (seconds); out-of-order stamps are kept sorted."""
-        if self._states and stamp < self._states[-1][0]:
-            items = sorted([*self._states, (stamp, state)], key=lambda item: item[0])
-            self._states = deque(items[-self._states.maxlen:], maxlen=self._states.maxlen)
-        else:
-            self._states.append((stamp, state))
+        """Add a state measured at ``stamp`` (seconds); a late one is inserted in stamp order."""
+        bisect.insort(self._states, (stamp, state), key=lambda item: item[0])
+        del self._states[:-self.size]
 
     def nearest(self, stamp: float) -> tuple[float, Any] | None:
         """``(state_stamp, state)`` closest to ``stamp``; None when empty."""

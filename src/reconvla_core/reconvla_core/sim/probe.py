@@ -47,7 +47,7 @@ def probe_policy(policy: Policy, chains: Sequence[Chain], config: SimConfig | No
     predicted: list[np.ndarray] = []
     true: list[np.ndarray] = []
     box_scores: list[tuple[float, float]] = []  # (IoU, centre error) of the policy's gaze box, if it gives one
-    gaze_rows: list[tuple[float, float, float]] = []  # (keypoint-0 error, yaw with the true gaze, right - left)
+    gaze_rows: list[tuple[float, float]] = []  # (keypoint-0 error, right - left base yaw)
     oracle_yaw: list[np.ndarray] = []  # chunks predicted with the true gaze point
     horizon = None
     try:
@@ -103,7 +103,7 @@ def probe_policy(policy: Policy, chains: Sequence[Chain], config: SimConfig | No
                 if moving.sum() > 2 and with_truth.std() > 1e-9 else 0.0)
         result["gaze"] = {"frames": len(rows), "shift": gaze_shift,
                           "keypoint0_error": round(float(rows[:, 0].mean()), 4),
-                          "base_yaw_response_rad": round(float(rows[:, 2].mean()), 4),
+                          "base_yaw_response_rad": round(float(rows[:, 1].mean()), 4),
                           "base_yaw_with_true_gaze": {"correlation": round(corr, 3),
                                                       "mean_abs_predicted_rad": round(float(np.abs(with_truth).mean()), 4)
                                                       if with_truth.size else 0.0}}
@@ -111,9 +111,9 @@ def probe_policy(policy: Policy, chains: Sequence[Chain], config: SimConfig | No
 
 
 def gaze_response(policy: Policy, obs: dict[str, Any], own_point: np.ndarray, true_box: np.ndarray, shift: float,
-                  rows: list[tuple[float, float, float]]) -> np.ndarray:
+                  rows: list[tuple[float, float]]) -> np.ndarray:
     """Predict again with the true gaze centre, and with it moved ``shift`` left and right; append
-    (keypoint-0 error, base-yaw motion with the truth, right - left base-yaw motion) to ``rows`` and
+    (keypoint-0 error, right - left base-yaw motion) to ``rows`` and
     return the chunk predicted with the truth. Points are base-view coordinates, as the images."""
     box = np.asarray(true_box, dtype=np.float64)
     centre = 0.5 * np.array([box[0] + box[2], box[1] + box[3]])
@@ -123,10 +123,10 @@ def gaze_response(policy: Policy, obs: dict[str, Any], own_point: np.ndarray, tr
         chunk = policy.infer({**obs, "gaze_point": np.clip(point, 0.0, 1.0)}).actions
         return float(chunk[-1, 0]) - state, chunk
 
-    truth_yaw, truth_chunk = yaw_with(centre)
+    _, truth_chunk = yaw_with(centre)
     left, _ = yaw_with(centre - [shift, 0.0])
     right, _ = yaw_with(centre + [shift, 0.0])
-    rows.append((float(np.hypot(*(np.asarray(own_point) - centre))), truth_yaw, right - left))
+    rows.append((float(np.hypot(*(np.asarray(own_point) - centre))), right - left))
     return truth_chunk
 
 
