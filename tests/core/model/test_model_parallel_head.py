@@ -339,3 +339,66 @@ def test_a_given_gaze_point_replaces_keypoint_0_at_inference(norm_stats, observa
     tiny_model.eval()
     with pytest.raises(ValueError, match="keypoint"):
         tiny_model.predict(*args, gaze_point=[0.5, 0.5])
+
+
+def test_conv_keypoints_localise_at_a_finer_grid_condition_on_the_instruction_and_round_trip(
+        norm_stats, observation, tmp_path):
+    from reconvla_core.model.modeling_reconvla import ConvKeypoints
+
+    with pytest.raises(ValueError, match="keypoint_encoder"):
+        ReconVLAConfig.from_preset("tiny", action_head="parallel", spatial_keypoints=2, keypoint_encoder="resnet")
+    model = parallel(norm_stats, seed=9, recon_target="none", spatial_keypoints=2, keypoint_encoder="conv",
+                     gaze_keypoint_weight=1.0, action_head_state=True).train()
+    assert isinstance(model.keypoints, ConvKeypoints)
+    assert model.config.encodes_instruction and not model.config.vision_film
+    batch = make_batch(model, n=2)
+    assert "instruction_mask" in batch  # the conv net is FiLM-conditioned on the instruction encoding
+    out = model(batch)
+    out.loss.backward()
+    for part in (model.keypoints.stem[0], model.keypoints.body_film, model.keypoints.logits):
+        assert part.weight.grad is not None and part.weight.grad.abs().sum() > 0
+    # Its softmax runs over a quarter-resolution map (28x28 for the tiny preset's 112 px), not the 8x8 grid.
+    with torch.no_grad():
+        features = model.keypoints.body(model.keypoints.stem(batch["pixel_values"]))
+    assert features.shape[-2:] == (model.config.vision.image_size // 4,) * 2
+    first = model(batch).grounding_loss.item()
+    fit(model, batch, steps=80, lr=3e-3)
+    assert model(batch).grounding_loss.item() < first * 0.5
+    # Another instruction moves the keypoints (the same image).
+    model.eval()
+    obs = make_observation(0)
+    points = []
+    for instruction in ("pick up the red block", "pick up the blue block"):
+        points.append(model.predict(obs["base_image"], obs["wrist_image"], instruction, obs["state"]).gaze_point)
+    assert not np.allclose(points[0], points[1], atol=1e-5)
+    # Save / load keeps the encoder and its weights.
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = ReconVLA.from_pretrained(tmp_path / "ckpt").eval()
+    assert isinstance(loaded.keypoints, ConvKeypoints)
+    args = (observation["base_image"], observation["wrist_image"], observation["instruction"], observation["state"])
+    np.testing.assert_allclose(loaded.predict(*args).actions, model.predict(*args).actions, atol=1e-5)
+
+
+def test_a_finetune_switches_the_keypoint_encoder_and_keeps_the_rest(norm_stats, observation):
+    from reconvla_core.model.modeling_reconvla import ConvKeypoints
+    from reconvla_core.train.model_setup import apply_finetune_options
+
+    model = parallel(norm_stats, seed=10, recon_target="none", spatial_keypoints=2, action_head_state=True)
+    embed = model.keypoints.embed.weight.detach().clone()
+    head = {k: v.clone() for k, v in model.action_head.state_dict().items()}
+    applied = apply_finetune_options(model, {"keypoint_encoder": "conv", "spatial_keypoints": 2})
+    assert applied == {"keypoint_encoder": "conv"}
+    assert isinstance(model.keypoints, ConvKeypoints) and model.config.keypoint_encoder == "conv"
+    torch.testing.assert_close(model.keypoints.embed.weight, embed)
+    for key, value in model.action_head.state_dict().items():
+        torch.testing.assert_close(value, head[key])
+    params = {id(p) for group in model.parameter_groups().values() for p in group}
+    assert {id(p) for p in model.keypoints.parameters()} <= params  # the optimiser will train it
+    sample = model.processor(base_image=observation["base_image"], wrist_image=observation["wrist_image"],
+                             instruction=observation["instruction"], state=observation["state"])
+    assert "instruction_mask" in sample  # the processor follows the switched config
+    model.eval()
+    assert model.predict(observation["base_image"], observation["wrist_image"], observation["instruction"],
+                         observation["state"]).actions.shape == (5, 7)
+    with pytest.raises(ValueError, match="no spatial keypoints"):
+        parallel(norm_stats, recon_target="none").switch_option("keypoint_encoder", "conv")

@@ -24,11 +24,15 @@ DIM_MODES: tuple[str, ...] = ("normalize", "identity", "binary")
 ACTION_MODES: tuple[str, ...] = ("absolute", "delta")
 ACTION_EMBEDDING_INITS: tuple[str, ...] = ("random", "sinusoidal")
 ACTION_HEADS: tuple[str, ...] = ("tokens", "parallel")
+KEYPOINT_ENCODERS: tuple[str, ...] = ("vision", "conv")
 CONFIG_FORMAT_VERSION = 1
 # Options a finetune stage may set on top of its init checkpoint's config: they change the losses,
 # the training inputs or the answer format, never the layout of the checkpoint's weights.
 FINETUNE_OPTIONS: tuple[str, ...] = ("recon_weight", "num_noise_draws", "answer_box", "gaze_keypoint_weight",
                                      "gaze_teacher_forcing")
+# Options a finetune may switch although they change the weights' layout: the module they select is
+# rebuilt with fresh weights (ReconVLA.switch_option), everything else carried over.
+SWITCHABLE_OPTIONS: tuple[str, ...] = ("keypoint_encoder",)
 # Training-only research options that the study found not to help (docs/study_recon.md); configs
 # saved with them still load (the options are dropped: inference never used them).
 REMOVED_TRAINING_OPTIONS: tuple[str, ...] = ("action_input_dropout", "grounding_box_weight")
@@ -268,6 +272,13 @@ class ReconVLAConfig:
             robomimic). Each of this many keypoints is the expected (x, y) of a softmax over the
             image-token grid, added into the action queries' inputs, so the head gets coordinates, not
             only features. 0: off.
+        keypoint_encoder (`str`, defaults to `"vision"`):
+            Where the spatial keypoints are read from. ``vision``: the vision tower's token grid (fine
+            for a pretrained tower's 27x27 grid). ``conv``: a small convolutional net of their own on
+            the model-input image, at a quarter of its resolution (40x40 for 160 px), FiLM-conditioned
+            by the instruction embedding: the tiny tower's 8x8 grid of random-init patches localises
+            the gaze 10x less precisely than this net does at the same samples (docs/study_recon.md,
+            "Perception"). A finetune may switch it (the new encoder starts from random weights).
         gaze_keypoint_weight (`float`, defaults to `0.0`):
             Weight of the "where" supervision of keypoint 0: L1 to the centre of the dataset's gaze box
             (the target object before the grasp, the destination after it) in the model-input frame,
@@ -337,6 +348,7 @@ class ReconVLAConfig:
     answer_box: bool = False
     vision_film: bool = False
     spatial_keypoints: int = 0
+    keypoint_encoder: str = "vision"
     gaze_keypoint_weight: float = 0.0
     action_head_state: bool = False
     gaze_teacher_forcing: float = 0.0
@@ -354,6 +366,11 @@ class ReconVLAConfig:
         self.validate()
 
     # Derived sizes -------------------------------------------------------------------------
+    @property
+    def encodes_instruction(self) -> bool:
+        """Whether the model runs the LLM over the instruction alone (vision FiLM, conv keypoints)."""
+        return self.vision_film or (self.spatial_keypoints > 0 and self.keypoint_encoder == "conv")
+
     @property
     def grid_size(self) -> int:
         return self.vision.grid_size
@@ -425,6 +442,8 @@ class ReconVLAConfig:
         if not isinstance(self.spatial_keypoints, int) or isinstance(self.spatial_keypoints, bool) \
                 or self.spatial_keypoints < 0:
             raise ValueError(f"spatial_keypoints must be an integer >= 0, got {self.spatial_keypoints!r}")
+        if self.keypoint_encoder not in KEYPOINT_ENCODERS:
+            raise ValueError(f"keypoint_encoder must be one of {KEYPOINT_ENCODERS}, got {self.keypoint_encoder!r}")
         if self.spatial_keypoints and self.action_head != "parallel":
             raise ValueError("spatial_keypoints feed the parallel head's action queries: set action_head: parallel")
         if not (isinstance(self.gaze_keypoint_weight, (int, float)) and 0.0 <= self.gaze_keypoint_weight < float("inf")):

@@ -165,25 +165,79 @@ class ParallelActionHead(nn.Module):
         return self.mlp(query_hidden)
 
 
+def grid_centres(rows: int, cols: int, device: torch.device | None = None) -> torch.Tensor:
+    """(rows * cols, 2) (x, y) centres of a row-major grid's cells in [0, 1]."""
+    ys = (torch.arange(rows, dtype=torch.float32, device=device) + 0.5) / rows
+    xs = (torch.arange(cols, dtype=torch.float32, device=device) + 0.5) / cols
+    ys, xs = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)
+
+
 class SpatialKeypoints(nn.Module):
-    """Spatial softmax over the image-token grid: per keypoint, softmax of a linear read-out of the
-    vision features over the N tokens, and the expected (x, y) of the token centres in [0, 1]."""
+    """Spatial softmax over the image-token grid (``keypoint_encoder="vision"``): per keypoint, softmax
+    of a linear read-out of the vision features over the N tokens, and the expected (x, y) of the
+    token centres in [0, 1]. ``embed`` maps the coordinates into the action queries."""
 
     def __init__(self, config: ReconVLAConfig) -> None:
         super().__init__()
         self.logits = nn.Linear(config.vision.hidden_size, config.spatial_keypoints)
-        self.embed = nn.Linear(2 * config.spatial_keypoints, config.llm.hidden_size)
-        nn.init.normal_(self.embed.weight, std=0.02)
-        nn.init.zeros_(self.embed.bias)
-        grid = config.grid_size
-        centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
-        ys, xs = torch.meshgrid(centres, centres, indexing="ij")
-        self.register_buffer("coords", torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1), persistent=False)
+        self.embed = keypoint_embedding(config)
+        self.register_buffer("coords", grid_centres(config.grid_size, config.grid_size), persistent=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, N, D_vision) -> (B, K, 2) expected (x, y) per keypoint."""
         weights = torch.softmax(self.logits(features).float(), dim=1)  # (B, N, K)
         return torch.einsum("bnk,nc->bkc", weights, self.coords.to(weights.device))
+
+
+class ConvKeypoints(nn.Module):
+    """``keypoint_encoder="conv"``: a small convolutional net of its own on the model-input image
+    (two stride-2 stages, 32 and 64 channels, each FiLM-scaled and -shifted by the instruction
+    encoding) and a spatial softmax over its quarter-resolution map (robomimic's ResNet + spatial
+    softmax, in miniature). It localises at a few pixels where the tiny tower's 20 px patches cannot."""
+
+    width = 32
+
+    def __init__(self, config: ReconVLAConfig) -> None:
+        super().__init__()
+        w, text = self.width, config.llm.hidden_size
+        self.stem = nn.Sequential(nn.Conv2d(3, w, 5, stride=2, padding=2), nn.GELU(),
+                                  nn.Conv2d(w, w, 3, padding=1), nn.GELU())
+        self.body = nn.Sequential(nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.GELU(),
+                                  nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.GELU())
+        self.stem_film = nn.Linear(text, 2 * w)
+        self.body_film = nn.Linear(text, 4 * w)
+        self.logits = nn.Conv2d(2 * w, config.spatial_keypoints, 1)
+        self.embed = keypoint_embedding(config)
+
+    @staticmethod
+    def _film(features: torch.Tensor, scale_shift: torch.Tensor) -> torch.Tensor:
+        scale, shift = scale_shift[:, :, None, None].chunk(2, dim=1)
+        return features * (1.0 + scale) + shift
+
+    def forward(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised image, (B, D_llm) instruction encoding -> (B, K, 2) expected (x, y)."""
+        dtype = self.logits.weight.dtype
+        text = instruction_embedding.to(dtype)
+        features = self._film(self.stem(pixel_values.to(dtype)), self.stem_film(text))
+        features = self._film(self.body(features), self.body_film(text))
+        rows, cols = features.shape[-2:]
+        weights = torch.softmax(self.logits(features).flatten(2).float(), dim=-1)  # (B, K, H*W)
+        return weights @ grid_centres(rows, cols, weights.device)
+
+
+def keypoint_embedding(config: ReconVLAConfig) -> nn.Linear:
+    """The keypoints' coordinates -> an LLM-width vector added into every action query (small init)."""
+    embed = nn.Linear(2 * config.spatial_keypoints, config.llm.hidden_size)
+    nn.init.normal_(embed.weight, std=0.02)
+    nn.init.zeros_(embed.bias)
+    return embed
+
+
+def build_keypoints(config: ReconVLAConfig) -> nn.Module | None:
+    if not config.spatial_keypoints:
+        return None
+    return ConvKeypoints(config) if config.keypoint_encoder == "conv" else SpatialKeypoints(config)
 
 
 class VisionFiLM(nn.Module):
@@ -237,7 +291,7 @@ class ReconVLA(PreTrainedReconVLA):
                            "ReconVLA.from_backbones(config)", ", ".join(paths))
         self.action_head = ParallelActionHead(config) if config.action_head == "parallel" else None
         self.vision_film = VisionFiLM(config) if config.vision_film else None
-        self.keypoints = SpatialKeypoints(config) if config.spatial_keypoints else None
+        self.keypoints = build_keypoints(config)
         self.reconstruction: nn.Module | None = None
         if build_reconstruction and config.builds_reconstruction:
             from reconvla_core.model.reconstruction import ReconstructionBranch  # imports diffusers
@@ -248,6 +302,22 @@ class ReconVLA(PreTrainedReconVLA):
     @staticmethod
     def build_projector_modules(config: ReconVLAConfig) -> tuple[nn.Module, nn.Module]:
         return build_projector(config), build_projector_norm(config)
+
+    def switch_option(self, name: str, value: Any) -> None:
+        """Change one of the SWITCHABLE_OPTIONS of a built model (a finetune may): the module it selects
+        is rebuilt with fresh weights; ``keypoint_encoder`` keeps the coordinate embedding, so the
+        action queries read the new keypoints as they read the old ones."""
+        if name != "keypoint_encoder":
+            raise ValueError(f"{name!r} cannot be switched on a built model")
+        old = self.keypoints
+        if old is None:
+            raise ValueError("keypoint_encoder: this model has no spatial keypoints to encode")
+        self.config.keypoint_encoder = value
+        self.config.validate()
+        new = build_keypoints(self.config)
+        new.embed.load_state_dict(old.embed.state_dict())
+        self.keypoints = new.to(device=old.embed.weight.device, dtype=old.embed.weight.dtype)
+        self.__dict__.pop("_instruction_cache", None)
 
     # Surface used by training and the runtime -----------------------------------------------
     def set_norm_stats(self, stats: Mapping[str, Any]) -> None:
@@ -393,12 +463,17 @@ class ReconVLA(PreTrainedReconVLA):
         ``gaze_point`` (B, 2) replaces keypoint 0 (an external gaze: a detector, or the twin's truth)."""
         embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, D)
         pooled = instruction_embedding
-        if self.vision_film is not None and pooled is None:
+        if self.config.encodes_instruction and pooled is None:
             if instruction_mask is None:
-                raise ValueError("vision_film needs batch['instruction_mask']; build the batch with model.processor")
+                raise ValueError("vision FiLM and conv keypoints need batch['instruction_mask']; build the "
+                                 "batch with model.processor")
             pooled = self.encode_instruction(input_ids, instruction_mask)
         features = self.vision_features(pixel_values, pooled)
-        keypoints = None if self.keypoints is None else self.keypoints(features)  # (B, K, 2)
+        keypoints = None  # (B, K, 2)
+        if isinstance(self.keypoints, ConvKeypoints):
+            keypoints = self.keypoints(pixel_values, pooled)
+        elif self.keypoints is not None:
+            keypoints = self.keypoints(features)
         if gaze_point is not None:
             if keypoints is None:
                 raise ValueError("a gaze point replaces keypoint 0: this model has no spatial keypoints")
@@ -561,7 +636,7 @@ class ReconVLA(PreTrainedReconVLA):
         ids = sample["input_ids"][None].to(device)
         with torch.inference_mode():
             instruction = None
-            if self.vision_film is not None:
+            if self.config.encodes_instruction:
                 instruction = self._cached_instruction_encoding(ids, masks["instruction_mask"])
             forced = None
             if gaze_point is not None:

@@ -269,7 +269,7 @@ class ReconVLAProcessor:
 
         image_mask = torch.zeros(len(ids), dtype=torch.bool)
         image_mask[image_positions] = True
-        if cfg.vision_film:
+        if cfg.encodes_instruction:
             instruction_mask = torch.zeros(len(ids), dtype=torch.bool)
             instruction_mask[instruction_positions] = True
             sample["instruction_mask"] = instruction_mask

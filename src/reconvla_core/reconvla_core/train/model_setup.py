@@ -65,13 +65,21 @@ def build_model(config: TrainConfig, stats: list[dict[str, Any]]) -> tuple[nn.Mo
 
 def apply_finetune_options(model: nn.Module, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """A finetune keeps its init checkpoint's architecture; of the model fields the config sets
-    (``config.model.overrides``), the FINETUNE_OPTIONS (loss weights, answer format) still apply.
+    (``config.model.overrides``), the FINETUNE_OPTIONS (loss weights, answer format) still apply and
+    the SWITCHABLE_OPTIONS rebuild the module they select.
     The others that differ from the checkpoint are ignored, loudly. Returns the options applied."""
-    from reconvla_core.model.configuration_reconvla import FINETUNE_OPTIONS
+    from reconvla_core.model.configuration_reconvla import FINETUNE_OPTIONS, SWITCHABLE_OPTIONS
 
     applied: dict[str, Any] = {}
     for name, value in overrides.items():
         current = getattr(model.config, name, None)
+        if name in SWITCHABLE_OPTIONS:
+            if value != current:
+                model.switch_option(name, value)
+                applied[name] = value
+                logger.warning("finetune: %s switched %r -> %r: the new module starts from random weights",
+                               name, current, value)
+            continue
         if name in FINETUNE_OPTIONS:
             if value != current:
                 setattr(model.config, name, value)
