@@ -37,9 +37,15 @@ def test_study_trains_and_scores_on_the_fixed_chains(twin_dataset, capsys):
     from reconvla_core.cli.main import main
 
     assert main(["study", "privileged", "--data", str(twin_dataset), "--steps", "300", "--chains", "1",
-                 "--json"]) == 0
+                 "--gaze-noise", "0,0.1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["chains"] == 1 and 0.0 <= result["avg_len"] <= 5.0
+    levels = result["by_gaze_noise"]
+    assert [level["gaze_noise"] for level in levels] == [0.0, 0.1]
+    assert levels[0]["avg_len"] == result["avg_len"] and levels[1]["mean_gaze_error"] == pytest.approx(0.1253, abs=1e-4)
+    for bad in ("x", "-0.1", "nan"):
+        assert main(["study", "privileged", "--data", str(twin_dataset), "--gaze-noise", bad]) != 0
+        assert "--gaze-noise" in capsys.readouterr().err
     assert result["loss_curve"][-1] < result["loss_curve"][0] or len(result["loss_curve"]) == 1
     assert result["samples"] > 20
 
@@ -48,6 +54,34 @@ def test_study_refuses_a_directory_that_is_not_a_dataset(tmp_path, capsys):
 
     assert main(["study", "privileged", "--data", str(tmp_path)]) != 0
     assert "not a dataset" in capsys.readouterr().err
+
+
+def test_gaze_noise_moves_the_box_the_policy_sees_and_only_then():
+    from reconvla_core.demo.privileged import PrivilegedMLP, PrivilegedPolicy
+
+    class Env:
+        def gaze_box(self):
+            return np.array([0.4, 0.4, 0.6, 0.6, 1.0])
+
+    seen = []
+
+    class Model(PrivilegedMLP):
+        def chunk(self, features, state):
+            seen.append(features[7:11].copy())
+            return np.zeros((5, 7))
+
+    model = Model(None, 0, 1, 0, 1, 5)
+    obs = {"state": np.zeros(7), "instruction": "pick up the red block"}
+    PrivilegedPolicy(model, Env()).infer(obs)
+    np.testing.assert_allclose(seen[-1], [0.4, 0.4, 0.6, 0.6])
+    noisy = PrivilegedPolicy(model, Env(), gaze_noise=0.05, seed=1)
+    shifts = []
+    for _ in range(200):
+        noisy.infer(obs)
+        shifts.append(seen[-1] - [0.4, 0.4, 0.6, 0.6])
+    shifts = np.asarray(shifts)
+    np.testing.assert_allclose(shifts[:, :2], shifts[:, 2:], atol=1e-6)  # the box moves, its size stays
+    assert 0.04 < shifts[:, :2].std() < 0.06
 
 
 def test_head_input_scaling_maps_boxes_and_state_like_the_reconvla_head():

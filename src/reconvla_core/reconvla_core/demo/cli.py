@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -57,6 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     privileged.add_argument("--input-scaling", choices=("standard", "head"), default="standard",
                             help="standard: unit-variance inputs; head: scaled as an unstandardised ReconVLA "
                                  "head input (state q01/q99 -> [-1, 1], box 2b - 1)")
+    privileged.add_argument("--gaze-noise", default="0",
+                            help="comma-separated per-axis std of Gaussian noise on the gaze box's position "
+                                 "(fraction of the image), one evaluation each: how precise must perception be?")
     privileged.add_argument("--seed", type=int, default=0)
     privileged.add_argument("--json", action="store_true")
     privileged.set_defaults(func=cmd_study_privileged)
@@ -116,9 +120,18 @@ def cmd_study_privileged(args: argparse.Namespace) -> int:
     for path in args.data:
         if not (path / "meta" / "info.json").is_file():
             raise CLIError(f"{path} is not a dataset (no meta/info.json); build one with `reconvla dataset build`")
+    try:
+        noise = [float(value) for value in args.gaze_noise.split(",")]
+    except ValueError:
+        raise CLIError(f"--gaze-noise takes comma-separated numbers, got {args.gaze_noise!r}") from None
+    if not noise or any(not math.isfinite(value) or value < 0 for value in noise):
+        raise CLIError(f"--gaze-noise levels must be finite and >= 0, got {args.gaze_noise!r}")
     result = run_privileged_study(args.data, steps=args.steps, chains=args.chains, seed=args.seed,
-                                  batch_size=args.batch_size, scaling=args.input_scaling)
+                                  batch_size=args.batch_size, scaling=args.input_scaling, gaze_noise=noise)
     sys.stderr.write(f"privileged MLP: avg len {result['avg_len']:.2f} / 5 on {result['chains']} fixed chains "
                      f"({result['samples']} samples, {result['steps']} steps, {result['train_s']} s)\n")
+    for level in result["by_gaze_noise"][1:]:
+        sys.stderr.write(f"  gaze noise {level['gaze_noise']} (mean error {level['mean_gaze_error']}): "
+                         f"avg len {level['avg_len']:.2f}\n")
     emit_result(result, args.json)
     return 0

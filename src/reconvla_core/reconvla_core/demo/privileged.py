@@ -164,29 +164,38 @@ def train_mlp(inputs: np.ndarray, targets: np.ndarray, steps: int, chunk_size: i
 
 
 class PrivilegedPolicy(Policy):
-    """The MLP acting on the twin's ground-truth gaze box (so it is bound to one env, like ExpertPolicy)."""
+    """The MLP acting on the twin's ground-truth gaze box (so it is bound to one env, like ExpertPolicy).
+    ``gaze_noise``: per-axis std (a fraction of the image) of Gaussian noise added to the box's
+    position at every chunk, the stand-in for a perception that finds the gaze only that precisely."""
 
     needs_images = False
     name = "privileged-mlp"
 
-    def __init__(self, model: PrivilegedMLP, env: Any) -> None:
+    def __init__(self, model: PrivilegedMLP, env: Any, gaze_noise: float = 0.0, seed: int = 0) -> None:
         from reconvla_core.sim.scene import COLOURS
 
         self.model = model
         self.env = env
         self.colours = list(COLOURS)
+        self.gaze_noise = gaze_noise
+        self.rng = np.random.default_rng(seed)
 
     def infer(self, obs: dict[str, Any]) -> ActionChunk:
         state = np.asarray(obs["state"], np.float64)
-        features = observation_features(state, self.env.gaze_box(),
-                                        instruction_features(str(obs["instruction"]), self.colours))
+        box = np.asarray(self.env.gaze_box(), np.float64)[:4].copy()
+        if self.gaze_noise > 0:
+            box += np.tile(self.rng.normal(0.0, self.gaze_noise, 2), 2)  # the same shift for both corners
+        features = observation_features(state, box, instruction_features(str(obs["instruction"]), self.colours))
         return ActionChunk(self.model.chunk(features, state))
 
 
 def run_privileged_study(datasets: Sequence[Path], steps: int = 30_000, chains: int = 20, chunk_size: int = 5,
                          image_size: tuple[int, int] = (160, 120), seed: int = 0,
-                         batch_size: int = 256, scaling: str = "standard") -> dict[str, Any]:
-    """Train the MLP on ``datasets`` and evaluate it on the first ``chains`` fixed chains."""
+                         batch_size: int = 256, scaling: str = "standard",
+                         gaze_noise: Sequence[float] = (0.0,)) -> dict[str, Any]:
+    """Train the MLP on ``datasets`` and evaluate it on the first ``chains`` fixed chains, once per
+    ``gaze_noise`` level (the headline avg_len is the first level's). The mean distance a level moves
+    the gaze centre is sigma * sqrt(pi / 2), comparable with `eval probe`'s keypoint-0 error."""
     from reconvla_core.sim.env import PiperCellEnv, SimConfig
     from reconvla_core.sim.evaluate import evaluate_policy
     from reconvla_core.sim.tasks import make_eval_chains
@@ -198,9 +207,14 @@ def run_privileged_study(datasets: Sequence[Path], steps: int = 30_000, chains: 
     train_s = time.perf_counter() - start
     config = SimConfig(image_width=image_size[0], image_height=image_size[1], clip_actions=True, render_wrist=False)
     with PiperCellEnv(config) as env:
-        metrics, _ = evaluate_policy(PrivilegedPolicy(model, env), make_eval_chains(chains, seed=0), env=env,
-                                     progress=False)
+        scored = [evaluate_policy(PrivilegedPolicy(model, env, gaze_noise=sigma, seed=seed),
+                                  make_eval_chains(chains, seed=0), env=env, progress=False)[0]
+                  for sigma in gaze_noise]
+    metrics = scored[0]
+    levels = [{"gaze_noise": sigma, "mean_gaze_error": round(sigma * float(np.sqrt(np.pi / 2)), 4),
+               "avg_len": at["avg_len"]} for sigma, at in zip(gaze_noise, scored)]
     return {"policy": "privileged-mlp", "inputs": "state + gaze box + instruction", "input_scaling": scaling,
+            "by_gaze_noise": levels,
             "samples": len(inputs),
             "steps": steps, "batch_size": batch_size, "samples_seen": steps * batch_size, "loss_curve": curve, "train_s": round(train_s, 1),
             **{k: metrics[k] for k in ("avg_len", "success_by_position", "per_task", "chains")},
