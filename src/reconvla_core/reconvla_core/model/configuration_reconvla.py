@@ -276,9 +276,9 @@ class ReconVLAConfig:
             Where the spatial keypoints are read from. ``vision``: the vision tower's token grid (fine
             for a pretrained tower's 27x27 grid). ``conv``: a small convolutional net of their own on
             the model-input image, at a quarter of its resolution (40x40 for 160 px), FiLM-conditioned
-            by the instruction embedding: the tiny tower's 8x8 grid of random-init patches localises
-            the gaze 10x less precisely than this net does at the same samples (docs/study_recon.md,
-            "Perception"). A finetune may switch it (the new encoder starts from random weights).
+            by the instruction encoding, finer than the tiny tower's 8x8 grid of 20 px patches
+            (docs/study_recon.md, "How precise must perception be?"). A finetune may switch it (the
+            new encoder starts from random weights).
         gaze_keypoint_weight (`float`, defaults to `0.0`):
             Weight of the "where" supervision of keypoint 0: L1 to the centre of the dataset's gaze box
             (the target object before the grasp, the destination after it) in the model-input frame,

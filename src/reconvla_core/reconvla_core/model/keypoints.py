@@ -1,0 +1,89 @@
+"""Spatial keypoints for the parallel head: where things are, as coordinates (spatial softmax).
+
+``SpatialKeypoints`` reads them from the vision tower's token grid, ``ConvKeypoints`` from a small
+conv net of its own (``ReconVLAConfig.keypoint_encoder``); ``build_keypoints`` picks one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from reconvla_core.model.configuration_reconvla import ReconVLAConfig
+
+
+def grid_centres(rows: int, cols: int, device: torch.device | None = None) -> torch.Tensor:
+    """(rows * cols, 2) (x, y) centres of a row-major grid's cells in [0, 1]."""
+    ys = (torch.arange(rows, dtype=torch.float32, device=device) + 0.5) / rows
+    xs = (torch.arange(cols, dtype=torch.float32, device=device) + 0.5) / cols
+    ys, xs = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)
+
+
+class SpatialKeypoints(nn.Module):
+    """Spatial softmax over the image-token grid (``keypoint_encoder="vision"``): per keypoint, softmax
+    of a linear read-out of the vision features over the N tokens, and the expected (x, y) of the
+    token centres in [0, 1]. ``embed`` maps the coordinates into the action queries."""
+
+    def __init__(self, config: ReconVLAConfig) -> None:
+        super().__init__()
+        self.logits = nn.Linear(config.vision.hidden_size, config.spatial_keypoints)
+        self.embed = keypoint_embedding(config)
+        self.register_buffer("coords", grid_centres(config.grid_size, config.grid_size), persistent=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, N, D_vision) -> (B, K, 2) expected (x, y) per keypoint."""
+        weights = torch.softmax(self.logits(features).float(), dim=1)  # (B, N, K)
+        return torch.einsum("bnk,nc->bkc", weights, self.coords.to(weights.device))
+
+
+class ConvKeypoints(nn.Module):
+    """``keypoint_encoder="conv"``: a small convolutional net of its own on the model-input image
+    (two stride-2 stages, 32 and 64 channels, each FiLM-scaled and -shifted by the instruction
+    encoding) and a spatial softmax over its quarter-resolution map (robomimic's ResNet + spatial
+    softmax, in miniature), finer than the tiny tower's 20 px patches (docs/study_recon.md, "How precise
+    must perception be?")."""
+
+    width = 32
+
+    def __init__(self, config: ReconVLAConfig) -> None:
+        super().__init__()
+        w, text = self.width, config.llm.hidden_size
+        self.stem = nn.Sequential(nn.Conv2d(3, w, 5, stride=2, padding=2), nn.GELU(),
+                                  nn.Conv2d(w, w, 3, padding=1), nn.GELU())
+        self.body = nn.Sequential(nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.GELU(),
+                                  nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.GELU())
+        self.stem_film = nn.Linear(text, 2 * w)
+        self.body_film = nn.Linear(text, 4 * w)
+        self.logits = nn.Conv2d(2 * w, config.spatial_keypoints, 1)
+        self.embed = keypoint_embedding(config)
+        side = -(-config.vision.image_size // 4)  # both stride-2 convs round up
+        self.register_buffer("coords", grid_centres(side, side), persistent=False)
+
+    @staticmethod
+    def _film(features: torch.Tensor, scale_shift: torch.Tensor) -> torch.Tensor:
+        scale, shift = scale_shift[:, :, None, None].chunk(2, dim=1)
+        return features * (1.0 + scale) + shift
+
+    def forward(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised image, (B, D_llm) instruction encoding -> (B, K, 2) expected (x, y)."""
+        dtype = self.logits.weight.dtype
+        text = instruction_embedding.to(dtype)
+        features = self._film(self.stem(pixel_values.to(dtype)), self.stem_film(text))
+        features = self._film(self.body(features), self.body_film(text))
+        weights = torch.softmax(self.logits(features).flatten(2).float(), dim=-1)  # (B, K, H*W)
+        return weights @ self.coords.to(weights.device)
+
+
+def keypoint_embedding(config: ReconVLAConfig) -> nn.Linear:
+    """The keypoints' coordinates -> an LLM-width vector added into every action query (small init)."""
+    embed = nn.Linear(2 * config.spatial_keypoints, config.llm.hidden_size)
+    nn.init.normal_(embed.weight, std=0.02)
+    nn.init.zeros_(embed.bias)
+    return embed
+
+
+def build_keypoints(config: ReconVLAConfig) -> nn.Module | None:
+    if not config.spatial_keypoints:
+        return None
+    return ConvKeypoints(config) if config.keypoint_encoder == "conv" else SpatialKeypoints(config)
