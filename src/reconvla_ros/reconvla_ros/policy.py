@@ -34,7 +34,7 @@ from collections import deque
 from typing import Any
 
 import numpy as np
-from builtin_interfaces.msg import Duration
+from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
@@ -74,6 +74,7 @@ from reconvla_ros.common import (
 
 
 INFERENCE_THREAD = "policy-inference"
+StampedState = tuple[np.ndarray, Time]  # a joint state and its message's exact stamp
 SHUTDOWN_GRACE_S = 1.0  # Ctrl-C waits this long for a running inference, well inside launch's 5 s
 
 
@@ -196,8 +197,9 @@ class PolicyNode(Node):
             return
         now = now_s(self)
         stamp = stamp_to_s(msg.header.stamp)
-        with self._lock:
-            self._states.add(stamp if stamp > 0 else now, state)
+        measured = (stamp, msg.header.stamp) if stamp > 0 else (now, s_to_stamp(now))
+        with self._lock:  # the message's own stamp rides along: a float round trip would move it by ~100 ns
+            self._states.add(measured[0], (state, measured[1]))
             self._state_time = now
 
     def _on_instruction(self, msg: String) -> None:
@@ -229,7 +231,7 @@ class PolicyNode(Node):
         return SetParametersResult(successful=True)
 
     # --- the worker ---------------------------------------------------------------------------
-    def _next_input(self, last_seq: int) -> tuple[int, Image, tuple[float, np.ndarray] | None, float, str] | None:
+    def _next_input(self, last_seq: int) -> tuple[int, Image, tuple[float, StampedState] | None, float, str] | None:
         with self._wake:
             while not self._stop and self._frame_seq == last_seq:
                 self._wake.wait(timeout=0.1)
@@ -260,7 +262,7 @@ class PolicyNode(Node):
                 while not self._stop and time.monotonic() < next_allowed:
                     time.sleep(min(0.05, next_allowed - time.monotonic()))
 
-    def _infer_once(self, frame_msg: Image, stamped_state: tuple[float, np.ndarray] | None, state_time: float,
+    def _infer_once(self, frame_msg: Image, stamped_state: tuple[float, StampedState] | None, state_time: float,
                     instruction: str) -> None:
         now = now_s(self)
         stamp = stamp_to_s(frame_msg.header.stamp)
@@ -287,11 +289,11 @@ class PolicyNode(Node):
         viz_rate = self._p["viz_rate"]
         want_attention = viz_rate > 0 and time.monotonic() - self._last_viz >= 1.0 / viz_rate
         t0 = time.perf_counter()
-        state_stamp, state = stamped_state
+        state_stamp, (state, state_stamp_msg) = stamped_state
         prediction = self._policy.infer({"frame": frame, "instruction": instruction, "state": state,
                                          "return_attention": want_attention})
         self._inference_ms.append((time.perf_counter() - t0) * 1e3)
-        observed = frame_msg.header.stamp if stamp <= state_stamp else s_to_stamp(state_stamp)
+        observed = frame_msg.header.stamp if stamp <= state_stamp else state_stamp_msg
         self._chunk_pub.publish(chunk_message(prediction.actions, observed, self._p["action_rate"],
                                               frame_msg.header.frame_id))
         self.counts["chunks"] += 1
