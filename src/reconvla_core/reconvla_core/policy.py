@@ -22,6 +22,8 @@ attention map, the gaze box the model answered with and the gaze point its head 
 
 - ``RandomPolicy``: uniform random targets within the joint and gripper limits (a floor).
 - ``ExpertPolicy``: the simulator's scripted expert (needs the env; privileged state).
+- ``TrueGazePolicy``: any policy given the twin's true gaze centre as ``"gaze_point"`` (oracle
+  perception: splits a failure into "where to look" and "how to act", ``reconvla eval sim --gaze oracle``).
 - ``ModelPolicy``: a ReconVLA model in memory (e.g. the one being trained) through ``model.predict``.
 - ``CheckpointPolicy``: a ``ModelPolicy`` loaded from a checkpoint directory by ``load_model``, the
   one checkpoint-loading path for inference (the benchmarks use it too).
@@ -139,6 +141,25 @@ class ExpertPolicy(Policy):
 
     def infer(self, obs: dict[str, Any]) -> ActionChunk:
         return ActionChunk(self.expert.act()[None, :])
+
+
+class TrueGazePolicy(Policy):
+    """``policy`` with the twin's true gaze-box centre (base view) passed as ``"gaze_point"``: the
+    perception half replaced by the truth, the acting half the policy's own."""
+
+    def __init__(self, policy: Policy, env: PiperCellEnv) -> None:
+        self.policy = policy
+        self.env = env
+        self.name = f"{policy.name}+true-gaze"
+        self.needs_images = policy.needs_images
+
+    def infer(self, obs: dict[str, Any]) -> ActionChunk:
+        box = np.asarray(self.env.gaze_box(), dtype=np.float64)
+        centre = 0.5 * np.array([box[0] + box[2], box[1] + box[3]])
+        return self.policy.infer({**obs, "gaze_point": centre})
+
+    def reset(self) -> None:
+        self.policy.reset()
 
 
 def load_model(path: str | Path, device: Any = "cpu", dtype: str = "float32") -> Any:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from reconvla_core.piper import GRIPPER_MAX, JOINT_LOWER, JOINT_UPPER
-from reconvla_core.policy import ActionChunk, CheckpointPolicy, ExpertPolicy, RandomPolicy
+from reconvla_core.policy import ActionChunk, CheckpointPolicy, ExpertPolicy, Policy, RandomPolicy, TrueGazePolicy
 
 
 def test_random_policy_is_seeded_and_within_limits():
@@ -21,6 +21,39 @@ def test_expert_policy_returns_the_env_expert_command(env):
     env.reset(seed=2)
     chunk = ExpertPolicy(env).infer(env.observe(render=False))
     assert chunk.actions.shape == (1, 7) and chunk.attention is None and chunk.box is None
+
+
+class _Recorder(Policy):
+    needs_images = False
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.seen: list[dict] = []
+        self.resets = 0
+
+    def infer(self, obs):
+        self.seen.append(obs)
+        return ActionChunk(np.zeros(7))
+
+    def reset(self) -> None:
+        self.resets += 1
+
+
+def test_true_gaze_policy_hands_the_wrapped_policy_the_twins_gaze_centre(env):
+    env.reset(seed=3)
+    inner = _Recorder()
+    policy = TrueGazePolicy(inner, env)
+    policy.reset()
+    obs = env.observe(render=False)
+    policy.infer(obs)
+    box = env.gaze_box()
+    assert np.allclose(inner.seen[0]["gaze_point"], [(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+    assert "gaze_point" not in obs  # the caller's observation is left alone
+    assert inner.resets == 1 and policy.name == "recorder+true-gaze" and policy.needs_images is False
+    # The gaze follows the twin's gaze object: moving it moves the point handed on.
+    env.move_object(env.gaze_object, env.object_pose(env.gaze_object)[0] + [0.0, 0.05, 0.0])
+    policy.infer(env.observe(render=False))
+    assert not np.allclose(inner.seen[1]["gaze_point"], inner.seen[0]["gaze_point"])
 
 
 def test_action_chunk_checks_and_checkpoint_errors(tmp_path):
@@ -69,3 +102,8 @@ def test_checkpoint_policy_predicts_chunks_and_runs_in_eval(tiny_checkpoint, tmp
     result = json.loads(capsys.readouterr().out)
     assert result["policy"] == "checkpoint:checkpoint" and result["steps"] == 10  # 1 s at 10 Hz, then timeout
     assert (tmp_path / "ck" / "rollout_00.gif").is_file()
+    assert result["gaze"] == "model"
+    code = main(["eval", "sim", "--policy", str(tiny_checkpoint), "--chains", "1", "--json", "--out",
+                 str(tmp_path / "oracle"), "--image-size", "48x32", "--time-limit", "1", "--gaze", "oracle"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["gaze"] == "oracle" and result["policy"] == "checkpoint:checkpoint+true-gaze"

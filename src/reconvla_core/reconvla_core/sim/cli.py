@@ -85,6 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sim_eval.add_argument("--out", type=Path, default=None,
                           help=f"report directory (default {DEFAULT_EVAL_OUT}/<policy>-s<seed>-n<chains>)")
     sim_eval.add_argument("--record", type=int, default=2, metavar="N", help="rollout GIFs of the first N chains")
+    sim_eval.add_argument("--gaze", choices=("model", "oracle"), default="model",
+                          help="where keypoint 0 comes from: the model's own estimate (default), or the twin's true "
+                               "gaze centre (oracle perception: is the failure in looking or in acting?)")
     sim_eval.add_argument("--device", default="cpu", help="checkpoint policy device (default cpu)")
     sim_eval.add_argument("--dtype", default="float32", help="checkpoint policy dtype: float32 | bfloat16 | float16")
     _add_sim_options(sim_eval)
@@ -175,6 +178,7 @@ def cmd_eval_sim(args: argparse.Namespace) -> int:
     import dataclasses
 
     from reconvla_core.cli.main import emit_result
+    from reconvla_core.policy import TrueGazePolicy
     from reconvla_core.sim.env import PiperCellEnv
     from reconvla_core.sim.evaluate import evaluate_policy, save_report
     from reconvla_core.sim.tasks import make_eval_chains
@@ -184,11 +188,15 @@ def cmd_eval_sim(args: argparse.Namespace) -> int:
     env = PiperCellEnv(config)
     try:
         policy = make_policy(args.policy, env, args.device, args.dtype)
+        if args.gaze == "oracle":
+            policy = TrueGazePolicy(policy, env)
         metrics, results = evaluate_policy(policy, chains, config, record_chains=args.record, env=env)
     finally:
         env.close()
     label = Path(args.policy).name if args.policy not in ("expert", "random") else args.policy
+    label += "-true-gaze" if args.gaze == "oracle" else ""
     out = args.out or Path(DEFAULT_EVAL_OUT) / f"{label}-s{args.seed}-n{args.chains}"
+    metrics["gaze"] = args.gaze
     metrics["seed"] = args.seed
     metrics["image_size"] = list(args.image_size)
     metrics["subtask_time_limit_s"] = config.subtask_time_limit_s
