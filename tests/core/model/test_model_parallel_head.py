@@ -226,27 +226,6 @@ def test_film_instruction_encoding_knows_word_order(norm_stats):
     assert not torch.allclose(encodings[0], encodings[1], atol=1e-4)
 
 
-def test_mean_instruction_pooling_averages_the_instruction_tokens_whatever_the_padding(norm_stats):
-    from reconvla_core.train.model_setup import apply_finetune_options
-
-    with pytest.raises(ValueError, match="instruction_pooling"):
-        ReconVLAConfig.from_preset("tiny", action_head="parallel", vision_film=True, instruction_pooling="max")
-    model = parallel(norm_stats, recon_target="none", vision_film=True).eval()
-    assert apply_finetune_options(model, {"instruction_pooling": "mean"}) == {"instruction_pooling": "mean"}
-    obs = make_observation(0)
-    texts = ("stack the red block on the blue block", "stack the blue block on the red block", "pick the red block")
-    samples = [model.processor(base_image=obs["base_image"], wrist_image=obs["wrist_image"], instruction=text,
-                               state=obs["state"]) for text in texts]
-    batch = model.processor.collate(samples)  # rows of different lengths: padding must not count
-    with torch.no_grad():
-        pooled = model.encode_instruction(batch["input_ids"], batch["instruction_mask"])
-        for row, sample in enumerate(samples):
-            ids = sample["input_ids"][sample["instruction_mask"]][None]
-            hidden = model.llm.get_decoder()(inputs_embeds=model.llm.get_input_embeddings()(ids)).last_hidden_state
-            torch.testing.assert_close(pooled[row], hidden[0].mean(dim=0), atol=1e-5, rtol=1e-4)
-    assert not torch.allclose(pooled[0], pooled[1], atol=1e-4)  # contextual: word order counts
-
-
 def test_action_head_state_feeds_the_exact_state_and_keypoints_to_the_head(norm_stats, observation, tmp_path):
     with pytest.raises(ValueError, match="parallel"):
         ReconVLAConfig.from_preset("tiny", action_head_state=True)

@@ -25,12 +25,11 @@ ACTION_MODES: tuple[str, ...] = ("absolute", "delta")
 ACTION_EMBEDDING_INITS: tuple[str, ...] = ("random", "sinusoidal")
 ACTION_HEADS: tuple[str, ...] = ("tokens", "parallel")
 KEYPOINT_ENCODERS: tuple[str, ...] = ("vision", "conv")
-INSTRUCTION_POOLINGS: tuple[str, ...] = ("last", "mean")
 CONFIG_FORMAT_VERSION = 1
 # Options a finetune stage may set on top of its init checkpoint's config: they change the losses,
 # the training inputs or the answer format, never the layout of the checkpoint's weights.
 FINETUNE_OPTIONS: tuple[str, ...] = ("recon_weight", "num_noise_draws", "answer_box", "gaze_keypoint_weight",
-                                     "gaze_teacher_forcing", "instruction_pooling")
+                                     "gaze_teacher_forcing")
 # Options a finetune may switch although they change the weights' layout: the module they select is
 # rebuilt with fresh weights (ReconVLA.switch_option), everything else carried over.
 SWITCHABLE_OPTIONS: tuple[str, ...] = ("keypoint_encoder",)
@@ -268,12 +267,6 @@ class ReconVLAConfig:
             FiLM of every vision-tower block by an instruction embedding (OpenVLA-OFT+; here the LLM's
             encoding of the instruction alone), so the image features depend on which object the
             instruction names. Starts as the identity.
-        instruction_pooling (`str`, defaults to `"last"`):
-            How the instruction encoding for vision FiLM and conv keypoints is read from the LLM run
-            over the instruction alone: ``last``, its last token's hidden state; ``mean``, the mean of
-            all its tokens' hidden states (each carries the words before it, so "blue block" and "blue
-            bowl" stay apart). A tiny LLM trained from scratch makes ``last`` encodings of instructions
-            that name different colours nearly parallel (cosine 0.98-0.995; docs/study_recon.md).
         spatial_keypoints (`int`, defaults to `0`):
             Parallel head only: a spatial-softmax read-out of the vision features (Levine et al. 2016,
             robomimic). Each of this many keypoints is the expected (x, y) of a softmax over the
@@ -354,7 +347,6 @@ class ReconVLAConfig:
     action_embedding_init: str = "random"
     answer_box: bool = False
     vision_film: bool = False
-    instruction_pooling: str = "last"
     spatial_keypoints: int = 0
     keypoint_encoder: str = "vision"
     gaze_keypoint_weight: float = 0.0
@@ -450,8 +442,6 @@ class ReconVLAConfig:
         if not isinstance(self.spatial_keypoints, int) or isinstance(self.spatial_keypoints, bool) \
                 or self.spatial_keypoints < 0:
             raise ValueError(f"spatial_keypoints must be an integer >= 0, got {self.spatial_keypoints!r}")
-        if self.instruction_pooling not in INSTRUCTION_POOLINGS:
-            raise ValueError(f"instruction_pooling must be one of {INSTRUCTION_POOLINGS}, got {self.instruction_pooling!r}")
         if self.keypoint_encoder not in KEYPOINT_ENCODERS:
             raise ValueError(f"keypoint_encoder must be one of {KEYPOINT_ENCODERS}, got {self.keypoint_encoder!r}")
         if self.spatial_keypoints and self.action_head != "parallel":

@@ -424,11 +424,9 @@ class ReconVLA(PreTrainedReconVLA):
         return embeds, keypoints
 
     def encode_instruction(self, input_ids: torch.Tensor, instruction_mask: torch.Tensor) -> torch.Tensor:
-        """(B, D) instruction embedding for vision FiLM and conv keypoints: the LLM run over the
-        instruction's tokens alone, read at its last token or averaged over all of them
-        (``instruction_pooling``). Contextual either way, not a mean of token embeddings: with
-        byte-level tokens that is a bag of letters that cannot tell "stack red on blue" from "stack
-        blue on red"."""
+        """(B, D) instruction embedding for vision FiLM: the LLM run over the instruction's tokens alone,
+        read at its last token. A contextual encoding, not a mean of token embeddings: with byte-level
+        tokens a mean is a bag of letters that cannot tell "stack red on blue" from "stack blue on red"."""
         lengths = instruction_mask.sum(dim=1)
         if bool((lengths == 0).any()):
             raise ValueError("every row needs instruction tokens (batch['instruction_mask'])")
@@ -439,9 +437,6 @@ class ReconVLA(PreTrainedReconVLA):
         valid = torch.arange(width, device=ids.device)[None] < lengths[:, None]
         hidden = self.llm.get_decoder()(inputs_embeds=self.llm.get_input_embeddings()(ids),
                                         attention_mask=valid.long(), use_cache=False).last_hidden_state
-        if self.config.instruction_pooling == "mean":
-            weights = valid.to(hidden.dtype)[:, :, None]
-            return (hidden * weights).sum(dim=1) / weights.sum(dim=1)  # (B, D)
         return hidden[torch.arange(ids.shape[0], device=ids.device), lengths - 1]  # (B, D)
 
     def run_parallel(self, embeds: torch.Tensor, attention_mask: torch.Tensor, query_mask: torch.Tensor,
