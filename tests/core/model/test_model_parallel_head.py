@@ -402,3 +402,67 @@ def test_a_finetune_switches_the_keypoint_encoder_and_keeps_the_rest(norm_stats,
                          observation["state"]).actions.shape == (5, 7)
     with pytest.raises(ValueError, match="no spatial keypoints"):
         parallel(norm_stats, recon_target="none").switch_option("keypoint_encoder", "conv")
+
+
+def test_gaze_colour_target_is_the_mean_colour_of_the_gaze_box_in_the_model_input(norm_stats):
+    model = parallel(norm_stats, recon_target="none", vision_film=True, gaze_colour_weight=1.0)
+    obs = make_observation(0)
+    base = np.zeros_like(obs["base_image"])
+    h, w = base.shape[:2]
+    base[int(0.3 * h):int(0.8 * h), int(0.2 * w):int(0.6 * w)] = (200, 40, 10)  # the gaze box, painted
+    sample = model.processor(base_image=base, wrist_image=obs["wrist_image"], instruction=obs["instruction"],
+                             state=obs["state"], actions=obs["actions"], gaze_box=obs["gaze_box"])
+    # Resizing into the model-input frame blurs the box's edge pixels with the black around it.
+    np.testing.assert_allclose(sample["gaze_colour"].numpy(), np.array([200, 40, 10]) / 255.0, rtol=0.06)
+    assert bool(sample["gaze_valid"])
+    # A box thinner than a pixel still reads the pixel it lies in; no box: no target.
+    thin = model.processor.gaze_colour(np.full((8, 8, 3), 255, np.uint8), [0.5, 0.2, 0.5, 0.2])
+    np.testing.assert_allclose(thin, [1.0, 1.0, 1.0])
+    unknown = model.processor(base_image=base, wrist_image=obs["wrist_image"], instruction=obs["instruction"],
+                              state=obs["state"], actions=obs["actions"], gaze_box=obs["gaze_box"], gaze_valid=False)
+    assert not bool(unknown["gaze_valid"]) and float(unknown["gaze_colour"].abs().sum()) == 0.0
+
+
+def test_gaze_colour_loss_trains_the_instruction_encoding_with_the_nearer_of_two_guesses(norm_stats):
+    from reconvla_core.model.modeling_reconvla import GazeColourHead
+
+    with pytest.raises(ValueError, match="gaze_colour_weight"):
+        ReconVLAConfig.from_preset("tiny", action_head="parallel", gaze_colour_weight=1.0)  # no instruction encoding
+    guesses = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], [[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]]])
+    colour = torch.tensor([[0.0, 0.0, 0.8], [0.1, 0.0, 0.0]])
+    # Row 0: the second guess is 0.2 away; row 1 has no box and does not count.
+    assert GazeColourHead.loss(guesses, colour, torch.tensor([True, False])).item() == pytest.approx(0.2)
+    model = parallel(norm_stats, seed=3, recon_target="gaze", vision_film=True, gaze_colour_weight=2.0).train()
+    batch = make_batch(model, n=2)
+    out = model(batch)
+    assert out.colour_loss is not None and torch.isfinite(out.colour_loss)
+    assert out.loss.item() == pytest.approx(out.action_loss.item() + out.recon_loss.item()
+                                            + 2.0 * out.colour_loss.item(), rel=1e-5)
+    out.colour_loss.backward()  # the colour loss alone reaches the LLM that encodes the instruction
+    grad = model.llm.get_input_embeddings().weight.grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+    assert model.vision_film.proj.weight.grad is None or float(model.vision_film.proj.weight.grad.abs().sum()) == 0
+
+
+def test_a_finetune_switches_the_gaze_colour_loss_on_and_the_checkpoint_round_trips(norm_stats, observation,
+                                                                                     tmp_path):
+    from reconvla_core.train.model_setup import apply_finetune_options
+
+    model = parallel(norm_stats, seed=11, recon_target="none", vision_film=True)
+    assert model.gaze_colour is None and "gaze_colour" not in make_batch(model, n=1)
+    before = model.predict_action(observation["base_image"], observation["wrist_image"], observation["instruction"],
+                                  observation["state"])
+    assert apply_finetune_options(model, {"gaze_colour_weight": 0.5}) == {"gaze_colour_weight": 0.5}
+    params = {id(p) for group in model.parameter_groups().values() for p in group}
+    assert {id(p) for p in model.gaze_colour.parameters()} <= params  # the optimiser will train it
+    assert model(make_batch(model, n=2)).colour_loss is not None
+    model.eval()
+    args = (observation["base_image"], observation["wrist_image"], observation["instruction"], observation["state"])
+    np.testing.assert_array_equal(model.predict_action(*args), before)  # inference never runs the head
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = ReconVLA.from_pretrained(tmp_path / "ckpt")
+    assert loaded.config.gaze_colour_weight == 0.5
+    for key, value in model.gaze_colour.state_dict().items():
+        torch.testing.assert_close(loaded.gaze_colour.state_dict()[key], value)
+    model.switch_option("gaze_colour_weight", 0.0)
+    assert model.gaze_colour is None

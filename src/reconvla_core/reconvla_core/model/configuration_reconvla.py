@@ -32,7 +32,7 @@ FINETUNE_OPTIONS: tuple[str, ...] = ("recon_weight", "num_noise_draws", "answer_
                                      "gaze_teacher_forcing")
 # Options a finetune may switch although they change the weights' layout: the module they select is
 # rebuilt with fresh weights (ReconVLA.switch_option), everything else carried over.
-SWITCHABLE_OPTIONS: tuple[str, ...] = ("keypoint_encoder",)
+SWITCHABLE_OPTIONS: tuple[str, ...] = ("keypoint_encoder", "gaze_colour_weight")
 # Training-only research options that the study found not to help (docs/study_recon.md); configs
 # saved with them still load (the options are dropped: inference never used them).
 REMOVED_TRAINING_OPTIONS: tuple[str, ...] = ("action_input_dropout", "grounding_box_weight")
@@ -283,6 +283,14 @@ class ReconVLAConfig:
             Weight of the "where" supervision of keypoint 0: L1 to the centre of the dataset's gaze box
             (the target object before the grasp, the destination after it) in the model-input frame,
             logged as ``grounding_loss``. Needs ``spatial_keypoints`` >= 1. 0: off.
+        gaze_colour_weight (`float`, defaults to `0.0`):
+            Weight of a training-only loss that teaches the instruction encoding what its target looks
+            like: a small head on the instruction embedding predicts the mean colour of the gaze box's
+            pixels, with two guesses of which the nearer counts (the gaze rests on the object, then on
+            its destination), logged as ``colour_loss``. Needs the parallel head and an instruction
+            encoding (``vision_film`` or conv keypoints). Learning from the keypoint loss alone which
+            words name the target was the bottleneck of the tiny model's gaze (docs/study_recon.md,
+            eighth session). 0: off; a finetune may switch it on (the head starts from random weights).
         action_head_state (`bool`, defaults to `False`):
             Parallel head only: the normalised robot state and the keypoints' coordinates also go
             straight into the action MLP beside each query's hidden state (as a robomimic policy gets
@@ -350,6 +358,7 @@ class ReconVLAConfig:
     spatial_keypoints: int = 0
     keypoint_encoder: str = "vision"
     gaze_keypoint_weight: float = 0.0
+    gaze_colour_weight: float = 0.0
     action_head_state: bool = False
     gaze_teacher_forcing: float = 0.0
     standardize_head_inputs: bool = False
@@ -448,6 +457,11 @@ class ReconVLAConfig:
             raise ValueError("spatial_keypoints feed the parallel head's action queries: set action_head: parallel")
         if not (isinstance(self.gaze_keypoint_weight, (int, float)) and 0.0 <= self.gaze_keypoint_weight < float("inf")):
             raise ValueError(f"gaze_keypoint_weight must be a finite number >= 0, got {self.gaze_keypoint_weight!r}")
+        if not (isinstance(self.gaze_colour_weight, (int, float)) and 0.0 <= self.gaze_colour_weight < float("inf")):
+            raise ValueError(f"gaze_colour_weight must be a finite number >= 0, got {self.gaze_colour_weight!r}")
+        if self.gaze_colour_weight > 0 and not (self.action_head == "parallel" and self.encodes_instruction):
+            raise ValueError("gaze_colour_weight trains the instruction encoding: it needs action_head: parallel and "
+                             "vision_film: true or keypoint_encoder: conv")
         if not (isinstance(self.gaze_teacher_forcing, (int, float)) and 0.0 <= self.gaze_teacher_forcing <= 1.0):
             raise ValueError(f"gaze_teacher_forcing must be a probability in [0, 1], got {self.gaze_teacher_forcing!r}")
         if self.gaze_teacher_forcing > 0 and not (self.action_head_state and self.gaze_keypoint_weight > 0):

@@ -40,6 +40,7 @@ class ReconVLAOutput:
     recon_loss: torch.Tensor | None
     action_accuracy: torch.Tensor | None
     grounding_loss: torch.Tensor | None = None  # only with gaze_keypoint_weight > 0
+    colour_loss: torch.Tensor | None = None  # only with gaze_colour_weight > 0
 
 
 @dataclass
@@ -55,7 +56,7 @@ class ActionPrediction:
 
 
 # Metrics a forward pass reports (training logs and validation read them by these names).
-LOSS_KEYS: tuple[str, ...] = ("loss", "action_loss", "recon_loss", "action_accuracy", "grounding_loss")
+LOSS_KEYS: tuple[str, ...] = ("loss", "action_loss", "recon_loss", "action_accuracy", "grounding_loss", "colour_loss")
 
 
 def build_vision_tower(config: ReconVLAConfig) -> SiglipVisionModel:
@@ -184,6 +185,29 @@ class VisionFiLM(nn.Module):
         return out[:, :, 0].transpose(0, 1), out[:, :, 1].transpose(0, 1)
 
 
+class GazeColourHead(nn.Module):
+    """Training only (``gaze_colour_weight``): from the pooled instruction embedding, two guesses of the
+    gaze region's mean RGB (the object, then its destination); inference never runs it."""
+
+    GUESSES = 2
+
+    def __init__(self, config: ReconVLAConfig) -> None:
+        super().__init__()
+        width = config.llm.hidden_size
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, self.GUESSES * 3))
+
+    def forward(self, instruction_embedding: torch.Tensor) -> torch.Tensor:
+        """(B, D_llm) -> (B, GUESSES, 3) colours in [0, 1] units."""
+        return self.mlp(instruction_embedding).view(-1, self.GUESSES, 3)
+
+    @staticmethod
+    def loss(guesses: torch.Tensor, colour: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """L1 of the nearer guess to the gaze region's colour; frames without a box count zero."""
+        error = (guesses.float() - colour.float()[:, None]).abs().sum(dim=-1).min(dim=1).values  # (B,)
+        weight = valid.float()
+        return (error * weight).sum() / weight.sum().clamp(min=1.0)
+
+
 def chunk_attention_mask(attention_mask: torch.Tensor, query_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The additive (B, 1, L, L) mask of the parallel head: causal over the prompt, the action queries
     see the whole prompt and each other (bidirectionally); padding is never attended to."""
@@ -218,6 +242,7 @@ class ReconVLA(PreTrainedReconVLA):
         self.action_head = ParallelActionHead(config) if config.action_head == "parallel" else None
         self.vision_film = VisionFiLM(config) if config.vision_film else None
         self.keypoints = build_keypoints(config)
+        self.gaze_colour = GazeColourHead(config) if config.gaze_colour_weight > 0 else None
         self.reconstruction: nn.Module | None = None
         if build_reconstruction and config.builds_reconstruction:
             from reconvla_core.model.reconstruction import ReconstructionBranch  # imports diffusers
@@ -233,6 +258,15 @@ class ReconVLA(PreTrainedReconVLA):
         """Change one of the SWITCHABLE_OPTIONS of a built model (a finetune may): the module it selects
         is rebuilt with fresh weights; ``keypoint_encoder`` keeps the coordinate embedding, so the
         action queries read the new keypoints as they read the old ones."""
+        if name == "gaze_colour_weight":  # a training-only head: built fresh when switched on, dropped when off
+            self.config.gaze_colour_weight = value
+            self.config.validate()
+            if value > 0 and self.gaze_colour is None:
+                reference = self.llm.get_input_embeddings().weight
+                self.gaze_colour = GazeColourHead(self.config).to(device=reference.device, dtype=reference.dtype)
+            elif value == 0:
+                self.gaze_colour = None
+            return
         if name != "keypoint_encoder":
             raise ValueError(f"{name!r} cannot be switched on a built model")
         old = self.keypoints
@@ -299,7 +333,8 @@ class ReconVLA(PreTrainedReconVLA):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by part (the VAE is frozen; the vision tower unless ``train_vision``)."""
         denoiser = [] if self.reconstruction is None else self.reconstruction.denoiser.parameters()
-        head = [] if self.action_head is None else list(self.action_head.parameters())
+        head = [*(() if self.action_head is None else self.action_head.parameters()),
+                *(() if self.gaze_colour is None else self.gaze_colour.parameters())]
         llm = list(self.llm.parameters())
         if self.action_head is not None and not self.config.llm.tie_word_embeddings:
             # The parallel head never uses the LM head: leaving it out keeps DDP from waiting for its grads.
@@ -478,16 +513,24 @@ class ReconVLA(PreTrainedReconVLA):
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> ReconVLAOutput:
         """Action loss (token head: CE over the action tokens + EOS; parallel head: L1 on the continuous
-        chunk) + recon_weight * reconstruction loss (+ gaze_keypoint_weight * keypoint loss)."""
+        chunk) + recon_weight * reconstruction loss (+ gaze_keypoint_weight * keypoint loss
+        + gaze_colour_weight * colour loss)."""
         for key in ("input_ids", "attention_mask", "image_mask", "pixel_values"):
             if key not in batch:
                 raise ValueError(f"batch lacks {key!r}; build it with model.processor and processor.collate")
         device = self.device
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         input_ids = batch["input_ids"]
+        instruction = None  # encoded here only when a loss reads it besides the vision
+        if self.gaze_colour is not None and "gaze_colour" in batch:
+            instruction = self.encode_instruction(input_ids, batch["instruction_mask"])
         embeds, keypoints = self._embed(input_ids, batch["image_mask"], batch["pixel_values"],
-                                        batch.get("instruction_mask"), batch.get("action_query_mask"))
-        action_loss = action_accuracy = grounding_loss = None
+                                        batch.get("instruction_mask"), batch.get("action_query_mask"),
+                                        instruction_embedding=instruction)
+        action_loss = action_accuracy = grounding_loss = colour_loss = None
+        if instruction is not None:
+            colour_loss = self.gaze_colour.loss(self.gaze_colour(instruction), batch["gaze_colour"],
+                                                batch["gaze_valid"])
         if self.action_head is not None:
             geometry = self.head_geometry(batch.get("state"), self._teacher_forced(keypoints, batch))
             hidden, predicted, _ = self.run_parallel(embeds, batch["attention_mask"], batch["action_query_mask"],
@@ -511,8 +554,11 @@ class ReconVLA(PreTrainedReconVLA):
             loss = loss + self.config.recon_weight * recon_loss
         if loss is not None and grounding_loss is not None:
             loss = loss + self.config.gaze_keypoint_weight * grounding_loss
+        if loss is not None and colour_loss is not None:
+            loss = loss + self.config.gaze_colour_weight * colour_loss
         return ReconVLAOutput(loss=loss, action_loss=action_loss, recon_loss=recon_loss,
-                              action_accuracy=action_accuracy, grounding_loss=grounding_loss)
+                              action_accuracy=action_accuracy, grounding_loss=grounding_loss,
+                              colour_loss=colour_loss)
 
     @staticmethod
     def _l1_action_loss(predicted: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | None) -> torch.Tensor:

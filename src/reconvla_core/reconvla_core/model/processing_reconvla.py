@@ -149,6 +149,19 @@ class ReconVLAProcessor:
         centre = 0.5 * np.array([box[0] + box[2], box[1] + box[3]])
         return np.clip(centre * self.base_view_scale, 0.0, 1.0)
 
+    def gaze_colour(self, frame: np.ndarray, gaze_box: Any) -> np.ndarray:
+        """Mean RGB in [0, 1] of a base-view gaze box's pixels (normalised xyxy) in the stitched
+        model-input frame: what the instruction's target looks like (``gaze_colour_weight``)."""
+        box = np.clip(check_array(gaze_box, (4,), "gaze_box"), 0.0, 1.0)
+        height, width = frame.shape[:2]
+        scale_y = self.base_view_scale[1]
+        x0, x1 = round(box[0] * width), round(box[2] * width)
+        y0, y1 = round(box[1] * scale_y * height), round(box[3] * scale_y * height)
+        # A box thinner than a pixel still covers the pixel it lies in.
+        x1, y1 = min(max(x1, x0 + 1), width), min(max(y1, y0 + 1), height)
+        x0, y0 = min(x0, x1 - 1), min(y0, y1 - 1)
+        return frame[y0:y1, x0:x1].reshape(-1, frame.shape[2]).mean(axis=0) / 255.0
+
     def pixel_values(self, frame: np.ndarray) -> torch.Tensor:
         """Stitched uint8 frame -> (3, S, S) float normalised for the vision tower."""
         size = self.config.vision.image_size
@@ -251,10 +264,14 @@ class ReconVLAProcessor:
             if actions is not None:
                 sample["actions"] = torch.tensor(targets, dtype=torch.float32)
                 sample["action_is_pad"] = torch.from_numpy(pad.copy())
+                known = gaze_box is not None and bool(gaze_valid)
                 if cfg.gaze_keypoint_weight > 0:
-                    known = gaze_box is not None and bool(gaze_valid)
                     sample["gaze_point"] = torch.tensor(self.gaze_point(gaze_box) if known else np.zeros(2),
                                                         dtype=torch.float32)
+                if cfg.gaze_colour_weight > 0:
+                    sample["gaze_colour"] = torch.tensor(self.gaze_colour(frame, gaze_box) if known else np.zeros(3),
+                                                         dtype=torch.float32)
+                if cfg.gaze_keypoint_weight > 0 or cfg.gaze_colour_weight > 0:
                     sample["gaze_valid"] = torch.tensor(known)
         elif actions is not None:
             action_tokens = self.action_tokenizer.encode(targets)  # (K, D)
@@ -306,7 +323,7 @@ class ReconVLAProcessor:
                 rows.append(torch.cat([seq, seq.new_full((length - seq.shape[0],), value)]))
             batch[key] = torch.stack(rows)
         for key in ("pixel_values", "recon_pixel_values", "state", "actions", "action_is_pad", "gaze_point",
-                    "gaze_valid"):
+                    "gaze_colour", "gaze_valid"):
             if key in samples[0]:
                 batch[key] = torch.stack([s[key] for s in samples])
         return batch
