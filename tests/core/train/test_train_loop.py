@@ -108,14 +108,15 @@ def test_lora_trains_adapters_projector_and_denoiser_only(make_config: Any, tmp_
         if name.startswith("llm.") and any(f".{t}.weight" in name for t in targets):
             assert name in changed, f"{name}: the merged adapter should change it"
         elif name.startswith(("projector.", "projector_norm.", "reconstruction.denoiser.", "vision.", "action_head.",
-                              "vision_film.", "keypoints.")):
+                              "vision_film.", "keypoints.", "gaze_colour.")):
             continue  # trained fully (the tiny-sim vision tower too: train_vision); checked below as groups
         else:
             assert name not in changed, f"{name} changed but is frozen under LoRA"
     assert any(n.startswith("projector.") for n in changed) and any(n.startswith("projector_norm.") for n in changed)
     assert any(n.startswith("reconstruction.denoiser.") for n in changed)
     assert config.model.resolve().train_vision and any(n.startswith("vision.") for n in changed)
-    for module in ("action_head.", "vision_film.", "keypoints."):  # new modules outside the LLM train fully
+    # New modules outside the LLM train fully.
+    for module in ("action_head.", "vision_film.", "keypoints.", "gaze_colour."):
         assert any(n.startswith(module) for n in changed), module
     assert ReconVLA.from_pretrained(final).reconstruction is None
 
