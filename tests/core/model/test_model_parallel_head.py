@@ -206,6 +206,48 @@ def test_spatial_keypoints_feed_the_queries_and_learn_the_gaze_point(norm_stats)
     assert model(batch).grounding_loss.item() < first * 0.5
 
 
+def test_heatmap_divergence_is_zero_on_the_target_and_pulls_up_a_right_cell_of_tiny_weight():
+    from reconvla_core.model.keypoints import expected_points, grid_centres, heatmap_divergence
+
+    coords = grid_centres(10, 10)
+    point = torch.tensor([[0.25, 0.65]])
+    target = torch.softmax(-((coords - point) ** 2).sum(-1) / (2 * 0.03 ** 2), dim=-1)[None]
+    assert heatmap_divergence(target, coords, point, 0.03).item() == pytest.approx(0.0, abs=1e-6)
+    # The keypoint's mass sits on another object: the right cells hold almost nothing.
+    logits = torch.full((1, 100), -10.0)
+    logits[0, 7] = 10.0
+    logits.requires_grad_(True)
+    heat = torch.softmax(logits, dim=-1)
+    right = int(((coords - point) ** 2).sum(-1).argmin())
+    l1 = (expected_points(heat, coords) - point).abs().sum()
+    (l1_grad,) = torch.autograd.grad(l1, logits, retain_graph=True)
+    (kl_grad,) = torch.autograd.grad(heatmap_divergence(heat, coords, point, 0.03).sum(), logits)
+    assert abs(l1_grad[0, right].item()) < 1e-6  # the coordinate loss does not see the right cell
+    assert kl_grad[0, right].item() < -0.1  # the heat-map loss raises it
+
+
+def test_gaze_heatmap_loss_adds_to_the_keypoint_loss_and_trains_the_keypoints(norm_stats):
+    with pytest.raises(ValueError, match="gaze_heatmap_weight"):
+        ReconVLAConfig.from_preset("tiny", action_head="parallel", spatial_keypoints=2, gaze_heatmap_weight=1.0)
+    with pytest.raises(ValueError, match="gaze_heatmap_weight"):
+        ReconVLAConfig.from_preset("tiny", action_head="parallel", spatial_keypoints=2, gaze_keypoint_weight=1.0,
+                                   gaze_heatmap_weight=float("nan"))
+    model = parallel(norm_stats, seed=5, recon_target="none", spatial_keypoints=2, keypoint_encoder="conv",
+                     gaze_keypoint_weight=1.0, gaze_heatmap_weight=0.5).train()
+    batch = make_batch(model, n=2)
+    out = model(batch)
+    assert out.heatmap_loss is not None and out.heatmap_loss.item() > 0
+    assert out.loss.item() == pytest.approx(out.action_loss.item() + out.grounding_loss.item()
+                                            + 0.5 * out.heatmap_loss.item(), rel=1e-5)
+    first = out.heatmap_loss.item()
+    fit(model, batch, steps=60, lr=3e-3)
+    after = model(batch)
+    assert after.heatmap_loss.item() < first * 0.5
+    # Rows without a gaze box count zero.
+    batch["gaze_valid"][:] = False
+    assert model(batch).heatmap_loss.item() == 0.0
+
+
 def test_keypoints_need_the_parallel_head():
     with pytest.raises(ValueError, match="parallel"):
         ReconVLAConfig.from_preset("tiny", spatial_keypoints=2)

@@ -29,7 +29,7 @@ CONFIG_FORMAT_VERSION = 1
 # Options a finetune stage may set on top of its init checkpoint's config: they change the losses,
 # the training inputs or the answer format, never the layout of the checkpoint's weights.
 FINETUNE_OPTIONS: tuple[str, ...] = ("recon_weight", "num_noise_draws", "answer_box", "gaze_keypoint_weight",
-                                     "gaze_teacher_forcing")
+                                     "gaze_heatmap_weight", "gaze_teacher_forcing")
 # Options a finetune may switch although they change the weights' layout: the module they select is
 # rebuilt with fresh weights (ReconVLA.switch_option), everything else carried over.
 SWITCHABLE_OPTIONS: tuple[str, ...] = ("keypoint_encoder", "gaze_colour_weight")
@@ -37,6 +37,7 @@ SWITCHABLE_OPTIONS: tuple[str, ...] = ("keypoint_encoder", "gaze_colour_weight")
 # saved with them still load (the options are dropped: inference never used them).
 REMOVED_TRAINING_OPTIONS: tuple[str, ...] = ("action_input_dropout", "grounding_box_weight")
 BOX_TOKENS = 4  # x0, y0, x1, y1
+GAZE_HEATMAP_SIGMA = 0.03  # std of gaze_heatmap_weight's target, a fraction of the image: about a block
 
 
 @dataclass
@@ -283,6 +284,13 @@ class ReconVLAConfig:
             Weight of the "where" supervision of keypoint 0: L1 to the centre of the dataset's gaze box
             (the target object before the grasp, the destination after it) in the model-input frame,
             logged as ``grounding_loss``. Needs ``spatial_keypoints`` >= 1. 0: off.
+        gaze_heatmap_weight (`float`, defaults to `0.0`):
+            Weight of a second "where" loss on keypoint 0: the KL divergence from a Gaussian at the
+            gaze-box centre (std ``GAZE_HEATMAP_SIGMA`` of the image) to the keypoint's spatial softmax,
+            logged as ``heatmap_loss`` (heatmap supervision, as keypoint detectors train). The L1 on
+            the expected (x, y) barely moves a softmax whose mass sits on the wrong object (the right
+            object's cells get a gradient proportional to their tiny weight); this loss raises the
+            right cells whatever their weight. Needs ``gaze_keypoint_weight`` > 0. 0: off.
         gaze_colour_weight (`float`, defaults to `0.0`):
             Weight of a training-only loss that teaches the instruction encoding what its target looks
             like: a small head on the instruction embedding predicts the mean colour of the gaze box's
@@ -358,6 +366,7 @@ class ReconVLAConfig:
     spatial_keypoints: int = 0
     keypoint_encoder: str = "vision"
     gaze_keypoint_weight: float = 0.0
+    gaze_heatmap_weight: float = 0.0
     gaze_colour_weight: float = 0.0
     action_head_state: bool = False
     gaze_teacher_forcing: float = 0.0
@@ -455,10 +464,12 @@ class ReconVLAConfig:
             raise ValueError(f"keypoint_encoder must be one of {KEYPOINT_ENCODERS}, got {self.keypoint_encoder!r}")
         if self.spatial_keypoints and self.action_head != "parallel":
             raise ValueError("spatial_keypoints feed the parallel head's action queries: set action_head: parallel")
-        if not (isinstance(self.gaze_keypoint_weight, (int, float)) and 0.0 <= self.gaze_keypoint_weight < float("inf")):
-            raise ValueError(f"gaze_keypoint_weight must be a finite number >= 0, got {self.gaze_keypoint_weight!r}")
-        if not (isinstance(self.gaze_colour_weight, (int, float)) and 0.0 <= self.gaze_colour_weight < float("inf")):
-            raise ValueError(f"gaze_colour_weight must be a finite number >= 0, got {self.gaze_colour_weight!r}")
+        for name in ("gaze_keypoint_weight", "gaze_heatmap_weight", "gaze_colour_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value < float("inf")):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.gaze_heatmap_weight > 0 and not self.gaze_keypoint_weight > 0:
+            raise ValueError("gaze_heatmap_weight adds to keypoint 0's gaze supervision: set gaze_keypoint_weight > 0")
         if self.gaze_colour_weight > 0 and not (self.action_head == "parallel" and self.encodes_instruction):
             raise ValueError("gaze_colour_weight trains the instruction encoding: it needs action_head: parallel and "
                              "vision_film: true or keypoint_encoder: conv")

@@ -31,10 +31,13 @@ class SpatialKeypoints(nn.Module):
         self.embed = keypoint_embedding(config)
         self.register_buffer("coords", grid_centres(config.grid_size, config.grid_size), persistent=False)
 
+    def heatmap(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, N, D_vision) -> (B, K, N) each keypoint's softmax over the token grid (cells: ``coords``)."""
+        return torch.softmax(self.logits(features).float().transpose(1, 2), dim=-1)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, N, D_vision) -> (B, K, 2) expected (x, y) per keypoint."""
-        weights = torch.softmax(self.logits(features).float(), dim=1)  # (B, N, K)
-        return torch.einsum("bnk,nc->bkc", weights, self.coords.to(weights.device))
+        return expected_points(self.heatmap(features), self.coords)
 
 
 class ConvKeypoints(nn.Module):
@@ -65,14 +68,32 @@ class ConvKeypoints(nn.Module):
         scale, shift = scale_shift[:, :, None, None].chunk(2, dim=1)
         return features * (1.0 + scale) + shift
 
-    def forward(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalised image, (B, D_llm) instruction encoding -> (B, K, 2) expected (x, y)."""
+    def heatmap(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised image, (B, D_llm) instruction encoding -> (B, K, H*W) each keypoint's
+        softmax over the feature map (cells: ``coords``)."""
         dtype = self.logits.weight.dtype
         text = instruction_embedding.to(dtype)
         features = self._film(self.stem(pixel_values.to(dtype)), self.stem_film(text))
         features = self._film(self.body(features), self.body_film(text))
-        weights = torch.softmax(self.logits(features).flatten(2).float(), dim=-1)  # (B, K, H*W)
-        return weights @ self.coords.to(weights.device)
+        return torch.softmax(self.logits(features).flatten(2).float(), dim=-1)
+
+    def forward(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised image, (B, D_llm) instruction encoding -> (B, K, 2) expected (x, y)."""
+        return expected_points(self.heatmap(pixel_values, instruction_embedding), self.coords)
+
+
+def expected_points(heatmap: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """(B, K, cells) softmax weights, (cells, 2) cell centres -> (B, K, 2) expected (x, y)."""
+    return heatmap @ coords.to(heatmap.device)
+
+
+def heatmap_divergence(heatmap: torch.Tensor, coords: torch.Tensor, point: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B,) KL(target || heatmap) per row: the target is a Gaussian of std ``sigma`` (image fraction)
+    at ``point`` (B, 2), normalised over the cells. 0 when the softmax is the target."""
+    squared = ((coords.to(point.device)[None] - point[:, None].float()) ** 2).sum(dim=-1)  # (B, cells)
+    target = torch.softmax(-squared / (2.0 * sigma ** 2), dim=-1)
+    log_heat = torch.log(heatmap.float().clamp(min=1e-12))
+    return (target * (torch.log(target.clamp(min=1e-12)) - log_heat)).sum(dim=-1)
 
 
 def keypoint_embedding(config: ReconVLAConfig) -> nn.Linear:

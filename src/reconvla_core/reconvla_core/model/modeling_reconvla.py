@@ -21,10 +21,11 @@ from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 from reconvla_core.model.action_tokenizer import check_array
-from reconvla_core.model.configuration_reconvla import ReconVLAConfig
+from reconvla_core.model.configuration_reconvla import GAZE_HEATMAP_SIGMA, ReconVLAConfig
 from reconvla_core.model.checkpoint import PreTrainedReconVLA
 from reconvla_core.model.decoding import ActionDecoder, naive_generate
-from reconvla_core.model.keypoints import ConvKeypoints, SpatialKeypoints, build_keypoints  # noqa: F401 (re-exported)
+from reconvla_core.model.keypoints import (ConvKeypoints, SpatialKeypoints, build_keypoints,  # noqa: F401 (re-exported)
+                                           expected_points, heatmap_divergence)
 from reconvla_core.model.processing_reconvla import IGNORE_INDEX, ReconVLAProcessor
 from reconvla_core.model.tokenization import build_byte_tokenizer
 
@@ -40,6 +41,7 @@ class ReconVLAOutput:
     recon_loss: torch.Tensor | None
     action_accuracy: torch.Tensor | None
     grounding_loss: torch.Tensor | None = None  # only with gaze_keypoint_weight > 0
+    heatmap_loss: torch.Tensor | None = None  # only with gaze_heatmap_weight > 0
     colour_loss: torch.Tensor | None = None  # only with gaze_colour_weight > 0
 
 
@@ -56,7 +58,8 @@ class ActionPrediction:
 
 
 # Metrics a forward pass reports (training logs and validation read them by these names).
-LOSS_KEYS: tuple[str, ...] = ("loss", "action_loss", "recon_loss", "action_accuracy", "grounding_loss", "colour_loss")
+LOSS_KEYS: tuple[str, ...] = ("loss", "action_loss", "recon_loss", "action_accuracy", "grounding_loss", "heatmap_loss",
+                              "colour_loss")
 
 
 def build_vision_tower(config: ReconVLAConfig) -> SiglipVisionModel:
@@ -419,9 +422,11 @@ class ReconVLA(PreTrainedReconVLA):
     def _embed(self, input_ids: torch.Tensor, image_mask: torch.Tensor, pixel_values: torch.Tensor,
                instruction_mask: torch.Tensor | None, query_mask: torch.Tensor | None,
                instruction_embedding: torch.Tensor | None = None,
-               gaze_point: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``embed_inputs`` and the spatial keypoints (B, K, 2) when configured (else None); a given
-        ``gaze_point`` (B, 2) replaces keypoint 0 (an external gaze: a detector, or the twin's truth)."""
+               gaze_point: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``embed_inputs``, the spatial keypoints (B, K, 2) and their softmax heat maps (B, K, cells)
+        when configured (else None); a given ``gaze_point`` (B, 2) replaces keypoint 0 (an external gaze:
+        a detector, or the twin's truth)."""
         embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, D)
         pooled = instruction_embedding
         if self.config.encodes_instruction and pooled is None:
@@ -430,11 +435,13 @@ class ReconVLA(PreTrainedReconVLA):
                                  "batch with model.processor")
             pooled = self.encode_instruction(input_ids, instruction_mask)
         features = self.vision_features(pixel_values, pooled)
-        keypoints = None  # (B, K, 2)
+        keypoints = heatmap = None  # (B, K, 2), (B, K, cells)
         if isinstance(self.keypoints, ConvKeypoints):
-            keypoints = self.keypoints(pixel_values, pooled)
+            heatmap = self.keypoints.heatmap(pixel_values, pooled)
         elif self.keypoints is not None:
-            keypoints = self.keypoints(features)
+            heatmap = self.keypoints.heatmap(features)
+        if heatmap is not None:
+            keypoints = expected_points(heatmap, self.keypoints.coords)
         if gaze_point is not None:
             if keypoints is None:
                 raise ValueError("a gaze point replaces keypoint 0: this model has no spatial keypoints")
@@ -456,7 +463,7 @@ class ReconVLA(PreTrainedReconVLA):
                 points = keypoints.reshape(b, -1).to(self.keypoints.embed.weight.dtype)
                 queries = queries + self.keypoints.embed(points).to(embeds.dtype)[:, None, :]
             embeds = embeds.masked_scatter(query_mask.unsqueeze(-1), queries)
-        return embeds, keypoints
+        return embeds, keypoints, heatmap
 
     def encode_instruction(self, input_ids: torch.Tensor, instruction_mask: torch.Tensor) -> torch.Tensor:
         """(B, D) instruction embedding for vision FiLM: the LLM run over the instruction's tokens alone,
@@ -514,7 +521,7 @@ class ReconVLA(PreTrainedReconVLA):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> ReconVLAOutput:
         """Action loss (token head: CE over the action tokens + EOS; parallel head: L1 on the continuous
         chunk) + recon_weight * reconstruction loss (+ gaze_keypoint_weight * keypoint loss
-        + gaze_colour_weight * colour loss)."""
+        + gaze_heatmap_weight * heat-map loss + gaze_colour_weight * colour loss)."""
         for key in ("input_ids", "attention_mask", "image_mask", "pixel_values"):
             if key not in batch:
                 raise ValueError(f"batch lacks {key!r}; build it with model.processor and processor.collate")
@@ -524,10 +531,10 @@ class ReconVLA(PreTrainedReconVLA):
         instruction = None  # encoded here only when a loss reads it besides the vision
         if self.gaze_colour is not None and "gaze_colour" in batch:
             instruction = self.encode_instruction(input_ids, batch["instruction_mask"])
-        embeds, keypoints = self._embed(input_ids, batch["image_mask"], batch["pixel_values"],
-                                        batch.get("instruction_mask"), batch.get("action_query_mask"),
-                                        instruction_embedding=instruction)
-        action_loss = action_accuracy = grounding_loss = colour_loss = None
+        embeds, keypoints, heatmap = self._embed(input_ids, batch["image_mask"], batch["pixel_values"],
+                                                 batch.get("instruction_mask"), batch.get("action_query_mask"),
+                                                 instruction_embedding=instruction)
+        action_loss = action_accuracy = grounding_loss = heatmap_loss = colour_loss = None
         if instruction is not None:
             colour_loss = self.gaze_colour.loss(self.gaze_colour(instruction), batch["gaze_colour"],
                                                 batch["gaze_valid"])
@@ -539,6 +546,8 @@ class ReconVLA(PreTrainedReconVLA):
                 action_loss = self._l1_action_loss(predicted, batch["actions"], batch.get("action_is_pad"))
             if self.config.gaze_keypoint_weight > 0 and "gaze_point" in batch:
                 grounding_loss = self._gaze_keypoint_loss(keypoints, batch["gaze_point"], batch["gaze_valid"])
+                if self.config.gaze_heatmap_weight > 0:
+                    heatmap_loss = self._gaze_heatmap_loss(heatmap, batch["gaze_point"], batch["gaze_valid"])
         else:
             hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                                             use_cache=False).last_hidden_state  # (B, L, D), after the final norm
@@ -554,11 +563,13 @@ class ReconVLA(PreTrainedReconVLA):
             loss = loss + self.config.recon_weight * recon_loss
         if loss is not None and grounding_loss is not None:
             loss = loss + self.config.gaze_keypoint_weight * grounding_loss
+        if loss is not None and heatmap_loss is not None:
+            loss = loss + self.config.gaze_heatmap_weight * heatmap_loss
         if loss is not None and colour_loss is not None:
             loss = loss + self.config.gaze_colour_weight * colour_loss
         return ReconVLAOutput(loss=loss, action_loss=action_loss, recon_loss=recon_loss,
                               action_accuracy=action_accuracy, grounding_loss=grounding_loss,
-                              colour_loss=colour_loss)
+                              heatmap_loss=heatmap_loss, colour_loss=colour_loss)
 
     @staticmethod
     def _l1_action_loss(predicted: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | None) -> torch.Tensor:
@@ -571,6 +582,12 @@ class ReconVLA(PreTrainedReconVLA):
     def _gaze_keypoint_loss(keypoints: torch.Tensor, point: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """L1 between keypoint 0 and the gaze-box centre (model-input frame); frames without a box count zero."""
         per_row = (keypoints[:, 0] - point.float()).abs().sum(dim=-1)
+        weight = valid.float()
+        return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
+
+    def _gaze_heatmap_loss(self, heatmap: torch.Tensor, point: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Keypoint 0's heat map against a Gaussian at the gaze-box centre (KL); frames without a box count zero."""
+        per_row = heatmap_divergence(heatmap[:, 0], self.keypoints.coords, point, GAZE_HEATMAP_SIGMA)
         weight = valid.float()
         return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
 
@@ -614,9 +631,9 @@ class ReconVLA(PreTrainedReconVLA):
             if gaze_point is not None:
                 forced = torch.as_tensor(check_array(gaze_point, (2,), "gaze_point"), dtype=torch.float32,
                                          device=device)[None]
-            embeds, keypoints = self._embed(ids, masks["image_mask"], sample["pixel_values"][None].to(device),
-                                            masks.get("instruction_mask"), masks.get("action_query_mask"),
-                                            instruction, forced)
+            embeds, keypoints, _ = self._embed(ids, masks["image_mask"], sample["pixel_values"][None].to(device),
+                                               masks.get("instruction_mask"), masks.get("action_query_mask"),
+                                               instruction, forced)
             geometry = self.head_geometry(sample["state"][None].to(device) if "state" in sample else None, keypoints)
         if geometry is not None:
             masks["geometry"] = geometry  # rides with the masks to run_parallel
