@@ -135,7 +135,8 @@ def test_yaml_file_with_extends(tmp_path: Path, fake_dataset: Path) -> None:
 def test_model_section_is_typed_reconvla_config_fields(fake_dataset: Path) -> None:
     """model: is a preset plus any ReconVLAConfig field, nested ones too; overrides reach them typed."""
     config = load_train_config("tiny-sim", ["model.action_head=tokens", "model.spatial_keypoints=0",
-                                            "model.gaze_keypoint_weight=0", "model.gaze_colour_weight=0",
+                                            "model.gaze_keypoint_weight=0", "model.gaze_heatmap_weight=0",
+                                            "model.gaze_colour_weight=0",
                                             "model.action_head_state=false", "model.standardize_head_inputs=false",
                                             "model.gaze_teacher_forcing=0", "model.vision.image_size=168",
                                             "model.vision.patch_size=14", "model.vae.image_size=96",
