@@ -7,6 +7,7 @@ conv net of its own (``ReconVLAConfig.keypoint_encoder``); ``build_keypoints`` p
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from reconvla_core.model.configuration_reconvla import ReconVLAConfig
@@ -93,7 +94,7 @@ def heatmap_divergence(heatmap: torch.Tensor, coords: torch.Tensor, point: torch
     squared = ((coords.to(point.device)[None] - point[:, None].float()) ** 2).sum(dim=-1)  # (B, cells)
     target = torch.softmax(-squared / (2.0 * sigma ** 2), dim=-1)
     log_heat = torch.log(heatmap.float().clamp(min=1e-12))
-    return (target * (torch.log(target.clamp(min=1e-12)) - log_heat)).sum(dim=-1)
+    return F.kl_div(log_heat, target, reduction="none").sum(dim=-1)
 
 
 def keypoint_embedding(config: ReconVLAConfig) -> nn.Linear:

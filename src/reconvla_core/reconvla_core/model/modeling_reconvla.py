@@ -188,6 +188,12 @@ class VisionFiLM(nn.Module):
         return out[:, :, 0].transpose(0, 1), out[:, :, 1].transpose(0, 1)
 
 
+def mean_over_valid(per_row: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of a (B,) per-row loss over the rows with a gaze box; rows without one count zero."""
+    weight = valid.float()
+    return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
+
+
 class GazeColourHead(nn.Module):
     """Training only (``gaze_colour_weight``): from the pooled instruction embedding, two guesses of the
     gaze region's mean RGB (the object, then its destination); inference never runs it."""
@@ -207,8 +213,7 @@ class GazeColourHead(nn.Module):
     def loss(guesses: torch.Tensor, colour: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """L1 of the nearer guess to the gaze region's colour; frames without a box count zero."""
         error = (guesses.float() - colour.float()[:, None]).abs().sum(dim=-1).min(dim=1).values  # (B,)
-        weight = valid.float()
-        return (error * weight).sum() / weight.sum().clamp(min=1.0)
+        return mean_over_valid(error, valid)
 
 
 def chunk_attention_mask(attention_mask: torch.Tensor, query_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -582,14 +587,12 @@ class ReconVLA(PreTrainedReconVLA):
     def _gaze_keypoint_loss(keypoints: torch.Tensor, point: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """L1 between keypoint 0 and the gaze-box centre (model-input frame); frames without a box count zero."""
         per_row = (keypoints[:, 0] - point.float()).abs().sum(dim=-1)
-        weight = valid.float()
-        return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
+        return mean_over_valid(per_row, valid)
 
     def _gaze_heatmap_loss(self, heatmap: torch.Tensor, point: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Keypoint 0's heat map against a Gaussian at the gaze-box centre (KL); frames without a box count zero."""
         per_row = heatmap_divergence(heatmap[:, 0], self.keypoints.coords, point, GAZE_HEATMAP_SIGMA)
-        weight = valid.float()
-        return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
+        return mean_over_valid(per_row, valid)
 
     def _action_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CE over the full vocabulary, computed only where labels are set (shifted by one)."""
