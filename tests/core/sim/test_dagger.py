@@ -84,3 +84,30 @@ def test_one_round_end_to_end_and_resume(tiny_checkpoint: Path, tmp_path: Path, 
     resumed = json.loads(capsys.readouterr().out)["rounds"]
     assert resumed[1]["frames"] == row["frames"] and resumed[1]["train_steps"] == 2
     assert resumed[1]["avg_len"] == row["avg_len"]
+
+
+def test_round_share_sets_the_mixture(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The finetune mixture: every dataset alike by default; with round_share the rounds' datasets share
+    that fraction of the samples and the demonstrations the rest, as the training sampler reads it."""
+    from reconvla_core.sim.dagger import DaggerConfig, mixture
+    from reconvla_core.train.config import parse_data_arg
+
+    base = tiny_checkpoint.parent.parent / "dataset"
+    rounds = [tmp_path / "round_01" / "dataset", tmp_path / "round_02" / "dataset"]
+
+    def weights(config: DaggerConfig) -> dict[str, float]:
+        return {parse_data_arg(item)["path"]: parse_data_arg(item)["weight"] for item in mixture(config, rounds)}
+
+    alike = weights(DaggerConfig(init=tiny_checkpoint, out=tmp_path / "a", base_data=[base]))
+    assert alike == {str(base): 1.0, str(rounds[0]): 1.0, str(rounds[1]): 1.0}
+    shared = weights(DaggerConfig(init=tiny_checkpoint, out=tmp_path / "b", base_data=[base], round_share=0.4))
+    assert shared[str(base)] == pytest.approx(0.6)
+    assert shared[str(rounds[0])] == pytest.approx(0.2) and shared[str(rounds[1])] == pytest.approx(0.2)
+    only = weights(DaggerConfig(init=tiny_checkpoint, out=tmp_path / "c", round_share=1.0))
+    assert set(only) == {str(r) for r in rounds}
+
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="--round-share"):
+            DaggerConfig(init=tiny_checkpoint, out=tmp_path / "d", base_data=[base], round_share=bad)
+    with pytest.raises(ValueError, match="needs --data"):
+        DaggerConfig(init=tiny_checkpoint, out=tmp_path / "e", round_share=0.5)

@@ -125,6 +125,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dagger.add_argument("--eval-seed", type=int, default=0, help="evaluation-set seed (default 0: the fixed set)")
     dagger.add_argument("--data", type=Path, nargs="*", default=[], metavar="DIR",
                         help="datasets every round also trains on (the original demonstrations)")
+    dagger.add_argument("--round-share", type=float, default=None, metavar="S",
+                        help="share of finetune samples drawn from the rounds' own datasets together (0 < S <= 1; "
+                             "default: every dataset, base or round, is drawn alike)")
     dagger.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     dagger.add_argument("--image-size", type=_size, default=(320, 240), metavar="WxH",
                         help="camera resolution (default 320x240, as sim collect)")
@@ -214,7 +217,7 @@ def cmd_dagger(args: argparse.Namespace) -> int:
     config = DaggerConfig(
         init=args.init, out=args.out, rounds=args.rounds, episodes=args.episodes, beta=args.beta, seed=args.seed,
         finetune_steps=args.finetune_steps, eval_chains=args.eval_chains, eval_seed=args.eval_seed,
-        base_data=args.data, train_overrides=list(args.overrides), image_size=args.image_size,
+        base_data=args.data, round_share=args.round_share, train_overrides=list(args.overrides), image_size=args.image_size,
         device=args.device, resume=args.resume,
     )
     summary = run_dagger(config)

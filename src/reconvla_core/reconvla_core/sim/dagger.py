@@ -12,7 +12,9 @@
    finish is kept (``success=False``): its states are the ones DAgger is for;
 3. **build** those bags into ``round_RR/dataset`` (``reconvla dataset build`` logic, unsuccessful
    episodes included); the round trains on the aggregate: every round's dataset so far plus any
-   ``base_data`` (the original demonstrations);
+   ``base_data`` (the original demonstrations). Each dataset is drawn as often as every other
+   (the training mixture samples sources by weight, not size) unless ``round_share`` sets the
+   share of samples the rounds' datasets get together;
 4. **finetune** the previous round's checkpoint with the ``tiny-sim-finetune`` recipe
    (``round_RR/train``; resumable);
 5. **evaluate** on the fixed chains (``make_eval_chains``).
@@ -57,6 +59,7 @@ class DaggerConfig:
     eval_seed: int = 0
     base_data: list[Path] = field(default_factory=list)
     train_overrides: list[str] = field(default_factory=list)
+    round_share: float | None = None  # share of samples from the rounds' datasets; None: every dataset alike
     image_size: tuple[int, int] = (320, 240)
     device: str = "cpu"
     resume: bool = False
@@ -75,6 +78,11 @@ class DaggerConfig:
             raise ValueError(f"--finetune-steps must be >= 1, got {self.finetune_steps}")
         if self.eval_chains < 1:
             raise ValueError(f"--eval-chains must be >= 1, got {self.eval_chains}")
+        if self.round_share is not None:
+            if not (np.isfinite(self.round_share) and 0.0 < self.round_share <= 1.0):
+                raise ValueError(f"--round-share must be in (0, 1], got {self.round_share}")
+            if self.round_share < 1.0 and not self.base_data:
+                raise ValueError("--round-share below 1 needs --data (the datasets that get the rest)")
         if self.seed < 0 or self.eval_seed < 0:
             raise ValueError("seeds must be >= 0")
         if not (self.init / "config.json").is_file():
@@ -191,12 +199,24 @@ def build_round_dataset(bags: Path, out: Path) -> dict[str, Any]:
     return {"dataset_episodes": report.episodes, "dataset_frames": report.frames}
 
 
-def finetune(config: DaggerConfig, init_from: Path, datasets: list[Path], out: Path) -> dict[str, Any]:
-    """Step 4: ``tiny-sim-finetune`` from ``init_from`` on ``datasets``; resumes a run left half done."""
+def mixture(config: DaggerConfig, round_datasets: list[Path]) -> list[str]:
+    """``--data`` arguments (``DIR:WEIGHT``) for a round's finetune: the base datasets and the rounds'
+    so far. Without ``round_share`` each weighs 1; with it the rounds' datasets share ``round_share`` of
+    the samples equally and the base datasets the rest."""
+    if config.round_share is None:
+        return [f"{p}:1.0" for p in [*config.base_data, *round_datasets]]
+    rest = 1.0 - config.round_share
+    entries = [f"{p}:{rest / len(config.base_data)}" for p in config.base_data] if rest > 0 else []
+    return entries + [f"{p}:{config.round_share / len(round_datasets)}" for p in round_datasets]
+
+
+def finetune(config: DaggerConfig, init_from: Path, datasets: list[str], out: Path) -> dict[str, Any]:
+    """Step 4: ``tiny-sim-finetune`` from ``init_from`` on ``datasets`` (``DIR:WEIGHT``); resumes a run
+    left half done."""
     from reconvla_core.train import load_train_config, train
 
     overrides = [f"init_from={init_from}", f"seed={config.seed}", *config.train_overrides]
-    train_config = load_train_config("tiny-sim-finetune", overrides, data=[str(p) for p in datasets],
+    train_config = load_train_config("tiny-sim-finetune", overrides, data=datasets,
                                      output_dir=str(out), max_steps=config.finetune_steps)
     result = train(train_config, resume=config.resume and out.exists())
     if result.get("interrupted"):
@@ -249,7 +269,7 @@ def run_dagger(config: DaggerConfig) -> dict[str, Any]:
     rows.append({"round": 0, "episodes": 0, "frames": 0, "expert_frames": 0, "checkpoint": str(config.init),
                  **initial})
     checkpoint = config.init
-    datasets = list(config.base_data)
+    round_datasets: list[Path] = []
     for r in range(1, config.rounds + 1):
         started = time.perf_counter()
         folder = out / f"round_{r:02d}"
@@ -262,9 +282,9 @@ def run_dagger(config: DaggerConfig) -> dict[str, Any]:
 
         collected = _cached(folder / "rollout.json", roll)
         built = _cached(folder / "dataset.json", lambda: build_round_dataset(folder / "bags", folder / "dataset"))
-        datasets.append(folder / "dataset")
+        round_datasets.append(folder / "dataset")
         trained = _cached(folder / "train.json",
-                          lambda: finetune(config, checkpoint, list(datasets), folder / "train"))
+                          lambda: finetune(config, checkpoint, mixture(config, round_datasets), folder / "train"))
         checkpoint = Path(trained["checkpoint"])
         scored = _cached(folder / "eval.json", lambda: evaluate(config, checkpoint))
         row = {"round": r, **collected, **built, **trained, **scored,
