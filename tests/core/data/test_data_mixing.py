@@ -57,7 +57,7 @@ def test_each_source_keeps_its_own_stats(two_datasets):
     assert seen[0]["norm_stats"]["action"] == load_stats(a)["action"]
     assert seen[1]["norm_stats"]["action"] == load_stats(b)["action"]
     assert set(seen[0]) == {"base_image", "wrist_image", "instruction", "state", "actions", "gaze_box", "norm_stats",
-                            "action_is_pad", "gaze_valid"}
+                            "action_is_pad", "gaze_valid", "gripper_point", "gripper_valid"}
 
 
 def test_external_feature_names_map_in(tmp_path, two_datasets):

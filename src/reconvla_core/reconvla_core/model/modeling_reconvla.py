@@ -43,6 +43,7 @@ class ReconVLAOutput:
     grounding_loss: torch.Tensor | None = None  # only with gaze_keypoint_weight > 0
     heatmap_loss: torch.Tensor | None = None  # only with gaze_heatmap_weight > 0
     colour_loss: torch.Tensor | None = None  # only with gaze_colour_weight > 0
+    gripper_loss: torch.Tensor | None = None  # only with gripper_point_weight > 0
 
 
 @dataclass
@@ -59,7 +60,7 @@ class ActionPrediction:
 
 # Metrics a forward pass reports (training logs and validation read them by these names).
 LOSS_KEYS: tuple[str, ...] = ("loss", "action_loss", "recon_loss", "action_accuracy", "grounding_loss", "heatmap_loss",
-                              "colour_loss")
+                              "colour_loss", "gripper_loss")
 
 
 def build_vision_tower(config: ReconVLAConfig) -> SiglipVisionModel:
@@ -189,7 +190,8 @@ class VisionFiLM(nn.Module):
 
 
 def mean_over_valid(per_row: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean of a (B,) per-row loss over the rows with a gaze box; rows without one count zero."""
+    """Mean of a (B,) per-row loss over the rows with a label (a gaze box, a gripper point); rows
+    without one count zero."""
     weight = valid.float()
     return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
 
@@ -214,6 +216,23 @@ class GazeColourHead(nn.Module):
         """L1 of the nearer guess to the gaze region's colour; frames without a box count zero."""
         error = (guesses.float() - colour.float()[:, None]).abs().sum(dim=-1).min(dim=1).values  # (B,)
         return mean_over_valid(error, valid)
+
+
+class GripperPointHead(nn.Module):
+    """Where the gripper's tool point appears in the base view (model-input frame), from the normalised
+    joint state: a small MLP fitted to the dataset's kinematics labels (``observation.gripper_point``).
+    Its output is keypoint 1 of the action head's geometry (``gripper_point_weight``), so the head
+    sees the target and its own gripper in the same image coordinates instead of learning forward
+    kinematics and the camera from actions."""
+
+    def __init__(self, config: ReconVLAConfig, width: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(config.state_dim, width), nn.GELU(), nn.Linear(width, width), nn.GELU(),
+                                 nn.Linear(width, 2))
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, state_dim) normalised state -> (B, 2) point."""
+        return self.net(state.to(self.net[0].weight.dtype))
 
 
 def chunk_attention_mask(attention_mask: torch.Tensor, query_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -251,6 +270,7 @@ class ReconVLA(PreTrainedReconVLA):
         self.vision_film = VisionFiLM(config) if config.vision_film else None
         self.keypoints = build_keypoints(config)
         self.gaze_colour = GazeColourHead(config) if config.gaze_colour_weight > 0 else None
+        self.gripper_point = GripperPointHead(config) if config.gripper_point_weight > 0 else None
         self.reconstruction: nn.Module | None = None
         if build_reconstruction and config.builds_reconstruction:
             from reconvla_core.model.reconstruction import ReconstructionBranch  # imports diffusers
@@ -274,6 +294,15 @@ class ReconVLA(PreTrainedReconVLA):
                 self.gaze_colour = GazeColourHead(self.config).to(device=reference.device, dtype=reference.dtype)
             elif value == 0:
                 self.gaze_colour = None
+            return
+        if name == "gripper_point_weight":  # used at inference too: built fresh when switched on
+            self.config.gripper_point_weight = value
+            self.config.validate()
+            if value > 0 and self.gripper_point is None:
+                reference = self.llm.get_input_embeddings().weight
+                self.gripper_point = GripperPointHead(self.config).to(device=reference.device, dtype=reference.dtype)
+            elif value == 0:
+                self.gripper_point = None
             return
         if name != "keypoint_encoder":
             raise ValueError(f"{name!r} cannot be switched on a built model")
@@ -342,7 +371,8 @@ class ReconVLA(PreTrainedReconVLA):
         """Trainable parameters by part (the VAE is frozen; the vision tower unless ``train_vision``)."""
         denoiser = [] if self.reconstruction is None else self.reconstruction.denoiser.parameters()
         head = [*(() if self.action_head is None else self.action_head.parameters()),
-                *(() if self.gaze_colour is None else self.gaze_colour.parameters())]
+                *(() if self.gaze_colour is None else self.gaze_colour.parameters()),
+                *(() if self.gripper_point is None else self.gripper_point.parameters())]
         llm = list(self.llm.parameters())
         if self.action_head is not None and not self.config.llm.tie_word_embeddings:
             # The parallel head never uses the LM head: leaving it out keeps DDP from waiting for its grads.
@@ -502,14 +532,34 @@ class ReconVLA(PreTrainedReconVLA):
     def _teacher_forced(self, keypoints: torch.Tensor | None, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """Keypoints for the head's input at training: keypoint 0 replaced by the gaze-box centre in a
         random ``gaze_teacher_forcing`` share of the rows that have a box (gradients still reach the
-        keypoints through the queries and the gaze loss)."""
+        keypoints through the queries and the gaze loss), and keypoint 1, the gripper point, by its
+        label in the same rows that have one."""
         p = self.config.gaze_teacher_forcing
-        if not (self.training and p > 0 and keypoints is not None and "gaze_point" in batch):
+        if not (self.training and p > 0 and keypoints is not None):
             return keypoints
-        rows = (torch.rand(keypoints.shape[0], device=keypoints.device) < p) & batch["gaze_valid"].bool()
-        forced = keypoints.clone()
-        forced[rows, 0] = batch["gaze_point"][rows].to(forced.dtype)
+        draw = torch.rand(keypoints.shape[0], device=keypoints.device) < p
+        forced = keypoints
+        for index, point, valid in ((0, "gaze_point", "gaze_valid"), (1, "gripper_point", "gripper_valid")):
+            if point not in batch or (index == 1 and self.gripper_point is None):
+                continue
+            rows = draw & batch[valid].bool()
+            forced = forced.clone() if forced is keypoints else forced
+            forced[rows, index] = batch[point][rows].to(forced.dtype)
         return forced
+
+    def _with_gripper_point(self, keypoints: torch.Tensor | None,
+                            state: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(keypoints with keypoint 1 replaced by the gripper point predicted from the state, that
+        prediction) with ``gripper_point_weight``; else (keypoints, None)."""
+        if self.gripper_point is None or keypoints is None:
+            return keypoints, None
+        if state is None:
+            raise ValueError("gripper_point_weight predicts the gripper point from batch['state']; build the "
+                             "batch with model.processor")
+        predicted = self.gripper_point(state)
+        replaced = keypoints.clone()
+        replaced[:, 1] = predicted.to(replaced.dtype)
+        return replaced, predicted
 
     def head_geometry(self, state: torch.Tensor | None, keypoints: torch.Tensor | None) -> torch.Tensor | None:
         """(B, state_dim + 2 * keypoints) exact geometry for the action MLP (action_head_state), else None."""
@@ -526,7 +576,8 @@ class ReconVLA(PreTrainedReconVLA):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> ReconVLAOutput:
         """Action loss (token head: CE over the action tokens + EOS; parallel head: L1 on the continuous
         chunk) + recon_weight * reconstruction loss (+ gaze_keypoint_weight * keypoint loss
-        + gaze_heatmap_weight * heat-map loss + gaze_colour_weight * colour loss)."""
+        + gaze_heatmap_weight * heat-map loss + gaze_colour_weight * colour loss
+        + gripper_point_weight * gripper-point loss)."""
         for key in ("input_ids", "attention_mask", "image_mask", "pixel_values"):
             if key not in batch:
                 raise ValueError(f"batch lacks {key!r}; build it with model.processor and processor.collate")
@@ -539,12 +590,16 @@ class ReconVLA(PreTrainedReconVLA):
         embeds, keypoints, heatmap = self._embed(input_ids, batch["image_mask"], batch["pixel_values"],
                                                  batch.get("instruction_mask"), batch.get("action_query_mask"),
                                                  instruction_embedding=instruction)
-        action_loss = action_accuracy = grounding_loss = heatmap_loss = colour_loss = None
+        action_loss = action_accuracy = grounding_loss = heatmap_loss = colour_loss = gripper_loss = None
         if instruction is not None:
             colour_loss = self.gaze_colour.loss(self.gaze_colour(instruction), batch["gaze_colour"],
                                                 batch["gaze_valid"])
         if self.action_head is not None:
-            geometry = self.head_geometry(batch.get("state"), self._teacher_forced(keypoints, batch))
+            head_points, gripper = self._with_gripper_point(keypoints, batch.get("state"))
+            if gripper is not None and "gripper_point" in batch:
+                gripper_loss = mean_over_valid((gripper.float() - batch["gripper_point"].float()).abs().sum(-1),
+                                               batch["gripper_valid"])
+            geometry = self.head_geometry(batch.get("state"), self._teacher_forced(head_points, batch))
             hidden, predicted, _ = self.run_parallel(embeds, batch["attention_mask"], batch["action_query_mask"],
                                                      geometry=geometry)
             if "actions" in batch:
@@ -572,9 +627,11 @@ class ReconVLA(PreTrainedReconVLA):
             loss = loss + self.config.gaze_heatmap_weight * heatmap_loss
         if loss is not None and colour_loss is not None:
             loss = loss + self.config.gaze_colour_weight * colour_loss
+        if loss is not None and gripper_loss is not None:
+            loss = loss + self.config.gripper_point_weight * gripper_loss
         return ReconVLAOutput(loss=loss, action_loss=action_loss, recon_loss=recon_loss,
                               action_accuracy=action_accuracy, grounding_loss=grounding_loss,
-                              heatmap_loss=heatmap_loss, colour_loss=colour_loss)
+                              heatmap_loss=heatmap_loss, colour_loss=colour_loss, gripper_loss=gripper_loss)
 
     @staticmethod
     def _l1_action_loss(predicted: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | None) -> torch.Tensor:
@@ -637,7 +694,8 @@ class ReconVLA(PreTrainedReconVLA):
             embeds, keypoints, _ = self._embed(ids, masks["image_mask"], sample["pixel_values"][None].to(device),
                                                masks.get("instruction_mask"), masks.get("action_query_mask"),
                                                instruction, forced)
-            geometry = self.head_geometry(sample["state"][None].to(device) if "state" in sample else None, keypoints)
+            state = sample["state"][None].to(device) if "state" in sample else None
+            geometry = self.head_geometry(state, self._with_gripper_point(keypoints, state)[0])
         if geometry is not None:
             masks["geometry"] = geometry  # rides with the masks to run_parallel
         if keypoints is not None:

@@ -98,3 +98,26 @@ def render(client: object, width: int, height: int, view: np.ndarray, proj: np.n
     )
     image = np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)
     return np.ascontiguousarray(image[:, :, :3])
+
+
+def base_view_matrices(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """(view, projection) of the base camera for images of ``width`` x ``height``."""
+    view = look_at(np.array(BASE_CAMERA_EYE), np.array(BASE_CAMERA_TARGET), np.array([0.0, 0.0, 1.0]))
+    return view, perspective(BASE_CAMERA, width / height)
+
+
+def gripper_points(states: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(N, 3) where the twin's tool point appears in the base image for each follower state
+    (N, >= 6 joint angles): normalised (x, y) from forward kinematics and the base camera, and 1 when
+    it is inside the image (else 0, the point clipped to the border). The labels of a dataset's
+    ``observation.gripper_point``."""
+    from reconvla_core.sim.kinematics import tcp_pose
+
+    states = np.asarray(states, dtype=np.float64)
+    if states.ndim != 2 or states.shape[1] < 6 or not np.all(np.isfinite(states[:, :6])):
+        raise ValueError(f"states must be finite (N, >= 6) joint angles, got shape {states.shape}")
+    view, proj = base_view_matrices(width, height)
+    tcp = np.stack([tcp_pose(q[:6])[:3, 3] for q in states]) if len(states) else np.zeros((0, 3))
+    uv = project(tcp, view, proj)
+    inside = np.all(np.isfinite(uv), axis=1) & np.all((uv >= 0.0) & (uv <= 1.0), axis=1)
+    return np.concatenate([np.clip(np.nan_to_num(uv, nan=0.5), 0.0, 1.0), inside[:, None]], axis=1)
