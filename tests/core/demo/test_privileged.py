@@ -33,6 +33,25 @@ def test_samples_are_relative_chunks_with_the_gaze_box_and_instruction(twin_data
     one_hot = instruction_features("stack the red block on the blue block", ["red", "green", "blue", "yellow"])
     assert one_hot.sum() == 3 and one_hot[2] == 1.0  # family stack, object red, destination blue
 
+def test_inputs_narrow_the_box_to_its_centre_and_add_the_gripper_point(twin_dataset, capsys):
+    from reconvla_core.cli.main import main
+    from reconvla_core.demo.privileged import load_samples
+    from reconvla_core.sim.camera import gripper_points
+
+    boxed, _ = load_samples([twin_dataset], chunk_size=5)
+    inputs, _ = load_samples([twin_dataset], chunk_size=5, inputs="centre+gripper")
+    assert inputs.shape[1] == boxed.shape[1] - 4 + 2 + 4
+    centre = 0.5 * (boxed[:, 7:9] + boxed[:, 9:11])
+    np.testing.assert_allclose(inputs[:, 7:9], centre, atol=1e-6)
+    np.testing.assert_allclose(inputs[:, 9:11], gripper_points(inputs[:, :7], 160, 120)[:, :2], atol=1e-6)
+    np.testing.assert_allclose(inputs[:, 11:13], centre - inputs[:, 9:11], atol=1e-6)
+    np.testing.assert_array_equal(inputs[:, 13:], boxed[:, 11:])  # the instruction one-hots
+    assert main(["study", "privileged", "--data", str(twin_dataset), "--steps", "200", "--chains", "1",
+                 "--inputs", "centre+gripper", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["inputs"] == "centre+gripper" and result["chains"] == 1
+
+
 def test_study_trains_and_scores_on_the_fixed_chains(twin_dataset, capsys):
     from reconvla_core.cli.main import main
 

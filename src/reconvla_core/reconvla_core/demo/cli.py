@@ -61,6 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     privileged.add_argument("--gaze-noise", default="0",
                             help="comma-separated per-axis std of Gaussian noise on the gaze box's position "
                                  "(fraction of the image), one evaluation each: how precise must perception be?")
+    privileged.add_argument("--inputs", choices=("box", "centre", "box+gripper", "centre+gripper"), default="box",
+                            help="what the MLP gets besides the state and the instruction: the gaze box or its centre, "
+                                 "with +gripper also the gripper's point in the base image (default box)")
     privileged.add_argument("--seed", type=int, default=0)
     privileged.add_argument("--json", action="store_true")
     privileged.set_defaults(func=cmd_study_privileged)
@@ -127,8 +130,9 @@ def cmd_study_privileged(args: argparse.Namespace) -> int:
     if not noise or any(not math.isfinite(value) or value < 0 for value in noise):
         raise CLIError(f"--gaze-noise levels must be finite and >= 0, got {args.gaze_noise!r}")
     result = run_privileged_study(args.data, steps=args.steps, chains=args.chains, seed=args.seed,
-                                  batch_size=args.batch_size, scaling=args.input_scaling, gaze_noise=noise)
-    sys.stderr.write(f"privileged MLP: avg len {result['avg_len']:.2f} / 5 on {result['chains']} fixed chains "
+                                  batch_size=args.batch_size, scaling=args.input_scaling, gaze_noise=noise,
+                                  inputs=args.inputs)
+    sys.stderr.write(f"privileged MLP ({args.inputs}): avg len {result['avg_len']:.2f} / 5 on {result['chains']} fixed chains "
                      f"({result['samples']} samples, {result['steps']} steps, {result['train_s']} s)\n")
     for level in result["by_gaze_noise"][1:]:
         sys.stderr.write(f"  gaze noise {level['gaze_noise']} (mean error {level['mean_gaze_error']}): "

@@ -1,7 +1,8 @@
 """`reconvla study privileged`: the simplest policy that could work, as a calibration.
 
 A small MLP maps what perfect perception would give (the simulator's gaze box, the follower state
-and the parsed instruction) to a chunk of joint deltas, trained with L1 on the same LeRobot v3
+and the parsed instruction; ``inputs`` can narrow the box to its centre, as the ReconVLA's gaze
+keypoint is, and add the gripper's point in the base image) to a chunk of joint deltas, trained with L1 on the same LeRobot v3
 datasets a ReconVLA trains on, and evaluated on the same fixed chains. Its score is the ceiling for
 a pixel policy whose only "where" signal is the gaze box: if it fails, more pixels or steps will
 not help; if it succeeds where a ReconVLA fails, perception from pixels is what is missing
@@ -28,6 +29,9 @@ from reconvla_core.policy import ActionChunk, Policy
 logger = logging.getLogger(__name__)
 
 FAMILIES = ("pick", "place", "stack")
+# What the MLP gets besides the state and the instruction: the gaze box (xyxy) or only its centre,
+# with or without the gripper's point in the base image (and the centre's offset from it)
+INPUTS = ("box", "centre", "box+gripper", "centre+gripper")
 
 
 def instruction_features(instruction: str, colours: Sequence[str]) -> np.ndarray:
@@ -43,20 +47,36 @@ def instruction_features(instruction: str, colours: Sequence[str]) -> np.ndarray
     return out
 
 
-def observation_features(state: np.ndarray, gaze_box: np.ndarray, instruction: np.ndarray) -> np.ndarray:
-    """The MLP's input: follower state (7), gaze box xyxy (4), instruction one-hots."""
-    return np.concatenate([np.asarray(state, np.float32), np.asarray(gaze_box, np.float32)[:4], instruction])
+def observation_features(state: np.ndarray, gaze_box: np.ndarray, instruction: np.ndarray, inputs: str = "box",
+                         gripper: np.ndarray | None = None) -> np.ndarray:
+    """The MLP's input: follower state (7), the gaze box xyxy (4) or its centre (2), with ``+gripper``
+    the gripper point (2, ``camera.gripper_points``) and the centre minus it (2), then the instruction
+    one-hots."""
+    if inputs not in INPUTS:
+        raise ValueError(f"inputs must be one of {INPUTS}, got {inputs!r}")
+    box = np.asarray(gaze_box, np.float32)[:4]
+    centre = 0.5 * (box[:2] + box[2:])
+    parts = [np.asarray(state, np.float32), box if inputs.startswith("box") else centre]
+    if inputs.endswith("+gripper"):
+        if gripper is None:
+            raise ValueError(f"inputs {inputs!r} need the gripper point")
+        point = np.asarray(gripper, np.float32)[:2]
+        parts += [point, centre - point]
+    return np.concatenate([*parts, instruction])
 
 
-def load_samples(datasets: Sequence[Path], chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+def load_samples(datasets: Sequence[Path], chunk_size: int, inputs: str = "box",
+                 image_size: tuple[int, int] = (160, 120)) -> tuple[np.ndarray, np.ndarray]:
     """(inputs (N, F), targets (N, chunk_size * 7)): the chunk a_{t..t+K-1} with the joints relative to
-    s_t (the gripper absolute), steps past an episode's end repeating its last action."""
+    s_t (the gripper absolute), steps past an episode's end repeating its last action. Gripper points
+    come from the state by the twin's kinematics and base camera at ``image_size``."""
     import pyarrow.parquet as pq
 
+    from reconvla_core.sim.camera import gripper_points
     from reconvla_core.sim.scene import COLOURS
 
     colours = list(COLOURS)
-    inputs, targets = [], []
+    samples, targets = [], []
     for root in datasets:
         tasks = pq.read_table(Path(root) / "meta" / "tasks.parquet").to_pydict()
         text_key = next(k for k in tasks if k != "task_index")
@@ -73,13 +93,15 @@ def load_samples(datasets: Sequence[Path], chunk_size: int) -> tuple[np.ndarray,
             gaze = np.asarray(table["observation.gaze_box"], np.float32)
             episode = np.asarray(table["episode_index"])
             last = _episode_last_rows(episode)
+            points = gripper_points(state, *image_size) if inputs.endswith("+gripper") else [None] * len(state)
             for i in range(len(episode)):
                 rows = np.minimum(np.arange(i, i + chunk_size), last[i])
                 chunk = action[rows].copy()
                 chunk[:, :6] -= state[i, :6]
-                inputs.append(observation_features(state[i], gaze[i], features[table["task_index"][i]]))
+                samples.append(observation_features(state[i], gaze[i], features[table["task_index"][i]], inputs,
+                                                    points[i]))
                 targets.append(chunk.reshape(-1))
-    return np.asarray(inputs, np.float32), np.asarray(targets, np.float32)
+    return np.asarray(samples, np.float32), np.asarray(targets, np.float32)
 
 
 def _episode_last_rows(episode: np.ndarray) -> np.ndarray:
@@ -119,10 +141,11 @@ class PrivilegedMLP:
 INPUT_SCALINGS = ("standard", "head")
 
 
-def input_scaling(inputs: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
+def input_scaling(inputs: np.ndarray, how: str, image_columns: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """(shift, scale) of the inputs: ``standard`` = mean / std (unit variance); ``head`` = what an
     unstandardised ReconVLA head input looks like: the state by its q01/q99 to [-1, 1] (as the
-    processor normalises it), box coordinates 2b - 1, the one-hots as they are."""
+    processor normalises it), the ``image_columns`` image coordinates after it 2b - 1, the rest as
+    they are."""
     if how == "standard":
         return inputs.mean(0), inputs.std(0) + 1e-6
     if how != "head":
@@ -131,18 +154,18 @@ def input_scaling(inputs: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]
     low, high = np.quantile(inputs[:, :7], 0.01, axis=0), np.quantile(inputs[:, :7], 0.99, axis=0)
     scale[:7] = np.maximum(high - low, 1e-8) / 2
     shift[:7] = low + scale[:7]
-    shift[7:11], scale[7:11] = 0.5, 0.5
+    shift[7:7 + image_columns], scale[7:7 + image_columns] = 0.5, 0.5
     return shift, scale
 
 
 def train_mlp(inputs: np.ndarray, targets: np.ndarray, steps: int, chunk_size: int, seed: int = 0,
               batch_size: int = 256, width: int = 256, lr: float = 1e-3,
-              scaling: str = "standard") -> tuple[PrivilegedMLP, list[float]]:
+              scaling: str = "standard", image_columns: int = 4) -> tuple[PrivilegedMLP, list[float]]:
     """L1 on standardised targets, AdamW; returns the model and the loss every 1,000 steps."""
     import torch
 
     torch.manual_seed(seed)
-    in_mean, in_std = input_scaling(inputs, scaling)
+    in_mean, in_std = input_scaling(inputs, scaling, image_columns)
     out_mean, out_std = targets.mean(0), targets.std(0) + 1e-6
     x = torch.from_numpy((inputs - in_mean) / in_std)
     y = torch.from_numpy((targets - out_mean) / out_std)
@@ -171,11 +194,13 @@ class PrivilegedPolicy(Policy):
     needs_images = False
     name = "privileged-mlp"
 
-    def __init__(self, model: PrivilegedMLP, env: Any, gaze_noise: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, model: PrivilegedMLP, env: Any, gaze_noise: float = 0.0, seed: int = 0,
+                 inputs: str = "box") -> None:
         from reconvla_core.sim.scene import COLOURS
 
         self.model = model
         self.env = env
+        self.inputs = inputs
         self.colours = list(COLOURS)
         self.gaze_noise = gaze_noise
         self.rng = np.random.default_rng(seed)
@@ -185,14 +210,21 @@ class PrivilegedPolicy(Policy):
         box = np.asarray(self.env.gaze_box(), np.float64)[:4].copy()
         if self.gaze_noise > 0:
             box += np.tile(self.rng.normal(0.0, self.gaze_noise, 2), 2)  # the same shift for both corners
-        features = observation_features(state, box, instruction_features(str(obs["instruction"]), self.colours))
+        gripper = None
+        if self.inputs.endswith("+gripper"):
+            from reconvla_core.sim.camera import gripper_points
+
+            config = self.env.config
+            gripper = gripper_points(state[None], config.image_width, config.image_height)[0]
+        features = observation_features(state, box, instruction_features(str(obs["instruction"]), self.colours),
+                                        self.inputs, gripper)
         return ActionChunk(self.model.chunk(features, state))
 
 
 def run_privileged_study(datasets: Sequence[Path], steps: int = 30_000, chains: int = 20, chunk_size: int = 5,
                          image_size: tuple[int, int] = (160, 120), seed: int = 0,
                          batch_size: int = 256, scaling: str = "standard",
-                         gaze_noise: Sequence[float] = (0.0,)) -> dict[str, Any]:
+                         gaze_noise: Sequence[float] = (0.0,), inputs: str = "box") -> dict[str, Any]:
     """Train the MLP on ``datasets`` and evaluate it on the first ``chains`` fixed chains, once per
     ``gaze_noise`` level (the headline avg_len is the first level's). The mean distance a level moves
     the gaze centre is sigma * sqrt(pi / 2), comparable with `eval probe`'s keypoint-0 error."""
@@ -201,21 +233,23 @@ def run_privileged_study(datasets: Sequence[Path], steps: int = 30_000, chains: 
     from reconvla_core.sim.tasks import make_eval_chains
 
     start = time.perf_counter()
-    inputs, targets = load_samples(datasets, chunk_size)
-    logger.info("privileged study: %d samples from %d dataset(s)", len(inputs), len(datasets))
-    model, curve = train_mlp(inputs, targets, steps, chunk_size, seed=seed, batch_size=batch_size, scaling=scaling)
+    samples, targets = load_samples(datasets, chunk_size, inputs, image_size)
+    logger.info("privileged study: %d samples from %d dataset(s)", len(samples), len(datasets))
+    image_columns = (4 if inputs.startswith("box") else 2) + (2 if inputs.endswith("+gripper") else 0)
+    model, curve = train_mlp(samples, targets, steps, chunk_size, seed=seed, batch_size=batch_size, scaling=scaling,
+                             image_columns=image_columns)
     train_s = time.perf_counter() - start
     config = SimConfig(image_width=image_size[0], image_height=image_size[1], clip_actions=True, render_wrist=False)
     with PiperCellEnv(config) as env:
-        scored = [evaluate_policy(PrivilegedPolicy(model, env, gaze_noise=sigma, seed=seed),
+        scored = [evaluate_policy(PrivilegedPolicy(model, env, gaze_noise=sigma, seed=seed, inputs=inputs),
                                   make_eval_chains(chains, seed=0), env=env, progress=False)[0]
                   for sigma in gaze_noise]
     metrics = scored[0]
     levels = [{"gaze_noise": sigma, "mean_gaze_error": round(sigma * float(np.sqrt(np.pi / 2)), 4),
                "avg_len": at["avg_len"]} for sigma, at in zip(gaze_noise, scored)]
-    return {"policy": "privileged-mlp", "inputs": "state + gaze box + instruction", "input_scaling": scaling,
+    return {"policy": "privileged-mlp", "inputs": inputs, "input_scaling": scaling,
             "by_gaze_noise": levels,
-            "samples": len(inputs),
+            "samples": len(samples),
             "steps": steps, "batch_size": batch_size, "samples_seen": steps * batch_size, "loss_curve": curve, "train_s": round(train_s, 1),
             **{k: metrics[k] for k in ("avg_len", "success_by_position", "per_task", "chains")},
             "datasets": [str(d) for d in datasets]}
