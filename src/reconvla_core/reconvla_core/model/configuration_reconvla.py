@@ -305,7 +305,7 @@ class ReconVLAConfig:
             labels), logged as ``gripper_loss``. The MLP's point replaces keypoint 1 in the action
             head's geometry (its label with ``gaze_teacher_forcing`` at training), so the head gets the
             target (keypoint 0) and the gripper in one image frame: a privileged MLP acting on the
-            gaze centre scores 1.46 on 50 chains without the gripper point and 2.78 with it
+            gaze centre scores 1.46 on 50 chains without the gripper point and 2.34 with it
             (docs/study_recon.md, tenth session). Needs ``action_head_state`` and
             ``spatial_keypoints`` >= 2. 0: off; a finetune may switch it on (the MLP starts from
             random weights and is saved with the model: inference uses it).
