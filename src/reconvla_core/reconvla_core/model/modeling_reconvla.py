@@ -286,23 +286,19 @@ class ReconVLA(PreTrainedReconVLA):
         """Change one of the SWITCHABLE_OPTIONS of a built model (a finetune may): the module it selects
         is rebuilt with fresh weights; ``keypoint_encoder`` keeps the coordinate embedding, so the
         action queries read the new keypoints as they read the old ones."""
-        if name == "gaze_colour_weight":  # a training-only head: built fresh when switched on, dropped when off
-            self.config.gaze_colour_weight = value
+        # Weighted heads: built fresh when switched on, dropped when off (the colour head is training-only,
+        # the gripper-point MLP also runs at inference).
+        heads = {"gaze_colour_weight": ("gaze_colour", GazeColourHead),
+                 "gripper_point_weight": ("gripper_point", GripperPointHead)}
+        if name in heads:
+            attribute, build = heads[name]
+            setattr(self.config, name, value)
             self.config.validate()
-            if value > 0 and self.gaze_colour is None:
+            if value > 0 and getattr(self, attribute) is None:
                 reference = self.llm.get_input_embeddings().weight
-                self.gaze_colour = GazeColourHead(self.config).to(device=reference.device, dtype=reference.dtype)
+                setattr(self, attribute, build(self.config).to(device=reference.device, dtype=reference.dtype))
             elif value == 0:
-                self.gaze_colour = None
-            return
-        if name == "gripper_point_weight":  # used at inference too: built fresh when switched on
-            self.config.gripper_point_weight = value
-            self.config.validate()
-            if value > 0 and self.gripper_point is None:
-                reference = self.llm.get_input_embeddings().weight
-                self.gripper_point = GripperPointHead(self.config).to(device=reference.device, dtype=reference.dtype)
-            elif value == 0:
-                self.gripper_point = None
+                setattr(self, attribute, None)
             return
         if name != "keypoint_encoder":
             raise ValueError(f"{name!r} cannot be switched on a built model")
