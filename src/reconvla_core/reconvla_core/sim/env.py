@@ -168,10 +168,7 @@ class PiperCellEnv:
         self._last_command = np.concatenate([HOME_JOINTS, [GRIPPER_MAX]])
         self._wrist_view: np.ndarray | None = None
         aspect = self.config.image_width / self.config.image_height
-        self.base_view = cam.look_at(
-            np.array(cam.BASE_CAMERA_EYE), np.array(cam.BASE_CAMERA_TARGET), np.array([0.0, 0.0, 1.0])
-        )
-        self.base_proj = cam.perspective(cam.BASE_CAMERA, aspect)
+        self.base_view, self.base_proj = cam.base_view_matrices(self.config.image_width, self.config.image_height)
         self.wrist_proj = cam.perspective(cam.WRIST_CAMERA, aspect)
 
     # ------------------------------------------------------------------ setup
