@@ -37,3 +37,8 @@ ATTENTION_TOPIC = "/reconvla/attention"  # sensor_msgs/Image, rgb8 colour-mapped
 # interventions are on: std_msgs/Bool, true while the leader arm drives the follower. The recorder
 # writes it into each episode; the bag reader turns it into the dataset's per-frame flag.
 INTERVENTION_TOPIC = "/reconvla/intervention"
+# Relabelled states (sim DAgger): std_msgs/Bool, true while the recorded leader command is an
+# expert's label for a state another controller (the policy) drove, so the arm executed something
+# else. Training then uses such a frame's label but not the frames after it as its chunk's
+# continuation (those followed the policy's motion, not the label's).
+RELABELLED_TOPIC = "/reconvla/relabelled"

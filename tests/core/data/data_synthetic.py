@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from reconvla_core import interfaces as itf
-from reconvla_core.data.bag_writer import EpisodeBagWriter, get_typestore
+from reconvla_core.data.bag_writer import EpisodeBagWriter
 
 SEC = 1_000_000_000
 T0 = 1_700_000_000 * SEC
@@ -63,13 +63,8 @@ class BagSpec:
     # None: no intervention topic; else the joint-message indices at which the flag is true (written
     # with every joint message, as arm_command publishes it every control period)
     intervention_frames: tuple[int, ...] | None = None
-
-
-def write_flag(bag: EpisodeBagWriter, stamp: int, flag: bool) -> None:
-    """One std_msgs/Bool on the intervention topic, serialized as rclpy would."""
-    typestore = get_typestore()
-    raw = typestore.serialize_cdr(typestore.types["std_msgs/msg/Bool"](data=flag), "std_msgs/msg/Bool")
-    bag.write_serialized(itf.INTERVENTION_TOPIC, "std_msgs/msg/Bool", stamp, raw)
+    # None: no relabelled topic; else the joint-message indices whose leader command is a relabel
+    relabelled_frames: tuple[int, ...] | None = None
 
 
 def write_bag(path: Path, spec: BagSpec) -> Path:
@@ -90,8 +85,10 @@ def write_bag(path: Path, spec: BagSpec) -> Path:
                     if i not in spec.hold_leader_frames:
                         command = action_at(t, spec.episode)
                     bag.write_joint_state(itf.LEADER_COMMAND_TOPIC, stamp, command)
-                if spec.intervention_frames is not None:
-                    write_flag(bag, stamp, i in spec.intervention_frames)
+                for topic, flagged in ((itf.INTERVENTION_TOPIC, spec.intervention_frames),
+                                       (itf.RELABELLED_TOPIC, spec.relabelled_frames)):
+                    if flagged is not None:
+                        bag.write_flag(topic, stamp, i in flagged)
             else:
                 render = smooth_image_at if spec.smooth_images else image_at
                 bag.write_image(itf.BASE_IMAGE_TOPIC, stamp, render(0, i, spec.height, spec.width))

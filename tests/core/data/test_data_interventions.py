@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from reconvla_core.data.align import intervention_flags
+from reconvla_core.data.align import latest_flags
 from reconvla_core.data.bag_reader import read_episode
 from reconvla_core.data.build import BuildConfig, build_dataset, parse_interventions
 from reconvla_core.data.build_checks import intervention_segments
@@ -25,13 +25,13 @@ def table(root):
     return pq.read_table(root / "data/chunk-000/file-000.parquet")
 
 
-def test_intervention_flags_take_the_latest_flag_at_or_before_each_frame():
+def test_latest_flags_take_the_latest_flag_at_or_before_each_frame():
     grid = np.array([0, 10, 20, 30, 40])
     stamps = [25, 5, 15]  # out of order, as header stamps may be
     flags = [False, True, True]
-    assert intervention_flags(stamps, flags, grid).tolist() == [False, True, True, False, False]
-    assert intervention_flags([], [], grid).tolist() == [False] * 5  # no topic: never an intervention
-    assert intervention_flags([10], [True], grid).tolist() == [False, True, True, True, True]
+    assert latest_flags(stamps, flags, grid).tolist() == [False, True, True, False, False]
+    assert latest_flags([], [], grid).tolist() == [False] * 5  # no topic: never an intervention
+    assert latest_flags([10], [True], grid).tolist() == [False, True, True, True, True]
 
 
 def test_parse_interventions():

@@ -64,9 +64,15 @@ def test_one_round_end_to_end_and_resume(tiny_checkpoint: Path, tmp_path: Path, 
         assert episode.info["operator"] == "sim-dagger" and episode.info["dagger_round"] == 1
         assert episode.info["scene_seed"] not in eval_seeds
         assert 0 <= episode.info["expert_frames"] <= episode.info["frames"]
+        # The frames the policy drove are marked: their labels are relabels, not what the arm did.
+        assert int(episode.relabelled.sum()) == episode.info["frames"] - episode.info["expert_frames"]
         assert np.all(np.isfinite(episode.action))
     assert frames == row["frames"]
     assert row["dataset_episodes"] == 2 and row["dataset_frames"] == row["frames"]  # failed subtasks kept
+    from reconvla_core.data.dataset import VLADataset
+
+    source = VLADataset([out / "round_01" / "dataset"], split="all").sources[0]
+    assert int(source.relabelled.sum()) == row["frames"] - row["expert_frames"]
     assert Path(row["checkpoint"]).is_dir() and row["train_steps"] == 2
 
     # Without --resume an existing run is refused; with it, a half-done round goes on from where it stopped.

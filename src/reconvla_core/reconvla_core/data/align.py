@@ -131,9 +131,9 @@ def nearest(stamps: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return index, np.abs(stamps[index] - grid)
 
 
-def intervention_flags(stamps_ns: Sequence[int], flags: Sequence[bool], grid_ns: np.ndarray) -> np.ndarray:
-    """(T,) bool: at each grid time, the latest intervention flag at or before it; False before the
-    first message and for a bag without the intervention topic."""
+def latest_flags(stamps_ns: Sequence[int], flags: Sequence[bool], grid_ns: np.ndarray) -> np.ndarray:
+    """(T,) bool: at each grid time, the latest flag (intervention, relabelled) at or before it; False
+    before the first message and for a bag without the flag's topic."""
     out = np.zeros(np.asarray(grid_ns).shape[0], dtype=bool)
     stamps = np.asarray(stamps_ns, dtype=np.int64)
     if stamps.size == 0:

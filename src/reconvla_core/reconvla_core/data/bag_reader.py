@@ -34,7 +34,7 @@ from reconvla_core.data.align import (
     AlignConfig,
     AlignmentError,
     align_streams,
-    intervention_flags,
+    latest_flags,
     nearest_within,
 )
 from reconvla_core.data.bag_messages import (
@@ -81,6 +81,7 @@ class BagTopics:
     gaze_box: str = itf.GAZE_BOX_TOPIC
     episode_info: str = itf.EPISODE_INFO_TOPIC
     intervention: str = itf.INTERVENTION_TOPIC  # optional (std_msgs/Bool): operator interventions
+    relabelled: str = itf.RELABELLED_TOPIC  # optional (std_msgs/Bool): expert labels of policy-driven states
 
     @classmethod
     def from_overrides(cls, overrides: Sequence[str] | dict[str, str] | None) -> BagTopics:
@@ -128,6 +129,9 @@ class BagEpisode:
     # (T,) bool: the operator's leader drove the arm at the frame (the intervention topic's latest
     # flag at its time; all False for a bag without the topic)
     intervention: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    # (T,) bool: the frame's leader command is an expert's label of a state the policy drove (sim
+    # DAgger; the relabelled topic's latest flag; all False without the topic)
+    relabelled: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     _image_index: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # role -> (T,) ordinal
     _storage: BagStorage | None = field(default=None, repr=False)  # pass 1's storage, reused by pass 2
 
@@ -244,8 +248,10 @@ def _read(path: Path, storage: BagStorage, topics: BagTopics, align: AlignConfig
     instructions = [str(text) for text in _decode_all(storage, topics.instruction)]
     info = _parse_info(path, [str(text) for text in _decode_all(storage, topics.episode_info)], storage.custom)
     instruction = instructions[-1] if instructions else str(info.get("instruction") or info.get("task") or "")
-    flag_stamps = _stamps(storage, topics.intervention, False)  # std_msgs/Bool has no header
-    flags = [bool(flag) for flag in _decode_all(storage, topics.intervention)]
+    flag_topics = {"intervention": topics.intervention, "relabelled": topics.relabelled}
+    # std_msgs/Bool has no header: its log time
+    flags = {role: (_stamps(storage, topic, False), [bool(flag) for flag in _decode_all(storage, topic)])
+             for role, topic in flag_topics.items()}
 
     for role in REQUIRED_ROLES:
         if stamps[role].size == 0:
@@ -283,7 +289,8 @@ def _read(path: Path, storage: BagStorage, topics: BagTopics, align: AlignConfig
         stream_rates=alignment.rates,
         filled_frames=alignment.filled,
         segments=alignment.segments,
-        intervention=intervention_flags(flag_stamps, flags, grid),
+        intervention=latest_flags(*flags["intervention"], grid),
+        relabelled=latest_flags(*flags["relabelled"], grid),
         _image_index={role: alignment.picks[role] for role in _CAMERA_ROLES},
         _storage=storage,
     )

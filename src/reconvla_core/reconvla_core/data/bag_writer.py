@@ -48,6 +48,7 @@ IMAGE_TYPE = "sensor_msgs/msg/Image"
 JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
 STRING_TYPE = "std_msgs/msg/String"
 FLOAT32_ARRAY_TYPE = "std_msgs/msg/Float32MultiArray"
+BOOL_TYPE = "std_msgs/msg/Bool"
 
 
 @functools.lru_cache(maxsize=1)
@@ -329,6 +330,12 @@ class EpisodeBagWriter:
         self._write(topic, STRING_TYPE, stamp_ns, typestore.serialize_cdr(msg, STRING_TYPE))
         if topic == INSTRUCTION_TOPIC:
             self._last_instruction = str(text)
+
+    def write_flag(self, topic: str, stamp_ns: int, value: bool) -> None:
+        """std_msgs/Bool (the intervention and relabelled flags)."""
+        typestore = get_typestore()
+        msg = typestore.types[BOOL_TYPE](data=bool(value))
+        self._write(topic, BOOL_TYPE, stamp_ns, typestore.serialize_cdr(msg, BOOL_TYPE))
 
     def write_gaze_box(
         self, stamp_ns: int, box_xyxy: Sequence[float] | np.ndarray, valid: bool = True, topic: str = GAZE_BOX_TOPIC

@@ -21,6 +21,11 @@ only intervention frames (each unbroken run becomes an episode of its own, so ro
 grid; a bag without any is skipped and listed), ``"weight=W"`` keeps every frame and stores a
 ``sample_weight`` of W on intervention frames and 1 on the others.
 
+Relabelled states: every frame also carries the ``relabelled`` flag (the recording's relabelled
+topic, which ``reconvla dagger`` writes on the frames the policy drove: their action is the expert's
+label, not what the arm did; False without it). The training loader ends a sample's action chunk at
+the first relabelled frame after its own (``data/dataset.py``).
+
 Gripper points (``gripper_points``): ``"twin"`` stores ``observation.gripper_point``, where the tool
 point appears in the base image, from each frame's joint angles by the twin's forward kinematics and
 base camera (the recording's cell must be the twin's, as it is for ``sim collect`` and ``dagger``
@@ -372,8 +377,8 @@ def _write_episode(writer: LeRobotV3Writer, episode: BagEpisode, backend: GazeBa
         "dropped_frames": episode.dropped_frames,
     }
     segments = segments if segments is not None else (list(episode.segments) or [(0, episode.num_frames)])
-    flags = episode.intervention if episode.intervention.shape[0] == episode.num_frames else \
-        np.zeros(episode.num_frames, dtype=bool)
+    flags, relabelled = (values if values.shape[0] == episode.num_frames else np.zeros(episode.num_frames, dtype=bool)
+                         for values in (episode.intervention, episode.relabelled))
     weighted = writer.features.get("sample_weight") is not None
     # Labelled with the recorded camera's aspect ratio: a resize keeps normalised coordinates
     gripper_shape = episode.image_sizes["base_image"] if GRIPPER_KEY in writer.features else None
@@ -399,7 +404,7 @@ def _write_episode(writer: LeRobotV3Writer, episode: BagEpisode, backend: GazeBa
                 target.add_frames(
                     base, [_resized(item[2], wrist_shape) for item in buffer], episode.state[indices],
                     episode.action[indices], boxes, episode.timestamps[indices] - origin,
-                    intervention=flags[indices],
+                    intervention=flags[indices], relabelled=relabelled[indices],
                     sample_weight=np.where(flags[indices], intervention_weight, 1.0) if weighted else None,
                     gripper=gripper,
                 )

@@ -151,6 +151,11 @@ class VLADataset(_TorchDataset):
         end = source.episode_end_row[episode]
         chunk_rows = np.arange(row, row + self.chunk_size)
         is_pad = chunk_rows >= end
+        if source.relabelled is not None:
+            # Step k continues step 0 only if the arm executed the labels of frames row..row+k-1; after
+            # a relabelled frame it followed the policy, whose motion the later labels would carry.
+            relabelled = source.relabelled[np.minimum(chunk_rows[:-1], end - 1)]
+            is_pad[1:] |= np.cumsum(relabelled) > 0
         actions = source.action[np.minimum(chunk_rows, end - 1)].copy()  # pad by repeating the last action
         if source.gaze is not None:
             gaze_box = source.gaze[row, :4].copy()

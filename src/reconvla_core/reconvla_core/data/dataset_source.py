@@ -20,6 +20,7 @@ from reconvla_core.data.lerobot_v3 import (
     DEFAULT_DELTA_CHUNK,
     GAZE_KEY,
     GRIPPER_KEY,
+    RELABELLED_KEY,
     SAMPLE_WEIGHT_KEY,
     STATE_KEY,
     STATS_PATH,
@@ -161,7 +162,7 @@ class LoadedSource:
         numeric = [fmap.state, fmap.action, "episode_index", "frame_index", "task_index"]
         if fmap.gaze_box is not None:
             numeric.append(fmap.gaze_box)
-        for optional in (SAMPLE_WEIGHT_KEY, GRIPPER_KEY):  # our builder's columns, present in some datasets
+        for optional in (SAMPLE_WEIGHT_KEY, GRIPPER_KEY, RELABELLED_KEY):  # our builder's columns, present in some datasets
             if optional in features:
                 numeric.append(optional)
         columns: dict[str, list[np.ndarray]] = {key: [] for key in numeric}
@@ -187,6 +188,8 @@ class LoadedSource:
         self.gaze = arrays[fmap.gaze_box].astype(np.float32) if fmap.gaze_box is not None else None
         # (N, 3) x, y, valid of the gripper in the base image, or None when the dataset has no labels
         self.gripper = arrays[GRIPPER_KEY].astype(np.float32) if GRIPPER_KEY in arrays else None
+        # (N,) bool: the action is an expert's label of a policy-driven state (sim DAgger), or None
+        self.relabelled = arrays[RELABELLED_KEY].reshape(-1).astype(bool) if RELABELLED_KEY in arrays else None
         self.episode_index = arrays["episode_index"].reshape(-1).astype(np.int64)
         self.frame_index = arrays["frame_index"].reshape(-1).astype(np.int64)
         self.task_index = arrays["task_index"].reshape(-1).astype(np.int64)

@@ -117,13 +117,18 @@ class _EpisodeRecorder:
         self.writer = EpisodeBagWriter(path).open()
         self.writer.write_string(itf.INSTRUCTION_TOPIC, start_ns, task.instruction)
 
-    def write(self, stamp_ns: int, obs: dict[str, Any], velocity: np.ndarray, action: np.ndarray, box: np.ndarray) -> None:
+    def write(self, stamp_ns: int, obs: dict[str, Any], velocity: np.ndarray, action: np.ndarray, box: np.ndarray,
+              relabelled: bool | None = None) -> None:
+        """One frame; ``relabelled`` (DAgger): whether ``action`` is only the expert's label of a state
+        the policy drove (written on the relabelled topic when given)."""
         w = self.writer
         w.write_image(itf.BASE_IMAGE_TOPIC, stamp_ns, obs["base_image"], frame_id=BASE_FRAME_ID)
         w.write_image(itf.WRIST_IMAGE_TOPIC, stamp_ns, obs["wrist_image"], frame_id=WRIST_FRAME_ID)
         w.write_joint_state(itf.FOLLOWER_STATE_TOPIC, stamp_ns, obs["state"], velocity=velocity)
         w.write_joint_state(itf.LEADER_COMMAND_TOPIC, stamp_ns, action)
         w.write_gaze_box(stamp_ns, box, valid=True)
+        if relabelled is not None:
+            w.write_flag(itf.RELABELLED_TOPIC, stamp_ns, relabelled)
         self.frames += 1
 
     def finish(self, success: bool, stop_ns: int, config: SimConfig) -> dict[str, Any]:

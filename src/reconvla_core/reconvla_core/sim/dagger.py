@@ -8,8 +8,12 @@
    later rounds);
 2. **record** every visited state as rosbag2 episodes on the teleop topics (one per subtask, the
    writer of ``reconvla sim collect``); the leader command is the *relabelling expert's* action
-   at that state (``RelabelExpert.act``), whoever drove. A subtask the policy did not
-   finish is kept (``success=False``): its states are the ones DAgger is for;
+   at that state (``RelabelExpert.act``), whoever drove, and the relabelled topic marks the
+   frames the policy drove. A subtask the policy did not finish is kept (``success=False``): its
+   states are the ones DAgger is for. A sample's chunk is the labels of the frames that follow it,
+   which continue its own label only while the arm executed them: training ends the chunk at the
+   first relabelled frame after the sample's (``data/dataset.py``), else steps 1..K-1 of a
+   policy-driven stretch would teach the policy's own motion;
 3. **build** those bags into ``round_RR/dataset`` (``reconvla dataset build`` logic, unsuccessful
    episodes included); the round trains on the aggregate: every round's dataset so far plus any
    ``base_data`` (the original demonstrations). Each dataset is drawn as often as every other
@@ -161,7 +165,7 @@ def rollout(policy: Any, config: DaggerConfig, round_index: int, bags: Path,
                         executed = label if planned is None else planned
                         episode_expert += int(planned is None)
                         velocity = np.concatenate([env.arm.state().velocities, [0.0]])
-                        recorder.write(clock_ns, obs, velocity, label, env.gaze_box())
+                        recorder.write(clock_ns, obs, velocity, label, env.gaze_box(), relabelled=planned is not None)
                         obs, info = env.step(executed)
                         clock_ns += period_ns
                         if info["subtask_success"] or info["done"]:

@@ -20,6 +20,7 @@ from reconvla_core.data.lerobot_v3.format import (
     GRIPPER_KEY,
     IMAGE_KEYS,
     INTERVENTION_KEY,
+    RELABELLED_KEY,
     SAMPLE_WEIGHT_KEY,
     STATE_KEY,
     WRIST_IMAGE_KEY,
@@ -59,7 +60,8 @@ class EpisodeWriter:
         self.length = 0
         self.histograms = {key: ImageHistogram() for key in IMAGE_KEYS}
         self._columns: dict[str, list[np.ndarray]] = {STATE_KEY: [], ACTION_KEY: [], GAZE_KEY: [], "timestamp": []}
-        self._columns.update({key: [] for key in (GRIPPER_KEY, INTERVENTION_KEY, SAMPLE_WEIGHT_KEY)
+        self._columns.update({key: [] for key in (GRIPPER_KEY, INTERVENTION_KEY, RELABELLED_KEY,
+                                                                SAMPLE_WEIGHT_KEY)
                               if key in parent.features})
         fd, name = tempfile.mkstemp(suffix=".parquet", prefix="episode-", dir=parent.staging)
         os.close(fd)
@@ -79,10 +81,12 @@ class EpisodeWriter:
         intervention: np.ndarray | None = None,
         sample_weight: np.ndarray | None = None,
         gripper: np.ndarray | None = None,
+        relabelled: np.ndarray | None = None,
     ) -> None:
         """Append B frames: images HxWx3 uint8, state/action (B, 7), gaze (B, 5), timestamps (B,) s;
         intervention (B,) bool (default all False); in a dataset with sample weights, sample_weight
-        (B,) (default all 1); in one with gripper points, gripper (B, 3) (required there)."""
+        (B,) (default all 1); in one with gripper points, gripper (B, 3) (required there); relabelled
+        (B,) bool (default all False; datasets from before the column ignore it)."""
         count = len(base_images)
         arrays = {
             STATE_KEY: np.asarray(state, dtype=np.float32).reshape(count, -1),
@@ -92,6 +96,9 @@ class EpisodeWriter:
             INTERVENTION_KEY: (np.zeros(count, dtype=bool) if intervention is None
                                else np.asarray(intervention, dtype=bool).reshape(count)),
         }
+        if RELABELLED_KEY in self.parent.features:
+            arrays[RELABELLED_KEY] = (np.zeros(count, dtype=bool) if relabelled is None
+                                      else np.asarray(relabelled, dtype=bool).reshape(count))
         if SAMPLE_WEIGHT_KEY in self.parent.features:
             arrays[SAMPLE_WEIGHT_KEY] = (np.ones(count, dtype=np.float32) if sample_weight is None
                                          else np.asarray(sample_weight, dtype=np.float32).reshape(count))
@@ -150,7 +157,7 @@ class EpisodeWriter:
             flat = pa.array(arrays[key].reshape(-1))
             columns[key] = pa.FixedSizeListArray.from_arrays(flat, arrays[key].shape[1])
         columns["timestamp"] = pa.array(arrays["timestamp"])
-        for key in (INTERVENTION_KEY, SAMPLE_WEIGHT_KEY):
+        for key in (INTERVENTION_KEY, RELABELLED_KEY, SAMPLE_WEIGHT_KEY):
             if key in arrays:
                 columns[key] = pa.array(arrays[key])
         columns["frame_index"] = pa.array(np.arange(start, start + count, dtype=np.int64))

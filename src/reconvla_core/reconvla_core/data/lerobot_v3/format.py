@@ -25,6 +25,9 @@ GRIPPER_KEY = "observation.gripper_point"
 GRIPPER_NAMES = ("x", "y", "valid")
 # Per frame: the operator's leader arm drove the robot (HG-DAgger interventions; False without them)
 INTERVENTION_KEY = "intervention"
+# Per frame: the action is an expert's label for a state the policy drove (sim DAgger), not what the
+# arm executed; a sample's chunk stops at the first such frame after its own (False without them)
+RELABELLED_KEY = "relabelled"
 # Per frame, only in datasets built with `--interventions weight=W`: the frame's sampling weight
 SAMPLE_WEIGHT_KEY = "sample_weight"
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
@@ -58,6 +61,7 @@ def make_features(image_shapes: dict[str, tuple[int, int, int]],
         features[GRIPPER_KEY] = {"dtype": "float32", "shape": [len(GRIPPER_NAMES)], "names": list(GRIPPER_NAMES)}
     # Scalars per frame, like LeRobot's own "next.done" (bool) and "timestamp" (float32)
     features[INTERVENTION_KEY] = {"dtype": "bool", "shape": [1], "names": None}
+    features[RELABELLED_KEY] = {"dtype": "bool", "shape": [1], "names": None}
     if sample_weights:
         features[SAMPLE_WEIGHT_KEY] = {"dtype": "float32", "shape": [1], "names": None}
     features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
