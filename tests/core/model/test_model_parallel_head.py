@@ -569,3 +569,46 @@ def test_a_finetune_switches_the_gripper_point_on_and_the_checkpoint_round_trips
     loaded = ReconVLA.from_pretrained(tmp_path / "ckpt")
     assert loaded.config.gripper_point_weight == 1.0
     np.testing.assert_allclose(loaded.predict_action(*args), before, atol=1e-5)  # inference uses the MLP
+
+
+def test_gaze_corners_teach_keypoints_2_and_3_the_box_and_reach_the_head(norm_stats):
+    with pytest.raises(ValueError, match="gaze_corner_weight"):
+        ReconVLAConfig.from_preset("tiny", action_head="parallel", spatial_keypoints=3, gaze_keypoint_weight=1.0,
+                                   gaze_corner_weight=1.0)
+    model = parallel(norm_stats, seed=14, recon_target="none", spatial_keypoints=4, keypoint_encoder="conv",
+                     gaze_keypoint_weight=1.0, gaze_heatmap_weight=1.0, gaze_corner_weight=0.5,
+                     action_head_state=True, gaze_teacher_forcing=1.0).train()
+    batch = make_batch(model, n=3)
+    obs = make_observation(0)
+    box = np.asarray(obs["gaze_box"], dtype=np.float64)
+    np.testing.assert_allclose(batch["gaze_corners"][0].numpy(),
+                               [model.processor.base_point(box[:2]), model.processor.base_point(box[2:])], atol=1e-6)
+    out = model(batch)
+    assert out.corner_loss is not None and out.corner_loss.item() > 0
+    assert out.loss.item() == pytest.approx(out.action_loss.item() + out.grounding_loss.item() + out.heatmap_loss.item()
+                                            + 0.5 * out.corner_loss.item(), rel=1e-5)
+    # Training: the head acts on the labelled corners (keypoints 2-3), as on the labelled centre.
+    seen = []
+    model.action_head.register_forward_pre_hook(lambda module, args: seen.append(args[1].detach().clone()))
+    corners = slice(model.config.state_dim + 4, model.config.state_dim + 8)
+    model(batch)
+    np.testing.assert_allclose(seen[-1][:, corners].numpy(), batch["gaze_corners"].reshape(3, 4).numpy(), atol=1e-6)
+    first = out.corner_loss.item()
+    fit(model, batch, steps=60, lr=3e-3)
+    assert model(batch).corner_loss.item() < first * 0.5
+    # Inference: the keypoints' own estimates, now near the corners.
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+    estimate = seen[-1][:, corners].numpy()
+    assert not np.allclose(estimate, batch["gaze_corners"].reshape(3, 4).numpy(), atol=1e-4)
+    assert np.abs(estimate - batch["gaze_corners"].reshape(3, 4).numpy()).mean() < 0.1
+    # Rows without a box count zero; a finetune may switch the loss on (no new weights).
+    model.train()
+    batch["gaze_valid"][:] = False
+    assert model(batch).corner_loss.item() == 0.0
+    from reconvla_core.train.model_setup import apply_finetune_options
+
+    plain = parallel(norm_stats, seed=14, recon_target="none", spatial_keypoints=4, gaze_keypoint_weight=1.0)
+    assert apply_finetune_options(plain, {"gaze_corner_weight": 1.0}) == {"gaze_corner_weight": 1.0}
+    assert plain.processor.config.gaze_corner_weight == 1.0 and "gaze_corners" in make_batch(plain, n=1)

@@ -42,6 +42,7 @@ class ReconVLAOutput:
     action_accuracy: torch.Tensor | None
     grounding_loss: torch.Tensor | None = None  # only with gaze_keypoint_weight > 0
     heatmap_loss: torch.Tensor | None = None  # only with gaze_heatmap_weight > 0
+    corner_loss: torch.Tensor | None = None  # only with gaze_corner_weight > 0
     colour_loss: torch.Tensor | None = None  # only with gaze_colour_weight > 0
     gripper_loss: torch.Tensor | None = None  # only with gripper_point_weight > 0
 
@@ -60,7 +61,7 @@ class ActionPrediction:
 
 # Metrics a forward pass reports (training logs and validation read them by these names).
 LOSS_KEYS: tuple[str, ...] = ("loss", "action_loss", "recon_loss", "action_accuracy", "grounding_loss", "heatmap_loss",
-                              "colour_loss", "gripper_loss")
+                              "corner_loss", "colour_loss", "gripper_loss")
 
 
 def build_vision_tower(config: ReconVLAConfig) -> SiglipVisionModel:
@@ -528,14 +529,15 @@ class ReconVLA(PreTrainedReconVLA):
     def _teacher_forced(self, keypoints: torch.Tensor | None, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """Keypoints for the head's input at training: keypoint 0 replaced by the gaze-box centre in a
         random ``gaze_teacher_forcing`` share of the rows that have a box (gradients still reach the
-        keypoints through the queries and the gaze loss), and keypoint 1, the gripper point, by its
-        label in the same rows that have one."""
+        keypoints through the queries and the gaze loss); in the same rows keypoint 1, the gripper
+        point, and keypoints 2-3, the gaze box's corners, by their labels where the model learns them."""
         p = self.config.gaze_teacher_forcing
         if not (self.training and p > 0 and keypoints is not None):
             return keypoints
         draw = torch.rand(keypoints.shape[0], device=keypoints.device) < p
         forced = keypoints
-        for index, point, valid in ((0, "gaze_point", "gaze_valid"), (1, "gripper_point", "gripper_valid")):
+        for index, point, valid in ((0, "gaze_point", "gaze_valid"), (1, "gripper_point", "gripper_valid"),
+                                    (slice(2, 4), "gaze_corners", "gaze_valid")):
             if point not in batch or (index == 1 and self.gripper_point is None):
                 continue
             rows = draw & batch[valid].bool()
@@ -572,7 +574,7 @@ class ReconVLA(PreTrainedReconVLA):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> ReconVLAOutput:
         """Action loss (token head: CE over the action tokens + EOS; parallel head: L1 on the continuous
         chunk) + recon_weight * reconstruction loss (+ gaze_keypoint_weight * keypoint loss
-        + gaze_heatmap_weight * heat-map loss + gaze_colour_weight * colour loss
+        + gaze_heatmap_weight * heat-map loss + gaze_corner_weight * corner loss + gaze_colour_weight * colour loss
         + gripper_point_weight * gripper-point loss)."""
         for key in ("input_ids", "attention_mask", "image_mask", "pixel_values"):
             if key not in batch:
@@ -586,7 +588,7 @@ class ReconVLA(PreTrainedReconVLA):
         embeds, keypoints, heatmap = self._embed(input_ids, batch["image_mask"], batch["pixel_values"],
                                                  batch.get("instruction_mask"), batch.get("action_query_mask"),
                                                  instruction_embedding=instruction)
-        action_loss = action_accuracy = grounding_loss = heatmap_loss = colour_loss = gripper_loss = None
+        action_loss = action_accuracy = grounding_loss = heatmap_loss = corner_loss = colour_loss = gripper_loss = None
         if instruction is not None:
             colour_loss = self.gaze_colour.loss(self.gaze_colour(instruction), batch["gaze_colour"],
                                                 batch["gaze_valid"])
@@ -604,6 +606,8 @@ class ReconVLA(PreTrainedReconVLA):
                 grounding_loss = self._gaze_keypoint_loss(keypoints, batch["gaze_point"], batch["gaze_valid"])
                 if self.config.gaze_heatmap_weight > 0:
                     heatmap_loss = self._gaze_heatmap_loss(heatmap, batch["gaze_point"], batch["gaze_valid"])
+            if self.config.gaze_corner_weight > 0 and "gaze_corners" in batch:
+                corner_loss = self._gaze_corner_loss(keypoints, heatmap, batch["gaze_corners"], batch["gaze_valid"])
         else:
             hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                                             use_cache=False).last_hidden_state  # (B, L, D), after the final norm
@@ -621,13 +625,16 @@ class ReconVLA(PreTrainedReconVLA):
             loss = loss + self.config.gaze_keypoint_weight * grounding_loss
         if loss is not None and heatmap_loss is not None:
             loss = loss + self.config.gaze_heatmap_weight * heatmap_loss
+        if loss is not None and corner_loss is not None:
+            loss = loss + self.config.gaze_corner_weight * corner_loss
         if loss is not None and colour_loss is not None:
             loss = loss + self.config.gaze_colour_weight * colour_loss
         if loss is not None and gripper_loss is not None:
             loss = loss + self.config.gripper_point_weight * gripper_loss
         return ReconVLAOutput(loss=loss, action_loss=action_loss, recon_loss=recon_loss,
                               action_accuracy=action_accuracy, grounding_loss=grounding_loss,
-                              heatmap_loss=heatmap_loss, colour_loss=colour_loss, gripper_loss=gripper_loss)
+                              heatmap_loss=heatmap_loss, corner_loss=corner_loss, colour_loss=colour_loss,
+                              gripper_loss=gripper_loss)
 
     @staticmethod
     def _l1_action_loss(predicted: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | None) -> torch.Tensor:
@@ -642,10 +649,22 @@ class ReconVLA(PreTrainedReconVLA):
         per_row = (keypoints[:, 0] - point.float()).abs().sum(dim=-1)
         return mean_over_valid(per_row, valid)
 
-    def _gaze_heatmap_loss(self, heatmap: torch.Tensor, point: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Keypoint 0's heat map against a Gaussian at the gaze-box centre (KL); frames without a box count zero."""
-        per_row = heatmap_divergence(heatmap[:, 0], self.keypoints.coords, point, GAZE_HEATMAP_SIGMA)
+    def _gaze_heatmap_loss(self, heatmap: torch.Tensor, point: torch.Tensor, valid: torch.Tensor,
+                           index: int = 0) -> torch.Tensor:
+        """Keypoint ``index``'s heat map against a Gaussian at ``point`` (KL); frames without a box count zero."""
+        per_row = heatmap_divergence(heatmap[:, index], self.keypoints.coords, point, GAZE_HEATMAP_SIGMA)
         return mean_over_valid(per_row, valid)
+
+    def _gaze_corner_loss(self, keypoints: torch.Tensor, heatmap: torch.Tensor, corners: torch.Tensor,
+                          valid: torch.Tensor) -> torch.Tensor:
+        """Keypoints 2 and 3 against the gaze box's corners (B, 2, 2): the L1 of keypoint 0's loss (x + y,
+        averaged over the two corners) plus, with gaze_heatmap_weight, their heat maps' KL."""
+        per_row = (keypoints[:, 2:4] - corners.float()).abs().sum(dim=-1).mean(dim=-1)
+        loss = mean_over_valid(per_row, valid)
+        if self.config.gaze_heatmap_weight > 0:
+            loss = loss + 0.5 * sum(self._gaze_heatmap_loss(heatmap, corners[:, i], valid, index=2 + i)
+                                    for i in range(2))
+        return loss
 
     def _action_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CE over the full vocabulary, computed only where labels are set (shifted by one)."""
