@@ -603,6 +603,21 @@ def test_gaze_corners_teach_keypoints_2_and_3_the_box_and_reach_the_head(norm_st
     estimate = seen[-1][:, corners].numpy()
     assert not np.allclose(estimate, batch["gaze_corners"].reshape(3, 4).numpy(), atol=1e-4)
     assert np.abs(estimate - batch["gaze_corners"].reshape(3, 4).numpy()).mean() < 0.1
+    # Given corners (an oracle gaze box) replace keypoints 2-3 at inference, through the policy too
+    # (base-view coordinates: y scales by the base band's height).
+    from reconvla_core.policy import ModelPolicy
+
+    args = (obs["base_image"], obs["wrist_image"], obs["instruction"], obs["state"])
+    own, given = model.predict(*args), model.predict(*args, gaze_corners=[[0.1, 0.1], [0.9, 0.3]])
+    assert not np.allclose(own.actions, given.actions)
+    with pytest.raises(ValueError, match="gaze_corners"):
+        model.predict(*args, gaze_corners=[0.1, 0.1, 0.9])
+    scale = model.processor.base_view_scale
+    chunk = ModelPolicy(model).infer({"base_image": obs["base_image"], "wrist_image": obs["wrist_image"],
+                                      "instruction": obs["instruction"], "state": obs["state"],
+                                      "gaze_corners": [[0.1, 0.1], [0.9, 0.6]]})
+    np.testing.assert_allclose(chunk.actions,
+                               model.predict(*args, gaze_corners=np.array([[0.1, 0.1], [0.9, 0.6]]) * scale).actions)
     # Rows without a box count zero; a finetune may switch the loss on (no new weights).
     model.train()
     batch["gaze_valid"][:] = False
@@ -610,5 +625,8 @@ def test_gaze_corners_teach_keypoints_2_and_3_the_box_and_reach_the_head(norm_st
     from reconvla_core.train.model_setup import apply_finetune_options
 
     plain = parallel(norm_stats, seed=14, recon_target="none", spatial_keypoints=4, gaze_keypoint_weight=1.0)
+    plain.eval()
+    with pytest.raises(ValueError, match="gaze_corner_weight"):
+        plain.predict(*args, gaze_corners=[[0.1, 0.1], [0.9, 0.3]])
     assert apply_finetune_options(plain, {"gaze_corner_weight": 1.0}) == {"gaze_corner_weight": 1.0}
     assert plain.processor.config.gaze_corner_weight == 1.0 and "gaze_corners" in make_batch(plain, n=1)

@@ -454,11 +454,12 @@ class ReconVLA(PreTrainedReconVLA):
     def _embed(self, input_ids: torch.Tensor, image_mask: torch.Tensor, pixel_values: torch.Tensor,
                instruction_mask: torch.Tensor | None, query_mask: torch.Tensor | None,
                instruction_embedding: torch.Tensor | None = None,
-               gaze_point: torch.Tensor | None = None
+               gaze_point: torch.Tensor | None = None, gaze_corners: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``embed_inputs``, the spatial keypoints (B, K, 2) and their softmax heat maps (B, K, cells)
         when configured (else None); a given ``gaze_point`` (B, 2) replaces keypoint 0 (an external gaze:
-        a detector, or the twin's truth)."""
+        a detector, or the twin's truth) and given ``gaze_corners`` (B, 2, 2) keypoints 2-3 (models
+        that learn the box's corners, ``gaze_corner_weight``)."""
         embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, D)
         pooled = instruction_embedding
         if self.config.encodes_instruction and pooled is None:
@@ -479,6 +480,12 @@ class ReconVLA(PreTrainedReconVLA):
                 raise ValueError("a gaze point replaces keypoint 0: this model has no spatial keypoints")
             keypoints = keypoints.clone()
             keypoints[:, 0] = gaze_point.to(keypoints.dtype)
+        if gaze_corners is not None:
+            if not self.config.gaze_corner_weight > 0:
+                raise ValueError("gaze corners replace keypoints 2-3: this model does not learn the gaze box's "
+                                 "corners (gaze_corner_weight)")
+            keypoints = keypoints.clone()
+            keypoints[:, 2:4] = gaze_corners.to(keypoints.dtype)
         image_embeds = self.project(features)  # (B, N, D)
         b, n, _ = image_embeds.shape
         if int(image_mask.sum()) != b * n:
@@ -691,7 +698,8 @@ class ReconVLA(PreTrainedReconVLA):
 
     def _embed_observation(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
                            state: Any, stitched_image: np.ndarray | None,
-                           gaze_point: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                           gaze_point: Any = None,
+                           gaze_corners: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sample = self.processor(base_image=base_image, wrist_image=wrist_image, instruction=instruction,
                                 state=state, stitched_image=stitched_image)
         device = self.device
@@ -702,13 +710,13 @@ class ReconVLA(PreTrainedReconVLA):
             instruction = None
             if self.config.encodes_instruction:
                 instruction = self._cached_instruction_encoding(ids, masks["instruction_mask"])
-            forced = None
-            if gaze_point is not None:
-                forced = torch.as_tensor(check_array(gaze_point, (2,), "gaze_point"), dtype=torch.float32,
-                                         device=device)[None]
+            forced, corners = (None if value is None else
+                               torch.as_tensor(check_array(value, shape, name), dtype=torch.float32, device=device)[None]
+                               for value, shape, name in ((gaze_point, (2,), "gaze_point"),
+                                                          (gaze_corners, (2, 2), "gaze_corners")))
             embeds, keypoints, _ = self._embed(ids, masks["image_mask"], sample["pixel_values"][None].to(device),
                                                masks.get("instruction_mask"), masks.get("action_query_mask"),
-                                               instruction, forced)
+                                               instruction, forced, corners)
             state = sample["state"][None].to(device) if "state" in sample else None
             geometry = self.head_geometry(state, self._with_gripper_point(keypoints, state)[0])
         if geometry is not None:
@@ -730,14 +738,17 @@ class ReconVLA(PreTrainedReconVLA):
     @torch.inference_mode()
     def predict(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
                 state: Any, return_attention: bool = False,
-                stitched_image: np.ndarray | None = None, gaze_point: Any = None) -> ActionPrediction:
+                stitched_image: np.ndarray | None = None, gaze_point: Any = None,
+                gaze_corners: Any = None) -> ActionPrediction:
         """One chunk with what came with it: the box the answer started with (``answer_box``), the gaze
         point the head acted on and, if asked, the attention map. ``gaze_point`` ((x, y) in the
-        model-input frame, parallel head with keypoints) replaces keypoint 0's own estimate."""
+        model-input frame, parallel head with keypoints) replaces keypoint 0's own estimate, and
+        ``gaze_corners`` ((2, 2): the box's top-left and bottom-right, same frame) keypoints 2-3's in a
+        model that learns them (``gaze_corner_weight``)."""
         if self.action_head is not None:
             return self._predict_parallel(base_image, wrist_image, instruction, state, return_attention,
-                                          stitched_image, gaze_point)
-        if gaze_point is not None:
+                                          stitched_image, gaze_point, gaze_corners)
+        if gaze_point is not None or gaze_corners is not None:
             raise ValueError("a gaze point replaces keypoint 0 of the parallel head: this model decodes tokens")
         embeds, image_mask = self.prepare_prompt(base_image, wrist_image, instruction, state, stitched_image)
         tokens = self.decode_action_tokens(embeds)
@@ -748,11 +759,11 @@ class ReconVLA(PreTrainedReconVLA):
 
     def _predict_parallel(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
                           state: Any, return_attention: bool, stitched_image: np.ndarray | None,
-                          gaze_point: Any = None) -> ActionPrediction:
+                          gaze_point: Any = None, gaze_corners: Any = None) -> ActionPrediction:
         """The whole chunk from one forward pass (the attention map, when asked, from the same pass:
         the action queries' attention to the image tokens)."""
         embeds, masks = self._embed_observation(base_image, wrist_image, instruction, state, stitched_image,
-                                                gaze_point)
+                                                gaze_point, gaze_corners)
         query_mask = masks["action_query_mask"]
         attention = None
         if return_attention:
