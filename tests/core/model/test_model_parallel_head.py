@@ -7,7 +7,7 @@ import pytest
 import torch
 from model_helpers import build_tiny, make_batch, make_observation
 from reconvla_core.model import ReconVLA, ReconVLAConfig
-from reconvla_core.model.modeling_reconvla import chunk_attention_mask
+from reconvla_core.model.heads import chunk_attention_mask
 
 
 def parallel(norm_stats, seed: int = 0, **overrides):
@@ -466,7 +466,7 @@ def test_gaze_colour_target_is_the_mean_colour_of_the_gaze_box_in_the_model_inpu
 
 
 def test_gaze_colour_loss_trains_the_instruction_encoding_with_the_nearer_of_two_guesses(norm_stats):
-    from reconvla_core.model.modeling_reconvla import GazeColourHead
+    from reconvla_core.model.heads import GazeColourHead
 
     with pytest.raises(ValueError, match="gaze_colour_weight"):
         ReconVLAConfig.from_preset("tiny", action_head="parallel", gaze_colour_weight=1.0)  # no instruction encoding
