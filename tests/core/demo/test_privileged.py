@@ -46,6 +46,10 @@ def test_inputs_narrow_the_box_to_its_centre_and_add_the_gripper_point(twin_data
     np.testing.assert_allclose(inputs[:, 9:11], gripper_points(inputs[:, :7], 160, 120)[:, :2], atol=1e-6)
     np.testing.assert_allclose(inputs[:, 11:13], centre - inputs[:, 9:11], atol=1e-6)
     np.testing.assert_array_equal(inputs[:, 13:], boxed[:, 11:])  # the instruction one-hots
+    sized, _ = load_samples([twin_dataset], chunk_size=5, inputs="centre+size")
+    np.testing.assert_allclose(sized[:, 7:9], centre, atol=1e-6)
+    np.testing.assert_allclose(sized[:, 9:11], boxed[:, 9:11] - boxed[:, 7:9], atol=1e-6)  # width, height
+    np.testing.assert_array_equal(sized[:, 11:], boxed[:, 11:])
     assert main(["study", "privileged", "--data", str(twin_dataset), "--steps", "200", "--chains", "1",
                  "--inputs", "centre+gripper", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

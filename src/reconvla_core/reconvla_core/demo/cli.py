@@ -61,9 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     privileged.add_argument("--gaze-noise", default="0",
                             help="comma-separated per-axis std of Gaussian noise on the gaze box's position "
                                  "(fraction of the image), one evaluation each: how precise must perception be?")
-    privileged.add_argument("--inputs", choices=("box", "centre", "box+gripper", "centre+gripper"), default="box",
-                            help="what the MLP gets besides the state and the instruction: the gaze box or its centre, "
-                                 "with +gripper also the gripper's point in the base image (default box)")
+    privileged.add_argument("--inputs", choices=("box", "centre", "centre+size", "box+gripper", "centre+gripper"),
+                            default="box",
+                            help="what the MLP gets besides the state and the instruction: the gaze box, its centre, or "
+                                 "its centre and size (w, h); with +gripper also the gripper's point in the base image "
+                                 "(default box)")
     privileged.add_argument("--seed", type=int, default=0)
     privileged.add_argument("--json", action="store_true")
     privileged.set_defaults(func=cmd_study_privileged)

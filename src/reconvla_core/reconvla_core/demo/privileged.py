@@ -29,9 +29,10 @@ from reconvla_core.policy import ActionChunk, Policy
 logger = logging.getLogger(__name__)
 
 FAMILIES = ("pick", "place", "stack")
-# What the MLP gets besides the state and the instruction: the gaze box (xyxy) or only its centre,
-# with or without the gripper's point in the base image (and the centre's offset from it)
-INPUTS = ("box", "centre", "box+gripper", "centre+gripper")
+# What the MLP gets besides the state and the instruction: the gaze box (xyxy), only its centre, or
+# its centre and size (w, h), with or without the gripper's point in the base image (and the centre's
+# offset from it)
+INPUTS = ("box", "centre", "centre+size", "box+gripper", "centre+gripper")
 
 
 def instruction_features(instruction: str, colours: Sequence[str]) -> np.ndarray:
@@ -49,14 +50,16 @@ def instruction_features(instruction: str, colours: Sequence[str]) -> np.ndarray
 
 def observation_features(state: np.ndarray, gaze_box: np.ndarray, instruction: np.ndarray, inputs: str = "box",
                          gripper: np.ndarray | None = None) -> np.ndarray:
-    """The MLP's input: follower state (7), the gaze box xyxy (4) or its centre (2), with ``+gripper``
+    """The MLP's input: follower state (7), the gaze box xyxy (4), its centre (2) or its centre and
+    (w, h) (4, ``centre+size``), with ``+gripper``
     the gripper point (2, ``camera.gripper_points``) and the centre minus it (2), then the instruction
     one-hots."""
     if inputs not in INPUTS:
         raise ValueError(f"inputs must be one of {INPUTS}, got {inputs!r}")
     box = np.asarray(gaze_box, np.float32)[:4]
     centre = 0.5 * (box[:2] + box[2:])
-    parts = [np.asarray(state, np.float32), box if inputs.startswith("box") else centre]
+    gaze = {"box": box, "centre": centre, "centre+size": np.concatenate([centre, box[2:] - box[:2]])}
+    parts = [np.asarray(state, np.float32), gaze[inputs.removesuffix("+gripper")]]
     if inputs.endswith("+gripper"):
         if gripper is None:
             raise ValueError(f"inputs {inputs!r} need the gripper point")
@@ -235,7 +238,7 @@ def run_privileged_study(datasets: Sequence[Path], steps: int = 30_000, chains: 
     start = time.perf_counter()
     samples, targets = load_samples(datasets, chunk_size, inputs, image_size)
     logger.info("privileged study: %d samples from %d dataset(s)", len(samples), len(datasets))
-    image_columns = (4 if inputs.startswith("box") else 2) + (2 if inputs.endswith("+gripper") else 0)
+    image_columns = (2 if inputs.removesuffix("+gripper") == "centre" else 4) + (2 if inputs.endswith("+gripper") else 0)
     model, curve = train_mlp(samples, targets, steps, chunk_size, seed=seed, batch_size=batch_size, scaling=scaling,
                              image_columns=image_columns)
     train_s = time.perf_counter() - start
