@@ -630,3 +630,56 @@ def test_gaze_corners_teach_keypoints_2_and_3_the_box_and_reach_the_head(norm_st
         plain.predict(*args, gaze_corners=[[0.1, 0.1], [0.9, 0.3]])
     assert apply_finetune_options(plain, {"gaze_corner_weight": 1.0}) == {"gaze_corner_weight": 1.0}
     assert plain.processor.config.gaze_corner_weight == 1.0 and "gaze_corners" in make_batch(plain, n=1)
+
+
+def test_gaze_extent_is_regressed_under_keypoint_0_and_gives_the_head_the_corners(norm_stats, observation, tmp_path):
+    with pytest.raises(ValueError, match="set one"):
+        ReconVLAConfig.from_preset("tiny", action_head="parallel", spatial_keypoints=4, gaze_keypoint_weight=1.0,
+                                   gaze_corner_weight=1.0, gaze_extent_weight=1.0)
+    with pytest.raises(ValueError, match="gaze_extent_weight"):
+        ReconVLAConfig.from_preset("tiny", action_head="parallel", spatial_keypoints=2, gaze_keypoint_weight=1.0,
+                                   gaze_extent_weight=1.0)
+    model = parallel(norm_stats, seed=15, recon_target="none", spatial_keypoints=4, keypoint_encoder="conv",
+                     gaze_keypoint_weight=1.0, gaze_extent_weight=0.5, action_head_state=True,
+                     gaze_teacher_forcing=1.0).train()
+    batch = make_batch(model, n=3)
+    true_extent = (batch["gaze_corners"][:, 1] - batch["gaze_corners"][:, 0]).numpy()
+    out = model(batch)
+    assert out.extent_loss is not None and out.extent_loss.item() > 0
+    assert out.loss.item() == pytest.approx(out.action_loss.item() + out.grounding_loss.item()
+                                            + 0.5 * out.extent_loss.item(), rel=1e-5)
+    seen = []
+    model.action_head.register_forward_pre_hook(lambda module, args: seen.append(args[1].detach().clone()))
+    first_kp = model.config.state_dim
+    corners = slice(first_kp + 4, first_kp + 8)
+    model(batch)  # teacher forcing: the true corners
+    np.testing.assert_allclose(seen[-1][:, corners].numpy(), batch["gaze_corners"].reshape(3, 4).numpy(), atol=1e-6)
+    first = out.extent_loss.item()
+    fit(model, batch, steps=60, lr=3e-3)
+    assert model(batch).extent_loss.item() < first * 0.3
+    # Inference: keypoints 2-3 are keypoint 0 -/+ half the predicted extent, now near the true one.
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+    geometry = seen[-1]
+    centre = geometry[:, first_kp:first_kp + 2]
+    top_left, bottom_right = geometry[:, first_kp + 4:first_kp + 6], geometry[:, first_kp + 6:first_kp + 8]
+    np.testing.assert_allclose((top_left + bottom_right).numpy() / 2, centre.numpy(), atol=1e-6)
+    np.testing.assert_allclose((bottom_right - top_left).numpy(), true_extent, atol=0.03)
+    # An oracle's corners still win; the checkpoint round-trips with the MLP; a finetune switches it on.
+    obs = make_observation(0)
+    args = (obs["base_image"], obs["wrist_image"], obs["instruction"], obs["state"])
+    assert not np.allclose(model.predict(*args).actions,
+                           model.predict(*args, gaze_corners=[[0.1, 0.1], [0.9, 0.3]]).actions)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = ReconVLA.from_pretrained(tmp_path / "ckpt").eval()
+    np.testing.assert_allclose(loaded.predict(*args).actions, model.predict(*args).actions, atol=1e-5)
+    from reconvla_core.train.model_setup import apply_finetune_options
+
+    plain = parallel(norm_stats, seed=15, recon_target="none", spatial_keypoints=4, keypoint_encoder="conv",
+                     gaze_keypoint_weight=1.0, action_head_state=True)
+    assert plain.gaze_extent is None
+    assert apply_finetune_options(plain, {"gaze_extent_weight": 1.0}) == {"gaze_extent_weight": 1.0}
+    params = {id(p) for group in plain.parameter_groups().values() for p in group}
+    assert {id(p) for p in plain.gaze_extent.parameters()} <= params
+    assert plain(make_batch(plain, n=2)).extent_loss is not None

@@ -24,8 +24,8 @@ from reconvla_core.model.action_tokenizer import check_array
 from reconvla_core.model.configuration_reconvla import GAZE_HEATMAP_SIGMA, ReconVLAConfig
 from reconvla_core.model.checkpoint import PreTrainedReconVLA
 from reconvla_core.model.decoding import ActionDecoder, naive_generate
-from reconvla_core.model.heads import (GazeColourHead, GripperPointHead, ParallelActionHead, VisionFiLM,
-                                       chunk_attention_mask, mean_over_valid)
+from reconvla_core.model.heads import (GazeColourHead, GazeExtentHead, GripperPointHead, ParallelActionHead,
+                                       VisionFiLM, chunk_attention_mask, mean_over_valid)
 from reconvla_core.model.keypoints import (ConvKeypoints, SpatialKeypoints, build_keypoints,  # noqa: F401 (re-exported)
                                            expected_points, heatmap_divergence)
 from reconvla_core.model.processing_reconvla import IGNORE_INDEX, ReconVLAProcessor
@@ -45,6 +45,7 @@ class ReconVLAOutput:
     grounding_loss: torch.Tensor | None = None  # only with gaze_keypoint_weight > 0
     heatmap_loss: torch.Tensor | None = None  # only with gaze_heatmap_weight > 0
     corner_loss: torch.Tensor | None = None  # only with gaze_corner_weight > 0
+    extent_loss: torch.Tensor | None = None  # only with gaze_extent_weight > 0
     colour_loss: torch.Tensor | None = None  # only with gaze_colour_weight > 0
     gripper_loss: torch.Tensor | None = None  # only with gripper_point_weight > 0
 
@@ -63,7 +64,7 @@ class ActionPrediction:
 
 # Metrics a forward pass reports (training logs and validation read them by these names).
 LOSS_KEYS: tuple[str, ...] = ("loss", "action_loss", "recon_loss", "action_accuracy", "grounding_loss", "heatmap_loss",
-                              "corner_loss", "colour_loss", "gripper_loss")
+                              "corner_loss", "extent_loss", "colour_loss", "gripper_loss")
 
 
 def build_vision_tower(config: ReconVLAConfig) -> SiglipVisionModel:
@@ -154,6 +155,7 @@ class ReconVLA(PreTrainedReconVLA):
         self.keypoints = build_keypoints(config)
         self.gaze_colour = GazeColourHead(config) if config.gaze_colour_weight > 0 else None
         self.gripper_point = GripperPointHead(config) if config.gripper_point_weight > 0 else None
+        self.gaze_extent = GazeExtentHead(config) if config.gaze_extent_weight > 0 else None
         self.reconstruction: nn.Module | None = None
         if build_reconstruction and config.builds_reconstruction:
             from reconvla_core.model.reconstruction import ReconstructionBranch  # imports diffusers
@@ -172,7 +174,8 @@ class ReconVLA(PreTrainedReconVLA):
         # Weighted heads: built fresh when switched on, dropped when off (the colour head is training-only,
         # the gripper-point MLP also runs at inference).
         heads = {"gaze_colour_weight": ("gaze_colour", GazeColourHead),
-                 "gripper_point_weight": ("gripper_point", GripperPointHead)}
+                 "gripper_point_weight": ("gripper_point", GripperPointHead),
+                 "gaze_extent_weight": ("gaze_extent", GazeExtentHead)}
         if name in heads:
             attribute, build = heads[name]
             setattr(self.config, name, value)
@@ -193,6 +196,9 @@ class ReconVLA(PreTrainedReconVLA):
         new = build_keypoints(self.config)
         new.embed.load_state_dict(old.embed.state_dict())
         self.keypoints = new.to(device=old.embed.weight.device, dtype=old.embed.weight.dtype)
+        if self.gaze_extent is not None:  # it reads the encoder's features: their width may change
+            self.gaze_extent = GazeExtentHead(self.config).to(device=old.embed.weight.device,
+                                                              dtype=old.embed.weight.dtype)
         self.__dict__.pop("_instruction_cache", None)
 
     # Surface used by training and the runtime -----------------------------------------------
@@ -251,7 +257,8 @@ class ReconVLA(PreTrainedReconVLA):
         denoiser = [] if self.reconstruction is None else self.reconstruction.denoiser.parameters()
         head = [*(() if self.action_head is None else self.action_head.parameters()),
                 *(() if self.gaze_colour is None else self.gaze_colour.parameters()),
-                *(() if self.gripper_point is None else self.gripper_point.parameters())]
+                *(() if self.gripper_point is None else self.gripper_point.parameters()),
+                *(() if self.gaze_extent is None else self.gaze_extent.parameters())]
         llm = list(self.llm.parameters())
         if self.action_head is not None and not self.config.llm.tie_word_embeddings:
             # The parallel head never uses the LM head: leaving it out keeps DDP from waiting for its grads.
@@ -337,11 +344,12 @@ class ReconVLA(PreTrainedReconVLA):
                instruction_mask: torch.Tensor | None, query_mask: torch.Tensor | None,
                instruction_embedding: torch.Tensor | None = None,
                gaze_point: torch.Tensor | None = None, gaze_corners: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """``embed_inputs``, the spatial keypoints (B, K, 2) and their softmax heat maps (B, K, cells)
-        when configured (else None); a given ``gaze_point`` (B, 2) replaces keypoint 0 (an external gaze:
-        a detector, or the twin's truth) and given ``gaze_corners`` (B, 2, 2) keypoints 2-3 (models
-        that learn the box's corners, ``gaze_corner_weight``)."""
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """``embed_inputs``, the spatial keypoints (B, K, 2), their softmax heat maps (B, K, cells) when
+        configured (else None) and the gaze box's predicted extent (B, 2) (``gaze_extent_weight``, else
+        None); a given ``gaze_point`` (B, 2) replaces keypoint 0 (an external gaze: a detector, or the
+        twin's truth) and given ``gaze_corners`` (B, 2, 2) keypoints 2-3 (models that learn the box's
+        corners)."""
         embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, D)
         pooled = instruction_embedding
         if self.config.encodes_instruction and pooled is None:
@@ -350,11 +358,11 @@ class ReconVLA(PreTrainedReconVLA):
                                  "batch with model.processor")
             pooled = self.encode_instruction(input_ids, instruction_mask)
         features = self.vision_features(pixel_values, pooled)
-        keypoints = heatmap = None  # (B, K, 2), (B, K, cells)
+        keypoints = heatmap = cells = extent = None  # (B, K, 2), (B, K, cells), (B, cells, C), (B, 2)
         if isinstance(self.keypoints, ConvKeypoints):
-            heatmap = self.keypoints.heatmap(pixel_values, pooled)
+            heatmap, cells = self.keypoints.maps(pixel_values, pooled)
         elif self.keypoints is not None:
-            heatmap = self.keypoints.heatmap(features)
+            heatmap, cells = self.keypoints.maps(features)
         if heatmap is not None:
             keypoints = expected_points(heatmap, self.keypoints.coords)
         if gaze_point is not None:
@@ -362,10 +370,15 @@ class ReconVLA(PreTrainedReconVLA):
                 raise ValueError("a gaze point replaces keypoint 0: this model has no spatial keypoints")
             keypoints = keypoints.clone()
             keypoints[:, 0] = gaze_point.to(keypoints.dtype)
+        if self.gaze_extent is not None:
+            extent = self.gaze_extent(heatmap[:, 0], cells, keypoints[:, 0])
+            half = 0.5 * extent.to(keypoints.dtype)
+            keypoints = torch.cat([keypoints[:, :2], (keypoints[:, 0] - half)[:, None],
+                                   (keypoints[:, 0] + half)[:, None], keypoints[:, 4:]], dim=1)
         if gaze_corners is not None:
-            if not self.config.gaze_corner_weight > 0:
+            if not self.config.learns_gaze_corners:
                 raise ValueError("gaze corners replace keypoints 2-3: this model does not learn the gaze box's "
-                                 "corners (gaze_corner_weight)")
+                                 "corners (gaze_corner_weight, gaze_extent_weight)")
             keypoints = keypoints.clone()
             keypoints[:, 2:4] = gaze_corners.to(keypoints.dtype)
         image_embeds = self.project(features)  # (B, N, D)
@@ -384,7 +397,7 @@ class ReconVLA(PreTrainedReconVLA):
                 points = keypoints.reshape(b, -1).to(self.keypoints.embed.weight.dtype)
                 queries = queries + self.keypoints.embed(points).to(embeds.dtype)[:, None, :]
             embeds = embeds.masked_scatter(query_mask.unsqueeze(-1), queries)
-        return embeds, keypoints, heatmap
+        return embeds, keypoints, heatmap, extent
 
     def encode_instruction(self, input_ids: torch.Tensor, instruction_mask: torch.Tensor) -> torch.Tensor:
         """(B, D) instruction embedding for vision FiLM: the LLM run over the instruction's tokens alone,
@@ -463,7 +476,8 @@ class ReconVLA(PreTrainedReconVLA):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> ReconVLAOutput:
         """Action loss (token head: CE over the action tokens + EOS; parallel head: L1 on the continuous
         chunk) + recon_weight * reconstruction loss (+ gaze_keypoint_weight * keypoint loss
-        + gaze_heatmap_weight * heat-map loss + gaze_corner_weight * corner loss + gaze_colour_weight * colour loss
+        + gaze_heatmap_weight * heat-map loss + gaze_corner_weight * corner loss + gaze_extent_weight * extent loss
+        + gaze_colour_weight * colour loss
         + gripper_point_weight * gripper-point loss)."""
         for key in ("input_ids", "attention_mask", "image_mask", "pixel_values"):
             if key not in batch:
@@ -474,10 +488,11 @@ class ReconVLA(PreTrainedReconVLA):
         instruction = None  # encoded here only when a loss reads it besides the vision
         if self.gaze_colour is not None and "gaze_colour" in batch:
             instruction = self.encode_instruction(input_ids, batch["instruction_mask"])
-        embeds, keypoints, heatmap = self._embed(input_ids, batch["image_mask"], batch["pixel_values"],
+        embeds, keypoints, heatmap, extent = self._embed(input_ids, batch["image_mask"], batch["pixel_values"],
                                                  batch.get("instruction_mask"), batch.get("action_query_mask"),
                                                  instruction_embedding=instruction)
-        action_loss = action_accuracy = grounding_loss = heatmap_loss = corner_loss = colour_loss = gripper_loss = None
+        action_loss = action_accuracy = grounding_loss = heatmap_loss = corner_loss = extent_loss = None
+        colour_loss = gripper_loss = None
         if instruction is not None:
             colour_loss = self.gaze_colour.loss(self.gaze_colour(instruction), batch["gaze_colour"],
                                                 batch["gaze_valid"])
@@ -497,6 +512,9 @@ class ReconVLA(PreTrainedReconVLA):
                     heatmap_loss = self._gaze_heatmap_loss(heatmap, batch["gaze_point"], batch["gaze_valid"])
             if self.config.gaze_corner_weight > 0 and "gaze_corners" in batch:
                 corner_loss = self._gaze_corner_loss(keypoints, heatmap, batch["gaze_corners"], batch["gaze_valid"])
+            if extent is not None and "gaze_corners" in batch:
+                true_extent = batch["gaze_corners"][:, 1].float() - batch["gaze_corners"][:, 0].float()
+                extent_loss = mean_over_valid((extent.float() - true_extent).abs().sum(-1), batch["gaze_valid"])
         else:
             hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                                             use_cache=False).last_hidden_state  # (B, L, D), after the final norm
@@ -516,13 +534,16 @@ class ReconVLA(PreTrainedReconVLA):
             loss = loss + self.config.gaze_heatmap_weight * heatmap_loss
         if loss is not None and corner_loss is not None:
             loss = loss + self.config.gaze_corner_weight * corner_loss
+        if loss is not None and extent_loss is not None:
+            loss = loss + self.config.gaze_extent_weight * extent_loss
         if loss is not None and colour_loss is not None:
             loss = loss + self.config.gaze_colour_weight * colour_loss
         if loss is not None and gripper_loss is not None:
             loss = loss + self.config.gripper_point_weight * gripper_loss
         return ReconVLAOutput(loss=loss, action_loss=action_loss, recon_loss=recon_loss,
                               action_accuracy=action_accuracy, grounding_loss=grounding_loss,
-                              heatmap_loss=heatmap_loss, corner_loss=corner_loss, colour_loss=colour_loss,
+                              heatmap_loss=heatmap_loss, corner_loss=corner_loss, extent_loss=extent_loss,
+                              colour_loss=colour_loss,
                               gripper_loss=gripper_loss)
 
     @staticmethod
@@ -596,9 +617,9 @@ class ReconVLA(PreTrainedReconVLA):
                                torch.as_tensor(check_array(value, shape, name), dtype=torch.float32, device=device)[None]
                                for value, shape, name in ((gaze_point, (2,), "gaze_point"),
                                                           (gaze_corners, (2, 2), "gaze_corners")))
-            embeds, keypoints, _ = self._embed(ids, masks["image_mask"], sample["pixel_values"][None].to(device),
-                                               masks.get("instruction_mask"), masks.get("action_query_mask"),
-                                               instruction, forced, corners)
+            embeds, keypoints, _, _ = self._embed(ids, masks["image_mask"], sample["pixel_values"][None].to(device),
+                                                  masks.get("instruction_mask"), masks.get("action_query_mask"),
+                                                  instruction, forced, corners)
             state = sample["state"][None].to(device) if "state" in sample else None
             geometry = self.head_geometry(state, self._with_gripper_point(keypoints, state)[0])
         if geometry is not None:
