@@ -16,8 +16,7 @@ The observation is a dict:
   look, from outside (a detector, or the twin's truth in ``reconvla eval probe``). A model with
   spatial keypoints acts on it in place of keypoint 0's own estimate; others ignore it;
 - optionally ``"gaze_corners"`` ((2, 2), the gaze box's top-left and bottom-right, same image): a
-  model that learns the box's corners (``gaze_corner_weight``, ``gaze_extent_weight``) acts on them;
-  others ignore them.
+  model that learns the box's extent (``gaze_extent_weight``) acts on them; others ignore them.
 
 The result carries what a deployment shows next to the actions, all optional: the (grid, grid)
 attention map, the gaze box the model answered with and the gaze point its head acted on
@@ -210,7 +209,7 @@ class ModelPolicy(Policy):
         scale = np.ones(2) if frame is not None else self.model.processor.base_view_scale
         gaze, corners = obs.get("gaze_point"), obs.get("gaze_corners")
         forced = None if gaze is None or self.model.keypoints is None else np.asarray(gaze, np.float64) * scale
-        if corners is not None and self.model.config.learns_gaze_corners:
+        if corners is not None and self.model.config.gaze_extent_weight > 0:
             corners = np.asarray(corners, np.float64).reshape(2, 2) * scale
         else:
             corners = None

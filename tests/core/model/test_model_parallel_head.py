@@ -571,71 +571,7 @@ def test_a_finetune_switches_the_gripper_point_on_and_the_checkpoint_round_trips
     np.testing.assert_allclose(loaded.predict_action(*args), before, atol=1e-5)  # inference uses the MLP
 
 
-def test_gaze_corners_teach_keypoints_2_and_3_the_box_and_reach_the_head(norm_stats):
-    with pytest.raises(ValueError, match="gaze_corner_weight"):
-        ReconVLAConfig.from_preset("tiny", action_head="parallel", spatial_keypoints=3, gaze_keypoint_weight=1.0,
-                                   gaze_corner_weight=1.0)
-    model = parallel(norm_stats, seed=14, recon_target="none", spatial_keypoints=4, keypoint_encoder="conv",
-                     gaze_keypoint_weight=1.0, gaze_heatmap_weight=1.0, gaze_corner_weight=0.5,
-                     action_head_state=True, gaze_teacher_forcing=1.0).train()
-    batch = make_batch(model, n=3)
-    obs = make_observation(0)
-    box = np.asarray(obs["gaze_box"], dtype=np.float64)
-    np.testing.assert_allclose(batch["gaze_corners"][0].numpy(),
-                               [model.processor.base_point(box[:2]), model.processor.base_point(box[2:])], atol=1e-6)
-    out = model(batch)
-    assert out.corner_loss is not None and out.corner_loss.item() > 0
-    assert out.loss.item() == pytest.approx(out.action_loss.item() + out.grounding_loss.item() + out.heatmap_loss.item()
-                                            + 0.5 * out.corner_loss.item(), rel=1e-5)
-    # Training: the head acts on the labelled corners (keypoints 2-3), as on the labelled centre.
-    seen = []
-    model.action_head.register_forward_pre_hook(lambda module, args: seen.append(args[1].detach().clone()))
-    corners = slice(model.config.state_dim + 4, model.config.state_dim + 8)
-    model(batch)
-    np.testing.assert_allclose(seen[-1][:, corners].numpy(), batch["gaze_corners"].reshape(3, 4).numpy(), atol=1e-6)
-    first = out.corner_loss.item()
-    fit(model, batch, steps=60, lr=3e-3)
-    assert model(batch).corner_loss.item() < first * 0.5
-    # Inference: the keypoints' own estimates, now near the corners.
-    model.eval()
-    with torch.no_grad():
-        model(batch)
-    estimate = seen[-1][:, corners].numpy()
-    assert not np.allclose(estimate, batch["gaze_corners"].reshape(3, 4).numpy(), atol=1e-4)
-    assert np.abs(estimate - batch["gaze_corners"].reshape(3, 4).numpy()).mean() < 0.1
-    # Given corners (an oracle gaze box) replace keypoints 2-3 at inference, through the policy too
-    # (base-view coordinates: y scales by the base band's height).
-    from reconvla_core.policy import ModelPolicy
-
-    args = (obs["base_image"], obs["wrist_image"], obs["instruction"], obs["state"])
-    own, given = model.predict(*args), model.predict(*args, gaze_corners=[[0.1, 0.1], [0.9, 0.3]])
-    assert not np.allclose(own.actions, given.actions)
-    with pytest.raises(ValueError, match="gaze_corners"):
-        model.predict(*args, gaze_corners=[0.1, 0.1, 0.9])
-    scale = model.processor.base_view_scale
-    chunk = ModelPolicy(model).infer({"base_image": obs["base_image"], "wrist_image": obs["wrist_image"],
-                                      "instruction": obs["instruction"], "state": obs["state"],
-                                      "gaze_corners": [[0.1, 0.1], [0.9, 0.6]]})
-    np.testing.assert_allclose(chunk.actions,
-                               model.predict(*args, gaze_corners=np.array([[0.1, 0.1], [0.9, 0.6]]) * scale).actions)
-    # Rows without a box count zero; a finetune may switch the loss on (no new weights).
-    model.train()
-    batch["gaze_valid"][:] = False
-    assert model(batch).corner_loss.item() == 0.0
-    from reconvla_core.train.model_setup import apply_finetune_options
-
-    plain = parallel(norm_stats, seed=14, recon_target="none", spatial_keypoints=4, gaze_keypoint_weight=1.0)
-    plain.eval()
-    with pytest.raises(ValueError, match="gaze_corner_weight"):
-        plain.predict(*args, gaze_corners=[[0.1, 0.1], [0.9, 0.3]])
-    assert apply_finetune_options(plain, {"gaze_corner_weight": 1.0}) == {"gaze_corner_weight": 1.0}
-    assert plain.processor.config.gaze_corner_weight == 1.0 and "gaze_corners" in make_batch(plain, n=1)
-
-
 def test_gaze_extent_is_regressed_under_keypoint_0_and_gives_the_head_the_corners(norm_stats, observation, tmp_path):
-    with pytest.raises(ValueError, match="set one"):
-        ReconVLAConfig.from_preset("tiny", action_head="parallel", spatial_keypoints=4, gaze_keypoint_weight=1.0,
-                                   gaze_corner_weight=1.0, gaze_extent_weight=1.0)
     with pytest.raises(ValueError, match="gaze_extent_weight"):
         ReconVLAConfig.from_preset("tiny", action_head="parallel", spatial_keypoints=2, gaze_keypoint_weight=1.0,
                                    gaze_extent_weight=1.0)
@@ -666,11 +602,22 @@ def test_gaze_extent_is_regressed_under_keypoint_0_and_gives_the_head_the_corner
     top_left, bottom_right = geometry[:, first_kp + 4:first_kp + 6], geometry[:, first_kp + 6:first_kp + 8]
     np.testing.assert_allclose((top_left + bottom_right).numpy() / 2, centre.numpy(), atol=1e-6)
     np.testing.assert_allclose((bottom_right - top_left).numpy(), true_extent, atol=0.03)
-    # An oracle's corners still win; the checkpoint round-trips with the MLP; a finetune switches it on.
+    # An oracle's corners win, through the policy too (base-view coordinates: y scales by the base
+    # band's height); the checkpoint round-trips with the MLP; a finetune switches it on.
+    from reconvla_core.policy import ModelPolicy
+
     obs = make_observation(0)
     args = (obs["base_image"], obs["wrist_image"], obs["instruction"], obs["state"])
     assert not np.allclose(model.predict(*args).actions,
                            model.predict(*args, gaze_corners=[[0.1, 0.1], [0.9, 0.3]]).actions)
+    with pytest.raises(ValueError, match="gaze_corners"):
+        model.predict(*args, gaze_corners=[0.1, 0.1, 0.9])
+    chunk = ModelPolicy(model).infer({"base_image": obs["base_image"], "wrist_image": obs["wrist_image"],
+                                      "instruction": obs["instruction"], "state": obs["state"],
+                                      "gaze_corners": [[0.1, 0.1], [0.9, 0.6]]})
+    scale = model.processor.base_view_scale
+    np.testing.assert_allclose(chunk.actions,
+                               model.predict(*args, gaze_corners=np.array([[0.1, 0.1], [0.9, 0.6]]) * scale).actions)
     model.save_pretrained(tmp_path / "ckpt")
     loaded = ReconVLA.from_pretrained(tmp_path / "ckpt").eval()
     np.testing.assert_allclose(loaded.predict(*args).actions, model.predict(*args).actions, atol=1e-5)
@@ -679,7 +626,12 @@ def test_gaze_extent_is_regressed_under_keypoint_0_and_gives_the_head_the_corner
     plain = parallel(norm_stats, seed=15, recon_target="none", spatial_keypoints=4, keypoint_encoder="conv",
                      gaze_keypoint_weight=1.0, action_head_state=True)
     assert plain.gaze_extent is None
+    plain.eval()
+    with pytest.raises(ValueError, match="gaze_extent_weight"):
+        plain.predict(*args, gaze_corners=[[0.1, 0.1], [0.9, 0.3]])
+    assert "gaze_corners" not in make_batch(plain, n=1)
     assert apply_finetune_options(plain, {"gaze_extent_weight": 1.0}) == {"gaze_extent_weight": 1.0}
     params = {id(p) for group in plain.parameter_groups().values() for p in group}
     assert {id(p) for p in plain.gaze_extent.parameters()} <= params
+    plain.train()
     assert plain(make_batch(plain, n=2)).extent_loss is not None

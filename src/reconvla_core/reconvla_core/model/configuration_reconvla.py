@@ -29,14 +29,14 @@ CONFIG_FORMAT_VERSION = 1
 # Options a finetune stage may set on top of its init checkpoint's config: they change the losses,
 # the training inputs or the answer format, never the layout of the checkpoint's weights.
 FINETUNE_OPTIONS: tuple[str, ...] = ("recon_weight", "num_noise_draws", "answer_box", "gaze_keypoint_weight",
-                                     "gaze_heatmap_weight", "gaze_corner_weight", "gaze_teacher_forcing")
+                                     "gaze_heatmap_weight", "gaze_teacher_forcing")
 # Options a finetune may switch although they change the weights' layout: the module they select is
 # rebuilt with fresh weights (ReconVLA.switch_option), everything else carried over.
 SWITCHABLE_OPTIONS: tuple[str, ...] = ("keypoint_encoder", "gaze_colour_weight", "gripper_point_weight",
                                        "gaze_extent_weight")
 # Training-only research options that the study found not to help (docs/study_recon.md); configs
 # saved with them still load (the options are dropped: inference never used them).
-REMOVED_TRAINING_OPTIONS: tuple[str, ...] = ("action_input_dropout", "grounding_box_weight")
+REMOVED_TRAINING_OPTIONS: tuple[str, ...] = ("action_input_dropout", "grounding_box_weight", "gaze_corner_weight")
 BOX_TOKENS = 4  # x0, y0, x1, y1
 GAZE_HEATMAP_SIGMA = 0.03  # std of gaze_heatmap_weight's target, a fraction of the image: about a block
 
@@ -292,23 +292,18 @@ class ReconVLAConfig:
             the expected (x, y) barely moves a softmax whose mass sits on the wrong object (the right
             object's cells get a gradient proportional to their tiny weight); this loss raises the
             right cells whatever their weight. Needs ``gaze_keypoint_weight`` > 0. 0: off.
-        gaze_corner_weight (`float`, defaults to `0.0`):
-            Weight of the "how big" supervision: keypoints 2 and 3 learn the gaze box's top-left and
-            bottom-right corners (model-input frame) with the same L1 and (with
-            ``gaze_heatmap_weight``) heat-map losses as keypoint 0, logged together as
-            ``corner_loss``; with ``gaze_teacher_forcing`` they get the corners' labels in the same
-            samples as keypoint 0. The action head then reads the box's extent (apparent size, hence
-            distance; block or bowl) besides its centre: a privileged MLP given the centre scores 1.46
-            on 50 chains, given the centre and the box's width and height 2.30, given the box 2.86
-            (docs/study_recon.md, eleventh session). Needs ``spatial_keypoints`` >= 4 and
-            ``gaze_keypoint_weight`` > 0. 0: off; a finetune may switch it on.
         gaze_extent_weight (`float`, defaults to `0.0`):
-            The box's extent by regression instead (exclusive with ``gaze_corner_weight``): a small MLP
-            reads the features under keypoint 0's heat map and keypoint 0's (x, y) and predicts the
-            gaze box's width and height (L1, logged as ``extent_loss``); keypoints 2 and 3 of the
-            head's geometry become keypoint 0 -/+ half of it (the true corners when teacher-forced).
-            Same needs; 0: off; a finetune may switch it on (the MLP starts from random weights and
-            runs at inference).
+            Weight of the "how big" supervision: a small MLP reads the features under keypoint 0's
+            heat map (block or bowl, lifted or not) and keypoint 0's (x, y) (how far from the camera)
+            and predicts the gaze box's width and height in the model-input frame (L1, logged as
+            ``extent_loss``); keypoints 2 and 3 of the head's geometry become the box's corners,
+            keypoint 0 -/+ half the extent (the true corners when teacher-forced, and under
+            ``--gaze oracle``). The action head then reads the box, not only its centre: a privileged
+            MLP scores 1.46 on 50 chains given the gaze centre and 2.40 given the centre and the box's
+            width and height (docs/study_recon.md, eleventh session; spatial-softmax keypoints trained
+            on the corners themselves localised them too coarsely, 0.11-0.14, and left the product).
+            Needs ``spatial_keypoints`` >= 4 and ``gaze_keypoint_weight`` > 0. 0: off; a finetune may
+            switch it on (the MLP starts from random weights and runs at inference).
         gaze_colour_weight (`float`, defaults to `0.0`):
             Weight of a training-only loss that teaches the instruction encoding what its target looks
             like: a small head on the instruction embedding predicts the mean colour of the gaze box's
@@ -396,7 +391,6 @@ class ReconVLAConfig:
     keypoint_encoder: str = "vision"
     gaze_keypoint_weight: float = 0.0
     gaze_heatmap_weight: float = 0.0
-    gaze_corner_weight: float = 0.0
     gaze_extent_weight: float = 0.0
     gaze_colour_weight: float = 0.0
     gripper_point_weight: float = 0.0
@@ -416,11 +410,6 @@ class ReconVLAConfig:
         self.validate()
 
     # Derived sizes -------------------------------------------------------------------------
-    @property
-    def learns_gaze_corners(self) -> bool:
-        """Whether keypoints 2 and 3 are the gaze box's corners (``gaze_corner_weight`` or ``gaze_extent_weight``)."""
-        return self.gaze_corner_weight > 0 or self.gaze_extent_weight > 0
-
     @property
     def encodes_instruction(self) -> bool:
         """Whether the model runs the LLM over the instruction alone (vision FiLM, conv keypoints)."""
@@ -501,20 +490,16 @@ class ReconVLAConfig:
             raise ValueError(f"keypoint_encoder must be one of {KEYPOINT_ENCODERS}, got {self.keypoint_encoder!r}")
         if self.spatial_keypoints and self.action_head != "parallel":
             raise ValueError("spatial_keypoints feed the parallel head's action queries: set action_head: parallel")
-        for name in ("gaze_keypoint_weight", "gaze_heatmap_weight", "gaze_corner_weight", "gaze_extent_weight",
-                     "gaze_colour_weight", "gripper_point_weight"):
+        for name in ("gaze_keypoint_weight", "gaze_heatmap_weight", "gaze_extent_weight", "gaze_colour_weight",
+                     "gripper_point_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value < float("inf")):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.gaze_heatmap_weight > 0 and not self.gaze_keypoint_weight > 0:
             raise ValueError("gaze_heatmap_weight adds to keypoint 0's gaze supervision: set gaze_keypoint_weight > 0")
-        for name in ("gaze_corner_weight", "gaze_extent_weight"):
-            if getattr(self, name) > 0 and not (self.spatial_keypoints >= 4 and self.gaze_keypoint_weight > 0):
-                raise ValueError(f"{name} makes keypoints 2 and 3 the gaze box's corners: set spatial_keypoints >= 4 "
-                                 "and gaze_keypoint_weight > 0")
-        if self.gaze_corner_weight > 0 and self.gaze_extent_weight > 0:
-            raise ValueError("gaze_corner_weight and gaze_extent_weight both make keypoints 2 and 3 the gaze box's "
-                             "corners: set one")
+        if self.gaze_extent_weight > 0 and not (self.spatial_keypoints >= 4 and self.gaze_keypoint_weight > 0):
+            raise ValueError("gaze_extent_weight makes keypoints 2 and 3 the gaze box's corners: set "
+                             "spatial_keypoints >= 4 and gaze_keypoint_weight > 0")
         if self.gaze_colour_weight > 0 and not (self.action_head == "parallel" and self.encodes_instruction):
             raise ValueError("gaze_colour_weight trains the instruction encoding: it needs action_head: parallel and "
                              "vision_film: true or keypoint_encoder: conv")

@@ -44,7 +44,6 @@ class ReconVLAOutput:
     action_accuracy: torch.Tensor | None
     grounding_loss: torch.Tensor | None = None  # only with gaze_keypoint_weight > 0
     heatmap_loss: torch.Tensor | None = None  # only with gaze_heatmap_weight > 0
-    corner_loss: torch.Tensor | None = None  # only with gaze_corner_weight > 0
     extent_loss: torch.Tensor | None = None  # only with gaze_extent_weight > 0
     colour_loss: torch.Tensor | None = None  # only with gaze_colour_weight > 0
     gripper_loss: torch.Tensor | None = None  # only with gripper_point_weight > 0
@@ -64,7 +63,7 @@ class ActionPrediction:
 
 # Metrics a forward pass reports (training logs and validation read them by these names).
 LOSS_KEYS: tuple[str, ...] = ("loss", "action_loss", "recon_loss", "action_accuracy", "grounding_loss", "heatmap_loss",
-                              "corner_loss", "extent_loss", "colour_loss", "gripper_loss")
+                              "extent_loss", "colour_loss", "gripper_loss")
 
 
 def build_vision_tower(config: ReconVLAConfig) -> SiglipVisionModel:
@@ -376,9 +375,9 @@ class ReconVLA(PreTrainedReconVLA):
             keypoints = torch.cat([keypoints[:, :2], (keypoints[:, 0] - half)[:, None],
                                    (keypoints[:, 0] + half)[:, None], keypoints[:, 4:]], dim=1)
         if gaze_corners is not None:
-            if not self.config.learns_gaze_corners:
+            if self.gaze_extent is None:
                 raise ValueError("gaze corners replace keypoints 2-3: this model does not learn the gaze box's "
-                                 "corners (gaze_corner_weight, gaze_extent_weight)")
+                                 "extent (gaze_extent_weight)")
             keypoints = keypoints.clone()
             keypoints[:, 2:4] = gaze_corners.to(keypoints.dtype)
         image_embeds = self.project(features)  # (B, N, D)
@@ -476,7 +475,7 @@ class ReconVLA(PreTrainedReconVLA):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> ReconVLAOutput:
         """Action loss (token head: CE over the action tokens + EOS; parallel head: L1 on the continuous
         chunk) + recon_weight * reconstruction loss (+ gaze_keypoint_weight * keypoint loss
-        + gaze_heatmap_weight * heat-map loss + gaze_corner_weight * corner loss + gaze_extent_weight * extent loss
+        + gaze_heatmap_weight * heat-map loss + gaze_extent_weight * extent loss
         + gaze_colour_weight * colour loss
         + gripper_point_weight * gripper-point loss)."""
         for key in ("input_ids", "attention_mask", "image_mask", "pixel_values"):
@@ -491,7 +490,7 @@ class ReconVLA(PreTrainedReconVLA):
         embeds, keypoints, heatmap, extent = self._embed(input_ids, batch["image_mask"], batch["pixel_values"],
                                                  batch.get("instruction_mask"), batch.get("action_query_mask"),
                                                  instruction_embedding=instruction)
-        action_loss = action_accuracy = grounding_loss = heatmap_loss = corner_loss = extent_loss = None
+        action_loss = action_accuracy = grounding_loss = heatmap_loss = extent_loss = None
         colour_loss = gripper_loss = None
         if instruction is not None:
             colour_loss = self.gaze_colour.loss(self.gaze_colour(instruction), batch["gaze_colour"],
@@ -510,8 +509,6 @@ class ReconVLA(PreTrainedReconVLA):
                 grounding_loss = self._gaze_keypoint_loss(keypoints, batch["gaze_point"], batch["gaze_valid"])
                 if self.config.gaze_heatmap_weight > 0:
                     heatmap_loss = self._gaze_heatmap_loss(heatmap, batch["gaze_point"], batch["gaze_valid"])
-            if self.config.gaze_corner_weight > 0 and "gaze_corners" in batch:
-                corner_loss = self._gaze_corner_loss(keypoints, heatmap, batch["gaze_corners"], batch["gaze_valid"])
             if extent is not None and "gaze_corners" in batch:
                 true_extent = batch["gaze_corners"][:, 1].float() - batch["gaze_corners"][:, 0].float()
                 extent_loss = mean_over_valid((extent.float() - true_extent).abs().sum(-1), batch["gaze_valid"])
@@ -532,8 +529,6 @@ class ReconVLA(PreTrainedReconVLA):
             loss = loss + self.config.gaze_keypoint_weight * grounding_loss
         if loss is not None and heatmap_loss is not None:
             loss = loss + self.config.gaze_heatmap_weight * heatmap_loss
-        if loss is not None and corner_loss is not None:
-            loss = loss + self.config.gaze_corner_weight * corner_loss
         if loss is not None and extent_loss is not None:
             loss = loss + self.config.gaze_extent_weight * extent_loss
         if loss is not None and colour_loss is not None:
@@ -542,7 +537,7 @@ class ReconVLA(PreTrainedReconVLA):
             loss = loss + self.config.gripper_point_weight * gripper_loss
         return ReconVLAOutput(loss=loss, action_loss=action_loss, recon_loss=recon_loss,
                               action_accuracy=action_accuracy, grounding_loss=grounding_loss,
-                              heatmap_loss=heatmap_loss, corner_loss=corner_loss, extent_loss=extent_loss,
+                              heatmap_loss=heatmap_loss, extent_loss=extent_loss,
                               colour_loss=colour_loss,
                               gripper_loss=gripper_loss)
 
@@ -559,22 +554,10 @@ class ReconVLA(PreTrainedReconVLA):
         per_row = (keypoints[:, 0] - point.float()).abs().sum(dim=-1)
         return mean_over_valid(per_row, valid)
 
-    def _gaze_heatmap_loss(self, heatmap: torch.Tensor, point: torch.Tensor, valid: torch.Tensor,
-                           index: int = 0) -> torch.Tensor:
-        """Keypoint ``index``'s heat map against a Gaussian at ``point`` (KL); frames without a box count zero."""
-        per_row = heatmap_divergence(heatmap[:, index], self.keypoints.coords, point, GAZE_HEATMAP_SIGMA)
+    def _gaze_heatmap_loss(self, heatmap: torch.Tensor, point: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Keypoint 0's heat map against a Gaussian at the gaze-box centre (KL); frames without a box count zero."""
+        per_row = heatmap_divergence(heatmap[:, 0], self.keypoints.coords, point, GAZE_HEATMAP_SIGMA)
         return mean_over_valid(per_row, valid)
-
-    def _gaze_corner_loss(self, keypoints: torch.Tensor, heatmap: torch.Tensor, corners: torch.Tensor,
-                          valid: torch.Tensor) -> torch.Tensor:
-        """Keypoints 2 and 3 against the gaze box's corners (B, 2, 2): the L1 of keypoint 0's loss (x + y,
-        averaged over the two corners) plus, with gaze_heatmap_weight, their heat maps' KL."""
-        per_row = (keypoints[:, 2:4] - corners.float()).abs().sum(dim=-1).mean(dim=-1)
-        loss = mean_over_valid(per_row, valid)
-        if self.config.gaze_heatmap_weight > 0:
-            loss = loss + 0.5 * sum(self._gaze_heatmap_loss(heatmap, corners[:, i], valid, index=2 + i)
-                                    for i in range(2))
-        return loss
 
     def _action_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CE over the full vocabulary, computed only where labels are set (shifted by one)."""
@@ -647,7 +630,7 @@ class ReconVLA(PreTrainedReconVLA):
         point the head acted on and, if asked, the attention map. ``gaze_point`` ((x, y) in the
         model-input frame, parallel head with keypoints) replaces keypoint 0's own estimate, and
         ``gaze_corners`` ((2, 2): the box's top-left and bottom-right, same frame) keypoints 2-3's in a
-        model that learns them (``gaze_corner_weight``)."""
+        model that learns the box's extent (``gaze_extent_weight``)."""
         if self.action_head is not None:
             return self._predict_parallel(base_image, wrist_image, instruction, state, return_attention,
                                           stitched_image, gaze_point, gaze_corners)

@@ -279,7 +279,7 @@ class ReconVLAProcessor:
                 if cfg.gaze_keypoint_weight > 0:
                     sample["gaze_point"] = torch.tensor(self.gaze_point(gaze_box) if known else np.zeros(2),
                                                         dtype=torch.float32)
-                if cfg.learns_gaze_corners:
+                if cfg.gaze_extent_weight > 0:
                     sample["gaze_corners"] = torch.tensor(self.gaze_corners(gaze_box) if known else np.zeros((2, 2)),
                                                           dtype=torch.float32)
                 if cfg.gaze_colour_weight > 0:
