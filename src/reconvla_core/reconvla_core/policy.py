@@ -14,9 +14,7 @@ The observation is a dict:
   ``viz_rate``; it can cost an extra pass). Policies that have no such map ignore it;
 - optionally ``"gaze_point"`` ((x, y), normalised in the image given, as the box below): where to
   look, from outside (a detector, or the twin's truth in ``reconvla eval probe``). A model with
-  spatial keypoints acts on it in place of keypoint 0's own estimate; others ignore it;
-- optionally ``"gaze_corners"`` ((2, 2), the gaze box's top-left and bottom-right, same image): a
-  model that learns the box's extent (``gaze_extent_weight``) acts on them; others ignore them.
+  spatial keypoints acts on it in place of keypoint 0's own estimate; others ignore it.
 
 The result carries what a deployment shows next to the actions, all optional: the (grid, grid)
 attention map, the gaze box the model answered with and the gaze point its head acted on
@@ -24,7 +22,7 @@ attention map, the gaze box the model answered with and the gaze point its head 
 
 - ``RandomPolicy``: uniform random targets within the joint and gripper limits (a floor).
 - ``ExpertPolicy``: the simulator's scripted expert (needs the env; privileged state).
-- ``TrueGazePolicy``: any policy given the twin's true gaze centre and corners (oracle
+- ``TrueGazePolicy``: any policy given the twin's true gaze centre as ``"gaze_point"`` (oracle
   perception: splits a failure into "where to look" and "how to act", ``reconvla eval sim --gaze oracle``).
 - ``ModelPolicy``: a ReconVLA model in memory (e.g. the one being trained) through ``model.predict``.
 - ``CheckpointPolicy``: a ``ModelPolicy`` loaded from a checkpoint directory by ``load_model``, the
@@ -146,8 +144,8 @@ class ExpertPolicy(Policy):
 
 
 class TrueGazePolicy(Policy):
-    """``policy`` with the twin's true gaze box (base view) passed as ``"gaze_point"`` (its centre) and
-    ``"gaze_corners"``: the perception half replaced by the truth, the acting half the policy's own."""
+    """``policy`` with the twin's true gaze-box centre (base view) passed as ``"gaze_point"``: the
+    perception half replaced by the truth, the acting half the policy's own."""
 
     def __init__(self, policy: Policy, env: PiperCellEnv) -> None:
         self.policy = policy
@@ -158,7 +156,7 @@ class TrueGazePolicy(Policy):
     def infer(self, obs: dict[str, Any]) -> ActionChunk:
         box = np.asarray(self.env.gaze_box(), dtype=np.float64)
         centre = 0.5 * np.array([box[0] + box[2], box[1] + box[3]])
-        return self.policy.infer({**obs, "gaze_point": centre, "gaze_corners": box.reshape(2, 2)})
+        return self.policy.infer({**obs, "gaze_point": centre})
 
     def reset(self) -> None:
         self.policy.reset()
@@ -207,19 +205,15 @@ class ModelPolicy(Policy):
         # Gaze points in the image given: the stitched frame is the model's input frame; the base view
         # is its top band.
         scale = np.ones(2) if frame is not None else self.model.processor.base_view_scale
-        gaze, corners = obs.get("gaze_point"), obs.get("gaze_corners")
+        gaze = obs.get("gaze_point")
         forced = None if gaze is None or self.model.keypoints is None else np.asarray(gaze, np.float64) * scale
-        if corners is not None and self.model.config.gaze_extent_weight > 0:
-            corners = np.asarray(corners, np.float64).reshape(2, 2) * scale
-        else:
-            corners = None
         with self._lock, self._torch.inference_mode():
             if frame is not None:
                 out = self.model.predict(None, None, instruction, state, return_attention=want_attention,
-                                         stitched_image=frame, gaze_point=forced, gaze_corners=corners)
+                                         stitched_image=frame, gaze_point=forced)
             else:
                 out = self.model.predict(obs["base_image"], obs["wrist_image"], instruction, state,
-                                         return_attention=want_attention, gaze_point=forced, gaze_corners=corners)
+                                         return_attention=want_attention, gaze_point=forced)
         box = out.box
         if box is not None and frame is not None:  # the model answers in base-view coordinates
             box = gaze_box_in_frame(box, float(self.model.config.stitch_top_fraction))

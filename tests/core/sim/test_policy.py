@@ -39,7 +39,7 @@ class _Recorder(Policy):
         self.resets += 1
 
 
-def test_true_gaze_policy_hands_the_wrapped_policy_the_twins_gaze_centre_and_corners(env):
+def test_true_gaze_policy_hands_the_wrapped_policy_the_twins_gaze_centre(env):
     env.reset(seed=3)
     inner = _Recorder()
     policy = TrueGazePolicy(inner, env)
@@ -48,7 +48,6 @@ def test_true_gaze_policy_hands_the_wrapped_policy_the_twins_gaze_centre_and_cor
     policy.infer(obs)
     box = env.gaze_box()
     assert np.allclose(inner.seen[0]["gaze_point"], [(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
-    np.testing.assert_allclose(inner.seen[0]["gaze_corners"], [box[:2], box[2:]])
     assert "gaze_point" not in obs  # the caller's observation is left alone
     assert inner.resets == 1 and policy.name == "recorder+true-gaze" and policy.needs_images is False
     # The gaze follows the twin's gaze object: moving it moves the point handed on.

@@ -32,11 +32,10 @@ FINETUNE_OPTIONS: tuple[str, ...] = ("recon_weight", "num_noise_draws", "answer_
                                      "gaze_heatmap_weight", "gaze_teacher_forcing")
 # Options a finetune may switch although they change the weights' layout: the module they select is
 # rebuilt with fresh weights (ReconVLA.switch_option), everything else carried over.
-SWITCHABLE_OPTIONS: tuple[str, ...] = ("keypoint_encoder", "gaze_colour_weight", "gripper_point_weight",
-                                       "gaze_extent_weight")
+SWITCHABLE_OPTIONS: tuple[str, ...] = ("keypoint_encoder", "gaze_colour_weight", "gripper_point_weight")
 # Training-only research options that the study found not to help (docs/study_recon.md); configs
 # saved with them still load (the options are dropped: inference never used them).
-REMOVED_TRAINING_OPTIONS: tuple[str, ...] = ("action_input_dropout", "grounding_box_weight", "gaze_corner_weight")
+REMOVED_TRAINING_OPTIONS: tuple[str, ...] = ("action_input_dropout", "grounding_box_weight")
 BOX_TOKENS = 4  # x0, y0, x1, y1
 GAZE_HEATMAP_SIGMA = 0.03  # std of gaze_heatmap_weight's target, a fraction of the image: about a block
 
@@ -292,18 +291,6 @@ class ReconVLAConfig:
             the expected (x, y) barely moves a softmax whose mass sits on the wrong object (the right
             object's cells get a gradient proportional to their tiny weight); this loss raises the
             right cells whatever their weight. Needs ``gaze_keypoint_weight`` > 0. 0: off.
-        gaze_extent_weight (`float`, defaults to `0.0`):
-            Weight of the "how big" supervision: a small MLP reads the features under keypoint 0's
-            heat map (block or bowl, lifted or not) and keypoint 0's (x, y) (how far from the camera)
-            and predicts the gaze box's width and height in the model-input frame (L1, logged as
-            ``extent_loss``); keypoints 2 and 3 of the head's geometry become the box's corners,
-            keypoint 0 -/+ half the extent (the true corners when teacher-forced, and under
-            ``--gaze oracle``). The action head then reads the box, not only its centre: a privileged
-            MLP scores 1.46 on 50 chains given the gaze centre and 2.40 given the centre and the box's
-            width and height (docs/study_recon.md, eleventh session; spatial-softmax keypoints trained
-            on the corners themselves localised them too coarsely, 0.11-0.14, and left the product).
-            Needs ``spatial_keypoints`` >= 4 and ``gaze_keypoint_weight`` > 0. 0: off; a finetune may
-            switch it on (the MLP starts from random weights and runs at inference).
         gaze_colour_weight (`float`, defaults to `0.0`):
             Weight of a training-only loss that teaches the instruction encoding what its target looks
             like: a small head on the instruction embedding predicts the mean colour of the gaze box's
@@ -391,7 +378,6 @@ class ReconVLAConfig:
     keypoint_encoder: str = "vision"
     gaze_keypoint_weight: float = 0.0
     gaze_heatmap_weight: float = 0.0
-    gaze_extent_weight: float = 0.0
     gaze_colour_weight: float = 0.0
     gripper_point_weight: float = 0.0
     action_head_state: bool = False
@@ -490,16 +476,12 @@ class ReconVLAConfig:
             raise ValueError(f"keypoint_encoder must be one of {KEYPOINT_ENCODERS}, got {self.keypoint_encoder!r}")
         if self.spatial_keypoints and self.action_head != "parallel":
             raise ValueError("spatial_keypoints feed the parallel head's action queries: set action_head: parallel")
-        for name in ("gaze_keypoint_weight", "gaze_heatmap_weight", "gaze_extent_weight", "gaze_colour_weight",
-                     "gripper_point_weight"):
+        for name in ("gaze_keypoint_weight", "gaze_heatmap_weight", "gaze_colour_weight", "gripper_point_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value < float("inf")):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.gaze_heatmap_weight > 0 and not self.gaze_keypoint_weight > 0:
             raise ValueError("gaze_heatmap_weight adds to keypoint 0's gaze supervision: set gaze_keypoint_weight > 0")
-        if self.gaze_extent_weight > 0 and not (self.spatial_keypoints >= 4 and self.gaze_keypoint_weight > 0):
-            raise ValueError("gaze_extent_weight makes keypoints 2 and 3 the gaze box's corners: set "
-                             "spatial_keypoints >= 4 and gaze_keypoint_weight > 0")
         if self.gaze_colour_weight > 0 and not (self.action_head == "parallel" and self.encodes_instruction):
             raise ValueError("gaze_colour_weight trains the instruction encoding: it needs action_head: parallel and "
                              "vision_film: true or keypoint_encoder: conv")

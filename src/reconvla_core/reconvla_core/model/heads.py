@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from reconvla_core.model.configuration_reconvla import ReconVLAConfig
-from reconvla_core.model.keypoints import cell_feature_dim
 
 
 class ParallelActionHead(nn.Module):
@@ -129,22 +128,3 @@ def chunk_attention_mask(attention_mask: torch.Tensor, query_mask: torch.Tensor,
     allowed = (causal[None] | between_queries) & attention_mask.bool()[:, None, :]
     mask = torch.zeros(allowed.shape, dtype=dtype, device=attention_mask.device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
-
-
-class GazeExtentHead(nn.Module):
-    """The gaze box's (width, height) in the model-input frame (``gaze_extent_weight``), from what lies
-    under keypoint 0's heat map (the cells' features weighted by its softmax: block or bowl, lifted or
-    not) and keypoint 0's (x, y) (how far from the camera). Keypoints 2 and 3 of the head's geometry
-    become the box's corners, keypoint 0 -/+ half the extent."""
-
-    def __init__(self, config: ReconVLAConfig, width: int = 64) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(cell_feature_dim(config) + 2, width), nn.GELU(), nn.Linear(width, width),
-                                 nn.GELU(), nn.Linear(width, 2))
-
-    def forward(self, heatmap: torch.Tensor, cell_features: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
-        """Keypoint 0's heat map (B, cells), the cells' features (B, cells, C), keypoint 0 (B, 2) -> (B, 2)
-        extent in (0, 1)."""
-        dtype = self.net[0].weight.dtype
-        pooled = torch.bmm(heatmap[:, None].to(dtype), cell_features.to(dtype))[:, 0]  # (B, C)
-        return torch.sigmoid(self.net(torch.cat([pooled, point.to(dtype)], dim=-1)))

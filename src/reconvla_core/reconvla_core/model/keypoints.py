@@ -36,10 +36,6 @@ class SpatialKeypoints(nn.Module):
         """(B, N, D_vision) -> (B, K, N) each keypoint's softmax over the token grid (cells: ``coords``)."""
         return torch.softmax(self.logits(features).float().transpose(1, 2), dim=-1)
 
-    def maps(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, N, D_vision) -> (the heat maps (B, K, N), the cells' features (B, N, D_vision))."""
-        return self.heatmap(features), features
-
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, N, D_vision) -> (B, K, 2) expected (x, y) per keypoint."""
         return expected_points(self.heatmap(features), self.coords)
@@ -76,16 +72,11 @@ class ConvKeypoints(nn.Module):
     def heatmap(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised image, (B, D_llm) instruction encoding -> (B, K, H*W) each keypoint's
         softmax over the feature map (cells: ``coords``)."""
-        return self.maps(pixel_values, instruction_embedding)[0]
-
-    def maps(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``heatmap`` and the feature map it came from, per cell: (B, K, H*W), (B, H*W, 2 * width)."""
         dtype = self.logits.weight.dtype
         text = instruction_embedding.to(dtype)
         features = self._film(self.stem(pixel_values.to(dtype)), self.stem_film(text))
         features = self._film(self.body(features), self.body_film(text))
-        heatmap = torch.softmax(self.logits(features).flatten(2).float(), dim=-1)
-        return heatmap, features.flatten(2).transpose(1, 2)
+        return torch.softmax(self.logits(features).flatten(2).float(), dim=-1)
 
     def forward(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised image, (B, D_llm) instruction encoding -> (B, K, 2) expected (x, y)."""
@@ -112,11 +103,6 @@ def keypoint_embedding(config: ReconVLAConfig) -> nn.Linear:
     nn.init.normal_(embed.weight, std=0.02)
     nn.init.zeros_(embed.bias)
     return embed
-
-
-def cell_feature_dim(config: ReconVLAConfig) -> int:
-    """Width of the per-cell features the keypoints' heat maps are read from (``maps``)."""
-    return 2 * ConvKeypoints.width if config.keypoint_encoder == "conv" else config.vision.hidden_size
 
 
 def build_keypoints(config: ReconVLAConfig) -> nn.Module | None:

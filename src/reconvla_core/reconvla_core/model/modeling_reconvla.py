@@ -24,8 +24,8 @@ from reconvla_core.model.action_tokenizer import check_array
 from reconvla_core.model.configuration_reconvla import GAZE_HEATMAP_SIGMA, ReconVLAConfig
 from reconvla_core.model.checkpoint import PreTrainedReconVLA
 from reconvla_core.model.decoding import ActionDecoder, naive_generate
-from reconvla_core.model.heads import (GazeColourHead, GazeExtentHead, GripperPointHead, ParallelActionHead,
-                                       VisionFiLM, chunk_attention_mask, mean_over_valid)
+from reconvla_core.model.heads import (GazeColourHead, GripperPointHead, ParallelActionHead, VisionFiLM,
+                                       chunk_attention_mask, mean_over_valid)
 from reconvla_core.model.keypoints import (ConvKeypoints, SpatialKeypoints, build_keypoints,  # noqa: F401 (re-exported)
                                            expected_points, heatmap_divergence)
 from reconvla_core.model.processing_reconvla import IGNORE_INDEX, ReconVLAProcessor
@@ -44,7 +44,6 @@ class ReconVLAOutput:
     action_accuracy: torch.Tensor | None
     grounding_loss: torch.Tensor | None = None  # only with gaze_keypoint_weight > 0
     heatmap_loss: torch.Tensor | None = None  # only with gaze_heatmap_weight > 0
-    extent_loss: torch.Tensor | None = None  # only with gaze_extent_weight > 0
     colour_loss: torch.Tensor | None = None  # only with gaze_colour_weight > 0
     gripper_loss: torch.Tensor | None = None  # only with gripper_point_weight > 0
 
@@ -63,7 +62,7 @@ class ActionPrediction:
 
 # Metrics a forward pass reports (training logs and validation read them by these names).
 LOSS_KEYS: tuple[str, ...] = ("loss", "action_loss", "recon_loss", "action_accuracy", "grounding_loss", "heatmap_loss",
-                              "extent_loss", "colour_loss", "gripper_loss")
+                              "colour_loss", "gripper_loss")
 
 
 def build_vision_tower(config: ReconVLAConfig) -> SiglipVisionModel:
@@ -154,7 +153,6 @@ class ReconVLA(PreTrainedReconVLA):
         self.keypoints = build_keypoints(config)
         self.gaze_colour = GazeColourHead(config) if config.gaze_colour_weight > 0 else None
         self.gripper_point = GripperPointHead(config) if config.gripper_point_weight > 0 else None
-        self.gaze_extent = GazeExtentHead(config) if config.gaze_extent_weight > 0 else None
         self.reconstruction: nn.Module | None = None
         if build_reconstruction and config.builds_reconstruction:
             from reconvla_core.model.reconstruction import ReconstructionBranch  # imports diffusers
@@ -173,8 +171,7 @@ class ReconVLA(PreTrainedReconVLA):
         # Weighted heads: built fresh when switched on, dropped when off (the colour head is training-only,
         # the gripper-point MLP also runs at inference).
         heads = {"gaze_colour_weight": ("gaze_colour", GazeColourHead),
-                 "gripper_point_weight": ("gripper_point", GripperPointHead),
-                 "gaze_extent_weight": ("gaze_extent", GazeExtentHead)}
+                 "gripper_point_weight": ("gripper_point", GripperPointHead)}
         if name in heads:
             attribute, build = heads[name]
             setattr(self.config, name, value)
@@ -195,9 +192,6 @@ class ReconVLA(PreTrainedReconVLA):
         new = build_keypoints(self.config)
         new.embed.load_state_dict(old.embed.state_dict())
         self.keypoints = new.to(device=old.embed.weight.device, dtype=old.embed.weight.dtype)
-        if self.gaze_extent is not None:  # it reads the encoder's features: their width may change
-            self.gaze_extent = GazeExtentHead(self.config).to(device=old.embed.weight.device,
-                                                              dtype=old.embed.weight.dtype)
         self.__dict__.pop("_instruction_cache", None)
 
     # Surface used by training and the runtime -----------------------------------------------
@@ -256,8 +250,7 @@ class ReconVLA(PreTrainedReconVLA):
         denoiser = [] if self.reconstruction is None else self.reconstruction.denoiser.parameters()
         head = [*(() if self.action_head is None else self.action_head.parameters()),
                 *(() if self.gaze_colour is None else self.gaze_colour.parameters()),
-                *(() if self.gripper_point is None else self.gripper_point.parameters()),
-                *(() if self.gaze_extent is None else self.gaze_extent.parameters())]
+                *(() if self.gripper_point is None else self.gripper_point.parameters())]
         llm = list(self.llm.parameters())
         if self.action_head is not None and not self.config.llm.tie_word_embeddings:
             # The parallel head never uses the LM head: leaving it out keeps DDP from waiting for its grads.
@@ -342,13 +335,11 @@ class ReconVLA(PreTrainedReconVLA):
     def _embed(self, input_ids: torch.Tensor, image_mask: torch.Tensor, pixel_values: torch.Tensor,
                instruction_mask: torch.Tensor | None, query_mask: torch.Tensor | None,
                instruction_embedding: torch.Tensor | None = None,
-               gaze_point: torch.Tensor | None = None, gaze_corners: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """``embed_inputs``, the spatial keypoints (B, K, 2), their softmax heat maps (B, K, cells) when
-        configured (else None) and the gaze box's predicted extent (B, 2) (``gaze_extent_weight``, else
-        None); a given ``gaze_point`` (B, 2) replaces keypoint 0 (an external gaze: a detector, or the
-        twin's truth) and given ``gaze_corners`` (B, 2, 2) keypoints 2-3 (models that learn the box's
-        corners)."""
+               gaze_point: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``embed_inputs``, the spatial keypoints (B, K, 2) and their softmax heat maps (B, K, cells)
+        when configured (else None); a given ``gaze_point`` (B, 2) replaces keypoint 0 (an external gaze:
+        a detector, or the twin's truth)."""
         embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, D)
         pooled = instruction_embedding
         if self.config.encodes_instruction and pooled is None:
@@ -357,11 +348,11 @@ class ReconVLA(PreTrainedReconVLA):
                                  "batch with model.processor")
             pooled = self.encode_instruction(input_ids, instruction_mask)
         features = self.vision_features(pixel_values, pooled)
-        keypoints = heatmap = cells = extent = None  # (B, K, 2), (B, K, cells), (B, cells, C), (B, 2)
+        keypoints = heatmap = None  # (B, K, 2), (B, K, cells)
         if isinstance(self.keypoints, ConvKeypoints):
-            heatmap, cells = self.keypoints.maps(pixel_values, pooled)
+            heatmap = self.keypoints.heatmap(pixel_values, pooled)
         elif self.keypoints is not None:
-            heatmap, cells = self.keypoints.maps(features)
+            heatmap = self.keypoints.heatmap(features)
         if heatmap is not None:
             keypoints = expected_points(heatmap, self.keypoints.coords)
         if gaze_point is not None:
@@ -369,17 +360,6 @@ class ReconVLA(PreTrainedReconVLA):
                 raise ValueError("a gaze point replaces keypoint 0: this model has no spatial keypoints")
             keypoints = keypoints.clone()
             keypoints[:, 0] = gaze_point.to(keypoints.dtype)
-        if self.gaze_extent is not None:
-            extent = self.gaze_extent(heatmap[:, 0], cells, keypoints[:, 0])
-            half = 0.5 * extent.to(keypoints.dtype)
-            keypoints = torch.cat([keypoints[:, :2], (keypoints[:, 0] - half)[:, None],
-                                   (keypoints[:, 0] + half)[:, None], keypoints[:, 4:]], dim=1)
-        if gaze_corners is not None:
-            if self.gaze_extent is None:
-                raise ValueError("gaze corners replace keypoints 2-3: this model does not learn the gaze box's "
-                                 "extent (gaze_extent_weight)")
-            keypoints = keypoints.clone()
-            keypoints[:, 2:4] = gaze_corners.to(keypoints.dtype)
         image_embeds = self.project(features)  # (B, N, D)
         b, n, _ = image_embeds.shape
         if int(image_mask.sum()) != b * n:
@@ -396,7 +376,7 @@ class ReconVLA(PreTrainedReconVLA):
                 points = keypoints.reshape(b, -1).to(self.keypoints.embed.weight.dtype)
                 queries = queries + self.keypoints.embed(points).to(embeds.dtype)[:, None, :]
             embeds = embeds.masked_scatter(query_mask.unsqueeze(-1), queries)
-        return embeds, keypoints, heatmap, extent
+        return embeds, keypoints, heatmap
 
     def encode_instruction(self, input_ids: torch.Tensor, instruction_mask: torch.Tensor) -> torch.Tensor:
         """(B, D) instruction embedding for vision FiLM: the LLM run over the instruction's tokens alone,
@@ -430,15 +410,14 @@ class ReconVLA(PreTrainedReconVLA):
     def _teacher_forced(self, keypoints: torch.Tensor | None, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """Keypoints for the head's input at training: keypoint 0 replaced by the gaze-box centre in a
         random ``gaze_teacher_forcing`` share of the rows that have a box (gradients still reach the
-        keypoints through the queries and the gaze loss); in the same rows keypoint 1, the gripper
-        point, and keypoints 2-3, the gaze box's corners, by their labels where the model learns them."""
+        keypoints through the queries and the gaze loss), and keypoint 1, the gripper point, by its
+        label in the same rows that have one."""
         p = self.config.gaze_teacher_forcing
         if not (self.training and p > 0 and keypoints is not None):
             return keypoints
         draw = torch.rand(keypoints.shape[0], device=keypoints.device) < p
         forced = keypoints
-        for index, point, valid in ((0, "gaze_point", "gaze_valid"), (1, "gripper_point", "gripper_valid"),
-                                    (slice(2, 4), "gaze_corners", "gaze_valid")):
+        for index, point, valid in ((0, "gaze_point", "gaze_valid"), (1, "gripper_point", "gripper_valid")):
             if point not in batch or (index == 1 and self.gripper_point is None):
                 continue
             rows = draw & batch[valid].bool()
@@ -475,8 +454,7 @@ class ReconVLA(PreTrainedReconVLA):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> ReconVLAOutput:
         """Action loss (token head: CE over the action tokens + EOS; parallel head: L1 on the continuous
         chunk) + recon_weight * reconstruction loss (+ gaze_keypoint_weight * keypoint loss
-        + gaze_heatmap_weight * heat-map loss + gaze_extent_weight * extent loss
-        + gaze_colour_weight * colour loss
+        + gaze_heatmap_weight * heat-map loss + gaze_colour_weight * colour loss
         + gripper_point_weight * gripper-point loss)."""
         for key in ("input_ids", "attention_mask", "image_mask", "pixel_values"):
             if key not in batch:
@@ -487,11 +465,10 @@ class ReconVLA(PreTrainedReconVLA):
         instruction = None  # encoded here only when a loss reads it besides the vision
         if self.gaze_colour is not None and "gaze_colour" in batch:
             instruction = self.encode_instruction(input_ids, batch["instruction_mask"])
-        embeds, keypoints, heatmap, extent = self._embed(input_ids, batch["image_mask"], batch["pixel_values"],
+        embeds, keypoints, heatmap = self._embed(input_ids, batch["image_mask"], batch["pixel_values"],
                                                  batch.get("instruction_mask"), batch.get("action_query_mask"),
                                                  instruction_embedding=instruction)
-        action_loss = action_accuracy = grounding_loss = heatmap_loss = extent_loss = None
-        colour_loss = gripper_loss = None
+        action_loss = action_accuracy = grounding_loss = heatmap_loss = colour_loss = gripper_loss = None
         if instruction is not None:
             colour_loss = self.gaze_colour.loss(self.gaze_colour(instruction), batch["gaze_colour"],
                                                 batch["gaze_valid"])
@@ -509,9 +486,6 @@ class ReconVLA(PreTrainedReconVLA):
                 grounding_loss = self._gaze_keypoint_loss(keypoints, batch["gaze_point"], batch["gaze_valid"])
                 if self.config.gaze_heatmap_weight > 0:
                     heatmap_loss = self._gaze_heatmap_loss(heatmap, batch["gaze_point"], batch["gaze_valid"])
-            if extent is not None and "gaze_corners" in batch:
-                true_extent = batch["gaze_corners"][:, 1].float() - batch["gaze_corners"][:, 0].float()
-                extent_loss = mean_over_valid((extent.float() - true_extent).abs().sum(-1), batch["gaze_valid"])
         else:
             hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                                             use_cache=False).last_hidden_state  # (B, L, D), after the final norm
@@ -529,17 +503,13 @@ class ReconVLA(PreTrainedReconVLA):
             loss = loss + self.config.gaze_keypoint_weight * grounding_loss
         if loss is not None and heatmap_loss is not None:
             loss = loss + self.config.gaze_heatmap_weight * heatmap_loss
-        if loss is not None and extent_loss is not None:
-            loss = loss + self.config.gaze_extent_weight * extent_loss
         if loss is not None and colour_loss is not None:
             loss = loss + self.config.gaze_colour_weight * colour_loss
         if loss is not None and gripper_loss is not None:
             loss = loss + self.config.gripper_point_weight * gripper_loss
         return ReconVLAOutput(loss=loss, action_loss=action_loss, recon_loss=recon_loss,
                               action_accuracy=action_accuracy, grounding_loss=grounding_loss,
-                              heatmap_loss=heatmap_loss, extent_loss=extent_loss,
-                              colour_loss=colour_loss,
-                              gripper_loss=gripper_loss)
+                              heatmap_loss=heatmap_loss, colour_loss=colour_loss, gripper_loss=gripper_loss)
 
     @staticmethod
     def _l1_action_loss(predicted: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | None) -> torch.Tensor:
@@ -584,8 +554,7 @@ class ReconVLA(PreTrainedReconVLA):
 
     def _embed_observation(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
                            state: Any, stitched_image: np.ndarray | None,
-                           gaze_point: Any = None,
-                           gaze_corners: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                           gaze_point: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sample = self.processor(base_image=base_image, wrist_image=wrist_image, instruction=instruction,
                                 state=state, stitched_image=stitched_image)
         device = self.device
@@ -596,13 +565,13 @@ class ReconVLA(PreTrainedReconVLA):
             instruction = None
             if self.config.encodes_instruction:
                 instruction = self._cached_instruction_encoding(ids, masks["instruction_mask"])
-            forced, corners = (None if value is None else
-                               torch.as_tensor(check_array(value, shape, name), dtype=torch.float32, device=device)[None]
-                               for value, shape, name in ((gaze_point, (2,), "gaze_point"),
-                                                          (gaze_corners, (2, 2), "gaze_corners")))
-            embeds, keypoints, _, _ = self._embed(ids, masks["image_mask"], sample["pixel_values"][None].to(device),
-                                                  masks.get("instruction_mask"), masks.get("action_query_mask"),
-                                                  instruction, forced, corners)
+            forced = None
+            if gaze_point is not None:
+                forced = torch.as_tensor(check_array(gaze_point, (2,), "gaze_point"), dtype=torch.float32,
+                                         device=device)[None]
+            embeds, keypoints, _ = self._embed(ids, masks["image_mask"], sample["pixel_values"][None].to(device),
+                                               masks.get("instruction_mask"), masks.get("action_query_mask"),
+                                               instruction, forced)
             state = sample["state"][None].to(device) if "state" in sample else None
             geometry = self.head_geometry(state, self._with_gripper_point(keypoints, state)[0])
         if geometry is not None:
@@ -624,17 +593,14 @@ class ReconVLA(PreTrainedReconVLA):
     @torch.inference_mode()
     def predict(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
                 state: Any, return_attention: bool = False,
-                stitched_image: np.ndarray | None = None, gaze_point: Any = None,
-                gaze_corners: Any = None) -> ActionPrediction:
+                stitched_image: np.ndarray | None = None, gaze_point: Any = None) -> ActionPrediction:
         """One chunk with what came with it: the box the answer started with (``answer_box``), the gaze
         point the head acted on and, if asked, the attention map. ``gaze_point`` ((x, y) in the
-        model-input frame, parallel head with keypoints) replaces keypoint 0's own estimate, and
-        ``gaze_corners`` ((2, 2): the box's top-left and bottom-right, same frame) keypoints 2-3's in a
-        model that learns the box's extent (``gaze_extent_weight``)."""
+        model-input frame, parallel head with keypoints) replaces keypoint 0's own estimate."""
         if self.action_head is not None:
             return self._predict_parallel(base_image, wrist_image, instruction, state, return_attention,
-                                          stitched_image, gaze_point, gaze_corners)
-        if gaze_point is not None or gaze_corners is not None:
+                                          stitched_image, gaze_point)
+        if gaze_point is not None:
             raise ValueError("a gaze point replaces keypoint 0 of the parallel head: this model decodes tokens")
         embeds, image_mask = self.prepare_prompt(base_image, wrist_image, instruction, state, stitched_image)
         tokens = self.decode_action_tokens(embeds)
@@ -645,11 +611,11 @@ class ReconVLA(PreTrainedReconVLA):
 
     def _predict_parallel(self, base_image: np.ndarray | None, wrist_image: np.ndarray | None, instruction: str,
                           state: Any, return_attention: bool, stitched_image: np.ndarray | None,
-                          gaze_point: Any = None, gaze_corners: Any = None) -> ActionPrediction:
+                          gaze_point: Any = None) -> ActionPrediction:
         """The whole chunk from one forward pass (the attention map, when asked, from the same pass:
         the action queries' attention to the image tokens)."""
         embeds, masks = self._embed_observation(base_image, wrist_image, instruction, state, stitched_image,
-                                                gaze_point, gaze_corners)
+                                                gaze_point)
         query_mask = masks["action_query_mask"]
         attention = None
         if return_attention:

@@ -148,11 +148,6 @@ class ReconVLAProcessor:
         box = check_array(gaze_box, (4,), "gaze_box")
         return self.base_point(0.5 * np.array([box[0] + box[2], box[1] + box[3]]))
 
-    def gaze_corners(self, gaze_box: Any) -> np.ndarray:
-        """(2, 2): a base-view gaze box's top-left and bottom-right corners in the model-input frame."""
-        box = check_array(gaze_box, (4,), "gaze_box")
-        return np.stack([self.base_point(box[:2]), self.base_point(box[2:])])
-
     def base_point(self, point: Any) -> np.ndarray:
         """A base-view (x, y) (normalised) in the stitched model-input frame, in [0, 1]."""
         return np.clip(check_array(point, (2,), "point") * self.base_view_scale, 0.0, 1.0)
@@ -279,9 +274,6 @@ class ReconVLAProcessor:
                 if cfg.gaze_keypoint_weight > 0:
                     sample["gaze_point"] = torch.tensor(self.gaze_point(gaze_box) if known else np.zeros(2),
                                                         dtype=torch.float32)
-                if cfg.gaze_extent_weight > 0:
-                    sample["gaze_corners"] = torch.tensor(self.gaze_corners(gaze_box) if known else np.zeros((2, 2)),
-                                                          dtype=torch.float32)
                 if cfg.gaze_colour_weight > 0:
                     sample["gaze_colour"] = torch.tensor(self.gaze_colour(frame, gaze_box) if known else np.zeros(3),
                                                          dtype=torch.float32)
@@ -342,7 +334,7 @@ class ReconVLAProcessor:
                 rows.append(torch.cat([seq, seq.new_full((length - seq.shape[0],), value)]))
             batch[key] = torch.stack(rows)
         for key in ("pixel_values", "recon_pixel_values", "state", "actions", "action_is_pad", "gaze_point",
-                    "gaze_corners", "gaze_colour", "gaze_valid", "gripper_point", "gripper_valid"):
+                    "gaze_colour", "gaze_valid", "gripper_point", "gripper_valid"):
             if key in samples[0]:
                 batch[key] = torch.stack([s[key] for s in samples])
         return batch
