@@ -162,7 +162,8 @@ class LoadedSource:
         numeric = [fmap.state, fmap.action, "episode_index", "frame_index", "task_index"]
         if fmap.gaze_box is not None:
             numeric.append(fmap.gaze_box)
-        for optional in (SAMPLE_WEIGHT_KEY, GRIPPER_KEY, RELABELLED_KEY):  # our builder's columns, present in some datasets
+        # Our builder's columns, present in some datasets
+        for optional in (SAMPLE_WEIGHT_KEY, GRIPPER_KEY, RELABELLED_KEY):
             if optional in features:
                 numeric.append(optional)
         columns: dict[str, list[np.ndarray]] = {key: [] for key in numeric}

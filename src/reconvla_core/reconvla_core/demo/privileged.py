@@ -238,7 +238,8 @@ def run_privileged_study(datasets: Sequence[Path], steps: int = 30_000, chains: 
     start = time.perf_counter()
     samples, targets = load_samples(datasets, chunk_size, inputs, image_size)
     logger.info("privileged study: %d samples from %d dataset(s)", len(samples), len(datasets))
-    image_columns = (2 if inputs.removesuffix("+gripper") == "centre" else 4) + (2 if inputs.endswith("+gripper") else 0)
+    gaze_columns = 2 if inputs.removesuffix("+gripper") == "centre" else 4
+    image_columns = gaze_columns + (2 if inputs.endswith("+gripper") else 0)
     model, curve = train_mlp(samples, targets, steps, chunk_size, seed=seed, batch_size=batch_size, scaling=scaling,
                              image_columns=image_columns)
     train_s = time.perf_counter() - start

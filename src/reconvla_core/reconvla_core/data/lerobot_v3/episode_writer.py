@@ -60,8 +60,7 @@ class EpisodeWriter:
         self.length = 0
         self.histograms = {key: ImageHistogram() for key in IMAGE_KEYS}
         self._columns: dict[str, list[np.ndarray]] = {STATE_KEY: [], ACTION_KEY: [], GAZE_KEY: [], "timestamp": []}
-        self._columns.update({key: [] for key in (GRIPPER_KEY, INTERVENTION_KEY, RELABELLED_KEY,
-                                                                SAMPLE_WEIGHT_KEY)
+        self._columns.update({key: [] for key in (GRIPPER_KEY, INTERVENTION_KEY, RELABELLED_KEY, SAMPLE_WEIGHT_KEY)
                               if key in parent.features})
         fd, name = tempfile.mkstemp(suffix=".parquet", prefix="episode-", dir=parent.staging)
         os.close(fd)
