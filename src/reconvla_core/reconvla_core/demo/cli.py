@@ -46,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     recon.add_argument("--out", type=Path, default=None, help="run directory (default runs/study-recon-<time>)")
     recon.add_argument("--json", action="store_true")
     recon.set_defaults(func=cmd_study_recon)
+    from reconvla_core.demo.privileged import INPUT_SCALINGS, INPUTS  # numpy only: cheap at parse time
+
     privileged = study_sub.add_parser(
         "privileged", help="calibration: an MLP on the twin's ground-truth gaze box + state + instruction, "
                            "trained on the same datasets and scored on the same fixed chains")
@@ -55,14 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     privileged.add_argument("--batch-size", type=int, default=256,
                             help="samples per step (16 and a ReconVLA run's steps: the same samples seen)")
     privileged.add_argument("--chains", type=int, default=20, help="fixed evaluation chains")
-    privileged.add_argument("--input-scaling", choices=("standard", "head"), default="standard",
+    privileged.add_argument("--input-scaling", choices=INPUT_SCALINGS, default="standard",
                             help="standard: unit-variance inputs; head: scaled as an unstandardised ReconVLA "
                                  "head input (state q01/q99 -> [-1, 1], box 2b - 1)")
     privileged.add_argument("--gaze-noise", default="0",
                             help="comma-separated per-axis std of Gaussian noise on the gaze box's position "
                                  "(fraction of the image), one evaluation each: how precise must perception be?")
-    privileged.add_argument("--inputs", choices=("box", "centre", "centre+size", "box+gripper", "centre+gripper"),
-                            default="box",
+    privileged.add_argument("--inputs", choices=INPUTS, default="box",
                             help="what the MLP gets besides the state and the instruction: the gaze box, its centre, or "
                                  "its centre and size (w, h); with +gripper also the gripper's point in the base image "
                                  "(default box)")
