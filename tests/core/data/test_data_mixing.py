@@ -57,7 +57,7 @@ def test_each_source_keeps_its_own_stats(two_datasets):
     assert seen[0]["norm_stats"]["action"] == load_stats(a)["action"]
     assert seen[1]["norm_stats"]["action"] == load_stats(b)["action"]
     assert set(seen[0]) == {"base_image", "wrist_image", "instruction", "state", "actions", "gaze_box", "norm_stats",
-                            "action_is_pad", "gaze_valid", "gripper_point", "gripper_valid"}
+                            "action_is_pad", "gaze_valid"}
 
 
 def test_external_feature_names_map_in(tmp_path, two_datasets):
@@ -93,3 +93,28 @@ def test_external_feature_names_map_in(tmp_path, two_datasets):
     np.testing.assert_array_equal(theirs["wrist_image"], ours["wrist_image"])
     np.testing.assert_array_equal(theirs["gaze_box"], [0, 0, 1, 1])
     assert theirs["gaze_valid"] is False
+
+
+def test_a_dataset_built_with_the_removed_gripper_point_column_still_loads(tmp_path, two_datasets):
+    """Datasets built while `dataset build` stored `observation.gripper_point` keep loading: the column is ignored."""
+    import json
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    a, _ = two_datasets
+    old = tmp_path / "old"
+    shutil.copytree(a, old)
+    info = json.loads((old / "meta/info.json").read_text())
+    info["features"]["observation.gripper_point"] = {"dtype": "float32", "shape": [3], "names": ["x", "y", "valid"]}
+    (old / "meta/info.json").write_text(json.dumps(info))
+    path = old / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    points = pa.FixedSizeListArray.from_arrays(pa.array(np.full(3 * table.num_rows, 0.5, dtype=np.float32)), 3)
+    pq.write_table(table.append_column("observation.gripper_point", points), path, row_group_size=4)
+    ours = VLADataset([DatasetSource(a)], val_fraction=0.0)[5]
+    theirs = VLADataset([DatasetSource(old)], val_fraction=0.0)[5]
+    assert set(theirs) == set(ours)
+    for key in ("base_image", "state", "actions", "gaze_box"):
+        np.testing.assert_array_equal(theirs[key], ours[key])

@@ -182,6 +182,29 @@ def test_token_checkpoint_without_the_new_fields_still_loads(norm_stats, observa
     np.testing.assert_array_equal(model.predict_action(*args), loaded.predict_action(*args))
 
 
+def test_a_config_with_the_removed_gripper_point_weight_loads_only_with_it_off(norm_stats, observation, tmp_path):
+    import json
+
+    from reconvla_core.model.checkpoint import CheckpointError
+
+    model = build_tiny(norm_stats, recon_target="none")
+    model.save_pretrained(tmp_path / "old")
+    config_file = tmp_path / "old" / "config.json"
+    raw = json.loads(config_file.read_text())
+    raw["gripper_point_weight"] = 0.0  # as every config saved while the option existed
+    config_file.write_text(json.dumps(raw))
+    loaded = ReconVLA.from_pretrained(tmp_path / "old")
+    assert not hasattr(loaded.config, "gripper_point_weight")
+    args = (observation["base_image"], observation["wrist_image"], observation["instruction"], observation["state"])
+    np.testing.assert_array_equal(model.predict_action(*args), loaded.predict_action(*args))
+    # On, its MLP ran at inference: the model cannot be rebuilt, and loading says why.
+    with pytest.raises(ValueError, match=r"gripper_point_weight=1.0: this option was removed"):
+        ReconVLAConfig.from_dict({**raw, "gripper_point_weight": 1.0})
+    config_file.write_text(json.dumps({**raw, "gripper_point_weight": 1.0}))
+    with pytest.raises(CheckpointError, match=r"gripper_point_weight=1.0: this option was removed"):
+        ReconVLA.from_pretrained(tmp_path / "old")
+
+
 def test_config_refuses_an_unknown_head_and_answer_box_on_the_parallel_head():
     with pytest.raises(ValueError, match="action_head"):
         ReconVLAConfig.from_preset("tiny", action_head="diffusion")
@@ -508,64 +531,3 @@ def test_a_finetune_switches_the_gaze_colour_loss_on_and_the_checkpoint_round_tr
         torch.testing.assert_close(loaded.gaze_colour.state_dict()[key], value)
     model.switch_option("gaze_colour_weight", 0.0)
     assert model.gaze_colour is None
-
-
-def gripper_batch(model, n: int = 4) -> dict:
-    """A batch whose gripper labels are a fixed function of the state (as forward kinematics is)."""
-    samples = []
-    for i in range(n):
-        obs = make_observation(i)
-        point = np.clip(0.5 + 0.4 * np.tanh(np.asarray(obs["state"][:2], dtype=np.float64)), 0.0, 1.0)
-        samples.append(model.processor(base_image=obs["base_image"], wrist_image=obs["wrist_image"],
-                                       instruction=obs["instruction"], state=obs["state"], actions=obs["actions"],
-                                       gaze_box=obs["gaze_box"], gripper_point=point, gripper_valid=True))
-    return model.processor.collate(samples)
-
-
-def test_gripper_point_is_learnt_from_the_state_and_replaces_keypoint_1_in_the_head(norm_stats, observation):
-    with pytest.raises(ValueError, match="gripper_point_weight"):
-        ReconVLAConfig.from_preset("tiny", action_head="parallel", spatial_keypoints=1, gaze_keypoint_weight=1.0,
-                                   action_head_state=True, gripper_point_weight=1.0)
-    model = parallel(norm_stats, seed=12, recon_target="none", spatial_keypoints=2, gaze_keypoint_weight=1.0,
-                     action_head_state=True, gaze_teacher_forcing=1.0, gripper_point_weight=1.0).train()
-    batch = gripper_batch(model)
-    out = model(batch)
-    assert out.gripper_loss is not None and out.gripper_loss.item() > 0
-    assert out.loss.item() == pytest.approx(out.action_loss.item() + out.grounding_loss.item()
-                                            + out.gripper_loss.item(), rel=1e-5)
-    seen = []
-    model.action_head.register_forward_pre_hook(lambda module, args: seen.append(args[1].detach().clone()))
-    keypoint1 = slice(model.config.state_dim + 2, model.config.state_dim + 4)
-    model(batch)  # training: the head gets the label (teacher forcing 1.0)
-    np.testing.assert_allclose(seen[-1][:, keypoint1].numpy(), batch["gripper_point"].numpy(), atol=1e-6)
-    first = out.gripper_loss.item()
-    fit(model, batch, steps=80, lr=3e-3)
-    assert model(batch).gripper_loss.item() < first * 0.3
-    model.eval()
-    with torch.no_grad():  # inference: the MLP's point from the state, not the image's keypoint 1
-        model(batch)
-        predicted = model.gripper_point(batch["state"])
-    np.testing.assert_allclose(seen[-1][:, keypoint1].numpy(), predicted.numpy(), atol=1e-6)
-    # Rows without a label count zero (a dataset without gripper labels trains the rest as before).
-    batch["gripper_valid"][:] = False
-    model.train()
-    assert model(batch).gripper_loss.item() == 0.0
-    assert model(make_batch(model, n=2)).gripper_loss.item() == 0.0
-
-
-def test_a_finetune_switches_the_gripper_point_on_and_the_checkpoint_round_trips(norm_stats, observation, tmp_path):
-    from reconvla_core.train.model_setup import apply_finetune_options
-
-    model = parallel(norm_stats, seed=13, recon_target="none", spatial_keypoints=2, gaze_keypoint_weight=1.0,
-                     action_head_state=True)
-    assert model.gripper_point is None
-    assert apply_finetune_options(model, {"gripper_point_weight": 1.0}) == {"gripper_point_weight": 1.0}
-    params = {id(p) for group in model.parameter_groups().values() for p in group}
-    assert {id(p) for p in model.gripper_point.parameters()} <= params  # the optimiser will train it
-    model.eval()
-    args = (observation["base_image"], observation["wrist_image"], observation["instruction"], observation["state"])
-    before = model.predict_action(*args)
-    model.save_pretrained(tmp_path / "ckpt")
-    loaded = ReconVLA.from_pretrained(tmp_path / "ckpt")
-    assert loaded.config.gripper_point_weight == 1.0
-    np.testing.assert_allclose(loaded.predict_action(*args), before, atol=1e-5)  # inference uses the MLP

@@ -231,6 +231,16 @@ def test_user_yaml_with_model_options_still_loads(tmp_path: Path, caplog) -> Non
         load_train_config("tiny-sim", ["model.options.train_visoin=true"])  # still checked, as a model field
 
 
+def test_a_train_config_with_the_removed_gripper_point_weight_loads_only_with_it_off(caplog) -> None:
+    with caplog.at_level("WARNING", logger="reconvla_core.train.config"):
+        config = load_train_config("tiny-sim", ["model.gripper_point_weight=0.0"])  # as --print-config wrote it
+    assert "model: gripper_point_weight dropped (removed research options)" in caplog.text
+    assert "gripper_point_weight" not in config.model.overrides
+    assert not hasattr(config.model.resolve(), "gripper_point_weight")
+    with pytest.raises(ConfigError, match=r"model: gripper_point_weight=1.0: this option was removed"):
+        load_train_config("tiny-sim", ["model.gripper_point_weight=1.0"])
+
+
 def yaml_model(path: Path) -> dict:
     import yaml
 

@@ -47,14 +47,6 @@ def crop_box(box: np.ndarray, crop: tuple[float, ...]) -> np.ndarray:
     return out
 
 
-def crop_point(point: np.ndarray, crop: tuple[float, ...]) -> tuple[np.ndarray, bool]:
-    """A normalised (x, y) in the original image -> in the crop, and whether it is still inside."""
-    x0, y0, x1, y1 = crop
-    out = np.array([(point[0] - x0) / (x1 - x0), (point[1] - y0) / (y1 - y0)], dtype=np.float32)
-    inside = bool(np.all((out >= 0.0) & (out <= 1.0)))
-    return np.clip(out, 0.0, 1.0), inside
-
-
 def colour_jitter(image: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """Random brightness, contrast and saturation factors in [1 - x, 1 + x]."""
     pixels = image.astype(np.float32)

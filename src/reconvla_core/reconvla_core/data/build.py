@@ -26,11 +26,6 @@ topic, which ``reconvla dagger`` writes on the frames the policy drove: their ac
 label, not what the arm did; False without it). The training loader ends a sample's action chunk at
 the first relabelled frame after its own (``data/dataset.py``).
 
-Gripper points (``gripper_points``): ``"twin"`` stores ``observation.gripper_point``, where the tool
-point appears in the base image, from each frame's joint angles by the twin's forward kinematics and
-base camera (the recording's cell must be the twin's, as it is for ``sim collect`` and ``dagger``
-bags); ``"none"`` leaves the column out; ``"auto"`` (default) is ``"twin"`` with ``gaze="sim"``.
-
 Finding and peeking at bags: ``bag_discovery.py``; the per-episode checks and notes: ``build_checks.py``.
 """
 
@@ -50,7 +45,7 @@ from reconvla_core.data.bag_discovery import find_bags, peek_image_sizes, peek_s
 from reconvla_core.data.bag_reader import AlignConfig, BagEpisode, BagError, BagTopics, read_episode
 from reconvla_core.data.build_checks import check_episode, episode_figures, intervention_segments, resize_notes
 from reconvla_core.data.gaze import GazeBackend, make_gaze_backend, sanitise_boxes
-from reconvla_core.data.lerobot_v3 import BASE_IMAGE_KEY, GRIPPER_KEY, WRIST_IMAGE_KEY, LeRobotV3Writer
+from reconvla_core.data.lerobot_v3 import BASE_IMAGE_KEY, WRIST_IMAGE_KEY, LeRobotV3Writer
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +67,6 @@ def parse_interventions(text: str) -> tuple[str, float]:
         if np.isfinite(weight) and weight > 0:
             return "weight", weight
     raise ValueError(f"interventions must be 'all', 'only' or 'weight=W' with W > 0, got {text!r}")
-
-
-GRIPPER_POINT_SOURCES = ("twin", "none", "auto")
 
 
 @dataclass
@@ -106,16 +98,11 @@ class BuildConfig:
     dropped_warn_pct: float = 5.0  # one warning line per bag that dropped more of its frames
     recover: bool = False  # recover cut-off MCAP bags (bag recover) before reading them
     interventions: str = "all"  # all | only | weight=W (see the module docstring)
-    gripper_points: str = "auto"  # twin | none | auto (see the module docstring)
     intervention_mode: str = field(init=False, default="all")  # parsed from interventions
     intervention_weight: float = field(init=False, default=1.0)
 
     def __post_init__(self) -> None:
         self.intervention_mode, self.intervention_weight = parse_interventions(self.interventions)
-        if self.gripper_points not in GRIPPER_POINT_SOURCES:
-            raise ValueError(f"gripper_points must be one of {GRIPPER_POINT_SOURCES}, got {self.gripper_points!r}")
-        if self.gripper_points == "auto":
-            self.gripper_points = "twin" if self.gaze == "sim" else "none"
         if not self.bags:
             raise ValueError("no bags given (--bags DIR [DIR ...])")
         if self.batch_frames < 1:
@@ -349,7 +336,7 @@ def _open_writer(config: BuildConfig, episode: BagEpisode, slot: _WriterSlot) ->
     slot.writer = LeRobotV3Writer(
         config.out, fps=config.fps, image_shapes=shapes, image_format=config.image_format,
         overwrite=config.overwrite, encode_workers=config.encode_workers,
-        sample_weights=config.intervention_mode == "weight", gripper_points=config.gripper_points == "twin",
+        sample_weights=config.intervention_mode == "weight",
     )
     slot.writer.open()
 
@@ -380,8 +367,6 @@ def _write_episode(writer: LeRobotV3Writer, episode: BagEpisode, backend: GazeBa
     flags, relabelled = (values if values.shape[0] == episode.num_frames else np.zeros(episode.num_frames, dtype=bool)
                          for values in (episode.intervention, episode.relabelled))
     weighted = writer.features.get("sample_weight") is not None
-    # Labelled with the recorded camera's aspect ratio: a resize keeps normalised coordinates
-    gripper_shape = episode.image_sizes["base_image"] if GRIPPER_KEY in writer.features else None
     total_fallbacks = 0
     written = 0
     frames = episode.iter_frames()
@@ -396,17 +381,11 @@ def _write_episode(writer: LeRobotV3Writer, episode: BagEpisode, backend: GazeBa
                 indices = np.array([item[0] for item in buffer], dtype=np.int64)
                 base = [_resized(item[1], base_shape) for item in buffer]
                 boxes = sanitise_boxes(backend.annotate(episode, indices, base))
-                gripper = None
-                if gripper_shape is not None:
-                    from reconvla_core.sim.camera import gripper_points
-
-                    gripper = gripper_points(episode.state[indices], gripper_shape[1], gripper_shape[0])
                 target.add_frames(
                     base, [_resized(item[2], wrist_shape) for item in buffer], episode.state[indices],
                     episode.action[indices], boxes, episode.timestamps[indices] - origin,
                     intervention=flags[indices], relabelled=relabelled[indices],
                     sample_weight=np.where(flags[indices], intervention_weight, 1.0) if weighted else None,
-                    gripper=gripper,
                 )
                 buffer.clear()
                 return int((boxes[:, 4] < 0.5).sum())

@@ -61,9 +61,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="warn (one line per bag) when more than PCT %% of its frames were dropped (default 5)")
     build.add_argument("--recover", action="store_true",
                        help="recover cut-off MCAP bags in place first (as 'reconvla bag recover')")
-    build.add_argument("--gripper-points", choices=("twin", "none", "auto"), default="auto",
-                       help="store where the gripper appears in the base image (observation.gripper_point): twin = "
-                            "by the twin's kinematics and base camera; auto (default) = twin with --gaze sim")
     build.add_argument("--interventions", default="all", metavar="all|only|weight=W",
                        help="operator interventions (the recording's /reconvla/intervention flag, stored per frame "
                             "as the 'intervention' feature): all = keep every frame (default); only = keep only "
@@ -154,7 +151,6 @@ def cmd_build(args: argparse.Namespace) -> int:
         dropped_warn_pct=args.warn_dropped_pct,
         recover=args.recover,
         interventions=args.interventions,
-        gripper_points=args.gripper_points,
     )
     try:
         report = build_dataset(config)

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from reconvla_core.data.augment import WHOLE_IMAGE_BOX, AugmentConfig, colour_jitter, crop_box, crop_point, random_crop
+from reconvla_core.data.augment import WHOLE_IMAGE_BOX, AugmentConfig, colour_jitter, crop_box, random_crop
 from reconvla_core.data.dataset_source import (
     DatasetSource,
     FeatureMap,
@@ -162,10 +162,6 @@ class VLADataset(_TorchDataset):
             gaze_valid = bool(source.gaze[row, 4] >= 0.5) if source.gaze.shape[1] > 4 else True
         else:
             gaze_box, gaze_valid = WHOLE_IMAGE_BOX.copy(), False
-        if source.gripper is not None:
-            gripper_point, gripper_valid = source.gripper[row, :2].copy(), bool(source.gripper[row, 2] >= 0.5)
-        else:
-            gripper_point, gripper_valid = np.full(2, 0.5, dtype=np.float32), False
         base, wrist = self._images(source_id, row)
         return {
             "base_image": base,
@@ -176,8 +172,6 @@ class VLADataset(_TorchDataset):
             "action_is_pad": is_pad,
             "gaze_box": gaze_box,
             "gaze_valid": gaze_valid,
-            "gripper_point": gripper_point,
-            "gripper_valid": gripper_valid,
             "episode_index": episode,
             "frame_index": int(source.frame_index[row]),
             "dataset_index": source_id,
@@ -248,17 +242,14 @@ class VLADataset(_TorchDataset):
         raw["base_image"], crop = random_crop(raw["base_image"], config.crop_scale, rng)
         raw["wrist_image"], _ = random_crop(raw["wrist_image"], config.crop_scale, rng)
         raw["gaze_box"] = crop_box(raw["gaze_box"], crop) if raw["gaze_valid"] else raw["gaze_box"]
-        if raw["gripper_valid"]:
-            raw["gripper_point"], raw["gripper_valid"] = crop_point(raw["gripper_point"], crop)
         raw["base_image"] = colour_jitter(raw["base_image"], config, rng)
         raw["wrist_image"] = colour_jitter(raw["wrist_image"], config, rng)
         return raw
 
 
 def _accepted_extras(processor: Callable[..., Any] | None) -> tuple[str, ...]:
-    """Which of ``action_is_pad`` / ``gaze_valid`` / ``gripper_point`` / ``gripper_valid`` the processor
-    takes (ReconVLAProcessor takes them all: padded chunk steps get no loss, an invalid gaze box
-    reconstructs the whole frame, a frame without a gripper label gets no gripper loss)."""
+    """Which of ``action_is_pad`` / ``gaze_valid`` the processor takes (ReconVLAProcessor takes both:
+    padded chunk steps get no loss, an invalid gaze box reconstructs the whole frame)."""
     if processor is None:
         return ()
     import inspect
@@ -267,7 +258,7 @@ def _accepted_extras(processor: Callable[..., Any] | None) -> tuple[str, ...]:
         parameters = inspect.signature(processor).parameters
     except (TypeError, ValueError):
         return ()
-    extras = ("action_is_pad", "gaze_valid", "gripper_point", "gripper_valid")
+    extras = ("action_is_pad", "gaze_valid")
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return extras
     return tuple(name for name in extras if name in parameters)

@@ -19,7 +19,6 @@ from reconvla_core.data.lerobot_v3 import (
     BASE_IMAGE_KEY,
     DEFAULT_DELTA_CHUNK,
     GAZE_KEY,
-    GRIPPER_KEY,
     RELABELLED_KEY,
     SAMPLE_WEIGHT_KEY,
     STATE_KEY,
@@ -163,7 +162,7 @@ class LoadedSource:
         if fmap.gaze_box is not None:
             numeric.append(fmap.gaze_box)
         # Our builder's columns, present in some datasets
-        for optional in (SAMPLE_WEIGHT_KEY, GRIPPER_KEY, RELABELLED_KEY):
+        for optional in (SAMPLE_WEIGHT_KEY, RELABELLED_KEY):
             if optional in features:
                 numeric.append(optional)
         columns: dict[str, list[np.ndarray]] = {key: [] for key in numeric}
@@ -187,8 +186,6 @@ class LoadedSource:
         self.state = arrays[fmap.state].astype(np.float32)
         self.action = arrays[fmap.action].astype(np.float32)
         self.gaze = arrays[fmap.gaze_box].astype(np.float32) if fmap.gaze_box is not None else None
-        # (N, 3) x, y, valid of the gripper in the base image, or None when the dataset has no labels
-        self.gripper = arrays[GRIPPER_KEY].astype(np.float32) if GRIPPER_KEY in arrays else None
         # (N,) bool: the action is an expert's label of a policy-driven state (sim DAgger), or None
         self.relabelled = arrays[RELABELLED_KEY].reshape(-1).astype(bool) if RELABELLED_KEY in arrays else None
         self.episode_index = arrays["episode_index"].reshape(-1).astype(np.int64)

@@ -32,10 +32,14 @@ FINETUNE_OPTIONS: tuple[str, ...] = ("recon_weight", "num_noise_draws", "answer_
                                      "gaze_heatmap_weight", "gaze_teacher_forcing")
 # Options a finetune may switch although they change the weights' layout: the module they select is
 # rebuilt with fresh weights (ReconVLA.switch_option), everything else carried over.
-SWITCHABLE_OPTIONS: tuple[str, ...] = ("keypoint_encoder", "gaze_colour_weight", "gripper_point_weight")
+SWITCHABLE_OPTIONS: tuple[str, ...] = ("keypoint_encoder", "gaze_colour_weight")
 # Training-only research options that the study found not to help (docs/study_recon.md); configs
 # saved with them still load (the options are dropped: inference never used them).
 REMOVED_TRAINING_OPTIONS: tuple[str, ...] = ("action_input_dropout", "grounding_box_weight")
+# Research options that the study found not to help although inference ran them when on
+# (docs/study_recon.md): a config saved with one off still loads (the option is dropped); one with it
+# on describes a model this code no longer builds, and loading it fails (removed_model_options).
+REMOVED_MODEL_OPTIONS: tuple[str, ...] = ("gripper_point_weight",)
 BOX_TOKENS = 4  # x0, y0, x1, y1
 GAZE_HEATMAP_SIGMA = 0.03  # std of gaze_heatmap_weight's target, a fraction of the image: about a block
 
@@ -299,16 +303,6 @@ class ReconVLAConfig:
             encoding (``vision_film`` or conv keypoints). Learning from the keypoint loss alone which
             words name the target was the bottleneck of the tiny model's gaze (docs/study_recon.md,
             eighth session). 0: off; a finetune may switch it on (the head starts from random weights).
-        gripper_point_weight (`float`, defaults to `0.0`):
-            Weight of the L1 that fits a small MLP from the normalised state to where the gripper's tool
-            point appears in the base view (the dataset's ``observation.gripper_point``, kinematics
-            labels), logged as ``gripper_loss``. The MLP's point replaces keypoint 1 in the action
-            head's geometry (its label with ``gaze_teacher_forcing`` at training), so the head gets the
-            target (keypoint 0) and the gripper in one image frame: a privileged MLP acting on the
-            gaze centre scores 1.46 on 50 chains without the gripper point and 2.34 with it
-            (docs/study_recon.md, tenth session). Needs ``action_head_state`` and
-            ``spatial_keypoints`` >= 2. 0: off; a finetune may switch it on (the MLP starts from
-            random weights and is saved with the model: inference uses it).
         action_head_state (`bool`, defaults to `False`):
             Parallel head only: the normalised robot state and the keypoints' coordinates also go
             straight into the action MLP beside each query's hidden state (as a robomimic policy gets
@@ -317,9 +311,8 @@ class ReconVLAConfig:
         gaze_teacher_forcing (`float`, defaults to `0.0`):
             Training only (``action_head_state`` with a gaze keypoint): the probability that a
             sample's head input gets the gaze-box centre in place of keypoint 0's estimate, so the head
-            learns to act on where the gaze is while the keypoint learns to find it (with
-            ``gripper_point_weight``, keypoint 1 gets the gripper point's label in the same samples);
-            inference always uses the estimates. 0: off.
+            learns to act on where the gaze is while the keypoint learns to find it; inference always
+            uses the estimate. 0: off.
         standardize_head_inputs (`bool`, defaults to `False`):
             ``action_head_state`` only: the geometry input is standardised with the training
             dataset's statistics (state mean / std, gaze-box centre mean / std for every keypoint),
@@ -379,7 +372,6 @@ class ReconVLAConfig:
     gaze_keypoint_weight: float = 0.0
     gaze_heatmap_weight: float = 0.0
     gaze_colour_weight: float = 0.0
-    gripper_point_weight: float = 0.0
     action_head_state: bool = False
     gaze_teacher_forcing: float = 0.0
     standardize_head_inputs: bool = False
@@ -476,7 +468,7 @@ class ReconVLAConfig:
             raise ValueError(f"keypoint_encoder must be one of {KEYPOINT_ENCODERS}, got {self.keypoint_encoder!r}")
         if self.spatial_keypoints and self.action_head != "parallel":
             raise ValueError("spatial_keypoints feed the parallel head's action queries: set action_head: parallel")
-        for name in ("gaze_keypoint_weight", "gaze_heatmap_weight", "gaze_colour_weight", "gripper_point_weight"):
+        for name in ("gaze_keypoint_weight", "gaze_heatmap_weight", "gaze_colour_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value < float("inf")):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -490,9 +482,6 @@ class ReconVLAConfig:
         if self.gaze_teacher_forcing > 0 and not (self.action_head_state and self.gaze_keypoint_weight > 0):
             raise ValueError("gaze_teacher_forcing replaces keypoint 0 in the head's input: set action_head_state: "
                              "true and gaze_keypoint_weight > 0")
-        if self.gripper_point_weight > 0 and not (self.action_head_state and self.spatial_keypoints >= 2):
-            raise ValueError("gripper_point_weight replaces keypoint 1 in the head's geometry: set action_head_state: "
-                             "true and spatial_keypoints >= 2")
         if self.standardize_head_inputs and not self.action_head_state:
             raise ValueError("standardize_head_inputs standardises the head's geometry input: set action_head_state: true")
         if self.action_head_state and self.action_head != "parallel":
@@ -574,10 +563,23 @@ class ReconVLAConfig:
         data.pop("format_version", None)
         for name in REMOVED_TRAINING_OPTIONS:
             data.pop(name, None)
+        for name in removed_model_options(data):
+            data.pop(name)
         return _from_dict(cls, data, prefix="config")
 
     def to_json_file(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def removed_model_options(data: dict[str, Any]) -> list[str]:
+    """The REMOVED_MODEL_OPTIONS that a config mapping names, all off (to be dropped); a ValueError
+    naming the option if one is on."""
+    for name in REMOVED_MODEL_OPTIONS:
+        if data.get(name, 0) != 0:
+            raise ValueError(f"{name}={data[name]!r}: this option was removed (docs/study_recon.md: it did not "
+                             "help), and a model with it on cannot be built or loaded any more; remove it or set "
+                             "it to 0")
+    return [name for name in REMOVED_MODEL_OPTIONS if name in data]
 
 
 def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:

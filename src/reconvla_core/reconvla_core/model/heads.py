@@ -1,6 +1,6 @@
 """The small modules around the ReconVLA's LLM: the parallel action head (OpenVLA-OFT), the vision
-tower's instruction FiLM, the training-only gaze-colour head, the gripper-point MLP, and the parallel
-head's attention mask. ``modeling_reconvla.ReconVLA`` wires them together."""
+tower's instruction FiLM, the training-only gaze-colour head, and the parallel head's attention mask.
+``modeling_reconvla.ReconVLA`` wires them together."""
 
 from __future__ import annotations
 
@@ -74,8 +74,7 @@ class VisionFiLM(nn.Module):
 
 
 def mean_over_valid(per_row: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean of a (B,) per-row loss over the rows with a label (a gaze box, a gripper point); rows
-    without one count zero."""
+    """Mean of a (B,) per-row loss over the rows with a gaze box; rows without one count zero."""
     weight = valid.float()
     return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
 
@@ -100,23 +99,6 @@ class GazeColourHead(nn.Module):
         """L1 of the nearer guess to the gaze region's colour; frames without a box count zero."""
         error = (guesses.float() - colour.float()[:, None]).abs().sum(dim=-1).min(dim=1).values  # (B,)
         return mean_over_valid(error, valid)
-
-
-class GripperPointHead(nn.Module):
-    """Where the gripper's tool point appears in the base view (model-input frame), from the normalised
-    joint state: a small MLP fitted to the dataset's kinematics labels (``observation.gripper_point``).
-    Its output is keypoint 1 of the action head's geometry (``gripper_point_weight``), so the head
-    sees the target and its own gripper in the same image coordinates instead of learning forward
-    kinematics and the camera from actions."""
-
-    def __init__(self, config: ReconVLAConfig, width: int = 128) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(config.state_dim, width), nn.GELU(), nn.Linear(width, width), nn.GELU(),
-                                 nn.Linear(width, 2))
-
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        """(B, state_dim) normalised state -> (B, 2) point."""
-        return self.net(state.to(self.net[0].weight.dtype))
 
 
 def chunk_attention_mask(attention_mask: torch.Tensor, query_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

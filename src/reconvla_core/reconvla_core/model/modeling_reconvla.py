@@ -24,8 +24,8 @@ from reconvla_core.model.action_tokenizer import check_array
 from reconvla_core.model.configuration_reconvla import GAZE_HEATMAP_SIGMA, ReconVLAConfig
 from reconvla_core.model.checkpoint import PreTrainedReconVLA
 from reconvla_core.model.decoding import ActionDecoder, naive_generate
-from reconvla_core.model.heads import (GazeColourHead, GripperPointHead, ParallelActionHead, VisionFiLM,
-                                       chunk_attention_mask, mean_over_valid)
+from reconvla_core.model.heads import (GazeColourHead, ParallelActionHead, VisionFiLM, chunk_attention_mask,
+                                       mean_over_valid)
 from reconvla_core.model.keypoints import (ConvKeypoints, SpatialKeypoints, build_keypoints,  # noqa: F401 (re-exported)
                                            expected_points, heatmap_divergence)
 from reconvla_core.model.processing_reconvla import IGNORE_INDEX, ReconVLAProcessor
@@ -45,7 +45,6 @@ class ReconVLAOutput:
     grounding_loss: torch.Tensor | None = None  # only with gaze_keypoint_weight > 0
     heatmap_loss: torch.Tensor | None = None  # only with gaze_heatmap_weight > 0
     colour_loss: torch.Tensor | None = None  # only with gaze_colour_weight > 0
-    gripper_loss: torch.Tensor | None = None  # only with gripper_point_weight > 0
 
 
 @dataclass
@@ -62,7 +61,7 @@ class ActionPrediction:
 
 # Metrics a forward pass reports (training logs and validation read them by these names).
 LOSS_KEYS: tuple[str, ...] = ("loss", "action_loss", "recon_loss", "action_accuracy", "grounding_loss", "heatmap_loss",
-                              "colour_loss", "gripper_loss")
+                              "colour_loss")
 
 
 def build_vision_tower(config: ReconVLAConfig) -> SiglipVisionModel:
@@ -152,7 +151,6 @@ class ReconVLA(PreTrainedReconVLA):
         self.vision_film = VisionFiLM(config) if config.vision_film else None
         self.keypoints = build_keypoints(config)
         self.gaze_colour = GazeColourHead(config) if config.gaze_colour_weight > 0 else None
-        self.gripper_point = GripperPointHead(config) if config.gripper_point_weight > 0 else None
         self.reconstruction: nn.Module | None = None
         if build_reconstruction and config.builds_reconstruction:
             from reconvla_core.model.reconstruction import ReconstructionBranch  # imports diffusers
@@ -168,19 +166,14 @@ class ReconVLA(PreTrainedReconVLA):
         """Change one of the SWITCHABLE_OPTIONS of a built model (a finetune may): the module it selects
         is rebuilt with fresh weights; ``keypoint_encoder`` keeps the coordinate embedding, so the
         action queries read the new keypoints as they read the old ones."""
-        # Weighted heads: built fresh when switched on, dropped when off (the colour head is training-only,
-        # the gripper-point MLP also runs at inference).
-        heads = {"gaze_colour_weight": ("gaze_colour", GazeColourHead),
-                 "gripper_point_weight": ("gripper_point", GripperPointHead)}
-        if name in heads:
-            attribute, build = heads[name]
-            setattr(self.config, name, value)
+        if name == "gaze_colour_weight":  # a training-only head: built fresh when switched on, dropped when off
+            self.config.gaze_colour_weight = value
             self.config.validate()
-            if value > 0 and getattr(self, attribute) is None:
+            if value > 0 and self.gaze_colour is None:
                 reference = self.llm.get_input_embeddings().weight
-                setattr(self, attribute, build(self.config).to(device=reference.device, dtype=reference.dtype))
+                self.gaze_colour = GazeColourHead(self.config).to(device=reference.device, dtype=reference.dtype)
             elif value == 0:
-                setattr(self, attribute, None)
+                self.gaze_colour = None
             return
         if name != "keypoint_encoder":
             raise ValueError(f"{name!r} cannot be switched on a built model")
@@ -249,8 +242,7 @@ class ReconVLA(PreTrainedReconVLA):
         """Trainable parameters by part (the VAE is frozen; the vision tower unless ``train_vision``)."""
         denoiser = [] if self.reconstruction is None else self.reconstruction.denoiser.parameters()
         head = [*(() if self.action_head is None else self.action_head.parameters()),
-                *(() if self.gaze_colour is None else self.gaze_colour.parameters()),
-                *(() if self.gripper_point is None else self.gripper_point.parameters())]
+                *(() if self.gaze_colour is None else self.gaze_colour.parameters())]
         llm = list(self.llm.parameters())
         if self.action_head is not None and not self.config.llm.tie_word_embeddings:
             # The parallel head never uses the LM head: leaving it out keeps DDP from waiting for its grads.
@@ -410,34 +402,14 @@ class ReconVLA(PreTrainedReconVLA):
     def _teacher_forced(self, keypoints: torch.Tensor | None, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """Keypoints for the head's input at training: keypoint 0 replaced by the gaze-box centre in a
         random ``gaze_teacher_forcing`` share of the rows that have a box (gradients still reach the
-        keypoints through the queries and the gaze loss), and keypoint 1, the gripper point, by its
-        label in the same rows that have one."""
+        keypoints through the queries and the gaze loss)."""
         p = self.config.gaze_teacher_forcing
-        if not (self.training and p > 0 and keypoints is not None):
+        if not (self.training and p > 0 and keypoints is not None and "gaze_point" in batch):
             return keypoints
-        draw = torch.rand(keypoints.shape[0], device=keypoints.device) < p
-        forced = keypoints
-        for index, point, valid in ((0, "gaze_point", "gaze_valid"), (1, "gripper_point", "gripper_valid")):
-            if point not in batch or (index == 1 and self.gripper_point is None):
-                continue
-            rows = draw & batch[valid].bool()
-            forced = forced.clone() if forced is keypoints else forced
-            forced[rows, index] = batch[point][rows].to(forced.dtype)
+        rows = (torch.rand(keypoints.shape[0], device=keypoints.device) < p) & batch["gaze_valid"].bool()
+        forced = keypoints.clone()
+        forced[rows, 0] = batch["gaze_point"][rows].to(forced.dtype)
         return forced
-
-    def _with_gripper_point(self, keypoints: torch.Tensor | None,
-                            state: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(keypoints with keypoint 1 replaced by the gripper point predicted from the state, that
-        prediction) with ``gripper_point_weight``; else (keypoints, None)."""
-        if self.gripper_point is None or keypoints is None:
-            return keypoints, None
-        if state is None:
-            raise ValueError("gripper_point_weight predicts the gripper point from batch['state']; build the "
-                             "batch with model.processor")
-        predicted = self.gripper_point(state)
-        replaced = keypoints.clone()
-        replaced[:, 1] = predicted.to(replaced.dtype)
-        return replaced, predicted
 
     def head_geometry(self, state: torch.Tensor | None, keypoints: torch.Tensor | None) -> torch.Tensor | None:
         """(B, state_dim + 2 * keypoints) exact geometry for the action MLP (action_head_state), else None."""
@@ -454,8 +426,7 @@ class ReconVLA(PreTrainedReconVLA):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> ReconVLAOutput:
         """Action loss (token head: CE over the action tokens + EOS; parallel head: L1 on the continuous
         chunk) + recon_weight * reconstruction loss (+ gaze_keypoint_weight * keypoint loss
-        + gaze_heatmap_weight * heat-map loss + gaze_colour_weight * colour loss
-        + gripper_point_weight * gripper-point loss)."""
+        + gaze_heatmap_weight * heat-map loss + gaze_colour_weight * colour loss)."""
         for key in ("input_ids", "attention_mask", "image_mask", "pixel_values"):
             if key not in batch:
                 raise ValueError(f"batch lacks {key!r}; build it with model.processor and processor.collate")
@@ -468,16 +439,12 @@ class ReconVLA(PreTrainedReconVLA):
         embeds, keypoints, heatmap = self._embed(input_ids, batch["image_mask"], batch["pixel_values"],
                                                  batch.get("instruction_mask"), batch.get("action_query_mask"),
                                                  instruction_embedding=instruction)
-        action_loss = action_accuracy = grounding_loss = heatmap_loss = colour_loss = gripper_loss = None
+        action_loss = action_accuracy = grounding_loss = heatmap_loss = colour_loss = None
         if instruction is not None:
             colour_loss = self.gaze_colour.loss(self.gaze_colour(instruction), batch["gaze_colour"],
                                                 batch["gaze_valid"])
         if self.action_head is not None:
-            head_points, gripper = self._with_gripper_point(keypoints, batch.get("state"))
-            if gripper is not None and "gripper_point" in batch:
-                gripper_loss = mean_over_valid((gripper.float() - batch["gripper_point"].float()).abs().sum(-1),
-                                               batch["gripper_valid"])
-            geometry = self.head_geometry(batch.get("state"), self._teacher_forced(head_points, batch))
+            geometry = self.head_geometry(batch.get("state"), self._teacher_forced(keypoints, batch))
             hidden, predicted, _ = self.run_parallel(embeds, batch["attention_mask"], batch["action_query_mask"],
                                                      geometry=geometry)
             if "actions" in batch:
@@ -505,11 +472,9 @@ class ReconVLA(PreTrainedReconVLA):
             loss = loss + self.config.gaze_heatmap_weight * heatmap_loss
         if loss is not None and colour_loss is not None:
             loss = loss + self.config.gaze_colour_weight * colour_loss
-        if loss is not None and gripper_loss is not None:
-            loss = loss + self.config.gripper_point_weight * gripper_loss
         return ReconVLAOutput(loss=loss, action_loss=action_loss, recon_loss=recon_loss,
                               action_accuracy=action_accuracy, grounding_loss=grounding_loss,
-                              heatmap_loss=heatmap_loss, colour_loss=colour_loss, gripper_loss=gripper_loss)
+                              heatmap_loss=heatmap_loss, colour_loss=colour_loss)
 
     @staticmethod
     def _l1_action_loss(predicted: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | None) -> torch.Tensor:
@@ -572,8 +537,7 @@ class ReconVLA(PreTrainedReconVLA):
             embeds, keypoints, _ = self._embed(ids, masks["image_mask"], sample["pixel_values"][None].to(device),
                                                masks.get("instruction_mask"), masks.get("action_query_mask"),
                                                instruction, forced)
-            state = sample["state"][None].to(device) if "state" in sample else None
-            geometry = self.head_geometry(state, self._with_gripper_point(keypoints, state)[0])
+            geometry = self.head_geometry(sample["state"][None].to(device) if "state" in sample else None, keypoints)
         if geometry is not None:
             masks["geometry"] = geometry  # rides with the masks to run_parallel
         if keypoints is not None:

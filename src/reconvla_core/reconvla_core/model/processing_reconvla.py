@@ -146,11 +146,8 @@ class ReconVLAProcessor:
     def gaze_point(self, gaze_box: Any) -> np.ndarray:
         """Centre of a base-view gaze box (normalised xyxy) in the stitched model-input frame, (x, y) in [0, 1]."""
         box = check_array(gaze_box, (4,), "gaze_box")
-        return self.base_point(0.5 * np.array([box[0] + box[2], box[1] + box[3]]))
-
-    def base_point(self, point: Any) -> np.ndarray:
-        """A base-view (x, y) (normalised) in the stitched model-input frame, in [0, 1]."""
-        return np.clip(check_array(point, (2,), "point") * self.base_view_scale, 0.0, 1.0)
+        centre = 0.5 * np.array([box[0] + box[2], box[1] + box[3]])
+        return np.clip(centre * self.base_view_scale, 0.0, 1.0)
 
     def gaze_colour(self, frame: np.ndarray, gaze_box: Any) -> np.ndarray:
         """Mean RGB in [0, 1] of a base-view gaze box's pixels (normalised xyxy) in the stitched
@@ -228,12 +225,9 @@ class ReconVLAProcessor:
         stitched_image: np.ndarray | None = None,
         action_is_pad: Any = None,
         gaze_valid: bool = True,
-        gripper_point: Any = None,
-        gripper_valid: bool = False,
     ) -> dict[str, torch.Tensor]:
         """One sample as unbatched tensors. With ``actions`` it carries labels (and the
-        reconstruction target when the config reconstructs); ``gripper_point`` (x, y in the base
-        view, valid when ``gripper_valid``) labels the gripper keypoint (``gripper_point_weight``)."""
+        reconstruction target when the config reconstructs)."""
         cfg = self.config
         action_norm, state_norm = self.normalizers(norm_stats)
         if stitched_image is None:
@@ -279,11 +273,6 @@ class ReconVLAProcessor:
                                                          dtype=torch.float32)
                 if cfg.gaze_keypoint_weight > 0 or cfg.gaze_colour_weight > 0:
                     sample["gaze_valid"] = torch.tensor(known)
-                if cfg.gripper_point_weight > 0:
-                    has_point = gripper_point is not None and bool(gripper_valid)
-                    point = self.base_point(gripper_point) if has_point else np.zeros(2)
-                    sample["gripper_point"] = torch.tensor(point, dtype=torch.float32)
-                    sample["gripper_valid"] = torch.tensor(has_point)
         elif actions is not None:
             action_tokens = self.action_tokenizer.encode(targets)  # (K, D)
             box_ids = self.box_token_ids(gaze_box if gaze_valid else None) if cfg.answer_box else []
@@ -334,7 +323,7 @@ class ReconVLAProcessor:
                 rows.append(torch.cat([seq, seq.new_full((length - seq.shape[0],), value)]))
             batch[key] = torch.stack(rows)
         for key in ("pixel_values", "recon_pixel_values", "state", "actions", "action_is_pad", "gaze_point",
-                    "gaze_colour", "gaze_valid", "gripper_point", "gripper_valid"):
+                    "gaze_colour", "gaze_valid"):
             if key in samples[0]:
                 batch[key] = torch.stack([s[key] for s in samples])
         return batch

@@ -109,8 +109,8 @@ def base_view_matrices(width: int, height: int) -> tuple[np.ndarray, np.ndarray]
 def gripper_points(states: np.ndarray, width: int, height: int) -> np.ndarray:
     """(N, 3) where the twin's tool point appears in the base image for each follower state
     (N, >= 6 joint angles): normalised (x, y) from forward kinematics and the base camera, and 1 when
-    it is inside the image (else 0, the point clipped to the border). The labels of a dataset's
-    ``observation.gripper_point``."""
+    it is inside the image (else 0, the point clipped to the border). The gripper input of
+    ``reconvla study privileged --inputs box+gripper|centre+gripper``."""
     from reconvla_core.sim.kinematics import tcp_pose
 
     states = np.asarray(states, dtype=np.float64)

@@ -29,7 +29,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from reconvla_core.model.configuration_reconvla import PRESETS, REMOVED_TRAINING_OPTIONS, ReconVLAConfig
+from reconvla_core.model.configuration_reconvla import (PRESETS, REMOVED_TRAINING_OPTIONS, ReconVLAConfig,
+                                                        removed_model_options)
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +89,12 @@ class ModelSection:
         data = fold_model_options(data)
         preset = _coerce(data.pop("preset", "tiny"), str, f"{where}.preset")
         removed = [name for name in REMOVED_TRAINING_OPTIONS if name in data]
+        try:
+            removed += removed_model_options(data)  # those that are off
+        except ValueError as error:
+            raise ConfigError(f"{where}: {error}") from error
         if removed:  # configs written before these research options were removed still load
-            logger.warning("%s: %s dropped (removed training options)", where, ", ".join(removed))
+            logger.warning("%s: %s dropped (removed research options)", where, ", ".join(removed))
             for name in removed:
                 data.pop(name)
         return cls(preset, data)

@@ -117,8 +117,6 @@ def process_raw(processor: Any, item: dict[str, Any], stats: list[dict[str, Any]
         gaze_box=item.get("gaze_box"),
         gaze_valid=bool(item.get("gaze_valid", True)),
         action_is_pad=item.get("action_is_pad"),
-        gripper_point=item.get("gripper_point"),
-        gripper_valid=bool(item.get("gripper_valid", False)),
         norm_stats=stats[dataset_index] if stats else None,
     )
 

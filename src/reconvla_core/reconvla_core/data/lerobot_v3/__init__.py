@@ -39,8 +39,6 @@ from reconvla_core.data.lerobot_v3.format import (
     EPISODES_PATH,
     GAZE_KEY,
     GAZE_NAMES,
-    GRIPPER_KEY,
-    GRIPPER_NAMES,
     IMAGE_KEYS,
     INFO_PATH,
     INTERVENTION_KEY,
@@ -83,11 +81,10 @@ from reconvla_core.data.lerobot_v3.writer import LeRobotV3Writer, write_episodes
 
 __all__ = [
     "ACTION_DELTA_KEY", "ACTION_KEY", "BASE_IMAGE_KEY", "BUILD_REPORT_PATH", "CODEBASE_VERSION", "DATA_PATH",
-    "DEFAULT_DELTA_CHUNK", "EPISODES_PATH", "GAZE_KEY", "GAZE_NAMES", "GRIPPER_KEY", "GRIPPER_NAMES",
-    "IMAGE_FORMATS", "IMAGE_KEYS", "INFO_PATH", "INTERVENTION_KEY", "QUANTILES", "QUANTILE_KEYS",
-    "RELABELLED_KEY", "ROBOT_TYPE", "SAMPLE_WEIGHT_KEY", "STATE_KEY", "STATS_PATH",
-    "STAT_KEYS", "TASKS_PATH", "WRIST_IMAGE_KEY", "EpisodeSummary", "EpisodeWriter", "ImageHistogram",
-    "LeRobotV3Writer", "action_delta_stats", "data_files", "decode_cell", "decode_image", "encode_image",
-    "encode_jpeg", "encode_png", "is_dataset", "load_episodes", "load_info", "load_stats", "load_tasks",
-    "make_features", "numeric_stats", "write_episodes", "write_tasks",
+    "DEFAULT_DELTA_CHUNK", "EPISODES_PATH", "GAZE_KEY", "GAZE_NAMES", "IMAGE_FORMATS", "IMAGE_KEYS", "INFO_PATH",
+    "INTERVENTION_KEY", "QUANTILES", "QUANTILE_KEYS", "RELABELLED_KEY", "ROBOT_TYPE", "SAMPLE_WEIGHT_KEY",
+    "STATE_KEY", "STATS_PATH", "STAT_KEYS", "TASKS_PATH", "WRIST_IMAGE_KEY", "EpisodeSummary", "EpisodeWriter",
+    "ImageHistogram", "LeRobotV3Writer", "action_delta_stats", "data_files", "decode_cell", "decode_image",
+    "encode_image", "encode_jpeg", "encode_png", "is_dataset", "load_episodes", "load_info", "load_stats",
+    "load_tasks", "make_features", "numeric_stats", "write_episodes", "write_tasks",
 ]

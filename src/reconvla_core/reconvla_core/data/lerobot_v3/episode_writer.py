@@ -17,7 +17,6 @@ from reconvla_core.data.lerobot_v3.format import (
     ACTION_KEY,
     BASE_IMAGE_KEY,
     GAZE_KEY,
-    GRIPPER_KEY,
     IMAGE_KEYS,
     INTERVENTION_KEY,
     RELABELLED_KEY,
@@ -60,7 +59,7 @@ class EpisodeWriter:
         self.length = 0
         self.histograms = {key: ImageHistogram() for key in IMAGE_KEYS}
         self._columns: dict[str, list[np.ndarray]] = {STATE_KEY: [], ACTION_KEY: [], GAZE_KEY: [], "timestamp": []}
-        self._columns.update({key: [] for key in (GRIPPER_KEY, INTERVENTION_KEY, RELABELLED_KEY, SAMPLE_WEIGHT_KEY)
+        self._columns.update({key: [] for key in (INTERVENTION_KEY, RELABELLED_KEY, SAMPLE_WEIGHT_KEY)
                               if key in parent.features})
         fd, name = tempfile.mkstemp(suffix=".parquet", prefix="episode-", dir=parent.staging)
         os.close(fd)
@@ -79,13 +78,12 @@ class EpisodeWriter:
         timestamps: np.ndarray,
         intervention: np.ndarray | None = None,
         sample_weight: np.ndarray | None = None,
-        gripper: np.ndarray | None = None,
         relabelled: np.ndarray | None = None,
     ) -> None:
         """Append B frames: images HxWx3 uint8, state/action (B, 7), gaze (B, 5), timestamps (B,) s;
         intervention (B,) bool (default all False); in a dataset with sample weights, sample_weight
-        (B,) (default all 1); in one with gripper points, gripper (B, 3) (required there); relabelled
-        (B,) bool (default all False; datasets from before the column ignore it)."""
+        (B,) (default all 1); relabelled (B,) bool (default all False; datasets from before the column
+        ignore it)."""
         count = len(base_images)
         arrays = {
             STATE_KEY: np.asarray(state, dtype=np.float32).reshape(count, -1),
@@ -103,17 +101,9 @@ class EpisodeWriter:
                                          else np.asarray(sample_weight, dtype=np.float32).reshape(count))
         elif sample_weight is not None:
             raise ValueError("sample_weight given, but the dataset was opened without sample_weights=True")
-        if GRIPPER_KEY in self.parent.features:
-            if gripper is None:
-                raise ValueError("this dataset stores gripper points: add_frames needs gripper (B, 3)")
-            arrays[GRIPPER_KEY] = np.asarray(gripper, dtype=np.float32).reshape(count, -1)
-        elif gripper is not None:
-            raise ValueError("gripper given, but the dataset was opened without gripper_points=True")
         if len(wrist_images) != count:
             raise ValueError(f"{count} base images but {len(wrist_images)} wrist images")
-        for key in (STATE_KEY, ACTION_KEY, GAZE_KEY, GRIPPER_KEY):
-            if key not in arrays:
-                continue
+        for key in (STATE_KEY, ACTION_KEY, GAZE_KEY):
             expected = self.parent.features[key]["shape"][0]
             if arrays[key].shape != (count, expected):
                 raise ValueError(f"{key} must have shape ({count}, {expected}), got {arrays[key].shape}")
@@ -150,9 +140,7 @@ class EpisodeWriter:
                 self.histograms[key].add(counts)
                 cells.append({"bytes": encoded, "path": None})
             columns[key] = pa.array(cells, type=schema.field(key).type)
-        for key in (STATE_KEY, ACTION_KEY, GAZE_KEY, GRIPPER_KEY):
-            if key not in arrays:
-                continue
+        for key in (STATE_KEY, ACTION_KEY, GAZE_KEY):
             flat = pa.array(arrays[key].reshape(-1))
             columns[key] = pa.FixedSizeListArray.from_arrays(flat, arrays[key].shape[1])
         columns["timestamp"] = pa.array(arrays["timestamp"])

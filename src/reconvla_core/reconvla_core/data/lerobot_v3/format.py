@@ -19,10 +19,6 @@ STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 GAZE_KEY = "observation.gaze_box"
 GAZE_NAMES = ("x1", "y1", "x2", "y2", "valid")
-# Per frame, in datasets whose builder knows the cell's kinematics and base camera (twin recordings):
-# where the gripper's tool point appears in the base image (normalised x, y) and whether it is known
-GRIPPER_KEY = "observation.gripper_point"
-GRIPPER_NAMES = ("x", "y", "valid")
 # Per frame: the operator's leader arm drove the robot (HG-DAgger interventions; False without them)
 INTERVENTION_KEY = "intervention"
 # Per frame: the action is an expert's label for a state the policy drove (sim DAgger), not what the
@@ -49,7 +45,7 @@ DEFAULT_VIDEO_FILE_SIZE_IN_MB = 200  # info.json carries it as LeRobot's does; n
 
 
 def make_features(image_shapes: dict[str, tuple[int, int, int]],
-                  sample_weights: bool = False, gripper_points: bool = False) -> dict[str, dict[str, Any]]:
+                  sample_weights: bool = False) -> dict[str, dict[str, Any]]:
     """The LeRobot ``features`` dict of our datasets, in column order."""
     features: dict[str, dict[str, Any]] = {}
     for key in IMAGE_KEYS:
@@ -57,8 +53,6 @@ def make_features(image_shapes: dict[str, tuple[int, int, int]],
     features[STATE_KEY] = {"dtype": "float32", "shape": [len(ACTION_NAMES)], "names": list(ACTION_NAMES)}
     features[ACTION_KEY] = {"dtype": "float32", "shape": [len(ACTION_NAMES)], "names": list(ACTION_NAMES)}
     features[GAZE_KEY] = {"dtype": "float32", "shape": [len(GAZE_NAMES)], "names": list(GAZE_NAMES)}
-    if gripper_points:
-        features[GRIPPER_KEY] = {"dtype": "float32", "shape": [len(GRIPPER_NAMES)], "names": list(GRIPPER_NAMES)}
     # Scalars per frame, like LeRobot's own "next.done" (bool) and "timestamp" (float32)
     features[INTERVENTION_KEY] = {"dtype": "bool", "shape": [1], "names": None}
     features[RELABELLED_KEY] = {"dtype": "bool", "shape": [1], "names": None}

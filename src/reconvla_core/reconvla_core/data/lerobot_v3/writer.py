@@ -75,7 +75,6 @@ class LeRobotV3Writer:
         overwrite: bool = False,
         encode_workers: int | None = None,
         sample_weights: bool = False,
-        gripper_points: bool = False,
     ) -> None:
         if image_format not in IMAGE_FORMATS:
             raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
@@ -83,7 +82,7 @@ class LeRobotV3Writer:
             raise ValueError(f"row_group_frames must be >= 1, got {row_group_frames}")
         self.root = Path(root)
         self.fps = fps
-        self.features = make_features(image_shapes, sample_weights=sample_weights, gripper_points=gripper_points)
+        self.features = make_features(image_shapes, sample_weights=sample_weights)
         self.image_shapes = {key: tuple(int(v) for v in image_shapes[key]) for key in IMAGE_KEYS}
         self.image_format = image_format
         self.robot_type = robot_type
