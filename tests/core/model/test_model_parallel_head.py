@@ -531,3 +531,43 @@ def test_a_finetune_switches_the_gaze_colour_loss_on_and_the_checkpoint_round_tr
         torch.testing.assert_close(loaded.gaze_colour.state_dict()[key], value)
     model.switch_option("gaze_colour_weight", 0.0)
     assert model.gaze_colour is None
+
+
+def test_keypoint_gripper_film_switches_on_unchanged_then_moves_the_gaze_with_the_gripper(norm_stats, observation,
+                                                                                         tmp_path):
+    """Same image and instruction, gripper open vs closed, gaze on the block vs its destination: only the
+    gripper can tell the two apart, and the keypoint learns to follow it."""
+    from reconvla_core import piper
+    from reconvla_core.train.model_setup import apply_finetune_options
+
+    with pytest.raises(ValueError, match="keypoint_gripper_film"):
+        ReconVLAConfig.from_preset("tiny", action_head="parallel", spatial_keypoints=2, keypoint_gripper_film=True)
+    model = parallel(norm_stats, seed=12, recon_target="none", spatial_keypoints=2, keypoint_encoder="conv",
+                     gaze_keypoint_weight=1.0)
+    args = (observation["base_image"], observation["wrist_image"], observation["instruction"])
+    before = model.predict(*args, observation["state"]).gaze_point
+    assert apply_finetune_options(model, {"keypoint_gripper_film": True}) == {"keypoint_gripper_film": True}
+    np.testing.assert_allclose(model.predict(*args, observation["state"]).gaze_point, before, atol=1e-6)
+    params = {id(p) for group in model.parameter_groups().values() for p in group}
+    assert {id(p) for p in model.keypoints.gripper_film.parameters()} <= params  # the optimiser will train it
+
+    samples, states = [], []
+    for gripper, box in ((piper.GRIPPER_MAX, [0.1, 0.1, 0.3, 0.3]), (piper.GRIPPER_MIN, [0.7, 0.6, 0.9, 0.8])):
+        state = np.asarray(observation["state"], np.float64).copy()
+        state[-1] = gripper
+        states.append(state)
+        samples.append(model.processor(base_image=observation["base_image"], wrist_image=observation["wrist_image"],
+                                       instruction=observation["instruction"], state=state,
+                                       actions=observation["actions"], gaze_box=np.asarray(box)))
+    batch = model.processor.collate(samples)
+    assert "state" in batch  # the processor carries the state for the keypoint net alone
+    model.train()
+    fit(model, batch, steps=120, lr=3e-3)
+    model.eval()
+    points = [model.predict(*args, state).gaze_point for state in states]
+    assert points[0][0] < 0.5 < points[1][0]  # open: the block on the left; closed: the destination on the right
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = ReconVLA.from_pretrained(tmp_path / "ckpt").eval()
+    assert loaded.config.keypoint_gripper_film and loaded.keypoints.gripper_film is not None
+    np.testing.assert_allclose(loaded.predict(*args, observation["state"]).gaze_point,
+                               model.predict(*args, observation["state"]).gaze_point, atol=1e-5)
