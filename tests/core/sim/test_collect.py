@@ -155,3 +155,25 @@ def test_collect_with_noise_records_the_expert_commands(tmp_path):
     n = 15  # the approach: the first commands are the same plan, the states are not
     assert np.allclose(leader(clean_msgs)[:3], leader(noisy_msgs)[:3], atol=1e-6)
     assert np.abs(state(clean_msgs)[:n, :6] - state(noisy_msgs)[:n, :6]).max() > 0.01
+
+
+def test_collect_with_the_relabelling_expert_completes_subtasks_in_its_own_style(tmp_path):
+    """`--expert relabel` drives from the measured state at every step (DAgger's labeller), so the bags
+    hold demonstrations in the style of the labels DAgger adds later; they differ from the scripted
+    expert's on the same scene."""
+    from reconvla_core.sim.collect import collect
+    from reconvla_core.sim.env import SimConfig
+
+    config = SimConfig(image_width=48, image_height=32)
+    with pytest.raises(ValueError, match="--expert"):
+        collect(tmp_path / "bad", 1, config=config, progress=False, expert="teleop")
+    scripted = collect(tmp_path / "scripted", 2, seed=3, config=config, progress=False)
+    relabel = collect(tmp_path / "relabel", 2, seed=3, config=config, progress=False, expert="relabel")
+    assert relabel["expert"] == "relabel" and scripted["expert"] == "scripted"
+    assert relabel["successful"] == relabel["episodes"] == 2
+    _, scripted_msgs = _read(tmp_path / "scripted" / "episode_000000")
+    _, relabel_msgs = _read(tmp_path / "relabel" / "episode_000000")
+    assert scripted_msgs[itf.INSTRUCTION_TOPIC][0][1].data == relabel_msgs[itf.INSTRUCTION_TOPIC][0][1].data
+    leader = lambda msgs: np.array([m.position for _, m in msgs[itf.LEADER_COMMAND_TOPIC]])  # noqa: E731
+    n = min(len(leader(scripted_msgs)), len(leader(relabel_msgs)))
+    assert np.abs(leader(scripted_msgs)[:n, :6] - leader(relabel_msgs)[:n, :6]).max() > 0.01

@@ -36,11 +36,14 @@ from reconvla_core import interfaces as itf
 from reconvla_core.piper import GRIPPER_MAX
 from reconvla_core.sim.env import PiperCellEnv, SimConfig
 from reconvla_core.sim.expert import ScriptedExpert
+from reconvla_core.sim.relabel import RelabelExpert
 from reconvla_core.sim.tasks import Chain, Task, chain_for_scene
 
 logger = logging.getLogger(__name__)
 
 COLLECT_SEED_OFFSET = 10_000_000
+# Who drives the demonstrations (``collect(expert=...)``, ``sim collect --expert``).
+EXPERTS = {"scripted": ScriptedExpert, "relabel": RelabelExpert}
 BASE_FRAME_ID = "camera_color_optical_frame"
 WRIST_FRAME_ID = "wrist_camera_color_optical_frame"
 
@@ -158,10 +161,14 @@ def collect(
     config: SimConfig | None = None,
     progress: bool = True,
     noise: ExecutionNoise | None = None,
+    expert: str = "scripted",
 ) -> dict[str, Any]:
-    """Collect ``episodes`` subtask episodes with the scripted expert into ``out_dir/episode_XXXXXX``.
+    """Collect ``episodes`` subtask episodes with an expert into ``out_dir/episode_XXXXXX``.
 
-    ``noise``: execute the expert's commands with DART-style noise (the bags record the expert's).
+    ``expert``: ``scripted`` replays a plan made at each subtask's start; ``relabel`` acts from the
+    measured state at every step (``RelabelExpert``, the DAgger labeller: demonstrations in the style
+    of the labels DAgger adds later). ``noise``: execute the expert's commands with DART-style noise
+    (the bags record the expert's).
     Returns ``{"episodes", "successful", "frames", "steps_per_s", "out_dir", "bags"}``;
     ``steps_per_s`` counts control steps (physics + both cameras + bag writing) per wall second."""
     from tqdm import tqdm
@@ -170,6 +177,8 @@ def collect(
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
     if seed < 0:
         raise ValueError(f"--seed must be >= 0, got {seed}")
+    if expert not in EXPERTS:
+        raise ValueError(f"--expert must be one of {', '.join(EXPERTS)}, got {expert!r}")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"output directory {out} exists and is not empty; choose a new --out")
@@ -181,7 +190,7 @@ def collect(
     if noise:  # a noisy command may poke past a limit: clamp it, as the driver does
         config = dataclasses.replace(config, clip_actions=True)
     env = PiperCellEnv(config)
-    expert = ScriptedExpert(env)
+    driver = EXPERTS[expert](env)
     period_ns = int(round(1e9 / config.control_hz))
     written: list[str] = []
     successful = frames = 0
@@ -204,7 +213,7 @@ def collect(
                 success = False
                 try:
                     while True:
-                        action = expert.act()
+                        action = driver.act()
                         velocity = np.concatenate([env.arm.state().velocities, [0.0]])
                         recorder.write(clock_ns, obs, velocity, action, env.gaze_box())
                         obs, info = env.step(jitter.perturb(action) if jitter else action)
@@ -234,6 +243,7 @@ def collect(
         "out_dir": str(out),
         "image_size": [config.image_width, config.image_height],
         "execution_noise_std_rad": noise_std,
+        "expert": expert,
     }
 
 
