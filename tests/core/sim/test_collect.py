@@ -177,3 +177,29 @@ def test_collect_with_the_relabelling_expert_completes_subtasks_in_its_own_style
     leader = lambda msgs: np.array([m.position for _, m in msgs[itf.LEADER_COMMAND_TOPIC]])  # noqa: E731
     n = min(len(leader(scripted_msgs)), len(leader(relabel_msgs)))
     assert np.abs(leader(scripted_msgs)[:n, :6] - leader(relabel_msgs)[:n, :6]).max() > 0.01
+
+
+def test_noise_with_a_duration_perturbs_only_the_subtask_start_and_the_relabelling_expert_recovers(tmp_path):
+    from reconvla_core.sim.collect import ExecutionNoise, collect
+    from reconvla_core.sim.env import SimConfig
+
+    config = SimConfig(image_width=48, image_height=32)
+    with pytest.raises(ValueError, match="duration"):
+        ExecutionNoise(std_rad=0.05, duration_s=0.0)
+    with pytest.raises(ValueError, match="--noise-duration"):  # a drifting offset never lets it grasp
+        collect(tmp_path / "bad", 1, config=config, progress=False, expert="relabel",
+                noise=ExecutionNoise(std_rad=0.05))
+    noise = ExecutionNoise(std_rad=0.05, duration_s=2.0)
+    process = noise.process(config.control_dt, np.random.default_rng(0))
+    command = np.full(7, 0.07)  # gripper open throughout: only the duration ends the offset
+    executed = np.array([process.perturb(command) for _ in range(40)])
+    steps = int(round(2.0 / config.control_dt))
+    assert np.abs(executed[1:steps, :6] - command[:6]).max() > 0.005
+    np.testing.assert_array_equal(executed[steps:], np.tile(command, (40 - steps, 1)))
+    clean = collect(tmp_path / "clean", 2, seed=3, config=config, progress=False, expert="relabel")
+    noisy = collect(tmp_path / "noisy", 2, seed=3, config=config, progress=False, expert="relabel", noise=noise)
+    assert noisy["successful"] == noisy["episodes"] == 2 and noisy["execution_noise_duration_s"] == 2.0
+    _, clean_msgs = _read(tmp_path / "clean" / "episode_000000")
+    _, noisy_msgs = _read(tmp_path / "noisy" / "episode_000000")
+    state = lambda msgs: np.array([m.position for _, m in msgs[itf.FOLLOWER_STATE_TOPIC]])  # noqa: E731
+    assert np.abs(state(clean_msgs)[:steps, :6] - state(noisy_msgs)[:steps, :6]).max() > 0.01

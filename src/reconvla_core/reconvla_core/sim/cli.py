@@ -65,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="DART-style execution noise: the arm runs the expert's command plus a drifting joint "
                               "offset of this std (rad) on each subtask's approach, until the expert closes the gripper; the "
                               "bags record the expert's command (default 0: none; 0.03-0.05 teaches a policy to recover from small misses)")
+    collect.add_argument("--noise-duration", type=float, default=None, metavar="S",
+                         help="end the execution noise this many seconds after each subtask's start (default: at the "
+                              "expert's first close; needed with --expert relabel)")
     collect.add_argument("--expert", choices=("scripted", "relabel"), default="scripted",
                          help="scripted: replays a plan made at each subtask's start (default); relabel: acts from the "
                               "measured state at every step, as DAgger's labeller does (demonstrations in the style of "
@@ -153,7 +156,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     # collect() treats a zero std as no noise; the dataclass refuses a bad one with a clear error.
     result = collect(args.out, args.episodes, seed=args.seed, config=_config(args), progress=True,
-                     noise=ExecutionNoise(std_rad=args.noise_rad), expert=args.expert)
+                     noise=ExecutionNoise(std_rad=args.noise_rad, duration_s=args.noise_duration),
+                     expert=args.expert)
     emit_result(result, args.json)
     return 0
 

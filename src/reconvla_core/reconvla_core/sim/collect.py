@@ -53,16 +53,21 @@ class ExecutionNoise:
     """A per-joint Ornstein-Uhlenbeck offset added to the executed command during a subtask's
     approach and descent to its block (until the expert first closes the gripper): where a
     policy's small errors leave it off target. From the close on (grasp, carry, release) the arm
-    runs the expert's command as it is, so grasps and placements stay reliable."""
+    runs the expert's command as it is, so grasps and placements stay reliable. ``duration_s`` ends
+    the offset earlier, that long after the subtask's start: the relabelling expert grasps only once
+    the arm has settled where it commands, which a drifting offset never lets happen."""
 
     std_rad: float = 0.0  # stationary standard deviation of each joint's offset
     time_constant_s: float = 1.0  # correlation time: offsets drift, they do not jitter
+    duration_s: float | None = None  # None: until the expert first closes the gripper
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.std_rad) and 0.0 <= self.std_rad <= 0.2):
             raise ValueError(f"execution noise std must be in 0..0.2 rad, got {self.std_rad}")
         if not (np.isfinite(self.time_constant_s) and self.time_constant_s > 0):
             raise ValueError(f"execution noise time constant must be > 0 s, got {self.time_constant_s}")
+        if self.duration_s is not None and not (np.isfinite(self.duration_s) and self.duration_s > 0):
+            raise ValueError(f"execution noise duration must be > 0 s, got {self.duration_s}")
 
     def process(self, dt: float, rng: np.random.Generator) -> _NoiseProcess:
         return _NoiseProcess(self, dt, rng)
@@ -77,11 +82,15 @@ class _NoiseProcess:
         self.rng = rng
         self.offset = np.zeros(6)
         self.closed = False
+        self.steps_left = None if noise.duration_s is None else int(round(noise.duration_s / dt))
 
     def perturb(self, command: np.ndarray) -> np.ndarray:
         """The command the arm executes: ``command`` + the offset on the joints until the first close."""
         self.offset = self.decay * self.offset + self.scale * self.rng.standard_normal(6)
         self.closed = self.closed or command[6] < 0.5 * GRIPPER_MAX
+        if self.steps_left is not None:
+            self.closed = self.closed or self.steps_left <= 0
+            self.steps_left -= 1
         if self.closed:
             return command
         executed = command.copy()
@@ -186,6 +195,9 @@ def collect(
     config = config or SimConfig()
     if noise is not None and noise.std_rad == 0:
         noise = None
+    if noise is not None and expert == "relabel" and noise.duration_s is None:
+        raise ValueError("the relabelling expert grasps only once the arm settles where it commands, which a "
+                         "drifting offset never lets happen: give the noise a duration (--noise-duration)")
     noise_std = noise.std_rad if noise else 0.0
     if noise:  # a noisy command may poke past a limit: clamp it, as the driver does
         config = dataclasses.replace(config, clip_actions=True)
@@ -243,6 +255,7 @@ def collect(
         "out_dir": str(out),
         "image_size": [config.image_width, config.image_height],
         "execution_noise_std_rad": noise_std,
+        "execution_noise_duration_s": noise.duration_s if noise else None,
         "expert": expert,
     }
 
