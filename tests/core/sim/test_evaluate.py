@@ -51,3 +51,45 @@ def test_eval_sim_bad_policy_is_a_clear_error(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "--policy must be 'expert', 'random' or a checkpoint directory" in err
+
+
+def test_gaze_points_are_scored_by_phase_and_by_the_object_they_are_on():
+    """The expert drives; a policy that reports the true gaze centre scores 0 error and is always on
+    the gaze object; one that always points at the subtask's destination is on the other named object
+    during a place's approach and on the gaze object during its carry."""
+    from reconvla_core.policy import ActionChunk, ExpertPolicy, Policy
+    from reconvla_core.sim.env import PiperCellEnv, SimConfig
+    from reconvla_core.sim.evaluate import evaluate_policy
+    from reconvla_core.sim.tasks import make_eval_chains
+
+    class Pointing(Policy):
+        needs_images = False
+
+        def __init__(self, env, at_destination: bool) -> None:
+            self.env, self.expert, self.at_destination = env, ExpertPolicy(env), at_destination
+            self.name = "pointing"
+
+        def infer(self, obs):
+            name = self.env.gaze_object
+            if self.at_destination:
+                name = self.env.destination_object or "distractor_0"
+            box = self.env.gaze_box(name)
+            return ActionChunk(self.expert.infer(obs).actions, gaze_point=0.5 * (box[:2] + box[2:4]))
+
+    chains = [chain for chain in make_eval_chains(12, seed=0) if chain.tasks[0].family == "place"][:1]
+    assert chains  # the fixed set has a chain starting with a place
+    config = SimConfig(image_width=48, image_height=32, clip_actions=True)
+    with PiperCellEnv(config) as env:
+        true, _ = evaluate_policy(Pointing(env, False), chains, env=env, progress=False)
+        wrong, _ = evaluate_policy(Pointing(env, True), chains, env=env, progress=False)
+        silent, _ = evaluate_policy(ExpertPolicy(env), chains, env=env, progress=False)
+    assert true["gaze"]["mean_error"] == 0.0 and true["gaze"]["on"]["gaze"] == 1.0
+    assert {"approach-place", "carry-place"} <= set(true["gaze"]["by_phase"])
+    approach, carry = wrong["gaze"]["by_phase"]["approach-place"], wrong["gaze"]["by_phase"]["carry-place"]
+    assert approach["on"]["other_named"] == 1.0 and approach["mean_error"] > 0.05
+    assert carry["on"]["gaze"] == 1.0 and carry["mean_error"] == 0.0
+    for phase, stats in wrong["gaze"]["by_phase"].items():
+        if phase.endswith("pick"):
+            assert stats["on"]["gaze"] == 0.0  # the distractor, or nothing
+    assert sum(wrong["gaze"]["on"].values()) == pytest.approx(1.0, abs=0.01)
+    assert "gaze" not in silent  # a policy without a gaze point gets no gaze section

@@ -449,14 +449,21 @@ class PiperCellEnv:
         return centre + (signs * half) @ rot.T
 
     @property
+    def destination_object(self) -> str | None:
+        """Where the subtask's block goes (place: a bowl, stack: another block); None for a pick."""
+        task = self.current_task
+        if task.family == "pick":
+            return None
+        return f"{task.dest}_bowl" if task.family == "place" else f"{task.dest}_block"
+
+    @property
     def gaze_object(self) -> str:
         """Where the subtask's attention belongs: the block until both fingers hold it, then (place,
         stack) its destination, where the carry goes. The recorded gaze box follows it, so the
         "where" supervision covers both halves of a subtask."""
-        task = self.current_task
-        block = self.target_object
-        if task.family != "pick" and all(self.touching_gripper(block)):
-            return f"{task.dest}_bowl" if task.family == "place" else f"{task.dest}_block"
+        block, destination = self.target_object, self.destination_object
+        if destination is not None and all(self.touching_gripper(block)):
+            return destination
         return block
 
     def gaze_box(self, name: str | None = None) -> np.ndarray:

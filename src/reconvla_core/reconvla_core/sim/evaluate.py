@@ -4,6 +4,10 @@ A chain counts the subtasks completed in a row (0..5); ``success_by_position[k]`
 fraction of chains that completed at least k+1 subtasks and ``avg_len`` the mean count
 (CALVIN's "average length"). Each subtask has ``SimConfig.subtask_time_limit_s`` of sim
 time. A policy chunk is executed step by step and dropped when the subtask changes.
+A policy that reports the gaze point its head acted on (models with spatial keypoints) is also scored
+on it at every chunk: how far from the true gaze centre, and on which object (``gaze`` in the
+metrics), split by phase: the approach (gaze on the block) and, for place and stack, the carry (gaze
+on the destination). It tells "looked at the wrong object" from "acted badly on the right one".
 The evaluation env clamps finite out-of-limit actions (as the deployment safety filter
 does) and counts them in ``clamped_actions``; NaN/inf or a wrong shape is an error.
 """
@@ -27,6 +31,24 @@ from reconvla_core.sim.tasks import CHAIN_LENGTH, TASK_FAMILIES, Chain
 logger = logging.getLogger(__name__)
 
 
+# A gaze point farther than this from every object's centre (|dx| + |dy|, a fraction of the base
+# view) is on none of them: about two block widths at the cell's depth.
+GAZE_ON_OBJECT = 0.1
+GAZE_TARGETS = ("gaze", "other_named", "unnamed", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class GazeSample:
+    """Where a chunk's gaze point was: ``phase`` "approach" (the gaze belongs on the block) or "carry"
+    (on its destination); ``error`` |dx| + |dy| from the true gaze centre (base view); ``on`` the
+    nearest object: the gaze object, the other one the instruction names, another, or none."""
+
+    family: str
+    phase: str
+    error: float
+    on: str
+
+
 @dataclasses.dataclass
 class ChainResult:
     seed: int
@@ -34,6 +56,24 @@ class ChainResult:
     families: list[str]
     steps: int
     frames: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
+    gaze: list[GazeSample] = dataclasses.field(default_factory=list, repr=False)
+
+
+def gaze_sample(env: PiperCellEnv, point: np.ndarray) -> GazeSample:
+    """Score a gaze point ((x, y), normalised base view) against the twin's objects now."""
+    centre = lambda name: 0.5 * (env.gaze_box(name)[:2] + env.gaze_box(name)[2:4])  # noqa: E731
+    gaze, block, destination = env.gaze_object, env.target_object, env.destination_object
+    point = np.asarray(point, np.float64)[:2]
+    distance = {name: float(np.abs(point - centre(name)).sum()) for name in env.bodies if name != "table"}
+    nearest = min(distance, key=distance.__getitem__)
+    if distance[nearest] > GAZE_ON_OBJECT:
+        on = "none"
+    elif nearest == gaze:
+        on = "gaze"
+    else:
+        on = "other_named" if nearest in (block, destination) else "unnamed"
+    phase = "approach" if gaze == block else "carry"
+    return GazeSample(env.current_task.family, phase, float(np.abs(point - centre(gaze)).sum()), on)
 
 
 def draw_box(image: np.ndarray, box: Sequence[float], colour: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
@@ -55,10 +95,14 @@ def run_chain(
     obs = env.reset(chain=chain) if render else _reset_without_images(env, chain)
     queue: list[np.ndarray] = []
     frames: list[np.ndarray] = []
+    gaze: list[GazeSample] = []
     steps = 0
     while True:
         if not queue:
-            queue = list(policy.infer(obs).actions)
+            chunk = policy.infer(obs)
+            queue = list(chunk.actions)
+            if chunk.gaze_point is not None:
+                gaze.append(gaze_sample(env, chunk.gaze_point))
         action = queue.pop(0)
         obs, info = env.step(action, render=render)
         steps += 1
@@ -68,7 +112,7 @@ def run_chain(
             queue = []  # new instruction: a chunk planned for the old one no longer applies
         if info["done"]:
             break
-    return ChainResult(chain.seed, int(info["completed"]), [t.family for t in chain.tasks], steps, frames)
+    return ChainResult(chain.seed, int(info["completed"]), [t.family for t in chain.tasks], steps, frames, gaze)
 
 
 def _reset_without_images(env: PiperCellEnv, chain: Chain) -> dict[str, Any]:
@@ -89,13 +133,33 @@ def summarise(results: Sequence[ChainResult], length: int = CHAIN_LENGTH) -> dic
             attempts[family] += 1  # reached this subtask
             successes[family] += int(position < result.completed)
     per_task = {f: (successes[f] / attempts[f] if attempts[f] else None) for f in TASK_FAMILIES}
-    return {
+    metrics = {
         "avg_len": float(completed.mean()) if len(completed) else 0.0,
         "success_by_position": by_position,
         "per_task": per_task,
         "per_task_attempts": attempts,
         "chains": len(results),
     }
+    samples = [sample for result in results for sample in result.gaze]
+    if samples:
+        metrics["gaze"] = summarise_gaze(samples)
+    return metrics
+
+
+def summarise_gaze(samples: Sequence[GazeSample]) -> dict[str, Any]:
+    """Gaze-point error (mean, median) and the share of chunks on each kind of object, overall and per
+    phase ("approach-place", "carry-stack", ...)."""
+
+    def stats(group: Sequence[GazeSample]) -> dict[str, Any]:
+        errors = np.array([s.error for s in group])
+        return {"chunks": len(group), "mean_error": round(float(errors.mean()), 4),
+                "median_error": round(float(np.median(errors)), 4),
+                "on": {kind: round(sum(s.on == kind for s in group) / len(group), 3) for kind in GAZE_TARGETS}}
+
+    phases: dict[str, list[GazeSample]] = {}
+    for sample in samples:
+        phases.setdefault(f"{sample.phase}-{sample.family}", []).append(sample)
+    return {**stats(samples), "by_phase": {name: stats(group) for name, group in sorted(phases.items())}}
 
 
 def evaluate_policy(
