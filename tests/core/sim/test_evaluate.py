@@ -83,13 +83,13 @@ def test_gaze_points_are_scored_by_phase_and_by_the_object_they_are_on():
         true, _ = evaluate_policy(Pointing(env, False), chains, env=env, progress=False)
         wrong, _ = evaluate_policy(Pointing(env, True), chains, env=env, progress=False)
         silent, _ = evaluate_policy(ExpertPolicy(env), chains, env=env, progress=False)
-    assert true["gaze"]["mean_error"] == 0.0 and true["gaze"]["on"]["gaze"] == 1.0
-    assert {"approach-place", "carry-place"} <= set(true["gaze"]["by_phase"])
-    approach, carry = wrong["gaze"]["by_phase"]["approach-place"], wrong["gaze"]["by_phase"]["carry-place"]
+    assert true["gaze_points"]["mean_error"] == 0.0 and true["gaze_points"]["on"]["gaze"] == 1.0
+    assert {"approach-place", "carry-place"} <= set(true["gaze_points"]["by_phase"])
+    approach, carry = wrong["gaze_points"]["by_phase"]["approach-place"], wrong["gaze_points"]["by_phase"]["carry-place"]
     assert approach["on"]["other_named"] == 1.0 and approach["mean_error"] > 0.05
     assert carry["on"]["gaze"] == 1.0 and carry["mean_error"] == 0.0
-    for phase, stats in wrong["gaze"]["by_phase"].items():
+    for phase, stats in wrong["gaze_points"]["by_phase"].items():
         if phase.endswith("pick"):
             assert stats["on"]["gaze"] == 0.0  # the distractor, or nothing
-    assert sum(wrong["gaze"]["on"].values()) == pytest.approx(1.0, abs=0.01)
-    assert "gaze" not in silent  # a policy without a gaze point gets no gaze section
+    assert sum(wrong["gaze_points"]["on"].values()) == pytest.approx(1.0, abs=0.01)
+    assert "gaze_points" not in silent  # a policy without a gaze point gets no gaze section

@@ -5,8 +5,8 @@ fraction of chains that completed at least k+1 subtasks and ``avg_len`` the mean
 (CALVIN's "average length"). Each subtask has ``SimConfig.subtask_time_limit_s`` of sim
 time. A policy chunk is executed step by step and dropped when the subtask changes.
 A policy that reports the gaze point its head acted on (models with spatial keypoints) is also scored
-on it at every chunk: how far from the true gaze centre, and on which object (``gaze`` in the
-metrics), split by phase: the approach (gaze on the block) and, for place and stack, the carry (gaze
+on it at every chunk: how far from the true gaze centre, and on which object (``gaze_points`` in
+the metrics), split by phase: the approach (gaze on the block) and, for place and stack, the carry (gaze
 on the destination). It tells "looked at the wrong object" from "acted badly on the right one".
 The evaluation env clamps finite out-of-limit actions (as the deployment safety filter
 does) and counts them in ``clamped_actions``; NaN/inf or a wrong shape is an error.
@@ -142,7 +142,7 @@ def summarise(results: Sequence[ChainResult], length: int = CHAIN_LENGTH) -> dic
     }
     samples = [sample for result in results for sample in result.gaze]
     if samples:
-        metrics["gaze"] = summarise_gaze(samples)
+        metrics["gaze_points"] = summarise_gaze(samples)
     return metrics
 
 
