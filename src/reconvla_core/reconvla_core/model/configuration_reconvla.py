@@ -32,7 +32,7 @@ FINETUNE_OPTIONS: tuple[str, ...] = ("recon_weight", "num_noise_draws", "answer_
                                      "gaze_heatmap_weight", "gaze_teacher_forcing")
 # Options a finetune may switch although they change the weights' layout: the module they select is
 # rebuilt with fresh weights (ReconVLA.switch_option), everything else carried over.
-SWITCHABLE_OPTIONS: tuple[str, ...] = ("keypoint_encoder", "keypoint_gripper_film", "gaze_colour_weight")
+SWITCHABLE_OPTIONS: tuple[str, ...] = ("keypoint_encoder", "gaze_colour_weight")
 # Training-only research options that the study found not to help (docs/study_recon.md); configs
 # saved with them still load (the options are dropped: inference never used them).
 REMOVED_TRAINING_OPTIONS: tuple[str, ...] = ("action_input_dropout", "grounding_box_weight")
@@ -284,12 +284,6 @@ class ReconVLAConfig:
             by the instruction encoding, finer than the tiny tower's 8x8 grid of 20 px patches
             (docs/study_recon.md, "How precise must perception be?"). A finetune may switch it (the
             new encoder starts from random weights).
-        keypoint_gripper_film (`bool`, defaults to `False`):
-            ``conv`` keypoints only: their FiLM also reads the gripper opening (the normalised state's
-            last dimension), so the keypoint net knows whether the block is held and the gaze has moved
-            to its destination. Without it, place and stack instructions name two objects and the
-            keypoint picks the wrong one on a third of the policy's own frames (docs/study_recon.md,
-            twelfth session). A finetune may switch it on (zero-initialised: the keypoints start unchanged).
         gaze_keypoint_weight (`float`, defaults to `0.0`):
             Weight of the "where" supervision of keypoint 0: L1 to the centre of the dataset's gaze box
             (the target object before the grasp, the destination after it) in the model-input frame,
@@ -375,7 +369,6 @@ class ReconVLAConfig:
     vision_film: bool = False
     spatial_keypoints: int = 0
     keypoint_encoder: str = "vision"
-    keypoint_gripper_film: bool = False
     gaze_keypoint_weight: float = 0.0
     gaze_heatmap_weight: float = 0.0
     gaze_colour_weight: float = 0.0
@@ -473,9 +466,6 @@ class ReconVLAConfig:
             raise ValueError(f"spatial_keypoints must be an integer >= 0, got {self.spatial_keypoints!r}")
         if self.keypoint_encoder not in KEYPOINT_ENCODERS:
             raise ValueError(f"keypoint_encoder must be one of {KEYPOINT_ENCODERS}, got {self.keypoint_encoder!r}")
-        if self.keypoint_gripper_film and not (self.spatial_keypoints and self.keypoint_encoder == "conv"):
-            raise ValueError("keypoint_gripper_film conditions the conv keypoint net: set spatial_keypoints >= 1 and "
-                             "keypoint_encoder: conv")
         if self.spatial_keypoints and self.action_head != "parallel":
             raise ValueError("spatial_keypoints feed the parallel head's action queries: set action_head: parallel")
         for name in ("gaze_keypoint_weight", "gaze_heatmap_weight", "gaze_colour_weight"):

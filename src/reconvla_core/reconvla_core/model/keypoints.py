@@ -59,53 +59,28 @@ class ConvKeypoints(nn.Module):
                                   nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.GELU())
         self.stem_film = nn.Linear(text, 2 * w)
         self.body_film = nn.Linear(text, 4 * w)
-        self.gripper_film = None
-        if config.keypoint_gripper_film:
-            self.add_gripper_film()
         self.logits = nn.Conv2d(2 * w, config.spatial_keypoints, 1)
         self.embed = keypoint_embedding(config)
         side = -(-config.vision.image_size // 4)  # both stride-2 convs round up
         self.register_buffer("coords", grid_centres(side, side), persistent=False)
-
-    def add_gripper_film(self) -> None:
-        """Both stages' FiLM also read the gripper opening (``keypoint_gripper_film``). Zero-initialised:
-        added to a trained net it leaves the keypoints unchanged until it learns."""
-        w = self.width
-        self.gripper_film = nn.Linear(1, 6 * w).to(device=self.stem_film.weight.device, dtype=self.stem_film.weight.dtype)
-        nn.init.zeros_(self.gripper_film.weight)
-        nn.init.zeros_(self.gripper_film.bias)
 
     @staticmethod
     def _film(features: torch.Tensor, scale_shift: torch.Tensor) -> torch.Tensor:
         scale, shift = scale_shift[:, :, None, None].chunk(2, dim=1)
         return features * (1.0 + scale) + shift
 
-    def heatmap(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor,
-                state: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 3, S, S) normalised image, (B, D_llm) instruction encoding (+ (B, state_dim) normalised
-        state with ``keypoint_gripper_film``) -> (B, K, H*W) each keypoint's softmax over the feature map
-        (cells: ``coords``)."""
+    def heatmap(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised image, (B, D_llm) instruction encoding -> (B, K, H*W) each keypoint's
+        softmax over the feature map (cells: ``coords``)."""
         dtype = self.logits.weight.dtype
         text = instruction_embedding.to(dtype)
-        stem_film, body_film = self.stem_film(text), self.body_film(text)
-        if self.gripper_film is not None:
-            if state is None:
-                raise ValueError("keypoint_gripper_film needs batch['state'] (the normalised state); build the "
-                                 "batch with model.processor")
-            # Only the gripper (the state's last dimension): whether the block is held says whether the
-            # gaze is on it or on its destination; the joints would let the net guess the target's place
-            # from where demonstrations reached, which fails on the policy's own states.
-            gripper = self.gripper_film(state[:, -1:].to(dtype))
-            stem_film, body_film = stem_film + gripper[:, :2 * self.width], body_film + gripper[:, 2 * self.width:]
-        features = self._film(self.stem(pixel_values.to(dtype)), stem_film)
-        features = self._film(self.body(features), body_film)
+        features = self._film(self.stem(pixel_values.to(dtype)), self.stem_film(text))
+        features = self._film(self.body(features), self.body_film(text))
         return torch.softmax(self.logits(features).flatten(2).float(), dim=-1)
 
-    def forward(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor,
-                state: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 3, S, S) normalised image, (B, D_llm) instruction encoding (+ normalised state) -> (B, K, 2)
-        expected (x, y)."""
-        return expected_points(self.heatmap(pixel_values, instruction_embedding, state), self.coords)
+    def forward(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised image, (B, D_llm) instruction encoding -> (B, K, 2) expected (x, y)."""
+        return expected_points(self.heatmap(pixel_values, instruction_embedding), self.coords)
 
 
 def expected_points(heatmap: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:

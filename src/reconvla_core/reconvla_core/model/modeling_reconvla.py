@@ -175,14 +175,6 @@ class ReconVLA(PreTrainedReconVLA):
             elif value == 0:
                 self.gaze_colour = None
             return
-        if name == "keypoint_gripper_film":
-            setattr(self.config, name, bool(value))
-            self.config.validate()
-            if value and self.keypoints.gripper_film is None:
-                self.keypoints.add_gripper_film()
-            elif not value:
-                self.keypoints.gripper_film = None
-            return
         if name != "keypoint_encoder":
             raise ValueError(f"{name!r} cannot be switched on a built model")
         old = self.keypoints
@@ -335,11 +327,11 @@ class ReconVLA(PreTrainedReconVLA):
     def _embed(self, input_ids: torch.Tensor, image_mask: torch.Tensor, pixel_values: torch.Tensor,
                instruction_mask: torch.Tensor | None, query_mask: torch.Tensor | None,
                instruction_embedding: torch.Tensor | None = None,
-               gaze_point: torch.Tensor | None = None, state: torch.Tensor | None = None
+               gaze_point: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``embed_inputs``, the spatial keypoints (B, K, 2) and their softmax heat maps (B, K, cells)
         when configured (else None); a given ``gaze_point`` (B, 2) replaces keypoint 0 (an external gaze:
-        a detector, or the twin's truth). ``state``: the normalised state (``keypoint_gripper_film``)."""
+        a detector, or the twin's truth)."""
         embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, D)
         pooled = instruction_embedding
         if self.config.encodes_instruction and pooled is None:
@@ -350,7 +342,7 @@ class ReconVLA(PreTrainedReconVLA):
         features = self.vision_features(pixel_values, pooled)
         keypoints = heatmap = None  # (B, K, 2), (B, K, cells)
         if isinstance(self.keypoints, ConvKeypoints):
-            heatmap = self.keypoints.heatmap(pixel_values, pooled, state)
+            heatmap = self.keypoints.heatmap(pixel_values, pooled)
         elif self.keypoints is not None:
             heatmap = self.keypoints.heatmap(features)
         if heatmap is not None:
@@ -446,7 +438,7 @@ class ReconVLA(PreTrainedReconVLA):
             instruction = self.encode_instruction(input_ids, batch["instruction_mask"])
         embeds, keypoints, heatmap = self._embed(input_ids, batch["image_mask"], batch["pixel_values"],
                                                  batch.get("instruction_mask"), batch.get("action_query_mask"),
-                                                 instruction_embedding=instruction, state=batch.get("state"))
+                                                 instruction_embedding=instruction)
         action_loss = action_accuracy = grounding_loss = heatmap_loss = colour_loss = None
         if instruction is not None:
             colour_loss = self.gaze_colour.loss(self.gaze_colour(instruction), batch["gaze_colour"],
@@ -542,11 +534,10 @@ class ReconVLA(PreTrainedReconVLA):
             if gaze_point is not None:
                 forced = torch.as_tensor(check_array(gaze_point, (2,), "gaze_point"), dtype=torch.float32,
                                          device=device)[None]
-            state = sample["state"][None].to(device) if "state" in sample else None
             embeds, keypoints, _ = self._embed(ids, masks["image_mask"], sample["pixel_values"][None].to(device),
                                                masks.get("instruction_mask"), masks.get("action_query_mask"),
-                                               instruction, forced, state)
-            geometry = self.head_geometry(state, keypoints)
+                                               instruction, forced)
+            geometry = self.head_geometry(sample["state"][None].to(device) if "state" in sample else None, keypoints)
         if geometry is not None:
             masks["geometry"] = geometry  # rides with the masks to run_parallel
         if keypoints is not None:

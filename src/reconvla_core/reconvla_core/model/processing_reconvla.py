@@ -252,7 +252,7 @@ class ReconVLAProcessor:
             if cfg.builds_reconstruction:
                 sample["recon_pixel_values"] = self.vae_pixels(
                     self._recon_frame(frame, base_image, wrist_image, gaze_box if gaze_valid else None))
-        if cfg.action_head_state or cfg.keypoint_gripper_film:
+        if cfg.action_head_state:
             sample["state"] = torch.tensor(state_norm.normalize(state_arr), dtype=torch.float32)
         if cfg.action_head == "parallel":
             # The K action queries follow the prompt at training and at inference alike; their input
