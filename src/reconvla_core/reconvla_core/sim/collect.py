@@ -88,7 +88,7 @@ class _NoiseProcess:
         """The command the arm executes: ``command`` + the offset on the joints until the first close."""
         self.offset = self.decay * self.offset + self.scale * self.rng.standard_normal(6)
         self.closed = self.closed or command[6] < 0.5 * GRIPPER_MAX
-        if self.steps_left is not None:
+        if self.steps_left is not None:  # duration_s: past it the noise ends as at a close
             self.closed = self.closed or self.steps_left <= 0
             self.steps_left -= 1
         if self.closed:

@@ -4,12 +4,13 @@ A chain counts the subtasks completed in a row (0..5); ``success_by_position[k]`
 fraction of chains that completed at least k+1 subtasks and ``avg_len`` the mean count
 (CALVIN's "average length"). Each subtask has ``SimConfig.subtask_time_limit_s`` of sim
 time. A policy chunk is executed step by step and dropped when the subtask changes.
-A policy that reports the gaze point its head acted on (models with spatial keypoints) is also scored
-on it at every chunk: how far from the true gaze centre, and on which object (``gaze_points`` in
-the metrics), split by phase: the approach (gaze on the block) and, for place and stack, the carry (gaze
-on the destination). It tells "looked at the wrong object" from "acted badly on the right one".
 The evaluation env clamps finite out-of-limit actions (as the deployment safety filter
 does) and counts them in ``clamped_actions``; NaN/inf or a wrong shape is an error.
+
+A policy that reports the gaze point its head acted on (models with spatial keypoints) is also scored
+on it at every chunk: how far from the true gaze centre, and on which object (``gaze_points`` in
+the metrics), split by phase: the approach (gaze on the block) and, for place and stack, the carry
+(gaze on the destination). It tells "looked at the wrong object" from "acted badly on the right one".
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ class ChainResult:
 
 def gaze_sample(env: PiperCellEnv, point: np.ndarray) -> GazeSample:
     """Score a gaze point ((x, y), normalised base view) against the twin's objects now."""
-    centre = lambda name: 0.5 * (env.gaze_box(name)[:2] + env.gaze_box(name)[2:4])  # noqa: E731
+    def centre(name: str) -> np.ndarray:
+        box = env.gaze_box(name)
+        return 0.5 * (box[:2] + box[2:4])
+
     gaze, block, destination = env.gaze_object, env.target_object, env.destination_object
     point = np.asarray(point, np.float64)[:2]
     distance = {name: float(np.abs(point - centre(name)).sum()) for name in env.bodies if name != "table"}
