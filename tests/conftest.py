@@ -74,6 +74,22 @@ class RosHarness:
             time.sleep(period)
         return predicate()
 
+    def call(self, client, request, timeout: float = 10.0, resend_after: float | None = None):
+        """``client``'s answer to ``request`` within ``timeout``. ``resend_after`` (idempotent services
+        only, such as a reset): resend the request every that many seconds without an answer, for a
+        server that has just started. A request sent right after discovery can be lost while the
+        server has not yet matched the client's response reader, which ``wait_for_service`` (the
+        request side) does not cover."""
+        assert client.wait_for_service(timeout_sec=timeout), f"service {client.srv_name} not available"
+        deadline = time.monotonic() + timeout
+        while True:
+            future = client.call_async(request)
+            wait = deadline - time.monotonic() if resend_after is None else resend_after
+            if self.wait_for(future.done, timeout=max(0.0, min(wait, deadline - time.monotonic()))):
+                return future.result()
+            client.remove_pending_request(future)
+            assert time.monotonic() < deadline, f"service {client.srv_name} did not answer"
+
     def close(self) -> None:
         import rclpy
 

@@ -54,13 +54,11 @@ class FakeDriver:
         return out
 
 
-def call(ros, node, srv_type, name, request, timeout=10.0):
+def call(ros, node, srv_type, name, request, timeout=10.0, resend_after=None):
     client = node.create_client(srv_type, name)
-    assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
-    future = client.call_async(request)
-    assert ros.wait_for(future.done, timeout=timeout), f"service {name} did not answer"
+    answer = ros.call(client, request, timeout=timeout, resend_after=resend_after)
     node.destroy_client(client)
-    return future.result()
+    return answer
 
 
 def make_arm(ros, **params):
@@ -258,7 +256,8 @@ def test_console_script_runs_and_stops_cleanly_on_sigint(ros, tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         client = ros.make_node("operator")
-        answer = call(ros, client, Trigger, "/arm_command/reset", Trigger.Request(), timeout=30.0)
+        # The node has just started in its own process: resend the (idempotent) reset until it answers.
+        answer = call(ros, client, Trigger, "/arm_command/reset", Trigger.Request(), timeout=30.0, resend_after=5.0)
         assert answer.success
     finally:
         process.send_signal(signal.SIGINT)

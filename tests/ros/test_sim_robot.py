@@ -86,13 +86,6 @@ def listen(ros, inbox: Inbox):
     return node
 
 
-def call(ros, client, request, timeout: float = 15.0):
-    assert client.wait_for_service(timeout_sec=timeout)
-    future = client.call_async(request)
-    assert ros.wait_for(future.done, timeout=timeout)
-    return future.result()
-
-
 def test_publishes_what_the_real_drivers_publish(ros):
     sim = make_sim(ros)
     inbox = Inbox()
@@ -171,7 +164,7 @@ def test_reset_and_next_subtask_services(ros):
     next_subtask = client_node.create_client(Trigger, "/sim_robot/next_subtask")
 
     first = sim.twin.instruction
-    response = call(ros, next_subtask, Trigger.Request())
+    response = ros.call(next_subtask, Trigger.Request())
     assert response.success and response.message == sim.twin.instruction
     assert ros.wait_for(
         lambda: (
@@ -179,10 +172,10 @@ def test_reset_and_next_subtask_services(ros):
             and inbox.last(INSTRUCTION_TOPIC).data == response.message
         )
     )
-    refused = call(ros, next_subtask, Trigger.Request())  # chain_length 2: nothing after the second
+    refused = ros.call(next_subtask, Trigger.Request())  # chain_length 2: nothing after the second
     assert not refused.success and "reset" in refused.message
 
-    response = call(ros, reset, Trigger.Request())
+    response = ros.call(reset, Trigger.Request())
     assert response.success and response.message.startswith("seed 5:")
     assert sim.twin.seed == 5 and sim.twin.instruction in response.message
     assert ros.wait_for(lambda: inbox.last(INSTRUCTION_TOPIC).data == sim.twin.instruction)
@@ -233,7 +226,7 @@ def test_expert_leader_episode_records_into_a_bag_the_dataset_builder_converts(r
     stop = console.create_client(SetBool, "/teleop_recorder/stop_episode")
     assert ros.wait_for(lambda: recorder._last_instruction == sim.twin.instruction, timeout=20.0)
 
-    response = call(ros, start, Trigger.Request())
+    response = ros.call(start, Trigger.Request())
     assert response.success, response.message
     start_state = sim.twin.state()
 
@@ -244,7 +237,7 @@ def test_expert_leader_episode_records_into_a_bag_the_dataset_builder_converts(r
     assert ros.wait_for(enough, timeout=90.0, period=0.2), recorder.session.message_counts()
     # The follower followed the leader: it moved away from the start pose.
     assert np.abs(sim.twin.state()[:6] - start_state[:6]).max() > 0.05
-    assert call(ros, stop, SetBool.Request(data=True)).success
+    assert ros.call(stop, SetBool.Request(data=True)).success
 
     out = tmp_path / "dataset"
     result = subprocess.run(

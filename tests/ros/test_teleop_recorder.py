@@ -44,13 +44,6 @@ def read_bag(path: Path) -> tuple[dict[str, int], dict[str, Any], dict[str, list
     return counts, info, decoded
 
 
-def call(ros, client, request, timeout: float = 10.0):
-    assert client.wait_for_service(timeout_sec=timeout), f"service {client.srv_name} not available"
-    future = client.call_async(request)
-    assert ros.wait_for(future.done, timeout=timeout), f"no answer from {client.srv_name}"
-    return future.result()
-
-
 class FakeRobot:
     """Publishes what the drivers publish during teleop (cameras, follower, leader, instruction, gaze box)."""
 
@@ -113,7 +106,7 @@ def test_episode_is_recorded_with_all_topics_and_metadata(ros, tmp_path):
     assert subs[INSTRUCTION_TOPIC].qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
     # Before the start nothing is written, whatever is published.
     robot.publish_all(0.0)
-    response = call(ros, start, Trigger.Request())
+    response = ros.call(start, Trigger.Request())
     assert response.success, response.message
     bag_dir = Path(response.message)
     assert bag_dir.parent == tmp_path and bag_dir.name.startswith("episode_000000_")
@@ -133,9 +126,9 @@ def test_episode_is_recorded_with_all_topics_and_metadata(ros, tmp_path):
         )
 
     assert ros.wait_for(enough, timeout=20.0, period=0.05), recorder.session.message_counts()
-    assert call(ros, stop, SetBool.Request(data=True)).success
+    assert ros.call(stop, SetBool.Request(data=True)).success
     # A second stop is refused with a reason.
-    second = call(ros, stop, SetBool.Request(data=True))
+    second = ros.call(stop, SetBool.Request(data=True))
     assert not second.success and "no episode" in second.message
 
     counts, info, decoded = read_bag(bag_dir)
@@ -159,19 +152,19 @@ def test_discard_deletes_and_task_parameter_wins(ros, tmp_path):
     stop = client_node.create_client(SetBool, "/teleop_recorder/stop_episode")
     discard = client_node.create_client(Trigger, "/teleop_recorder/discard_episode")
 
-    first = call(ros, start, Trigger.Request())
+    first = ros.call(start, Trigger.Request())
     assert first.success and first.message.endswith("stack-the-blocks")
-    assert not call(ros, start, Trigger.Request()).success  # already recording
-    assert call(ros, discard, Trigger.Request()).success
+    assert not ros.call(start, Trigger.Request()).success  # already recording
+    assert ros.call(discard, Trigger.Request()).success
     assert not Path(first.message).exists()
 
-    second = call(ros, start, Trigger.Request())
-    assert call(ros, stop, SetBool.Request(data=False)).success
+    second = ros.call(start, Trigger.Request())
+    assert ros.call(stop, SetBool.Request(data=False)).success
     _, info, _ = read_bag(Path(second.message))
     assert info["task"] == "stack the blocks" and info["success"] is False
-    assert call(ros, discard, Trigger.Request()).success  # the one stopped last
+    assert ros.call(discard, Trigger.Request()).success  # the one stopped last
     assert not Path(second.message).exists()
-    assert not call(ros, discard, Trigger.Request()).success  # nothing left to discard
+    assert not ros.call(discard, Trigger.Request()).success  # nothing left to discard
     assert list(tmp_path.iterdir()) == []
 
 
@@ -181,12 +174,12 @@ def test_start_refused_without_task_or_disk_space(ros, tmp_path):
     first = make_recorder(ros, tmp_path / "a")
     client_node = ros.make_node("operator_console")
     start = client_node.create_client(Trigger, "/teleop_recorder/start_episode")
-    response = call(ros, start, Trigger.Request())
+    response = ros.call(start, Trigger.Request())
     assert not response.success and "task" in response.message
 
     ros.remove_node(first)
     make_recorder(ros, tmp_path / "b", task="t", min_free_gb=1e9)
-    response = call(ros, start, Trigger.Request())
+    response = ros.call(start, Trigger.Request())
     assert not response.success and "GiB free" in response.message
     assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
 
@@ -219,7 +212,7 @@ def test_signal_leaves_a_readable_bag(ros, tmp_path, signum):
         start = node.create_client(Trigger, "/teleop_recorder/start_episode")
         publisher = node.create_publisher(JointState, FOLLOWER_STATE_TOPIC, 10)
         assert start.wait_for_service(timeout_sec=30.0), "recorder subprocess did not come up"
-        response = call(ros, start, Trigger.Request())
+        response = ros.call(start, Trigger.Request())
         assert response.success, response.message
         bag_dir = Path(response.message)
 

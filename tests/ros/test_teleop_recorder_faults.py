@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_teleop_recorder import FakeRobot, call, make_recorder, read_bag
+from test_teleop_recorder import FakeRobot, make_recorder, read_bag
 
 from reconvla_core.data.bag_writer import EpisodeBagWriter
 from reconvla_core.interfaces import BASE_IMAGE_TOPIC, EPISODE_INFO_TOPIC, FOLLOWER_STATE_TOPIC
@@ -76,7 +76,7 @@ def test_full_disk_ends_the_episode_and_the_node_keeps_serving(ros, tmp_path):
                                 QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL))
     assert ros.wait_for(lambda: len(recorder._subscriptions_by_topic) == 6, timeout=15.0)
 
-    response = call(ros, start, Trigger.Request())
+    response = ros.call(start, Trigger.Request())
     assert response.success, response.message
     bag = Path(response.message)
     assert ros.wait_for(lambda: statuses and statuses[-1]["state"] == "recording", timeout=10.0)
@@ -102,7 +102,7 @@ def test_full_disk_ends_the_episode_and_the_node_keeps_serving(ros, tmp_path):
         robot.publish_all(0.5)
     ros.wait_for(lambda: False, timeout=0.5)
     # The stop service says what happened.
-    answer = call(ros, stop, SetBool.Request(data=True))
+    answer = ros.call(stop, SetBool.Request(data=True))
     assert not answer.success and "No space left on device" in answer.message
 
     # The bag is whole and marked interrupted, with what was written before the fault.
@@ -114,11 +114,11 @@ def test_full_disk_ends_the_episode_and_the_node_keeps_serving(ros, tmp_path):
     assert any(image.height == 240 for image in decoded[BASE_IMAGE_TOPIC])
 
     # The node serves the next episode.
-    response = call(ros, start, Trigger.Request())
+    response = ros.call(start, Trigger.Request())
     assert response.success, response.message
     assert ros.wait_for(lambda: (robot.publish_all(0.75) or True)
                         and recorder.session.message_counts().get(FOLLOWER_STATE_TOPIC, 0) >= 3, timeout=15.0)
-    assert call(ros, stop, SetBool.Request(data=True)).success
+    assert ros.call(stop, SetBool.Request(data=True)).success
     counts, info, _ = read_bag(Path(response.message))
     assert info["success"] is True and counts[FOLLOWER_STATE_TOPIC] >= 3
     assert ros.wait_for(lambda: statuses[-1]["state"] == "idle" and statuses[-1]["error"] == "", timeout=10.0)
@@ -134,7 +134,6 @@ def test_sigkilled_recorder_is_recovered_and_builds(ros, tmp_path, capsys):
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Float32MultiArray, String
     from std_srvs.srv import Trigger
-    from test_teleop_recorder import call
 
     from reconvla_core.cli.main import main as cli_main
     from reconvla_core.interfaces import GAZE_BOX_TOPIC, INSTRUCTION_TOPIC, LEADER_COMMAND_TOPIC, WRIST_IMAGE_TOPIC
@@ -156,7 +155,7 @@ def test_sigkilled_recorder_is_recovered_and_builds(ros, tmp_path, capsys):
         everything = [*cameras, *joints, gaze, instruction]
         assert ros.wait_for(lambda: all(p.get_subscription_count() > 0 for p in everything), timeout=20.0)
         responses = []  # the task comes from the latched instruction: retry until it has arrived
-        assert ros.wait_for(lambda: responses.append(call(ros, start, Trigger.Request())) or responses[-1].success,
+        assert ros.wait_for(lambda: responses.append(ros.call(start, Trigger.Request())) or responses[-1].success,
                             timeout=10.0, period=0.2), responses[-1].message
         response = responses[-1]
         bag = Path(response.message)

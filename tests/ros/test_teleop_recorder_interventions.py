@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_teleop_recorder import FakeRobot, call, make_recorder, read_bag
+from test_teleop_recorder import FakeRobot, make_recorder, read_bag
 
 from reconvla_core.interfaces import INTERVENTION_TOPIC
 
@@ -27,7 +27,7 @@ def test_the_intervention_flag_is_recorded_with_its_type(ros, tmp_path):
     stop = console.create_client(SetBool, "/teleop_recorder/stop_episode")
     assert ros.wait_for(lambda: INTERVENTION_TOPIC in recorder._subscriptions_by_topic, timeout=15.0)
     assert ros.wait_for(lambda: recorder._last_instruction != "", timeout=15.0)
-    response = call(ros, start, Trigger.Request())
+    response = ros.call(start, Trigger.Request())
     assert response.success, response.message
     sent = [False, False, True, True, True, False]
 
@@ -38,7 +38,7 @@ def test_the_intervention_flag_is_recorded_with_its_type(ros, tmp_path):
         robot.publish_all(0.1)
         flag.publish(Bool(data=value))
     assert ros.wait_for(recorded, timeout=10.0), recorder.session.message_counts()
-    assert call(ros, stop, SetBool.Request(data=True)).success
+    assert ros.call(stop, SetBool.Request(data=True)).success
 
     bag = Path(response.message)
     counts, _, decoded = read_bag(bag)
