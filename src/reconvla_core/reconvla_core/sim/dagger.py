@@ -238,8 +238,11 @@ def evaluate(config: DaggerConfig, checkpoint: Path) -> dict[str, Any]:
     policy = CheckpointPolicy(checkpoint, device=config.device)
     metrics, _ = evaluate_policy(policy, make_eval_chains(config.eval_chains, seed=config.eval_seed),
                                  config.sim_config(), progress=config.progress)
-    return {"avg_len": metrics["avg_len"], "success_by_position": metrics["success_by_position"],
-            "per_task": metrics["per_task"], "eval_chains": metrics["chains"], "eval_s": metrics["elapsed_s"]}
+    scored = {"avg_len": metrics["avg_len"], "success_by_position": metrics["success_by_position"],
+              "per_task": metrics["per_task"], "eval_chains": metrics["chains"], "eval_s": metrics["elapsed_s"]}
+    if "gaze_points" in metrics:  # whether a round taught the gaze, apart from the acting
+        scored["gaze_on_target"] = metrics["gaze_points"]["on"]["gaze"]
+    return scored
 
 
 def _cached(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
