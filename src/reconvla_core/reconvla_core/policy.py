@@ -154,9 +154,7 @@ class TrueGazePolicy(Policy):
         self.needs_images = policy.needs_images
 
     def infer(self, obs: dict[str, Any]) -> ActionChunk:
-        box = np.asarray(self.env.gaze_box(), dtype=np.float64)
-        centre = 0.5 * np.array([box[0] + box[2], box[1] + box[3]])
-        return self.policy.infer({**obs, "gaze_point": centre})
+        return self.policy.infer({**obs, "gaze_point": np.asarray(self.env.gaze_centre(), dtype=np.float64)})
 
     def reset(self) -> None:
         self.policy.reset()

@@ -473,6 +473,11 @@ class PiperCellEnv:
         corners = self.object_corners(name or self.gaze_object)
         return cam.box_from_points(cam.project(corners, self.base_view, self.base_proj))
 
+    def gaze_centre(self, name: str | None = None) -> np.ndarray:
+        """(x, y) centre of ``gaze_box`` (normalised base image): where a gaze keypoint belongs."""
+        box = self.gaze_box(name)
+        return 0.5 * (box[:2] + box[2:4])
+
     def move_object(self, name: str, position: Any) -> None:
         """Put an object at ``position`` (x, y, z), at rest, keeping its orientation (perturbation tests)."""
         self._require_scene()

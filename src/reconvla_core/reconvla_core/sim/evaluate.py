@@ -62,13 +62,9 @@ class ChainResult:
 
 def gaze_sample(env: PiperCellEnv, point: np.ndarray) -> GazeSample:
     """Score a gaze point ((x, y), normalised base view) against the twin's objects now."""
-    def centre(name: str) -> np.ndarray:
-        box = env.gaze_box(name)
-        return 0.5 * (box[:2] + box[2:4])
-
     gaze, block, destination = env.gaze_object, env.target_object, env.destination_object
     point = np.asarray(point, np.float64)[:2]
-    distance = {name: float(np.abs(point - centre(name)).sum()) for name in env.bodies if name != "table"}
+    distance = {name: float(np.abs(point - env.gaze_centre(name)).sum()) for name in env.bodies if name != "table"}
     nearest = min(distance, key=distance.__getitem__)
     if distance[nearest] > GAZE_ON_OBJECT:
         on = "none"
@@ -77,7 +73,7 @@ def gaze_sample(env: PiperCellEnv, point: np.ndarray) -> GazeSample:
     else:
         on = "other_named" if nearest in (block, destination) else "unnamed"
     phase = "approach" if gaze == block else "carry"
-    return GazeSample(env.current_task.family, phase, float(np.abs(point - centre(gaze)).sum()), on)
+    return GazeSample(env.current_task.family, phase, distance[gaze], on)
 
 
 def draw_box(image: np.ndarray, box: Sequence[float], colour: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
