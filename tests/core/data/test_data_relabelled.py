@@ -51,3 +51,21 @@ def test_relabelled_frames_end_the_chunks_that_run_into_them(tmp_path, make_bag)
     assert pads[6] == pads[9] == [False, True, True, True, True]
     # After the policy-driven stretch, chunks are whole again.
     assert pads[10] == [False] * 5
+
+
+def test_relabelled_actions_none_keeps_only_the_frames_gaze(tmp_path, make_bag):
+    """DAgger on the gaze: a relabelled frame teaches no action at all, but keeps its gaze box; the
+    other frames' chunks are those of ``"step"``."""
+    make_bag("dagger", relabelled_frames=RELABELLED)
+    build_dataset(BuildConfig(bags=[tmp_path / "bags"], out=tmp_path / "ds", gaze="sim"))
+    step = VLADataset([tmp_path / "ds"], chunk_size=5, split="all")
+    none = VLADataset([tmp_path / "ds"], chunk_size=5, split="all", relabelled_actions="none")
+    for index in range(len(step)):
+        kept, gaze_only = step.raw_sample(*step.locate(index)), none.raw_sample(*none.locate(index))
+        if gaze_only["frame_index"] in RELABELLED:
+            assert gaze_only["action_is_pad"].all()
+            assert gaze_only["gaze_valid"] and np.array_equal(gaze_only["gaze_box"], kept["gaze_box"])
+        else:
+            assert gaze_only["action_is_pad"].tolist() == kept["action_is_pad"].tolist()
+    with pytest.raises(ValueError, match="relabelled_actions"):
+        VLADataset([tmp_path / "ds"], chunk_size=5, split="all", relabelled_actions="all")

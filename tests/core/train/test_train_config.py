@@ -102,6 +102,7 @@ def test_batch_division_and_ranges(fake_dataset: Path) -> None:
         ("model.recon_target=depth", r"model: recon_target must be one of \('none', 'full', 'gaze'\), got 'depth'"),
         ("train.mixed_precision=fp8", r"mixed_precision"),
         ("optim.scheduler=step", r"optim.scheduler"),
+        ("data.relabelled_actions=all", r"data.relabelled_actions must be one of \('step', 'none'\)"),
     ]:
         with pytest.raises(ConfigError, match=message):
             validate_config(load_train_config("tiny-sim", [override], data=[str(fake_dataset)]))

@@ -18,6 +18,11 @@ previous frame, e.g. while a demonstrator waits for the gripper to close. Their 
 is the same as the frame that ends the wait, so they teach a policy to stop where it must go
 on. The frames still serve as chunk targets of earlier samples; the dataset is not changed.
 
+``relabelled_actions`` says what a ``relabelled`` frame (a DAgger state the policy drove, labelled by
+the expert) teaches: ``"step"`` its own step (the chunk ends at the next relabelled frame: later steps
+would carry the policy's motion), ``"none"`` no action (every step padded): only its observation's
+targets count, the gaze and the reconstruction. "DAgger on the gaze" uses ``"none"``.
+
 The sources and their loading: ``dataset_source.py``; augmentation: ``augment.py``; the mixture
 sampler: ``sampler.py``.
 """
@@ -41,6 +46,7 @@ from reconvla_core.data.dataset_source import (
     write_action_delta_stats,
 )
 from reconvla_core.data.lerobot_v3 import action_delta_stats, decode_cell, load_stats
+from reconvla_core.data.lerobot_v3.format import RELABELLED_ACTIONS
 from reconvla_core.data.sampler import MixtureSampler
 
 try:  # torch is a hard dependency of training, but `import reconvla_core.data` must not need it
@@ -70,9 +76,13 @@ class VLADataset(_TorchDataset):
         seed: int = 0,
         image_cache_groups: int = 4,
         static_threshold: float | None = None,
+        relabelled_actions: str = "step",
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if relabelled_actions not in RELABELLED_ACTIONS:
+            raise ValueError(f"relabelled_actions must be one of {RELABELLED_ACTIONS}, got {relabelled_actions!r}")
+        self.relabelled_actions = relabelled_actions
         if not sources:
             raise ValueError("VLADataset needs at least one DatasetSource")
         self.specs = [s if isinstance(s, DatasetSource) else DatasetSource(s) for s in sources]
@@ -156,6 +166,8 @@ class VLADataset(_TorchDataset):
             # a relabelled frame it followed the policy, whose motion the later labels would carry.
             relabelled = source.relabelled[np.minimum(chunk_rows[:-1], end - 1)]
             is_pad[1:] |= np.cumsum(relabelled) > 0
+            if self.relabelled_actions == "none" and source.relabelled[row]:
+                is_pad[:] = True  # the expert's label is not learnt here; the frame's gaze still is
         actions = source.action[np.minimum(chunk_rows, end - 1)].copy()  # pad by repeating the last action
         if source.gaze is not None:
             gaze_box = source.gaze[row, :4].copy()

@@ -29,6 +29,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from reconvla_core.data.lerobot_v3.format import RELABELLED_ACTIONS
 from reconvla_core.model.configuration_reconvla import (PRESETS, REMOVED_TRAINING_OPTIONS, ReconVLAConfig,
                                                         removed_model_options)
 
@@ -145,6 +146,10 @@ class DataSection:
     # Drop no-op frames as samples: the command moved less than this (rad / m) in every dim since
     # the previous frame. None keeps every frame. See reconvla_core.data.dataset.
     static_threshold: float | None = None
+    # What a relabelled frame (a DAgger state the policy drove) teaches: "step", the expert's label of
+    # its own step (the chunk ends there); "none", no action at all: only what the frame shows (the
+    # gaze and reconstruction targets). See reconvla_core.data.dataset.
+    relabelled_actions: str = "step"
     augment: bool = False
     num_workers: int = 0
 
@@ -683,6 +688,8 @@ def validate_config(config: TrainConfig, num_processes: int = 1, *, check_paths:
     threshold = config.data.static_threshold
     _require(threshold is None or (isinstance(threshold, (int, float)) and 0 < threshold < math.inf),
              f"data.static_threshold must be a positive number or null, got {threshold!r}")
+    _require(config.data.relabelled_actions in RELABELLED_ACTIONS,
+             f"data.relabelled_actions must be one of {RELABELLED_ACTIONS}, got {config.data.relabelled_actions!r}")
 
     _require(bool(config.data.sources),
              "no training data: pass --data DIR [DIR ...] or set data.sources (LeRobot v3 dataset directories "

@@ -194,7 +194,8 @@ def build_data(config: TrainConfig, *, need_val: bool = True) -> TrainData:
     sources = [DatasetSource(s.path, weight=s.weight, features=s.features) for s in config.data.sources]
     common: dict[str, Any] = {"chunk_size": config.model.resolve().chunk_size, "processor": None,
                               "val_fraction": config.data.val_fraction, "seed": config.seed,
-                              "static_threshold": config.data.static_threshold}
+                              "static_threshold": config.data.static_threshold,
+                              "relabelled_actions": config.data.relabelled_actions}
     train = VLADataset(sources, split="train", augment=config.data.augment, **common)
     val = None
     if need_val and config.data.val_fraction > 0:

@@ -24,6 +24,8 @@ INTERVENTION_KEY = "intervention"
 # Per frame: the action is an expert's label for a state the policy drove (sim DAgger), not what the
 # arm executed; a sample's chunk stops at the first such frame after its own (False without them)
 RELABELLED_KEY = "relabelled"
+# What a relabelled frame teaches in training (data.relabelled_actions): its own step, or no action.
+RELABELLED_ACTIONS: tuple[str, ...] = ("step", "none")
 # Per frame, only in datasets built with `--interventions weight=W`: the frame's sampling weight
 SAMPLE_WEIGHT_KEY = "sample_weight"
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
