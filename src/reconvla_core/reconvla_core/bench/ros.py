@@ -27,6 +27,7 @@ Figures:
   periods after the previous one counts the periods it skipped (arm_command's own definition).
 - ``rss_slope_mb_per_min``: least-squares slope of the three node processes' summed RSS, sampled
   every second after the warm-up (per-node slopes in ``rss_slope_by_node``).
+The event log and the figures' arithmetic live in ``ros_events.py``; this module runs the processes.
 rclpy is imported inside the functions that run nodes only.
 """
 
@@ -45,6 +46,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from reconvla_core.bench.ros_events import (FRAME_KEY, EventLog, breakdown, missed_ticks, percentiles, read_events,
+                                             slope_per_min)
 
 logger = logging.getLogger(__name__)
 
@@ -76,22 +80,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="loaded-machine mode: this many busy background processes while measuring")
 
 
-# --- statistics ------------------------------------------------------------------------------
-def _percentiles(values: list[float], prefix: str) -> dict[str, float]:
-    if not values:
-        return {f"{prefix}_p50_ms": math.nan, f"{prefix}_p99_ms": math.nan}
-    data = np.asarray(values) * 1e3
-    return {f"{prefix}_p50_ms": round(float(np.percentile(data, 50)), 3),
-            f"{prefix}_p99_ms": round(float(np.percentile(data, 99)), 3)}
-
-
-def _slope_per_min(samples: list[tuple[float, float]]) -> float:
-    if len(samples) < 3:
-        return math.nan
-    t, y = np.array(samples).T
-    return float(np.polyfit(t / 60.0, y, 1)[0])
-
-
 def _rss_mb(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/statm") as statm:
@@ -100,71 +88,8 @@ def _rss_mb(pid: int) -> float:
         return math.nan
 
 
-def missed_ticks(tick_starts: list[float], period: float) -> int:
-    """Control periods skipped: each gap over 1.5 periods counts round(gap / period) - 1."""
-    gaps = np.diff(np.sort(np.asarray(tick_starts, dtype=np.float64)))
-    late = gaps[gaps > 1.5 * period]
-    return int(np.sum(np.round(late / period) - 1))
-
-
-def breakdown(events: dict[int, dict[str, float]]) -> dict[str, list[float]]:
-    """Per executed chunk: end-to-end, what is excluded from the overhead, the overhead and its parts."""
-    names = ("overhead", "end_to_end", "inference", "policy_busy_wait", "tick_wait", "camera_to_policy",
-             "camera_to_ingest", "ingest_processing", "ingest_to_policy", "policy_wake", "policy_to_arm", "arm_tick",
-             "stitch", "overhead_excluding_stitch", "dds", "overhead_excluding_dds")
-    parts: dict[str, list[float]] = {name: [] for name in names}
-    needed = ("camera_publish", "policy_arrival", "worker_wait_start", "worker_pick", "inference_s",
-              "chunk_arrival", "tick_start", "command_sent")
-    for e in events.values():
-        if not all(k in e for k in needed):
-            continue
-        end_to_end = e["command_sent"] - e["camera_publish"]
-        busy = max(0.0, e["worker_wait_start"] - e["policy_arrival"])
-        tick_wait = max(0.0, e["tick_start"] - e["chunk_arrival"])
-        parts["end_to_end"].append(end_to_end)
-        parts["inference"].append(e["inference_s"])
-        parts["policy_busy_wait"].append(busy)
-        parts["tick_wait"].append(tick_wait)
-        parts["overhead"].append(end_to_end - e["inference_s"] - busy - tick_wait)
-        parts["camera_to_policy"].append(e["policy_arrival"] - e["camera_publish"])
-        if all(k in e for k in ("ingest_base_arrival", "ingest_wrist_arrival", "frame_published")):
-            paired = max(e["ingest_base_arrival"], e["ingest_wrist_arrival"])
-            parts["camera_to_ingest"].append(paired - e["camera_publish"])
-            parts["ingest_processing"].append(e["frame_published"] - paired)
-            parts["ingest_to_policy"].append(e["policy_arrival"] - e["frame_published"])
-            hops = (parts["camera_to_ingest"][-1] + parts["ingest_to_policy"][-1]
-                    + e["chunk_arrival"] - e["worker_pick"] - e["inference_s"])
-            parts["dds"].append(hops)
-            parts["overhead_excluding_dds"].append(parts["overhead"][-1] - hops)
-        if "stitch_s" in e:
-            parts["stitch"].append(e["stitch_s"])
-            parts["overhead_excluding_stitch"].append(parts["overhead"][-1] - e["stitch_s"])
-        parts["policy_wake"].append(e["worker_pick"] - max(e["policy_arrival"], e["worker_wait_start"]))
-        parts["policy_to_arm"].append(e["chunk_arrival"] - e["worker_pick"] - e["inference_s"])
-        parts["arm_tick"].append(e["command_sent"] - e["tick_start"])
-    return parts
-
-
 # --- the node processes ----------------------------------------------------------------------
-class _EventLog:
-    """Appends [key, name, t] JSON lines while measuring (a file: no memory growth in the node)."""
-
-    def __init__(self, path: str, measuring: Any) -> None:
-        self._file = open(path, "w", buffering=1)  # noqa: SIM115 - closed in close()
-        self._measuring = measuring
-        self._lock = threading.Lock()
-
-    def mark(self, key: int, name: str, value: float | None = None) -> None:
-        if self._measuring.is_set():
-            line = json.dumps([key, name, time.monotonic() if value is None else value])
-            with self._lock:
-                self._file.write(line + "\n")
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def _make_node(role: str, cfg: dict[str, Any], context: Any, log: _EventLog) -> Any:
+def _make_node(role: str, cfg: dict[str, Any], context: Any, log: EventLog) -> Any:
     """The instrumented product node for ``role``."""
     from rclpy.parameter import Parameter
 
@@ -310,7 +235,7 @@ def _node_process(role: str, cfg_json: str, events_path: str, ready: Any, measur
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     cfg = json.loads(cfg_json)
-    log = _EventLog(events_path, measuring)
+    log = EventLog(events_path, measuring)
     context = rclpy.Context()
     rclpy.init(context=context)
     node = executor = None
@@ -340,7 +265,7 @@ def _burn_cpu(stop: Any) -> None:
             count += 1
 
 
-def _bench_node(args: argparse.Namespace, context: Any, log: _EventLog) -> Any:
+def _bench_node(args: argparse.Namespace, context: Any, log: EventLog) -> Any:
     """Cameras (base + wrist, same stamp) and a perfect-follower piper_ros driver."""
     from rclpy.node import Node
     from rclpy.qos import qos_profile_sensor_data
@@ -392,29 +317,6 @@ def _tiny_checkpoint(directory: Path) -> Path:
     return model.save_pretrained(directory / "tiny")
 
 
-FRAME_KEY = "frame_key"  # an event line that says which frame a chunk stamp belongs to
-
-
-def _read_events(paths: list[Path]) -> tuple[dict[int, dict[str, float]], list[float]]:
-    events: dict[int, dict[str, float]] = {}
-    ticks: list[float] = []
-    for path in paths:
-        if not path.is_file():
-            continue
-        for line in path.read_text().splitlines():
-            key, name, value = json.loads(line)
-            if name == "tick":
-                ticks.append(value)
-            else:
-                events.setdefault(key, {}).setdefault(name, value)
-    for key in [k for k, record in events.items() if FRAME_KEY in record]:  # chunk key -> its frame's record
-        record = events.pop(key)
-        frame = events.setdefault(int(record.pop(FRAME_KEY)), {})
-        for name, value in record.items():
-            frame.setdefault(name, value)
-    return events, ticks
-
-
 # --- the benchmark ---------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import rclpy
@@ -438,7 +340,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 role, cfg, str(tmp / f"{role}.jsonl"), readies[role], measuring, stop))
         context = rclpy.Context()
         rclpy.init(context=context)
-        log = _EventLog(str(tmp / "bench.jsonl"), measuring)
+        log = EventLog(str(tmp / "bench.jsonl"), measuring)
         node = executor = None
         spin_stop = threading.Event()
         spinner = None
@@ -497,7 +399,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 node.destroy_node()
             rclpy.try_shutdown(context=context)
             log.close()
-        events, ticks = _read_events([tmp / f"{name}.jsonl" for name in (*ROLES, "bench")])
+        events, ticks = read_events([tmp / f"{name}.jsonl" for name in (*ROLES, "bench")])
 
     parts = breakdown(events)
     event_counts: dict[str, int] = {}
@@ -508,17 +410,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     samples = min(len(rss[role]) for role in ROLES)
     total_rss = [(rss[ROLES[0]][i][0], sum(rss[role][i][1] for role in ROLES)) for i in range(samples)]
     result: dict[str, Any] = {}
-    result.update(_percentiles(parts["overhead"], "overhead"))
+    result.update(percentiles(parts["overhead"], "overhead"))
     result["missed_ticks"] = missed_ticks(ticks, period)
     result["control_rate_hz"] = round((len(ticks) - 1) / (max(ticks) - min(ticks)), 3) if len(ticks) > 1 else 0.0
     result["duration_s"] = round(measured, 1)
-    result["rss_slope_mb_per_min"] = round(_slope_per_min(total_rss), 3)
-    result["rss_slope_by_node"] = {role: round(_slope_per_min(rss[role]), 3) for role in ROLES}
+    result["rss_slope_mb_per_min"] = round(slope_per_min(total_rss), 3)
+    result["rss_slope_by_node"] = {role: round(slope_per_min(rss[role]), 3) for role in ROLES}
     result["rss_mb_by_node"] = {role: round(rss[role][-1][1], 1) if rss[role] else math.nan for role in ROLES}
     for name in ("dds", "overhead_excluding_dds", "overhead_excluding_stitch", "stitch", "end_to_end", "inference", "policy_busy_wait", "tick_wait",
                  "camera_to_policy", "camera_to_ingest", "ingest_processing", "ingest_to_policy", "policy_wake",
                  "policy_to_arm", "arm_tick"):
-        result.update(_percentiles(parts[name], name))
+        result.update(percentiles(parts[name], name))
     gaps = np.diff(np.sort(ticks)) * 1e3 if len(ticks) > 1 else np.array([math.nan])
     result.update({
         "tick_interval_max_ms": round(float(np.max(gaps)), 3),
