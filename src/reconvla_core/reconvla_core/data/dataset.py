@@ -56,8 +56,6 @@ except ImportError:  # pragma: no cover - exercised only without torch
 
 logger = logging.getLogger(__name__)
 
-GAZE_SLOT_TOLERANCE = 0.02  # of the image: a gaze box centre farther than this from the episode's first is "after"
-
 # The training reader's API; the names defined elsewhere are imported here so the callers of this
 # module need one import (e.g. ``from reconvla_core.data.dataset import DatasetSource, VLADataset``).
 __all__ = ["DatasetSource", "FeatureMap", "MixtureSampler", "VLADataset", "action_delta_stats",
@@ -174,12 +172,8 @@ class VLADataset(_TorchDataset):
         if source.gaze is not None:
             gaze_box = source.gaze[row, :4].copy()
             gaze_valid = bool(source.gaze[row, 4] >= 0.5) if source.gaze.shape[1] > 4 else True
-            # 0 while the gaze rests on the block where the episode found it, 1 once it has moved on
-            # (to the destination; a pick's lifted block).
-            first = source.gaze[source.episode_start_row[episode], :4]
-            gaze_slot = int(np.abs((gaze_box[:2] + gaze_box[2:]) - (first[:2] + first[2:])).max() / 2 > GAZE_SLOT_TOLERANCE)
         else:
-            gaze_box, gaze_valid, gaze_slot = WHOLE_IMAGE_BOX.copy(), False, 0
+            gaze_box, gaze_valid = WHOLE_IMAGE_BOX.copy(), False
         base, wrist = self._images(source_id, row)
         return {
             "base_image": base,
@@ -190,7 +184,6 @@ class VLADataset(_TorchDataset):
             "action_is_pad": is_pad,
             "gaze_box": gaze_box,
             "gaze_valid": gaze_valid,
-            "gaze_slot": gaze_slot,
             "episode_index": episode,
             "frame_index": int(source.frame_index[row]),
             "dataset_index": source_id,
@@ -277,7 +270,7 @@ def _accepted_extras(processor: Callable[..., Any] | None) -> tuple[str, ...]:
         parameters = inspect.signature(processor).parameters
     except (TypeError, ValueError):
         return ()
-    extras = ("action_is_pad", "gaze_valid", "gaze_slot")
+    extras = ("action_is_pad", "gaze_valid")
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return extras
     return tuple(name for name in extras if name in parameters)

@@ -29,7 +29,7 @@ CONFIG_FORMAT_VERSION = 1
 # Options a finetune stage may set on top of its init checkpoint's config: they change the losses,
 # the training inputs or the answer format, never the layout of the checkpoint's weights.
 FINETUNE_OPTIONS: tuple[str, ...] = ("recon_weight", "num_noise_draws", "answer_box", "gaze_keypoint_weight",
-                                     "gaze_heatmap_weight", "gaze_teacher_forcing", "gaze_colour_order")
+                                     "gaze_heatmap_weight", "gaze_teacher_forcing")
 # Options a finetune may switch although they change the weights' layout: the module they select is
 # rebuilt with fresh weights (ReconVLA.switch_option), everything else carried over.
 SWITCHABLE_OPTIONS: tuple[str, ...] = ("keypoint_encoder", "gaze_colour_weight")
@@ -303,12 +303,6 @@ class ReconVLAConfig:
             encoding (``vision_film`` or conv keypoints). Learning from the keypoint loss alone which
             words name the target was the bottleneck of the tiny model's gaze (docs/study_recon.md,
             eighth session). 0: off; a finetune may switch it on (the head starts from random weights).
-        gaze_colour_order (`bool`, defaults to `False`):
-            The gaze colour loss's two guesses in order: the first guess learns the colour of the
-            object the instruction names first (the gaze before the grasp), the second that of its
-            destination (the gaze after), so the instruction encoding must say which comes first. A
-            frame's slot: whether its gaze box is the episode's last one (the destination's; a pick's
-            lifted block). Needs ``gaze_colour_weight`` > 0.
         action_head_state (`bool`, defaults to `False`):
             Parallel head only: the normalised robot state and the keypoints' coordinates also go
             straight into the action MLP beside each query's hidden state (as a robomimic policy gets
@@ -378,7 +372,6 @@ class ReconVLAConfig:
     gaze_keypoint_weight: float = 0.0
     gaze_heatmap_weight: float = 0.0
     gaze_colour_weight: float = 0.0
-    gaze_colour_order: bool = False
     action_head_state: bool = False
     gaze_teacher_forcing: float = 0.0
     standardize_head_inputs: bool = False
@@ -484,8 +477,6 @@ class ReconVLAConfig:
         if self.gaze_colour_weight > 0 and not (self.action_head == "parallel" and self.encodes_instruction):
             raise ValueError("gaze_colour_weight trains the instruction encoding: it needs action_head: parallel and "
                              "vision_film: true or keypoint_encoder: conv")
-        if self.gaze_colour_order and not self.gaze_colour_weight > 0:
-            raise ValueError("gaze_colour_order orders the gaze colour loss's guesses: set gaze_colour_weight > 0")
         if not (isinstance(self.gaze_teacher_forcing, (int, float)) and 0.0 <= self.gaze_teacher_forcing <= 1.0):
             raise ValueError(f"gaze_teacher_forcing must be a probability in [0, 1], got {self.gaze_teacher_forcing!r}")
         if self.gaze_teacher_forcing > 0 and not (self.action_head_state and self.gaze_keypoint_weight > 0):

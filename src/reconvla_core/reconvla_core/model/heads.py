@@ -95,15 +95,9 @@ class GazeColourHead(nn.Module):
         return self.mlp(instruction_embedding).view(-1, self.GUESSES, 3)
 
     @staticmethod
-    def loss(guesses: torch.Tensor, colour: torch.Tensor, valid: torch.Tensor,
-             slot: torch.Tensor | None = None) -> torch.Tensor:
-        """L1 to the gaze region's colour of the nearer guess, or with ``slot`` (B,) of the guess of that
-        slot (0: before the grasp, 1: after); frames without a box count zero."""
-        errors = (guesses.float() - colour.float()[:, None]).abs().sum(dim=-1)  # (B, GUESSES)
-        if slot is None:
-            error = errors.min(dim=1).values
-        else:
-            error = errors.gather(1, slot.long().view(-1, 1)).squeeze(1)
+    def loss(guesses: torch.Tensor, colour: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """L1 of the nearer guess to the gaze region's colour; frames without a box count zero."""
+        error = (guesses.float() - colour.float()[:, None]).abs().sum(dim=-1).min(dim=1).values  # (B,)
         return mean_over_valid(error, valid)
 
 

@@ -442,7 +442,7 @@ class ReconVLA(PreTrainedReconVLA):
         action_loss = action_accuracy = grounding_loss = heatmap_loss = colour_loss = None
         if instruction is not None:
             colour_loss = self.gaze_colour.loss(self.gaze_colour(instruction), batch["gaze_colour"],
-                                                batch["gaze_valid"], batch.get("gaze_slot"))
+                                                batch["gaze_valid"])
         if self.action_head is not None:
             geometry = self.head_geometry(batch.get("state"), self._teacher_forced(keypoints, batch))
             hidden, predicted, _ = self.run_parallel(embeds, batch["attention_mask"], batch["action_query_mask"],

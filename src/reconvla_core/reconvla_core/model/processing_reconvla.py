@@ -225,7 +225,6 @@ class ReconVLAProcessor:
         stitched_image: np.ndarray | None = None,
         action_is_pad: Any = None,
         gaze_valid: bool = True,
-        gaze_slot: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """One sample as unbatched tensors. With ``actions`` it carries labels (and the
         reconstruction target when the config reconstructs)."""
@@ -272,10 +271,6 @@ class ReconVLAProcessor:
                 if cfg.gaze_colour_weight > 0:
                     sample["gaze_colour"] = torch.tensor(self.gaze_colour(frame, gaze_box) if known else np.zeros(3),
                                                          dtype=torch.float32)
-                    if cfg.gaze_colour_order:
-                        if gaze_slot is None:
-                            raise ValueError("gaze_colour_order needs each sample's gaze_slot (VLADataset gives it)")
-                        sample["gaze_slot"] = torch.tensor(int(gaze_slot))
                 if cfg.gaze_keypoint_weight > 0 or cfg.gaze_colour_weight > 0:
                     sample["gaze_valid"] = torch.tensor(known)
         elif actions is not None:
@@ -328,7 +323,7 @@ class ReconVLAProcessor:
                 rows.append(torch.cat([seq, seq.new_full((length - seq.shape[0],), value)]))
             batch[key] = torch.stack(rows)
         for key in ("pixel_values", "recon_pixel_values", "state", "actions", "action_is_pad", "gaze_point",
-                    "gaze_colour", "gaze_valid", "gaze_slot"):
+                    "gaze_colour", "gaze_valid"):
             if key in samples[0]:
                 batch[key] = torch.stack([s[key] for s in samples])
         return batch

@@ -117,7 +117,6 @@ def process_raw(processor: Any, item: dict[str, Any], stats: list[dict[str, Any]
         gaze_box=item.get("gaze_box"),
         gaze_valid=bool(item.get("gaze_valid", True)),
         action_is_pad=item.get("action_is_pad"),
-        gaze_slot=item.get("gaze_slot"),
         norm_stats=stats[dataset_index] if stats else None,
     )
 
