@@ -93,3 +93,24 @@ def test_gaze_points_are_scored_by_phase_and_by_the_object_they_are_on():
             assert stats["on"]["gaze"] == 0.0  # the distractor, or nothing
     assert sum(wrong["gaze_points"]["on"].values()) == pytest.approx(1.0, abs=0.01)
     assert "gaze_points" not in silent  # a policy without a gaze point gets no gaze section
+    # Where the subtask is decided: the start of the place's approach already looks at the bowl.
+    assert wrong["gaze_points"]["start_of_approach"]["place"]["on"]["other_named"] == 1.0
+    # The expert completes its subtasks; the chunks after the chain's last completed one would be "failed".
+    outcome = true["gaze_points"]["by_outcome"]
+    assert outcome["completed"]["chunks"] + outcome.get("failed", {"chunks": 0})["chunks"] == true["gaze_points"]["chunks"]
+
+
+def test_gaze_at_the_start_of_each_approach_and_by_the_subtasks_outcome():
+    """Only each approach's first APPROACH_START_CHUNKS chunks count as its start; chunks of failed
+    subtasks are scored apart from those of completed ones."""
+    from reconvla_core.sim.evaluate import APPROACH_START_CHUNKS, GazeSample, summarise_gaze
+
+    lost = [GazeSample("stack", "approach", 0.3, "other_named", index=i, completed=False) for i in range(20)]
+    won = [GazeSample("stack", "approach", 0.0, "gaze", index=i, completed=True) for i in range(4)]
+    won += [GazeSample("stack", "carry", 0.0, "gaze", index=0, completed=True)]
+    summary = summarise_gaze(lost + won)
+    assert summary["on"]["gaze"] == pytest.approx(5 / 25)  # chunks of the lost subtask dominate the share
+    start = summary["start_of_approach"]["stack"]
+    assert start["chunks"] == 2 * APPROACH_START_CHUNKS and start["on"]["gaze"] == pytest.approx(0.5)
+    assert summary["by_outcome"]["failed"]["chunks"] == 20 and summary["by_outcome"]["failed"]["on"]["gaze"] == 0.0
+    assert summary["by_outcome"]["completed"]["on"]["gaze"] == 1.0

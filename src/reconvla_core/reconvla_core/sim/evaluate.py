@@ -11,6 +11,9 @@ A policy that reports the gaze point its head acted on (models with spatial keyp
 on it at every chunk: how far from the true gaze centre, and on which object (``gaze_points`` in
 the metrics), split by phase: the approach (gaze on the block) and, for place and stack, the carry
 (gaze on the destination). It tells "looked at the wrong object" from "acted badly on the right one".
+A failing subtask runs to its time limit, so most chunks come from subtasks already lost; the gaze
+where a subtask is decided is scored apart: the first ``APPROACH_START_CHUNKS`` chunks of each approach
+(``start_of_approach``), and the chunks of completed and of failed subtasks (``by_outcome``).
 """
 
 from __future__ import annotations
@@ -36,18 +39,23 @@ logger = logging.getLogger(__name__)
 # view) is on none of them: about two block widths at the cell's depth.
 GAZE_ON_OBJECT = 0.1
 GAZE_TARGETS = ("gaze", "other_named", "unnamed", "none")
+APPROACH_START_CHUNKS = 3  # the chunks that set off towards an object (1.5 s at 10 Hz, 5-step chunks)
 
 
 @dataclasses.dataclass(frozen=True)
 class GazeSample:
     """Where a chunk's gaze point was: ``phase`` "approach" (the gaze belongs on the block) or "carry"
     (on its destination); ``error`` |dx| + |dy| from the true gaze centre (base view); ``on`` the
-    nearest object: the gaze object, the other one the instruction names, another, or none."""
+    nearest object: the gaze object, the other one the instruction names, another, or none;
+    ``index`` the chunk's place in its subtask's phase (0: the first); ``completed`` whether that
+    subtask was completed (known when the chain ends)."""
 
     family: str
     phase: str
     error: float
     on: str
+    index: int = 0
+    completed: bool | None = None
 
 
 @dataclasses.dataclass
@@ -96,13 +104,19 @@ def run_chain(
     queue: list[np.ndarray] = []
     frames: list[np.ndarray] = []
     gaze: list[GazeSample] = []
+    subtask_of_sample: list[int] = []
+    chunks_in_phase: dict[tuple[int, str], int] = {}
     steps = 0
     while True:
         if not queue:
             chunk = policy.infer(obs)
             queue = list(chunk.actions)
             if chunk.gaze_point is not None:
-                gaze.append(gaze_sample(env, chunk.gaze_point))
+                sample = gaze_sample(env, chunk.gaze_point)
+                key = (env.subtask_index, sample.phase)
+                gaze.append(dataclasses.replace(sample, index=chunks_in_phase.get(key, 0)))
+                chunks_in_phase[key] = chunks_in_phase.get(key, 0) + 1
+                subtask_of_sample.append(env.subtask_index)
         action = queue.pop(0)
         obs, info = env.step(action, render=render)
         steps += 1
@@ -112,7 +126,9 @@ def run_chain(
             queue = []  # new instruction: a chunk planned for the old one no longer applies
         if info["done"]:
             break
-    return ChainResult(chain.seed, int(info["completed"]), [t.family for t in chain.tasks], steps, frames, gaze)
+    completed = int(info["completed"])
+    gaze = [dataclasses.replace(g, completed=subtask < completed) for g, subtask in zip(gaze, subtask_of_sample, strict=True)]
+    return ChainResult(chain.seed, completed, [t.family for t in chain.tasks], steps, frames, gaze)
 
 
 def _reset_without_images(env: PiperCellEnv, chain: Chain) -> dict[str, Any]:
@@ -147,8 +163,9 @@ def summarise(results: Sequence[ChainResult], length: int = CHAIN_LENGTH) -> dic
 
 
 def summarise_gaze(samples: Sequence[GazeSample]) -> dict[str, Any]:
-    """Gaze-point error (mean, median) and the share of chunks on each kind of object, overall and per
-    phase ("approach-place", "carry-stack", ...)."""
+    """Gaze-point error (mean, median) and the share of chunks on each kind of object, overall, per
+    phase ("approach-place", "carry-stack", ...), at the start of each approach (per family) and by
+    the outcome of the chunk's subtask."""
 
     def stats(group: Sequence[GazeSample]) -> dict[str, Any]:
         errors = np.array([s.error for s in group])
@@ -159,7 +176,14 @@ def summarise_gaze(samples: Sequence[GazeSample]) -> dict[str, Any]:
     phases: dict[str, list[GazeSample]] = {}
     for sample in samples:
         phases.setdefault(f"{sample.phase}-{sample.family}", []).append(sample)
-    return {**stats(samples), "by_phase": {name: stats(group) for name, group in sorted(phases.items())}}
+    starts: dict[str, list[GazeSample]] = {}
+    for sample in samples:
+        if sample.phase == "approach" and sample.index < APPROACH_START_CHUNKS:
+            starts.setdefault(sample.family, []).append(sample)
+    outcomes = {"completed": [s for s in samples if s.completed], "failed": [s for s in samples if s.completed is False]}
+    return {**stats(samples), "by_phase": {name: stats(group) for name, group in sorted(phases.items())},
+            "start_of_approach": {family: stats(group) for family, group in sorted(starts.items())},
+            "by_outcome": {name: stats(group) for name, group in outcomes.items() if group}}
 
 
 def evaluate_policy(
