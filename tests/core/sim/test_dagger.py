@@ -50,6 +50,8 @@ def test_one_round_end_to_end_and_resume(tiny_checkpoint: Path, tmp_path: Path, 
     assert row["episodes"] == 2 and row["frames"] > 0
     assert row["avg_len"] == pytest.approx(np.mean(row["success_by_position"]) * 5)
     assert all(0.0 <= r["gaze_on_target"] <= 1.0 for r in rows)  # tiny-sim has a gaze keypoint
+    assert all(r["approach_start_on_target"] for r in rows)  # every chain begins with an approach
+    assert all(0.0 <= share <= 1.0 for r in rows for share in r["approach_start_on_target"].values())
     assert len(row["success_by_position"]) == 5 and row["eval_chains"] == 1
     assert Path(summary["plot"]).is_file()
     assert (out / "dagger.json").is_file()

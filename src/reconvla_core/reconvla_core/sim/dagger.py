@@ -241,7 +241,11 @@ def evaluate(config: DaggerConfig, checkpoint: Path) -> dict[str, Any]:
     scored = {"avg_len": metrics["avg_len"], "success_by_position": metrics["success_by_position"],
               "per_task": metrics["per_task"], "eval_chains": metrics["chains"], "eval_s": metrics["elapsed_s"]}
     if "gaze_points" in metrics:  # whether a round taught the gaze, apart from the acting
-        scored["gaze_on_target"] = metrics["gaze_points"]["on"]["gaze"]
+        gaze = metrics["gaze_points"]
+        scored["gaze_on_target"] = gaze["on"]["gaze"]
+        # Where a subtask is decided: the first chunks of each approach, per family.
+        scored["approach_start_on_target"] = {family: stats["on"]["gaze"]
+                                              for family, stats in gaze["start_of_approach"].items()}
     return scored
 
 
