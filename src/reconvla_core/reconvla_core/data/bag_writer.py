@@ -62,10 +62,10 @@ def get_typestore() -> Any:
 
 def normalise_msgtype(msgtype: str) -> str:
     """``sensor_msgs/Image`` or ``sensor_msgs/msg/Image`` -> ``sensor_msgs/msg/Image``."""
-    parts = msgtype.strip("/").split("/")
+    parts = msgtype.strip().strip("/").split("/")
     if len(parts) == 2:
         parts = [parts[0], "msg", parts[1]]
-    if len(parts) != 3 or not all(parts):
+    if len(parts) != 3 or not all(parts) or parts[1] != "msg":
         raise ValueError(f"message type {msgtype!r} is not of the form pkg/msg/Type")
     return "/".join(parts)
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from reconvla_core import __version__
+from reconvla_core.data.bag_writer import normalise_msgtype  # re-exported: the recorder node's API
 from reconvla_core.interfaces import (
     ARM_COMMAND_TOPIC,
     BASE_IMAGE_TOPIC,
@@ -134,16 +135,6 @@ class BagWriterLike(Protocol):
 
 
 # ---------------------------------------------------------------------------- plain functions
-def normalise_msgtype(msgtype: str) -> str:
-    """``sensor_msgs/Image`` or ``sensor_msgs/msg/Image`` -> ``sensor_msgs/msg/Image``."""
-    parts = msgtype.strip().strip("/").split("/")
-    if len(parts) == 2:
-        parts = [parts[0], "msg", parts[1]]
-    if len(parts) != 3 or not all(parts) or parts[1] != "msg":
-        raise ValueError(f"message type {msgtype!r} is not of the form pkg/msg/Type")
-    return "/".join(parts)
-
-
 def parse_topic_spec(spec: str, known_types: dict[str, str] | None = None) -> TopicSpec:
     """``"/topic"`` or ``"/topic:pkg/msg/Type"`` -> TopicSpec.
 
