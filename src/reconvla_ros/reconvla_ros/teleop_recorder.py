@@ -48,19 +48,16 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
 
 from reconvla_core.interfaces import INSTRUCTION_TOPIC
-from reconvla_core.runtime.recording import (
+from reconvla_core.data.bag_writer import normalise_msgtype
+from reconvla_core.runtime.record_topics import (
     DEFAULT_LATCHED_TOPICS,
     DEFAULT_RECORD_TOPICS,
     QOS_MODES,
-    EpisodeResult,
-    RecordingError,
-    RecordingSession,
     TopicSpec,
     adapt_qos,
-    free_space_gb,
-    normalise_msgtype,
     parse_topic_specs,
 )
+from reconvla_core.runtime.recording import EpisodeResult, RecordingError, RecordingSession, free_space_gb
 from reconvla_ros.common import run_node
 
 DEFAULT_OUTPUT_DIR = "~/reconvla_episodes"

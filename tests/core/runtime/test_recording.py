@@ -18,21 +18,23 @@ from reconvla_core.interfaces import (
     FOLLOWER_STATE_TOPIC,
     INSTRUCTION_TOPIC,
 )
-from reconvla_core.runtime.recording import (
+from reconvla_core.runtime.record_topics import (
     DEFAULT_RECORD_TOPICS,
+    TopicSpec,
+    adapt_qos,
+    parse_topic_spec,
+    parse_topic_specs,
+)
+from reconvla_core.runtime.recording import (
     InsufficientDiskSpaceError,
     RecorderState,
     RecordingError,
     RecordingSession,
-    TopicSpec,
-    adapt_qos,
     check_free_space,
     episode_dir_name,
     episode_index_of,
     free_space_gb,
     next_episode_index,
-    parse_topic_spec,
-    parse_topic_specs,
     slugify,
 )
 

@@ -1,4 +1,5 @@
-"""Teleop recording without ROS: topic specs, episode naming, disk checks, the session state machine.
+"""Teleop recording without ROS: episode naming, disk checks, the session state machine (what to
+record and with which QoS: ``record_topics.py``).
 
 The ``teleop_recorder`` node is glue around :class:`RecordingSession`: its rclpy
 subscriptions (``raw=True``) hand serialized CDR bytes to :meth:`RecordingSession.record`,
@@ -42,37 +43,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from reconvla_core import __version__
-from reconvla_core.data.bag_writer import normalise_msgtype  # re-exported: the recorder node's API
-from reconvla_core.interfaces import (
-    ARM_COMMAND_TOPIC,
-    BASE_IMAGE_TOPIC,
-    FOLLOWER_STATE_TOPIC,
-    GAZE_BOX_TOPIC,
-    INSTRUCTION_TOPIC,
-    INTERVENTION_TOPIC,
-    LEADER_COMMAND_TOPIC,
-    WRIST_IMAGE_TOPIC,
-)
+from reconvla_core.runtime.record_topics import DEFAULT_LATCHED_TOPICS
 
 logger = logging.getLogger(__name__)
-
-# What the recorder writes by default, with the message type each topic carries.
-DEFAULT_TOPIC_TYPES: dict[str, str] = {
-    BASE_IMAGE_TOPIC: "sensor_msgs/msg/Image",
-    WRIST_IMAGE_TOPIC: "sensor_msgs/msg/Image",
-    FOLLOWER_STATE_TOPIC: "sensor_msgs/msg/JointState",
-    LEADER_COMMAND_TOPIC: "sensor_msgs/msg/JointState",
-    INSTRUCTION_TOPIC: "std_msgs/msg/String",
-    GAZE_BOX_TOPIC: "std_msgs/msg/Float32MultiArray",
-    # While arm_command runs with operator interventions (HG-DAgger): true while the leader drives,
-    # and what the arm was commanded (piper_ros backend), the action of the frames the policy drove.
-    INTERVENTION_TOPIC: "std_msgs/msg/Bool",
-    ARM_COMMAND_TOPIC: "sensor_msgs/msg/JointState",
-}
-DEFAULT_RECORD_TOPICS: tuple[str, ...] = tuple(DEFAULT_TOPIC_TYPES)
-# Topics published once and latched (transient local): the last message seen before an episode
-# starts is written at the episode's start, so every bag carries its instruction.
-DEFAULT_LATCHED_TOPICS: tuple[str, ...] = (INSTRUCTION_TOPIC,)
 
 EPISODE_PREFIX = "episode_"
 _EPISODE_RE = re.compile(r"^episode_(\d{6,})(?:_|$)")
@@ -92,14 +65,6 @@ class RecorderState(enum.Enum):
     IDLE = "idle"
     RECORDING = "recording"
     CLOSED = "closed"
-
-
-@dataclasses.dataclass(frozen=True)
-class TopicSpec:
-    """One topic to record; ``msgtype`` None means: take it from the ROS graph when it appears."""
-
-    name: str
-    msgtype: str | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,64 +100,6 @@ class BagWriterLike(Protocol):
 
 
 # ---------------------------------------------------------------------------- plain functions
-def parse_topic_spec(spec: str, known_types: dict[str, str] | None = None) -> TopicSpec:
-    """``"/topic"`` or ``"/topic:pkg/msg/Type"`` -> TopicSpec.
-
-    Without an explicit type, a topic in ``known_types`` (default DEFAULT_TOPIC_TYPES) gets
-    that type; any other topic is resolved later from the ROS graph (``msgtype=None``).
-    """
-    known = DEFAULT_TOPIC_TYPES if known_types is None else known_types
-    text = spec.strip()
-    if not text:
-        raise ValueError("empty topic in the topics list")
-    name, sep, msgtype = text.partition(":")
-    name = name.strip()
-    if not name.startswith("/"):
-        raise ValueError(
-            f"topic {name!r} must be absolute (start with '/') so bags do not depend on namespaces"
-        )
-    if sep:
-        return TopicSpec(name, normalise_msgtype(msgtype))
-    return TopicSpec(name, known.get(name))
-
-
-def parse_topic_specs(specs: Iterable[str], known_types: dict[str, str] | None = None) -> list[TopicSpec]:
-    """Parse a topics parameter; duplicates are an error (they would double-record)."""
-    result: list[TopicSpec] = []
-    seen: set[str] = set()
-    for spec in specs:
-        parsed = parse_topic_spec(spec, known_types)
-        if parsed.name in seen:
-            raise ValueError(f"topic {parsed.name} is listed twice")
-        seen.add(parsed.name)
-        result.append(parsed)
-    if not result:
-        raise ValueError("the topics list is empty: nothing to record")
-    return result
-
-
-QOS_MODES = ("auto", "reliable", "best_effort")
-
-
-def adapt_qos(offered: Iterable[tuple[str, str]], latched: bool = False) -> tuple[str, str]:
-    """Subscription (reliability, durability) for the publishers' offered QoS, as ``ros2 bag record``.
-
-    ``offered``: (reliability, durability) per publisher, each ``"reliable"``/``"best_effort"`` and
-    ``"transient_local"``/``"volatile"``. Reliable only when every publisher is reliable (a reliable
-    subscription does not match a best-effort publisher), which lets large messages such as camera
-    images be retransmitted instead of lost; transient local only for latched topics whose
-    publishers all offer it. Raises ValueError when there is no publisher to adapt to.
-    """
-    offers = list(offered)
-    if not offers:
-        raise ValueError("no publisher to adapt the QoS to")
-    reliability = "reliable" if all(r == "reliable" for r, _ in offers) else "best_effort"
-    durability = (
-        "transient_local" if latched and all(d == "transient_local" for _, d in offers) else "volatile"
-    )
-    return reliability, durability
-
-
 def slugify(text: str, max_len: int = 40) -> str:
     """Lower-case ASCII words joined by '-', at most ``max_len`` characters ('' for no words)."""
     slug = _SLUG_RE.sub("-", text.lower()).strip("-")
