@@ -47,13 +47,14 @@ class GazeSample:
     """Where a chunk's gaze point was: ``phase`` "approach" (the gaze belongs on the block) or "carry"
     (on its destination); ``error`` |dx| + |dy| from the true gaze centre (base view); ``on`` the
     nearest object: the gaze object, the other one the instruction names, another, or none;
-    ``index`` the chunk's place in its subtask's phase (0: the first); ``completed`` whether that
-    subtask was completed (known when the chain ends)."""
+    ``subtask`` its place in the chain; ``index`` the chunk's place in its subtask's phase (0: the
+    first); ``completed`` whether that subtask was completed (known when the chain ends)."""
 
     family: str
     phase: str
     error: float
     on: str
+    subtask: int = 0
     index: int = 0
     completed: bool | None = None
 
@@ -81,7 +82,7 @@ def gaze_sample(env: PiperCellEnv, point: np.ndarray) -> GazeSample:
     else:
         on = "other_named" if nearest in (block, destination) else "unnamed"
     phase = "approach" if gaze == block else "carry"
-    return GazeSample(env.current_task.family, phase, distance[gaze], on)
+    return GazeSample(env.current_task.family, phase, distance[gaze], on, subtask=env.subtask_index)
 
 
 def draw_box(image: np.ndarray, box: Sequence[float], colour: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
@@ -104,7 +105,6 @@ def run_chain(
     queue: list[np.ndarray] = []
     frames: list[np.ndarray] = []
     gaze: list[GazeSample] = []
-    subtask_of_sample: list[int] = []
     chunks_in_phase: dict[tuple[int, str], int] = {}
     steps = 0
     while True:
@@ -113,10 +113,9 @@ def run_chain(
             queue = list(chunk.actions)
             if chunk.gaze_point is not None:
                 sample = gaze_sample(env, chunk.gaze_point)
-                key = (env.subtask_index, sample.phase)
+                key = (sample.subtask, sample.phase)
                 gaze.append(dataclasses.replace(sample, index=chunks_in_phase.get(key, 0)))
                 chunks_in_phase[key] = chunks_in_phase.get(key, 0) + 1
-                subtask_of_sample.append(env.subtask_index)
         action = queue.pop(0)
         obs, info = env.step(action, render=render)
         steps += 1
@@ -127,7 +126,7 @@ def run_chain(
         if info["done"]:
             break
     completed = int(info["completed"])
-    gaze = [dataclasses.replace(g, completed=subtask < completed) for g, subtask in zip(gaze, subtask_of_sample, strict=True)]
+    gaze = [dataclasses.replace(g, completed=g.subtask < completed) for g in gaze]
     return ChainResult(chain.seed, completed, [t.family for t in chain.tasks], steps, frames, gaze)
 
 
