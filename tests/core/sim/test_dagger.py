@@ -99,7 +99,7 @@ def test_round_share_sets_the_mixture(tiny_checkpoint: Path, tmp_path: Path) -> 
     """The finetune mixture: every dataset alike by default; with round_share the rounds' datasets share
     that fraction of the samples and the demonstrations the rest, as the training sampler reads it."""
     from reconvla_core.sim.dagger import DaggerConfig, mixture
-    from reconvla_core.train.config import parse_data_arg
+    from reconvla_core.train.config_loading import parse_data_arg
 
     base = tiny_checkpoint.parent.parent / "dataset"
     rounds = [tmp_path / "round_01" / "dataset", tmp_path / "round_02" / "dataset"]

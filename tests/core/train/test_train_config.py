@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from reconvla_core.train import accelerate_config, available_configs, load_train_config, validate_config
-from reconvla_core.train.config import ACCELERATE_CONFIG_DIR, ConfigError, apply_overrides, config_from_dict
+from reconvla_core.train.config import ConfigError, config_from_dict
+from reconvla_core.train.config_loading import ACCELERATE_CONFIG_DIR, apply_overrides
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ Python API (what the CLI and the demo call)::
     result = train(config)          # {"steps", "final_loss", "final_action_loss", "final_recon_loss",
                                     #  "samples_per_s", "checkpoint", ...}
 
-Importing this package does not import torch (the config module is plain Python).
+Importing this package does not import torch (the config modules are plain Python).
 """
 
 from __future__ import annotations
@@ -15,14 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from reconvla_core.train.config import (
-    ACCELERATE_CONFIG_DIR,
-    ConfigError,
-    TrainConfig,
-    available_configs,
-    load_train_config,
-    validate_config,
-)
+from reconvla_core.train.config import ConfigError, TrainConfig, validate_config
+from reconvla_core.train.config_loading import ACCELERATE_CONFIG_DIR, available_configs, load_train_config
 
 __all__ = ["ConfigError", "TrainConfig", "accelerate_config", "available_configs", "load_train_config", "train",
            "validate_config"]

@@ -1,15 +1,15 @@
-"""Training configuration: dataclasses (no torch), YAML loading, ``key=value`` overrides, validation.
+"""Training configuration: the sections of a run (dataclasses, no torch), typed from YAML-shaped dicts, validated.
 
-A run is described by one :class:`TrainConfig`. Shipped configs live in ``train/configs/*.yaml`` and
-are found by name (``tiny-sim``, ``paper-pretrain``, ``paper-finetune``); any other YAML file is
-loaded by path. A YAML file may start from another with ``extends: <name or path>`` (a deep merge).
+A run is described by one :class:`TrainConfig`; where its YAML comes from (shipped names, files,
+``extends``, ``key=value`` overrides, ``--data``) is :mod:`reconvla_core.train.config_loading`.
 
 The ``model:`` section is a :class:`ReconVLAConfig` preset plus any of its fields (nested ones as
-mappings), typed and checked against ReconVLAConfig when the config is loaded.
+mappings), typed and checked against ReconVLAConfig when the config is built.
 
-Every check a user can fail runs at load or in :func:`validate_config`, before any model or data is
-built: unknown keys (with a "did you mean"), values out of range, missing dataset directories, a
-global batch that does not divide into per-device batch x processes x accumulation steps.
+Every check a user can fail runs when the config is built (:func:`config_from_dict`) or in
+:func:`validate_config`, before any model or data is built: unknown keys (with a "did you mean"),
+values out of range, missing dataset directories, a global batch that does not divide into
+per-device batch x processes x accumulation steps.
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ from reconvla_core.model.configuration_reconvla import (PRESETS, REMOVED_TRAININ
 
 logger = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-ACCELERATE_CONFIG_DIR = CONFIG_DIR / "accelerate"
 
 PARAM_GROUPS: tuple[str, ...] = ("llm", "projector", "denoiser", "vision")
 MIXED_PRECISION: tuple[str, ...] = ("no", "bf16", "fp16")
@@ -129,7 +127,7 @@ def fold_model_options(model: Mapping[str, Any], source: str = "") -> dict[str, 
         raise ConfigError(f"{source}model.options: expected a mapping, got {type(options).__name__}")
     logger.warning("%smodel.options is deprecated: put its fields (%s) directly under model:", source,
                    ", ".join(map(str, options)) or "none")
-    return _deep_merge(data, dict(options))
+    return deep_merge(data, dict(options))
 
 
 @dataclass
@@ -276,11 +274,13 @@ def _resolve_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _is_dataclass_type(tp: Any) -> bool:
+def is_dataclass_type(tp: Any) -> bool:
+    """Whether an annotation is a dataclass (a nested section), not an instance."""
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def _strip_optional(tp: Any) -> tuple[Any, bool]:
+def strip_optional(tp: Any) -> tuple[Any, bool]:
+    """``X | None`` -> (X, True); any other annotation -> (it, False)."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -296,7 +296,7 @@ def _did_you_mean(key: str, candidates: list[str]) -> str:
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check/convert one YAML value against a field's annotation; raise ConfigError naming the field."""
-    inner, optional = _strip_optional(tp)
+    inner, optional = strip_optional(tp)
     if value is None:
         if optional:
             return None
@@ -305,7 +305,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         return ModelSection.from_yaml(value, where)
-    if _is_dataclass_type(inner):
+    if is_dataclass_type(inner):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         return _build(inner, value, where)
@@ -327,7 +327,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return tuple(_coerce(v, tp, f"{where}[{i}]") for i, (v, tp) in enumerate(zip(value, item_types)))
     if origin is list:
         (item_tp,) = typing.get_args(inner) or (Any,)
-        if isinstance(value, str) and not _is_dataclass_type(item_tp):
+        if isinstance(value, str) and not is_dataclass_type(item_tp):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
@@ -401,7 +401,7 @@ def _coerce_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any
         path = f"{where}.{key}"
         if key not in names:
             raise ConfigError(f"unknown config key '{path}'{_did_you_mean(str(key), names)}")
-        if _is_dataclass_type(hints[key]):
+        if is_dataclass_type(hints[key]):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
             values[key] = _coerce_fields(hints[key], dict(value), path)
@@ -419,6 +419,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: mappings merge key by key, any other value of ``top`` replaces
+    (neither argument is changed)."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from a (YAML-shaped) dict; unknown keys and wrong types raise ConfigError."""
     data = dict(data)
@@ -428,193 +440,6 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
         data["data"] = dict(data["data"])
         data["data"]["sources"] = [{"path": s} if isinstance(s, str) else s for s in sources]
     return _build(TrainConfig, data)
-
-
-# ---------------------------------------------------------------------- YAML files and names
-def available_configs() -> list[str]:
-    """Names of the shipped configs (``reconvla train --config NAME``)."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-
-
-def config_path(name_or_path: str | os.PathLike[str]) -> Path:
-    """Resolve a shipped config name or a YAML path."""
-    text = str(name_or_path)
-    path = Path(text)
-    if path.suffix in (".yaml", ".yml") or os.sep in text:
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        return path
-    shipped = CONFIG_DIR / f"{text}.yaml"
-    if shipped.is_file():
-        return shipped
-    names = available_configs()
-    close = difflib.get_close_matches(text, names, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise FileNotFoundError(f"no config named '{text}'{hint} (shipped: {', '.join(names)}; or pass a .yaml path)")
-
-
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    if path in seen:
-        raise ConfigError(f"config {path}: 'extends' loops back to itself")
-    with open(path, encoding="utf-8") as stream:
-        try:
-            data = yaml.safe_load(stream) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config {path} is not valid YAML: {error}") from error
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path}: top level must be a mapping, got {type(data).__name__}")
-    if isinstance(data.get("model"), Mapping) and "options" in data["model"]:
-        # Folded per file, before the merge with its parent and the key=value overrides, so a
-        # newer layer's flat field is not overwritten by an older layer's options.
-        data["model"] = fold_model_options(data["model"], f"config {path}: ")
-    parent = data.get("extends")
-    if parent:
-        parent_path = config_path(parent) if not Path(str(parent)).is_absolute() else Path(parent)
-        if not parent_path.is_file() and (path.parent / str(parent)).is_file():
-            parent_path = path.parent / str(parent)
-        data = _deep_merge(_read_yaml(parent_path, seen + (path,)), {k: v for k, v in data.items() if k != "extends"})
-    return data
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``optim.lr=1e-4`` -> (["optim", "lr"], 1e-4). The value is read as YAML (numbers, bools, lists, null),
-    except for string fields, which take the text as written (``train.mixed_precision=no`` stays "no")."""
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' is not key=value (e.g. optim.lr=1e-4)")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"override '{text}' has an empty key")
-    keys = key.split(".")
-    field_type = _field_type(keys)
-    if field_type is not None:
-        inner, optional = _strip_optional(field_type)
-        if inner is str and not (optional and raw.strip().lower() in ("null", "none", "~")):
-            return keys, raw.strip()
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return keys, value
-
-
-def _field_type(keys: list[str]) -> Any | None:
-    """The annotation of the field at a dotted path of TrainConfig, or None if there is none."""
-    cls: Any = TrainConfig
-    for i, key in enumerate(keys):
-        if cls is ModelSection:
-            cls = ReconVLAConfig
-        if not _is_dataclass_type(cls):
-            return None
-        hints = _resolve_hints(cls)
-        if key not in hints:
-            return None
-        if i == len(keys) - 1:
-            return hints[key]
-        cls, _ = _strip_optional(hints[key])
-    return None
-
-
-def _leaf_index() -> dict[str, list[list[str]]]:
-    """Field name -> the dotted paths it appears at (for bare overrides like ``lr=1e-4``)."""
-    index: dict[str, list[list[str]]] = {}
-
-    def walk(cls: type, prefix: list[str]) -> None:
-        hints = _resolve_hints(cls)
-        for f in dataclasses.fields(cls):
-            tp, _ = _strip_optional(hints[f.name])
-            if tp is ModelSection:
-                walk(ReconVLAConfig, prefix + [f.name])
-            elif _is_dataclass_type(tp):
-                walk(tp, prefix + [f.name])
-            else:
-                index.setdefault(f.name, []).append(prefix + [f.name])
-
-    walk(TrainConfig, [])
-    return index
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key=value`` overrides to a YAML-shaped dict (validated later by :func:`config_from_dict`)."""
-    data = _deep_merge({}, data)
-    leaves = _leaf_index()
-    for text in overrides:
-        keys, value = parse_override(text)
-        if len(keys) == 1 and keys[0] not in {f.name for f in dataclasses.fields(TrainConfig)}:
-            paths = leaves.get(keys[0], [])
-            if len(paths) == 1:
-                keys, value = parse_override(".".join(paths[0]) + "=" + text.split("=", 1)[1])
-            elif len(paths) > 1:
-                options = ", ".join(".".join(p) for p in paths)
-                raise ConfigError(f"override '{text}' is ambiguous; use one of: {options}")
-        node = data
-        for part in keys[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override '{text}': '{part}' is not a section")
-            node = child
-        node[keys[-1]] = value
-    return data
-
-
-def load_train_config(
-    name_or_path: str | os.PathLike[str] = "tiny-sim",
-    overrides: list[str] | None = None,
-    *,
-    data: list[str] | None = None,
-    output_dir: str | os.PathLike[str] | None = None,
-    max_steps: int | None = None,
-) -> TrainConfig:
-    """Load a shipped config by name or a YAML file, then apply ``key=value`` overrides.
-
-    ``data`` replaces ``data.sources`` (each ``DIR`` or ``DIR:WEIGHT``); ``output_dir`` and
-    ``max_steps`` are the CLI's ``--out`` and ``--max-steps``. The result is not validated yet:
-    call :func:`validate_config` (``train()`` does) once the number of processes is known.
-    """
-    path = config_path(name_or_path)
-    raw = _read_yaml(path)
-    raw.setdefault("name", path.stem)
-    raw = apply_overrides(raw, list(overrides or []))
-    if data:
-        raw.setdefault("data", {})
-        raw["data"] = dict(raw["data"])
-        raw["data"]["sources"] = [parse_data_arg(item) for item in data]
-    if output_dir is not None:
-        raw["output_dir"] = str(output_dir)
-    if max_steps is not None:
-        raw.setdefault("train", {})
-        raw["train"] = dict(raw["train"])
-        raw["train"]["max_steps"] = int(max_steps)
-    return config_from_dict(raw)
-
-
-def parse_data_arg(text: str) -> dict[str, Any]:
-    """``DIR``, ``DIR:WEIGHT`` or ``DIR:WEIGHT:FEATURES`` (mixing weight; column map such as libero, bridge)."""
-    parts = text.rsplit(":", 2)
-    if len(parts) == 3 and parts[0] and parts[2].isidentifier():
-        try:
-            return {"path": parts[0], "weight": float(parts[1]), "features": parts[2]}
-        except ValueError:
-            pass
-    head, sep, tail = text.rpartition(":")
-    if sep and head:
-        try:
-            return {"path": head, "weight": float(tail)}
-        except ValueError:
-            pass
-    return {"path": text, "weight": 1.0}
 
 
 # ---------------------------------------------------------------------- validation
