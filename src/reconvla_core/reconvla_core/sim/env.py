@@ -45,15 +45,8 @@ from reconvla_core.piper import (
 )
 from reconvla_core.sim import camera as cam
 from reconvla_core.sim import success as checks
-from reconvla_core.sim.scene import (
-    BLOCK_SIZE,
-    BOWL_HEIGHT,
-    BOWL_INNER_RADIUS,
-    BOWL_WALL,
-    Layout,
-    build_scene,
-    sample_layout,
-)
+from reconvla_core.sim.object_geometry import ObjectGeometry
+from reconvla_core.sim.scene import Layout, build_scene, sample_layout
 from reconvla_core.sim.tasks import Chain, Task, plan_chain
 
 logger = logging.getLogger(__name__)
@@ -147,8 +140,11 @@ def validate_action(action: Any, tolerance: float = 0.05, clip: bool = False) ->
     return np.clip(array, ACTION_LOWER, ACTION_UPPER)
 
 
-class PiperCellEnv:
-    """The simulated cell: PiPer + gripper, table, blocks, bowls, two cameras, chained tasks."""
+class PiperCellEnv(ObjectGeometry):
+    """The simulated cell: PiPer + gripper, table, blocks, bowls, two cameras, chained tasks.
+
+    Object poses, contacts and the gaze box come from ``ObjectGeometry`` (sim/object_geometry.py).
+    """
 
     def __init__(self, config: SimConfig | None = None) -> None:
         self.config = config or SimConfig()
@@ -378,11 +374,6 @@ class PiperCellEnv:
     def instruction(self) -> str:
         return self.current_task.instruction
 
-    @property
-    def target_object(self) -> str:
-        """Name of the current subtask's target object: the block it manipulates."""
-        return f"{self.current_task.obj}_block"
-
     def state(self) -> np.ndarray:
         """Follower joint state (7,): 6 joints (rad) + gripper opening (m)."""
         self._require_scene()
@@ -391,30 +382,6 @@ class PiperCellEnv:
     @property
     def last_command(self) -> np.ndarray:
         return self._last_command.copy()
-
-    def object_pose(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """World position (3,) and rotation matrix (3, 3) of a scene object by name."""
-        self._require_scene()
-        if name not in self.bodies:
-            raise KeyError(f"no object {name!r} in the scene; objects: {', '.join(sorted(self.bodies))}")
-        pos, orn = self._client.getBasePositionAndOrientation(self.bodies[name])
-        rot = np.asarray(self._client.getMatrixFromQuaternion(orn)).reshape(3, 3)
-        return np.asarray(pos), rot
-
-    def object_speed(self, name: str) -> float:
-        linear, _ = self._client.getBaseVelocity(self.bodies[name])
-        return float(np.linalg.norm(linear))
-
-    def touching_gripper(self, name: str) -> tuple[bool, bool]:
-        """Whether the object touches the (left, right) finger."""
-        body = self.bodies[name]
-        return tuple(  # type: ignore[return-value]
-            bool(self._client.getContactPoints(bodyA=self.arm.body, bodyB=body, linkIndexA=link))
-            for link in self.arm.finger_links
-        )
-
-    def tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.arm.link_pose(self.arm.tcp_link)
 
     def subtask_success(self) -> bool:
         """Success of the current subtask from object poses (see ``success.py``)."""
@@ -430,53 +397,6 @@ class PiperCellEnv:
             return checks.in_bowl(pos, bowl_pos, touching, speed)
         base_pos, _ = self.object_pose(f"{task.dest}_block")
         return checks.on_block(pos, base_pos, touching, speed)
-
-    def object_corners(self, name: str) -> np.ndarray:
-        """World corners (8, 3) of the object's bounding box (oriented for blocks)."""
-        pos, rot = self.object_pose(name)
-        kind = self.layout.by_name(name).kind if self.layout and name != "table" else "block"
-        if kind == "block":
-            half = np.full(3, BLOCK_SIZE / 2)
-            centre = pos
-        elif kind == "bowl":
-            r = BOWL_INNER_RADIUS + BOWL_WALL
-            half = np.array([r, r, BOWL_HEIGHT / 2])
-            centre = pos + np.array([0.0, 0.0, BOWL_HEIGHT / 2])
-        else:
-            half = np.array([0.025, 0.025, 0.035])
-            centre = pos
-        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
-        return centre + (signs * half) @ rot.T
-
-    @property
-    def destination_object(self) -> str | None:
-        """Where the subtask's block goes (place: a bowl, stack: another block); None for a pick."""
-        task = self.current_task
-        if task.family == "pick":
-            return None
-        return f"{task.dest}_bowl" if task.family == "place" else f"{task.dest}_block"
-
-    @property
-    def gaze_object(self) -> str:
-        """Where the subtask's attention belongs: the block until both fingers hold it, then (place,
-        stack) its destination, where the carry goes. The recorded gaze box follows it, so the
-        "where" supervision covers both halves of a subtask."""
-        block, destination = self.target_object, self.destination_object
-        if destination is not None and all(self.touching_gripper(block)):
-            return destination
-        return block
-
-    def gaze_box(self, name: str | None = None) -> np.ndarray:
-        """Normalised xyxy box of the gaze object (or ``name``) in the base image: the object's
-        bounding box corners projected through the camera (ground truth, also when occluded by the
-        gripper), clipped to the image."""
-        corners = self.object_corners(name or self.gaze_object)
-        return cam.box_from_points(cam.project(corners, self.base_view, self.base_proj))
-
-    def gaze_centre(self, name: str | None = None) -> np.ndarray:
-        """(x, y) centre of ``gaze_box`` (normalised base image): where a gaze keypoint belongs."""
-        box = self.gaze_box(name)
-        return 0.5 * (box[:2] + box[2:4])
 
     def move_object(self, name: str, position: Any) -> None:
         """Put an object at ``position`` (x, y, z), at rest, keeping its orientation (perturbation tests)."""
