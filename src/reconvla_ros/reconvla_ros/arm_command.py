@@ -1,8 +1,9 @@
 """arm_command: executes action chunks at the control rate through the safety filter.
 
 A thin node around ``reconvla_core.runtime.arm_controller.ArmController``, which holds the
-control logic and is tested without ROS; the node converts messages, runs the timers and serves
-the services. Per control tick (``control_rate`` Hz) the controller reads the arm's feedback,
+control logic and is tested without ROS; ``reconvla_core.runtime.arm_command_parameters`` checks
+the parameters and builds the controller's config. The node converts messages, runs the timers and
+serves the services. Per control tick (``control_rate`` Hz) the controller reads the arm's feedback,
 samples the action queue (``reconvla_core.runtime.action_queue``: chunks time-aligned by their
 observation stamp, replaced or cross-faded; with a predictor slower than the chunk horizon only
 the part the arm executed since the observation is trimmed, ``trim``; chunks older than
@@ -72,17 +73,11 @@ from reconvla_core.interfaces import (
     JOINT_STATES_TOPIC,
     LEADER_COMMAND_TOPIC,
 )
-from reconvla_core.piper import ACTION_DIM, ACTION_NAMES, GRIPPER_MAX
-from reconvla_core.runtime.action_queue import (
-    QUEUE_MODES,
-    TRIM_MODES,
-    ActionChunk,
-    ActionQueue,
-    ActionQueueConfig,
-)
-from reconvla_core.runtime.arm_controller import ArmController, ArmControllerConfig, ThrottledLog
-from reconvla_core.runtime.backend import ArmFeedback, backend_names, make_backend, register_backend
-from reconvla_core.runtime.intervention import InterventionConfig
+from reconvla_core.piper import ACTION_DIM, GRIPPER_MAX
+from reconvla_core.runtime.action_queue import ActionChunk, ActionQueue
+from reconvla_core.runtime.arm_command_parameters import controller_config_from_parameters
+from reconvla_core.runtime.arm_controller import ArmController, ThrottledLog
+from reconvla_core.runtime.backend import ArmFeedback, make_backend, register_backend
 from reconvla_core.runtime.chunk_markers import (
     BASE_FRAME,
     MarkerData,
@@ -94,7 +89,6 @@ from reconvla_core.runtime.safety import (
     DEFAULT_MAX_JOINT_SPEED,
     LIMIT_TOLERANCE,
     SOFT_LIMIT_MARGIN,
-    SafetyConfig,
     SafetyFilter,
 )
 from reconvla_ros.common import (
@@ -139,95 +133,14 @@ def marker_array(markers: list[MarkerData], stamp: Any, frame_id: str = BASE_FRA
     return out
 
 
-class ChunkError(ValueError):
-    """A JointTrajectory that is not a valid action chunk."""
-
-
 def chunk_from_message(msg: JointTrajectory, now: float) -> ActionChunk:
-    """JointTrajectory -> ActionChunk (by joint name when names are given, else positional).
+    """JointTrajectory -> ActionChunk (ChunkError when malformed; see ActionChunk.from_trajectory).
 
     The header stamp is the observation time; a zero stamp means "now".
     """
-    if not msg.points:
-        raise ChunkError("action chunk has no points")
-    names = list(msg.joint_names)
-    if names:
-        missing = [n for n in ACTION_NAMES if n not in names]
-        if missing:
-            raise ChunkError(f"action chunk lacks joints {missing} (has {names})")
-        order = [names.index(n) for n in ACTION_NAMES]
-    else:
-        order = list(range(ACTION_DIM))
-    actions, offsets = [], []
-    for k, point in enumerate(msg.points):
-        positions = list(point.positions)
-        if len(positions) != (len(names) if names else ACTION_DIM):
-            raise ChunkError(f"point {k} has {len(positions)} positions, expected {len(names) or ACTION_DIM}")
-        actions.append([positions[i] for i in order])
-        offsets.append(point.time_from_start.sec + point.time_from_start.nanosec * 1e-9)
-    stamp = stamp_to_s(msg.header.stamp)
-    try:
-        return ActionChunk(stamp if stamp > 0 else now, np.array(offsets), np.array(actions)).validated()
-    except ValueError as error:
-        raise ChunkError(str(error)) from error
-
-
-def safety_config_from(values: dict[str, Any]) -> SafetyConfig:
-    """The SafetyConfig the parameters describe (ValueError naming the bad field)."""
-    return SafetyConfig(
-        control_rate_hz=float(values["control_rate"]),
-        max_joint_speed=float(values["max_joint_speed"]),
-        max_gripper_speed=float(values["max_gripper_speed"]),
-        soft_limit_margin=float(values["soft_limit_margin"]),
-        limit_tolerance=float(values["limit_tolerance"]),
-        speed_percent=int(values["speed_percent"]),
-        max_speed_percent=int(values["max_speed_percent"]),
-        observation_timeout_s=float(values["observation_timeout"]),
-        chunk_timeout_s=float(values["chunk_timeout"]),
-        auto_enable=bool(values["auto_enable"]),
-    )
-
-
-def validate_parameters(values: dict[str, Any]) -> ArmControllerConfig:
-    """Check every parameter; returns the controller's config (ValueError naming the field)."""
-    if values["backend"] not in backend_names():
-        raise ValueError(f"backend must be one of {backend_names()}, got {values['backend']!r}")
-    if values["queue_mode"] not in QUEUE_MODES:
-        raise ValueError(f"queue_mode must be one of {QUEUE_MODES}, got {values['queue_mode']!r}")
-    if values["trim"] not in TRIM_MODES:
-        raise ValueError(f"trim must be one of {TRIM_MODES}, got {values['trim']!r}")
-    if not values["max_chunk_age"] > 0:
-        raise ValueError(f"max_chunk_age must be > 0 s, got {values['max_chunk_age']}")
-    if len(values["home_position"]) != ACTION_DIM:
-        raise ValueError(f"home_position needs {ACTION_DIM} values (6 joints rad + gripper m)")
-    if not values["enable_timeout"] > 0:
-        raise ValueError(f"enable_timeout must be > 0 s, got {values['enable_timeout']}")
-    if values["teleop"] and values["backend"] != "piper_sdk":
-        raise ValueError("teleop needs backend 'piper_sdk' (the leader's commands are read from the CAN bus)")
-    if not 0 <= values["gripper_effort"] <= 5000:
-        raise ValueError(f"gripper_effort must be in 0..5000 (0.001 N·m), got {values['gripper_effort']}")
-    safety = safety_config_from(values)
-    SafetyFilter(safety).home_target(values["home_position"])  # inside the soft limits
-    queue = ActionQueueConfig(mode=values["queue_mode"], blend_s=float(values["blend_s"]),
-                              interpolate=bool(values["interpolate"]), trim=values["trim"],
-                              max_chunk_age_s=float(values["max_chunk_age"]))
-    intervention = None
-    if values["interventions"] and values["teleop"]:
-        # teleop: leader and follower share a bus and the follower mirrors the leader in hardware,
-        # so no one could hand the arm to the policy; interventions read the leader from leader_topic.
-        raise ValueError("interventions exclude teleop: put the leader arm on its own CAN interface and publish "
-                         "it on leader_topic (docs/real_robot.md, section 11)")
-    if values["interventions"]:
-        auto = float(values["auto_takeover_rad"])
-        if auto < 0:
-            raise ValueError(f"auto_takeover_rad must be >= 0 (0: off), got {auto}")
-        intervention = InterventionConfig(agree_tol_rad=float(values["agree_tol_rad"]),
-                                          agree_tol_m=float(values["agree_tol_m"]),
-                                          auto_takeover_rad=auto if auto > 0 else None,
-                                          leader_timeout_s=float(values["leader_timeout"]))
-    return ArmControllerConfig(safety=safety, queue=queue, home=tuple(float(v) for v in values["home_position"]),
-                               enable_timeout_s=float(values["enable_timeout"]), read_leader=bool(values["teleop"]),
-                               intervention=intervention)
+    points = [(point.positions, point.time_from_start.sec + point.time_from_start.nanosec * 1e-9)
+              for point in msg.points]
+    return ActionChunk.from_trajectory(msg.joint_names, points, stamp_to_s(msg.header.stamp), now)
 
 
 class PiperRosBackend:
@@ -367,7 +280,7 @@ class ArmCommand(Node):
             self.declare_parameter(name, value, ro)
         p = {name: self.get_parameter(name).value for name in defaults}
         p["home_position"] = [float(v) for v in p["home_position"]]
-        config = validate_parameters(p)
+        config = controller_config_from_parameters(p)
         self._p = p
         self._closing = False
         leader = LeaderTopic(self, p["leader_topic"]) if p["interventions"] else None

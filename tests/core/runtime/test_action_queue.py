@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from reconvla_core.runtime.action_queue import ActionChunk, ActionQueue, ActionQueueConfig
+from reconvla_core.runtime.action_queue import ActionChunk, ActionQueue, ActionQueueConfig, ChunkError
 
 pytestmark = pytest.mark.unit
 
@@ -181,3 +181,27 @@ def test_config_validation():
         ActionQueueConfig(trim="clock")
     with pytest.raises(ValueError, match="max_chunk_age_s"):
         ActionQueueConfig(max_chunk_age_s=0.0)
+
+
+def test_a_trajectory_becomes_a_chunk_by_joint_name_or_position():
+    names = ["gripper", "joint6", "joint5", "joint4", "joint3", "joint2", "joint1", "extra"]
+    by_name = ActionChunk.from_trajectory(names, [([7, 6, 5, 4, 3, 2, 1, 99], 0.0), ([7, 6, 5, 4, 3, 2, 1.5, 99], 0.1)],
+                                          stamp=12.0, now=20.0)
+    np.testing.assert_allclose(by_name.actions[1], [1.5, 2, 3, 4, 5, 6, 7])  # ACTION_NAMES order, extra ignored
+    np.testing.assert_allclose(by_name.offsets, [0.0, 0.1])
+    assert by_name.stamp == 12.0
+    positional = ActionChunk.from_trajectory([], [(range(7), 0.0)], stamp=0.0, now=20.0)
+    np.testing.assert_allclose(positional.actions[0], np.arange(7))
+    assert positional.stamp == 20.0  # an unstamped chunk was observed now
+
+
+@pytest.mark.parametrize(("names", "points", "match"), [
+    ([], [], "no points"),
+    (["joint1", "joint2"], [([0.0, 0.0], 0.0)], "lacks joints"),
+    ([], [([0.0] * 6, 0.0)], "point 0 has 6 positions, expected 7"),
+    ([], [([0.0] * 7, 0.1), ([0.0] * 7, 0.1)], "strictly increasing"),
+    ([], [([math.nan] * 7, 0.0)], "non-finite"),
+])
+def test_a_malformed_trajectory_is_a_chunk_error(names, points, match):
+    with pytest.raises(ChunkError, match=match):
+        ActionChunk.from_trajectory(names, points, stamp=1.0, now=2.0)

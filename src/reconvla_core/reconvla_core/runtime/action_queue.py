@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reconvla_core.piper import ACTION_DIM
+from reconvla_core.piper import ACTION_DIM, ACTION_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,10 @@ class ActionQueueConfig:
             raise ValueError(f"ActionQueueConfig.single_step_s must be > 0, got {self.single_step_s}")
 
 
+class ChunkError(ValueError):
+    """Trajectory points (a JointTrajectory message) that are not a valid action chunk."""
+
+
 @dataclass(frozen=True)
 class ActionChunk:
     """K actions predicted from the observation taken at ``stamp`` (seconds)."""
@@ -82,6 +86,37 @@ class ActionChunk:
         """Step i at ``stamp + i / rate_hz`` (the first action is for the observation time)."""
         array = np.asarray(actions, dtype=np.float64)
         return cls(stamp, np.arange(len(array), dtype=np.float64) / float(rate_hz), array)
+
+    @classmethod
+    def from_trajectory(cls, joint_names: Sequence[str], points: Sequence[tuple[Sequence[float], float]],
+                        stamp: float, now: float) -> ActionChunk:
+        """A validated chunk from trajectory points, each (positions, seconds from the start).
+
+        Positions are taken by joint name when ``joint_names`` is given (any order, extra joints
+        ignored), else positionally in ``ACTION_NAMES`` order. ``stamp`` is the observation time;
+        0 means "now" (a publisher that does not stamp). Raises ChunkError naming the problem.
+        """
+        if not points:
+            raise ChunkError("action chunk has no points")
+        names = list(joint_names)
+        if names:
+            missing = [n for n in ACTION_NAMES if n not in names]
+            if missing:
+                raise ChunkError(f"action chunk lacks joints {missing} (has {names})")
+            order = [names.index(n) for n in ACTION_NAMES]
+        else:
+            order = list(range(ACTION_DIM))
+        actions, offsets = [], []
+        for k, (point_positions, offset) in enumerate(points):
+            positions = list(point_positions)
+            if len(positions) != (len(names) if names else ACTION_DIM):
+                raise ChunkError(f"point {k} has {len(positions)} positions, expected {len(names) or ACTION_DIM}")
+            actions.append([positions[i] for i in order])
+            offsets.append(offset)
+        try:
+            return cls(stamp if stamp > 0 else now, np.array(offsets), np.array(actions)).validated()
+        except ValueError as error:
+            raise ChunkError(str(error)) from error
 
     def validated(self) -> ActionChunk:
         """This chunk as float64 arrays; ValueError naming the problem if it is malformed."""
