@@ -531,3 +531,33 @@ def test_a_finetune_switches_the_gaze_colour_loss_on_and_the_checkpoint_round_tr
         torch.testing.assert_close(loaded.gaze_colour.state_dict()[key], value)
     model.switch_option("gaze_colour_weight", 0.0)
     assert model.gaze_colour is None
+
+
+def test_the_bottleneck_action_mlp_round_trips_and_a_finetune_switches_it_afresh(norm_stats, observation, tmp_path):
+    from reconvla_core.model.heads import BottleneckActionMLP, ConcatActionMLP
+    from reconvla_core.train.model_setup import apply_finetune_options
+
+    with pytest.raises(ValueError, match="action_head_state"):
+        ReconVLAConfig.from_preset("tiny", action_head="parallel", action_head_mlp="bottleneck")
+    with pytest.raises(ValueError, match="action_head_mlp must be one of"):
+        ReconVLAConfig.from_preset("tiny", action_head="parallel", action_head_state=True, action_head_mlp="deep")
+    model = parallel(norm_stats, seed=11, recon_target="none", spatial_keypoints=2, action_head_state=True)
+    assert isinstance(model.action_head.mlp, ConcatActionMLP)
+    assert any(name.startswith("action_head.mlp.0.") for name in model.state_dict())  # the old checkpoints' keys
+    queries = model.action_head.queries.detach().clone()
+    applied = apply_finetune_options(model, {"action_head_mlp": "bottleneck"})
+    assert applied == {"action_head_mlp": "bottleneck"} and isinstance(model.action_head.mlp, BottleneckActionMLP)
+    torch.testing.assert_close(model.action_head.queries, queries)
+    params = {id(p) for group in model.parameter_groups().values() for p in group}
+    assert {id(p) for p in model.action_head.mlp.parameters()} <= params  # the optimiser will train it
+    batch = make_batch(model, n=2)
+    out = model(batch)
+    out.action_loss.backward()
+    assert model.action_head.mlp.narrow[1].weight.grad is not None
+    model.eval()
+    args = (observation["base_image"], observation["wrist_image"], observation["instruction"], observation["state"])
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = ReconVLA.from_pretrained(tmp_path / "ckpt")
+    assert loaded.config.action_head_mlp == "bottleneck"
+    np.testing.assert_array_equal(model.predict_action(*args), loaded.predict_action(*args))
+    assert model.predict_action(*args).shape == (5, 7)

@@ -111,3 +111,18 @@ def tiny_overrides(**extra: Any) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="session")
+def pretrained(make_config: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One short pretraining run, shared: losses, artefacts, and the init of the finetune and
+    fit-head tests."""
+    from reconvla_core.train import train
+
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    config = make_config(out, **{
+        "train.max_steps": 24, "logging.every_steps": 1, "optim.lr": 2e-3, "optim.lr_denoiser": 2e-3,
+        "optim.warmup_steps": 2, "eval.at_end": "true", "eval.max_samples": 8, "logging.tensorboard": "true",
+        "logging.loss_curve": "true", "checkpoint.every_steps": 10, "checkpoint.keep_last": 1,
+    })
+    return train(config)

@@ -23,18 +23,6 @@ def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-@pytest.fixture(scope="session")
-def pretrained(make_config: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One short pretraining run, shared: losses, artefacts, and the init of the finetune test."""
-    out = tmp_path_factory.mktemp("pretrain") / "run"
-    config = make_config(out, **{
-        "train.max_steps": 24, "logging.every_steps": 1, "optim.lr": 2e-3, "optim.lr_denoiser": 2e-3,
-        "optim.warmup_steps": 2, "eval.at_end": "true", "eval.max_samples": 8, "logging.tensorboard": "true",
-        "logging.loss_curve": "true", "checkpoint.every_steps": 10, "checkpoint.keep_last": 1,
-    })
-    return train(config)
-
-
 def test_tiny_run_lowers_both_losses_and_writes_artefacts(pretrained: dict[str, Any]) -> None:
     out = Path(pretrained["output_dir"])
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

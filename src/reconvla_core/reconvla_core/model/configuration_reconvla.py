@@ -24,6 +24,7 @@ DIM_MODES: tuple[str, ...] = ("normalize", "identity", "binary")
 ACTION_MODES: tuple[str, ...] = ("absolute", "delta")
 ACTION_EMBEDDING_INITS: tuple[str, ...] = ("random", "sinusoidal")
 ACTION_HEADS: tuple[str, ...] = ("tokens", "parallel")
+ACTION_HEAD_MLPS: tuple[str, ...] = ("concat", "bottleneck")
 KEYPOINT_ENCODERS: tuple[str, ...] = ("vision", "conv")
 CONFIG_FORMAT_VERSION = 1
 # Options a finetune stage may set on top of its init checkpoint's config: they change the losses,
@@ -32,7 +33,7 @@ FINETUNE_OPTIONS: tuple[str, ...] = ("recon_weight", "num_noise_draws", "answer_
                                      "gaze_heatmap_weight", "gaze_teacher_forcing")
 # Options a finetune may switch although they change the weights' layout: the module they select is
 # rebuilt with fresh weights (ReconVLA.switch_option), everything else carried over.
-SWITCHABLE_OPTIONS: tuple[str, ...] = ("keypoint_encoder", "gaze_colour_weight")
+SWITCHABLE_OPTIONS: tuple[str, ...] = ("keypoint_encoder", "gaze_colour_weight", "action_head_mlp")
 # Training-only research options that the study found not to help (docs/study_recon.md); configs
 # saved with them still load (the options are dropped: inference never used them).
 REMOVED_TRAINING_OPTIONS: tuple[str, ...] = ("action_input_dropout", "grounding_box_weight")
@@ -308,6 +309,14 @@ class ReconVLAConfig:
             straight into the action MLP beside each query's hidden state (as a robomimic policy gets
             its proprioception), so the chunk is a function of exact geometry, not only of what
             attention over the binned state tokens keeps of it. The state tokens stay in the prompt.
+        action_head_mlp (`str`, defaults to `"concat"`):
+            The parallel head's MLP. ``concat``: one hidden layer as wide as the LLM over each query's
+            hidden state and (``action_head_state``) the geometry side by side. ``bottleneck``: the
+            query state narrowed to 32 numbers (LayerNorm + linear), then two 256-wide layers over
+            them and the geometry, so the exact geometry, not the wide query state, drives the chunk.
+            Fitted afresh on a frozen trunk (``reconvla fit-head``), it completes 1.75 subtasks per
+            chain given the true gaze where the concat MLP completes 1.16-1.21 (docs/study_recon.md,
+            fourteenth session). A finetune may switch it (the MLP starts from random weights).
         gaze_teacher_forcing (`float`, defaults to `0.0`):
             Training only (``action_head_state`` with a gaze keypoint): the probability that a
             sample's head input gets the gaze-box centre in place of keypoint 0's estimate, so the head
@@ -373,6 +382,7 @@ class ReconVLAConfig:
     gaze_heatmap_weight: float = 0.0
     gaze_colour_weight: float = 0.0
     action_head_state: bool = False
+    action_head_mlp: str = "concat"
     gaze_teacher_forcing: float = 0.0
     standardize_head_inputs: bool = False
 
@@ -484,6 +494,11 @@ class ReconVLAConfig:
                              "true and gaze_keypoint_weight > 0")
         if self.standardize_head_inputs and not self.action_head_state:
             raise ValueError("standardize_head_inputs standardises the head's geometry input: set action_head_state: true")
+        if self.action_head_mlp not in ACTION_HEAD_MLPS:
+            raise ValueError(f"action_head_mlp must be one of {ACTION_HEAD_MLPS}, got {self.action_head_mlp!r}")
+        if self.action_head_mlp == "bottleneck" and not self.action_head_state:
+            raise ValueError("action_head_mlp: bottleneck feeds the geometry through its own layers: set "
+                             "action_head_state: true")
         if self.action_head_state and self.action_head != "parallel":
             raise ValueError("action_head_state feeds the parallel head's MLP: set action_head: parallel")
         if self.gaze_keypoint_weight > 0 and not self.spatial_keypoints:

@@ -21,7 +21,7 @@ class ParallelActionHead(nn.Module):
         self.queries = nn.Parameter(torch.randn(config.chunk_size, d) * 0.02)
         # action_head_state: the normalised state and the keypoint coordinates join every query's input.
         self.geometry_dim = (config.state_dim + 2 * config.spatial_keypoints) if config.action_head_state else 0
-        self.mlp = nn.Sequential(nn.Linear(d + self.geometry_dim, d), nn.GELU(), nn.Linear(d, config.action_dim))
+        self.mlp = build_action_mlp(config, self.geometry_dim)
         if self.geometry_dim and config.standardize_head_inputs:
             # Dataset statistics, fixed before training and saved with the weights (no batch statistics:
             # they would differ per process under DDP and between training and inference).
@@ -51,8 +51,54 @@ class ParallelActionHead(nn.Module):
             if hasattr(self, "geometry_shift"):
                 geometry = (geometry.float() - self.geometry_shift) / self.geometry_scale
             expanded = geometry.to(query_hidden.dtype)[:, None, :].expand(-1, query_hidden.shape[1], -1)
-            query_hidden = torch.cat([query_hidden, expanded], dim=-1)
+            return self.mlp(query_hidden, expanded)
         return self.mlp(query_hidden)
+
+    def rebuild_mlp(self, config: ReconVLAConfig) -> None:
+        """Fresh weights for the MLP that ``config.action_head_mlp`` names; the queries and the
+        geometry stats stay (``reconvla fit-head``, a finetune switching ``action_head_mlp``)."""
+        reference = self.queries
+        self.mlp = build_action_mlp(config, self.geometry_dim).to(device=reference.device, dtype=reference.dtype)
+
+
+class ConcatActionMLP(nn.Sequential):
+    """``action_head_mlp: concat``: one hidden layer as wide as the query state, over the query state
+    and the geometry side by side. A Sequential, so checkpoints from before the option load as they are."""
+
+    def __init__(self, config: ReconVLAConfig, geometry_dim: int) -> None:
+        d = config.llm.hidden_size
+        super().__init__(nn.Linear(d + geometry_dim, d), nn.GELU(), nn.Linear(d, config.action_dim))
+
+    def forward(self, query_hidden: torch.Tensor, geometry: torch.Tensor | None = None) -> torch.Tensor:
+        x = query_hidden if geometry is None else torch.cat([query_hidden, geometry], dim=-1)
+        return super().forward(x)
+
+
+class BottleneckActionMLP(nn.Module):
+    """``action_head_mlp: bottleneck``: the query state narrowed to ``BOTTLENECK`` numbers, then two
+    ``WIDTH``-wide hidden layers over them and the geometry. In the concat MLP the 128-wide query state
+    outweighs the 23 geometry numbers; here the geometry drives the chunk as the privileged MLP's
+    inputs drive its own (docs/study_recon.md, fourteenth session: 1.21 -> 1.75 given the true gaze)."""
+
+    BOTTLENECK = 32
+    WIDTH = 256
+
+    def __init__(self, config: ReconVLAConfig, geometry_dim: int) -> None:
+        super().__init__()
+        self.narrow = nn.Sequential(nn.LayerNorm(config.llm.hidden_size), nn.Linear(config.llm.hidden_size, self.BOTTLENECK))
+        self.net = nn.Sequential(nn.Linear(self.BOTTLENECK + geometry_dim, self.WIDTH), nn.GELU(),
+                                 nn.Linear(self.WIDTH, self.WIDTH), nn.GELU(), nn.Linear(self.WIDTH, config.action_dim))
+
+    def forward(self, query_hidden: torch.Tensor, geometry: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.narrow(query_hidden)
+        return self.net(x if geometry is None else torch.cat([x, geometry], dim=-1))
+
+
+def build_action_mlp(config: ReconVLAConfig, geometry_dim: int) -> nn.Module:
+    """The parallel head's MLP that ``config.action_head_mlp`` names."""
+    if config.action_head_mlp == "bottleneck":
+        return BottleneckActionMLP(config, geometry_dim)
+    return ConcatActionMLP(config, geometry_dim)
 
 
 class VisionFiLM(nn.Module):

@@ -175,6 +175,13 @@ class ReconVLA(PreTrainedReconVLA):
             elif value == 0:
                 self.gaze_colour = None
             return
+        if name == "action_head_mlp":  # the MLP starts afresh; the queries and geometry stats stay
+            self.config.action_head_mlp = value
+            self.config.validate()
+            if self.action_head is None:
+                raise ValueError("action_head_mlp: this model has no parallel action head")
+            self.action_head.rebuild_mlp(self.config)
+            return
         if name != "keypoint_encoder":
             raise ValueError(f"{name!r} cannot be switched on a built model")
         old = self.keypoints

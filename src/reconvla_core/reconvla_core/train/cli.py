@@ -51,6 +51,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--out", type=Path, required=True, help="the checkpoint directory to write")
     export.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     export.set_defaults(func=run_export)
+    _add_fit_head_parser(subparsers).set_defaults(func=run_fit_head)
+
+
+def _add_fit_head_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "fit-head", help="fit the parallel head's action MLP afresh on a checkpoint's frozen trunk",
+        description="Each dataset frame goes through the checkpoint's trunk once (vision, keypoints, LLM, "
+        "action queries: unchanged); a fresh action MLP is fitted to the action chunks on those outputs for "
+        "many steps at a large batch; the checkpoint is saved with it (train/fit_head.py).")
+    parser.add_argument("--policy", type=Path, required=True, help="checkpoint directory (a run's final/)")
+    parser.add_argument("--data", type=Path, nargs="+", required=True, help="LeRobot v3 dataset directories")
+    parser.add_argument("--out", type=Path, required=True, help="the checkpoint directory to write")
+    parser.add_argument("--steps", type=int, default=20_000, help="fitting steps (default 20,000)")
+    parser.add_argument("--batch-size", type=int, default=256, help="fitting batch (default 256)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, cosine decay (default 1e-3)")
+    parser.add_argument("--mlp", choices=("concat", "bottleneck"), default="bottleneck",
+                        help="the fitted MLP (model.action_head_mlp; default bottleneck)")
+    parser.add_argument("--own-gaze-share", type=float, default=0.0,
+                        help="share of fitting samples that use the trunk's own gaze keypoint instead of the "
+                        "gaze box's centre (default 0: the true gaze, as training's gaze teacher forcing)")
+    parser.add_argument("--val-fraction", type=float, default=0.05, help="held-out episodes (default 0.05)")
+    parser.add_argument("--static-threshold", type=float, default=1e-3,
+                        help="drop no-op frames as samples, as training does (default 1e-3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and the fit (default 0)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    return parser
+
+
+def run_fit_head(args: argparse.Namespace) -> int:
+    from reconvla_core.cli.main import emit_result
+    from reconvla_core.train.fit_head import fit_head
+
+    emit_result(fit_head(args.policy, args.data, args.out, steps=args.steps, batch_size=args.batch_size,
+                         lr=args.lr, own_gaze_share=args.own_gaze_share, mlp=args.mlp,
+                         val_fraction=args.val_fraction, split_seed=args.seed,
+                         static_threshold=args.static_threshold, seed=args.seed, progress=not args.json),
+                args.json)
+    return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
