@@ -109,8 +109,6 @@ def test_takeover_and_handback_through_the_services(ros):
 
 
 def test_auto_takeover_when_the_leader_moves(ros):
-    from std_srvs.srv import SetBool
-
     driver = FakeDriver(ros)
     operator = Operator(ros, list(np.array(HOME) + np.array([0.6, 0, 0, 0, 0, 0, 0])))
     arm = make_arm(ros, interventions=True, auto_takeover_rad=0.2, auto_enable=True)

@@ -196,7 +196,7 @@ def test_noise_with_a_duration_perturbs_only_the_subtask_start_and_the_relabelli
     steps = int(round(2.0 / config.control_dt))
     assert np.abs(executed[1:steps, :6] - command[:6]).max() > 0.005
     np.testing.assert_array_equal(executed[steps:], np.tile(command, (40 - steps, 1)))
-    clean = collect(tmp_path / "clean", 2, seed=3, config=config, progress=False, expert="relabel")
+    collect(tmp_path / "clean", 2, seed=3, config=config, progress=False, expert="relabel")
     noisy = collect(tmp_path / "noisy", 2, seed=3, config=config, progress=False, expert="relabel", noise=noise)
     assert noisy["successful"] == noisy["episodes"] == 2 and noisy["execution_noise_duration_s"] == 2.0
     _, clean_msgs = _read(tmp_path / "clean" / "episode_000000")

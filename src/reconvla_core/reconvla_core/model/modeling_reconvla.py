@@ -656,7 +656,6 @@ class ReconVLA(PreTrainedReconVLA):
         over the image tokens, then averaged over heads, the configured layers and the queries.
         Returns a (grid, grid) float array summing to 1.
         """
-        cfg = self.config
         action_embeds = self.llm.get_input_embeddings().weight[tokens[:-1]][None]  # (1, n-1, D)
         sequence = torch.cat([prompt_embeds, action_embeds.to(prompt_embeds.dtype)], dim=1)  # (1, L+n-1, D)
         prompt_len = prompt_embeds.shape[1]
