@@ -75,6 +75,7 @@ def _add_fit_head_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--static-threshold", type=float, default=1e-3,
                         help="drop no-op frames as samples, as training does (default 1e-3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the fit (default 0)")
+    parser.add_argument("--device", default="cpu", help="torch device of the trunk pass and the fit (default cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return parser
 
@@ -86,7 +87,8 @@ def run_fit_head(args: argparse.Namespace) -> int:
     emit_result(fit_head(args.policy, args.data, args.out, steps=args.steps, batch_size=args.batch_size,
                          lr=args.lr, own_gaze_share=args.own_gaze_share, mlp=args.mlp,
                          val_fraction=args.val_fraction, split_seed=args.seed,
-                         static_threshold=args.static_threshold, seed=args.seed, progress=not args.json),
+                         static_threshold=args.static_threshold, seed=args.seed, device=args.device,
+                         progress=not args.json),
                 args.json)
     return 0
 

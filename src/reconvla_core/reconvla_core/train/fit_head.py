@@ -88,10 +88,10 @@ def collect_trunk_outputs(model: Any, dataset: Any, batch_size: int = 32, progre
                 embeds_true = embeds.masked_scatter(batch["action_query_mask"].unsqueeze(-1), queries.to(embeds.dtype))
             query_mask = batch["action_query_mask"]
             for suffix, e, points in (("own", embeds, own_points), ("true", embeds_true, true_points)):
-                hidden, _, _ = model.run_parallel(e, batch["attention_mask"], query_mask,
-                                                  geometry=model.head_geometry(batch["state"], points))
+                geometry = model.head_geometry(batch["state"], points)
+                hidden, _, _ = model.run_parallel(e, batch["attention_mask"], query_mask, geometry=geometry)
                 parts[f"hidden_{suffix}"].append(hidden[query_mask].view(b, k, -1).half().cpu())
-                parts[f"geometry_{suffix}"].append(model.head_geometry(batch["state"], points).float().cpu())
+                parts[f"geometry_{suffix}"].append(geometry.float().cpu())
             parts["actions"].append(batch["actions"].float().cpu())
             parts["is_pad"].append(batch["action_is_pad"].bool().cpu())
     return TrunkOutputs(**{name: torch.cat(values) for name, values in parts.items()})
@@ -105,10 +105,12 @@ def masked_l1(predicted: torch.Tensor, target: torch.Tensor, is_pad: torch.Tenso
 
 def evaluate_head(head: Any, outputs: TrunkOutputs, own: bool) -> float:
     """The head's L1 on every frame of ``outputs`` (the own-gaze or the true-gaze version)."""
+    device = head.queries.device
     index = torch.arange(len(outputs))
     hidden, geometry = outputs.rows(index, torch.full((len(outputs),), own))
     with torch.no_grad():
-        return float(masked_l1(head(hidden, geometry), outputs.actions, outputs.is_pad))
+        predicted = head(hidden.to(device), geometry.to(device))
+        return float(masked_l1(predicted, outputs.actions.to(device), outputs.is_pad.to(device)))
 
 
 def fit_action_mlp(head: Any, train: TrunkOutputs, val: TrunkOutputs | None = None, steps: int = 20_000,
@@ -122,12 +124,14 @@ def fit_action_mlp(head: Any, train: TrunkOutputs, val: TrunkOutputs | None = No
     optimiser = torch.optim.AdamW(head.mlp.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
     curve = []
+    device = head.queries.device
     head.train()
     for step in range(1, steps + 1):
         index = torch.randint(0, len(train), (batch_size,), generator=generator)
         own = torch.rand(batch_size, generator=generator) < own_gaze_share
         hidden, geometry = train.rows(index, own)
-        loss = masked_l1(head(hidden, geometry), train.actions[index], train.is_pad[index])
+        loss = masked_l1(head(hidden.to(device), geometry.to(device)), train.actions[index].to(device),
+                         train.is_pad[index].to(device))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -148,7 +152,7 @@ def fit_action_mlp(head: Any, train: TrunkOutputs, val: TrunkOutputs | None = No
 def fit_head(policy: Path, datasets: Sequence[Path], out: Path, *, steps: int = 20_000, batch_size: int = 256,
              lr: float = 1e-3, own_gaze_share: float = 0.0, mlp: str = "bottleneck", val_fraction: float = 0.05,
              split_seed: int = 0, static_threshold: float | None = 1e-3, seed: int = 0,
-             progress: bool = True) -> dict[str, Any]:
+             device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     """Load ``policy``, collect its trunk outputs on ``datasets``, fit a fresh ``mlp`` and save the
     checkpoint (all its other weights, the reconstruction branch included, unchanged) to ``out``."""
     from reconvla_core.data import DatasetSource, VLADataset
@@ -159,7 +163,7 @@ def fit_head(policy: Path, datasets: Sequence[Path], out: Path, *, steps: int = 
         raise FileNotFoundError(f"checkpoint directory {policy} does not exist")
     started = time.perf_counter()
     has_recon = (policy / "reconstruction.safetensors").is_file()
-    model = ReconVLA.from_pretrained(policy, load_reconstruction=has_recon)
+    model = ReconVLA.from_pretrained(policy, load_reconstruction=has_recon, device=device)
     model.requires_grad_(False)
     sources = [DatasetSource(path) for path in datasets]
     common = {"chunk_size": model.config.chunk_size, "val_fraction": val_fraction, "seed": split_seed,
@@ -176,7 +180,7 @@ def fit_head(policy: Path, datasets: Sequence[Path], out: Path, *, steps: int = 
     if hasattr(model.action_head, "geometry_shift"):
         # The geometry as this trunk gives it (every keypoint, not only the gaze's), fixed before fitting.
         geometry = torch.cat([train.geometry_true, train.geometry_own])
-        model.action_head.set_geometry_stats(geometry.mean(0), geometry.std(0).clamp(min=1e-3))
+        model.action_head.set_geometry_stats(geometry.mean(0).to(device), geometry.std(0).clamp(min=1e-3).to(device))
     model.action_head.requires_grad_(False)
     model.action_head.mlp.requires_grad_(True)
     curve = fit_action_mlp(model.action_head, train, val, steps=steps, batch_size=batch_size, lr=lr,
