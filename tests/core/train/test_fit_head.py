@@ -72,7 +72,9 @@ def test_fit_head_saves_the_checkpoint_with_only_the_action_mlp_changed(pretrain
     fitted = ReconVLA.from_pretrained(out, load_reconstruction=True)
     original = ReconVLA.from_pretrained(source, load_reconstruction=True)
     assert fitted.config.action_head_mlp == "bottleneck" and original.config.action_head_mlp == "concat"
-    assert json.loads((out / "metadata.json").read_text())["fit_head"]["from"] == str(source)
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["fit_head"]["from"] == str(source)
+    assert metadata["training"] == json.loads((source / "metadata.json").read_text())["training"]  # the trunk's
     new, old = fitted.state_dict(), original.state_dict()
     changed = {name for name in new if name not in old or not torch.equal(new[name], old[name])}
     assert changed and all(name.startswith(("action_head.mlp.", "action_head.geometry_")) for name in changed)

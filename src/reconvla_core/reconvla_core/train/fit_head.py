@@ -17,6 +17,7 @@ trunk's own keypoint; ``own_gaze_share`` says which share of the fitting samples
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -189,6 +190,11 @@ def fit_head(policy: Path, datasets: Sequence[Path], out: Path, *, steps: int = 
     meta = {"fit_head": {"from": str(policy), "datasets": [str(p) for p in datasets], "steps": steps,
                          "batch_size": batch_size, "lr": lr, "own_gaze_share": own_gaze_share, "mlp": mlp,
                          "seed": seed, "train_frames": len(train)}}
+    source_meta = policy / "metadata.json"
+    if source_meta.is_file():  # the trunk's own training record travels with it
+        training = json.loads(source_meta.read_text()).get("training")
+        if training is not None:
+            meta["training"] = training
     model.save_pretrained(out, metadata=meta)
     return {"out": str(out), "train_frames": len(train), "val_frames": 0 if val is None else len(val),
             "val_l1_before": before, "curve": curve, "collect_s": round(collected_s, 1),
