@@ -363,7 +363,7 @@ def test_standardize_head_inputs_uses_the_dataset_statistics_and_saves_them(norm
         head.set_geometry_stats(torch.zeros(11), torch.zeros(11))
     # The head sees (geometry - shift) / scale: the standardisation is part of the weights' meaning.
     seen = []
-    head.mlp.register_forward_pre_hook(lambda module, args: seen.append(args[0][0, 0, -11:].detach().clone()))
+    head.mlp.register_forward_pre_hook(lambda module, args: seen.append(args[1][0, 0].detach().clone()))
     batch = make_batch(model, n=1)
     model.eval()
     with torch.no_grad():
