@@ -81,7 +81,10 @@ def test_fit_head_saves_the_checkpoint_with_only_the_action_mlp_changed(pretrain
     assert any(name.startswith("reconstruction.") for name in new)  # the branch travels for later finetunes
     assert fitted.norm_stats == original.norm_stats
 
-    # A missing checkpoint is refused before any work.
+    # Bad settings and a missing checkpoint are refused before any work.
+    assert main(["fit-head", "--policy", str(source), "--data", str(tiny_dataset), "--out", str(tmp_path / "x"),
+                 "--own-gaze-share", "2"]) != 0
+    assert "own_gaze_share" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["fit-head", "--policy", str(tmp_path / "nope"), "--data", str(tiny_dataset),
                  "--out", str(tmp_path / "x")]) != 0
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "x").exists()

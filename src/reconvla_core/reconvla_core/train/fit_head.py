@@ -114,13 +114,22 @@ def evaluate_head(head: Any, outputs: TrunkOutputs, own: bool) -> float:
         return float(masked_l1(predicted, outputs.actions.to(device), outputs.is_pad.to(device)))
 
 
+def check_fit_settings(steps: int, batch_size: int, own_gaze_share: float, mlp: str = "bottleneck") -> None:
+    """Refuse bad settings before the trunk pass (minutes) is spent."""
+    from reconvla_core.model.configuration_reconvla import ACTION_HEAD_MLPS
+
+    if steps < 1 or batch_size < 1 or not 0.0 <= own_gaze_share <= 1.0:
+        raise ValueError("steps and batch_size must be >= 1 and own_gaze_share in [0, 1]")
+    if mlp not in ACTION_HEAD_MLPS:
+        raise ValueError(f"mlp must be one of {ACTION_HEAD_MLPS}, got {mlp!r}")
+
+
 def fit_action_mlp(head: Any, train: TrunkOutputs, val: TrunkOutputs | None = None, steps: int = 20_000,
                    batch_size: int = 256, lr: float = 1e-3, own_gaze_share: float = 0.0, seed: int = 0,
                    log_every: int = 2_000) -> list[dict[str, float]]:
     """Fit ``head.mlp`` (the queries and geometry stats stay) by L1 with AdamW and a cosine schedule;
     returns the curve (training loss, and the validation L1 with the true and the own gaze)."""
-    if steps < 1 or batch_size < 1 or not 0.0 <= own_gaze_share <= 1.0:
-        raise ValueError("steps and batch_size must be >= 1 and own_gaze_share in [0, 1]")
+    check_fit_settings(steps, batch_size, own_gaze_share)
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.AdamW(head.mlp.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
@@ -159,6 +168,7 @@ def fit_head(policy: Path, datasets: Sequence[Path], out: Path, *, steps: int = 
     from reconvla_core.data import DatasetSource, VLADataset
     from reconvla_core.model import ReconVLA
 
+    check_fit_settings(steps, batch_size, own_gaze_share, mlp)
     policy = Path(policy)
     if not policy.is_dir():
         raise FileNotFoundError(f"checkpoint directory {policy} does not exist")
