@@ -88,3 +88,30 @@ def test_fit_head_saves_the_checkpoint_with_only_the_action_mlp_changed(pretrain
     assert main(["fit-head", "--policy", str(tmp_path / "nope"), "--data", str(tiny_dataset),
                  "--out", str(tmp_path / "x")]) != 0
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_fit_gaze_trains_only_the_conv_keypoint_net_and_lowers_its_error(pretrained: dict[str, Any],
+                                                                         tiny_dataset: Path, tmp_path: Path,
+                                                                         capsys) -> None:
+    from reconvla_core.cli.main import main
+    from reconvla_core.model import ReconVLA
+
+    source = Path(pretrained["checkpoint"])
+    out = tmp_path / "gaze"
+    assert main(["fit-gaze", "--policy", str(source), "--data", f"{tiny_dataset}:1.0", "--out", str(out),
+                 "--steps", "60", "--batch-size", "8", "--lr", "2e-3", "--val-fraction", "0.3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    before, after = result["keypoint0_error_before"], result["keypoint0_error_after"]
+    assert before["frames"] == after["frames"] > 0 and after["mean"] < before["mean"]
+    assert result["curve"][-1]["step"] == 60 and "fit-head" in result["next"]
+    fitted = ReconVLA.from_pretrained(out, load_reconstruction=True)
+    original = ReconVLA.from_pretrained(source, load_reconstruction=True)
+    new, old = fitted.state_dict(), original.state_dict()
+    changed = {name for name in new if not torch.equal(new[name], old[name])}
+    assert changed and all(name.startswith("keypoints.") and not name.startswith("keypoints.embed.")
+                           for name in changed)
+    assert json.loads((out / "metadata.json").read_text())["fit_gaze"]["steps"] == 60
+    # A checkpoint without conv keypoints is refused, and so is a missing one.
+    assert main(["fit-gaze", "--policy", str(tmp_path / "nope"), "--data", str(tiny_dataset),
+                 "--out", str(tmp_path / "x")]) != 0
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "x").exists()

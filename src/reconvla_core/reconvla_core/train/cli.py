@@ -52,6 +52,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     export.set_defaults(func=run_export)
     _add_fit_head_parser(subparsers).set_defaults(func=run_fit_head)
+    _add_fit_gaze_parser(subparsers).set_defaults(func=run_fit_gaze)
+
+
+def _add_fit_gaze_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "fit-gaze", help="finetune only the conv gaze keypoint of a checkpoint (then refit the head: fit-head)",
+        description="Keypoint 0's L1 to the gaze-box centre trains the conv keypoint net alone (every other weight "
+        "frozen), e.g. on demonstrations plus the policy's own states with their true gaze boxes (reconvla dagger "
+        "--beta 0 rollouts); train/fit_gaze.py.")
+    parser.add_argument("--policy", type=Path, required=True, help="checkpoint directory")
+    parser.add_argument("--data", nargs="+", required=True, metavar="DIR[:WEIGHT]",
+                        help="LeRobot v3 datasets with gaze boxes, drawn by mixing weight")
+    parser.add_argument("--out", type=Path, required=True, help="the checkpoint directory to write")
+    parser.add_argument("--steps", type=int, default=2_000, help="optimiser steps (default 2,000)")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch (default 32)")
+    parser.add_argument("--lr", type=float, default=2e-4, help="peak learning rate, warm-up then cosine (default 2e-4)")
+    parser.add_argument("--val-fraction", type=float, default=0.05, help="held-out episodes (default 0.05)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and the sampling (default 0)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    return parser
+
+
+def run_fit_gaze(args: argparse.Namespace) -> int:
+    from reconvla_core.cli.main import emit_result
+    from reconvla_core.train.fit_gaze import fit_gaze
+
+    emit_result(fit_gaze(args.policy, args.data, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         val_fraction=args.val_fraction, seed=args.seed, device=args.device, progress=not args.json),
+                args.json)
+    return 0
 
 
 def _add_fit_head_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
