@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from reconvla_core.cli.main import main
 
@@ -120,3 +121,48 @@ def test_round_share_sets_the_mixture(tiny_checkpoint: Path, tmp_path: Path) -> 
             DaggerConfig(init=tiny_checkpoint, out=tmp_path / "d", base_data=[base], round_share=bad)
     with pytest.raises(ValueError, match="needs --data"):
         DaggerConfig(init=tiny_checkpoint, out=tmp_path / "e", round_share=0.5)
+
+
+def test_gaze_round_teaches_the_keypoint_alone_then_refits_the_head(tiny_checkpoint: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """``--learn gaze``: the round's rollouts teach the gaze keypoint (fit-gaze on rollouts + demonstrations),
+    the head is refitted on the demonstrations, and nothing else of the checkpoint changes."""
+    from safetensors.torch import load_file
+
+    base = tiny_checkpoint.parent.parent / "dataset"
+    out = tmp_path / "gaze_dagger"
+    args = ["dagger", "--init", str(tiny_checkpoint), "--rounds", "1", "--episodes", "2", "--out", str(out),
+            "--learn", "gaze", "--data", str(base), "--round-share", "0.5", "--finetune-steps", "3",
+            "--head-steps", "5", "--eval-chains", "1", "--image-size", SIZE, "--json"]
+    capsys.readouterr()
+    assert main(args) == 0
+    row = json.loads(capsys.readouterr().out)["rounds"][1]
+    assert row["checkpoint"] == str(out / "round_01" / "head")
+    assert row["train_steps"] == 3 and row["head_steps"] == 5
+    assert row["keypoint0_error_after"]["frames"] > 0
+    assert (out / "round_01" / "gaze" / "config.json").is_file()
+
+    before = load_file(str(tiny_checkpoint / "model.safetensors"))
+    after = load_file(str(out / "round_01" / "head" / "model.safetensors"))
+    changed = {name for name in before.keys() | after.keys()  # the head's MLP may have switched kind
+               if name not in before or name not in after or not torch.equal(before[name], after[name])}
+    assert changed, "the round learnt nothing"
+    assert all(name.startswith(("keypoints.", "action_head.mlp.", "action_head.geometry_"))
+               for name in changed), sorted(changed)
+    assert not any(name.startswith("keypoints.embed.") for name in changed)
+    meta = json.loads((out / "round_01" / "head" / "metadata.json").read_text())
+    assert meta["fit_head"]["datasets"] == [str(base)]  # the head learns actions from the demonstrations alone
+    assert meta["fit_gaze"]["from"] == str(tiny_checkpoint) and meta["training"]  # the whole lineage kept
+
+
+def test_gaze_mode_refuses_what_it_cannot_run(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from reconvla_core.sim.dagger import DaggerConfig
+
+    base = tiny_checkpoint.parent.parent / "dataset"
+    with pytest.raises(ValueError, match="needs --data"):
+        DaggerConfig(init=tiny_checkpoint, out=tmp_path / "a", learn="gaze")
+    with pytest.raises(ValueError, match="--override"):
+        DaggerConfig(init=tiny_checkpoint, out=tmp_path / "b", learn="gaze", base_data=[base],
+                     train_overrides=["optim.lr=1e-4"])
+    with pytest.raises(ValueError, match="--learn"):
+        DaggerConfig(init=tiny_checkpoint, out=tmp_path / "c", learn="everything", base_data=[base])

@@ -112,6 +112,19 @@ def _save(model: PreTrainedReconVLA, path: str | Path, metadata: Mapping[str, An
     return path
 
 
+LINEAGE_KEYS = ("training", "fit_gaze", "fit_head")  # how a checkpoint's weights were made
+
+
+def inherited_lineage(source: str | Path) -> dict[str, Any]:
+    """The training record of checkpoint ``source`` (its ``metadata.json``: ``training``, ``fit_gaze``,
+    ``fit_head``), for a checkpoint derived from it to carry on; {} when it has none."""
+    path = Path(source) / METADATA_FILE
+    if not path.is_file():
+        return {}
+    recorded = _read_json(path)
+    return {key: recorded[key] for key in LINEAGE_KEYS if recorded.get(key) is not None}
+
+
 # ----------------------------------------------------------------------------------------------
 # Loading our checkpoints
 # ----------------------------------------------------------------------------------------------

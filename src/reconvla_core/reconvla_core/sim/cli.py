@@ -135,6 +135,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dagger.add_argument("--round-share", type=float, default=None, metavar="S",
                         help="share of finetune samples drawn from the rounds' own datasets together (0 < S <= 1; "
                              "default: every dataset, base or round, is drawn alike)")
+    dagger.add_argument("--learn", choices=("finetune", "gaze"), default="finetune",
+                        help="what each round trains: finetune = the whole policy on the aggregate (default); gaze = "
+                        "fit-gaze of the gaze keypoint on the aggregate (the rollouts' true gaze boxes), then "
+                        "fit-head on the --data demonstrations (--finetune-steps: fit-gaze's steps)")
+    dagger.add_argument("--head-steps", type=_positive, default=20_000,
+                        help="--learn gaze: fit-head's steps per round (default 20000)")
     dagger.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     dagger.add_argument("--image-size", type=_size, default=(320, 240), metavar="WxH",
                         help="camera resolution (default 320x240, as sim collect)")
@@ -225,8 +231,8 @@ def cmd_dagger(args: argparse.Namespace) -> int:
     config = DaggerConfig(
         init=args.init, out=args.out, rounds=args.rounds, episodes=args.episodes, beta=args.beta, seed=args.seed,
         finetune_steps=args.finetune_steps, eval_chains=args.eval_chains, eval_seed=args.eval_seed,
-        base_data=args.data, round_share=args.round_share, train_overrides=list(args.overrides), image_size=args.image_size,
-        device=args.device, resume=args.resume,
+        base_data=args.data, round_share=args.round_share, train_overrides=list(args.overrides),
+        learn=args.learn, head_steps=args.head_steps, image_size=args.image_size, device=args.device, resume=args.resume,
     )
     summary = run_dagger(config)
     if args.json:

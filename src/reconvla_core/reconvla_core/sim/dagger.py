@@ -19,15 +19,23 @@
    ``base_data`` (the original demonstrations). Each dataset is drawn as often as every other
    (the training mixture samples sources by weight, not size) unless ``round_share`` sets the
    share of samples the rounds' datasets get together;
-4. **finetune** the previous round's checkpoint with the ``tiny-sim-finetune`` recipe
-   (``round_RR/train``; resumable);
+4. **learn** from the aggregate, as ``learn`` says:
+
+   - ``finetune``: the previous round's checkpoint finetuned with the ``tiny-sim-finetune`` recipe
+     (``round_RR/train``; resumable);
+   - ``gaze``: the rollouts teach the perception alone. The twin records the true gaze box at every
+     state the policy visits, so ``reconvla fit-gaze`` teaches the previous round's conv gaze keypoint
+     on the aggregate (``round_RR/gaze``), every other weight frozen, and ``reconvla fit-head`` then
+     refits the action MLP to the moved keypoint on the ``base_data`` demonstrations alone
+     (``round_RR/head``), half its samples on the trunk's own gaze. No action is learnt from the
+     rollouts, so the expert's labels and their style do not matter here (docs/dagger.md);
 5. **evaluate** on the fixed chains (``make_eval_chains``).
 
 Layout of ``out``: ``dagger.json`` (config + one row per round, rewritten after each round),
 ``avg_len.png``, ``round_00/eval.json`` (the initial checkpoint), ``round_RR/{bags,dataset,train,
-eval.json}``. A step whose output is complete is not redone, so ``resume=True`` continues a run
-that stopped anywhere (a half-written bag directory is rolled out again; training resumes from
-its last checkpoint).
+eval.json}`` (``learn="gaze"``: ``gaze`` and ``head`` in place of ``train``). A step whose output is
+complete is not redone, so ``resume=True`` continues a run that stopped anywhere (a half-written bag
+directory is rolled out again; training resumes from its last checkpoint).
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ import numpy as np
 
 DAGGER_SEED_BASE = 700  # collection seed of round r is DAGGER_SEED_BASE + 100 * seed + r: scenes of its own
 DEFAULT_CHUNK = 8  # steps an expert turn lasts before the policy has produced a chunk to size it by
+LEARN_MODES = ("finetune", "gaze")
+GAZE_HEAD_OWN_SHARE = 0.5  # fit-head's samples on the trunk's own keypoint (the shipped checkpoint's recipe)
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +74,8 @@ class DaggerConfig:
     base_data: list[Path] = field(default_factory=list)
     train_overrides: list[str] = field(default_factory=list)
     round_share: float | None = None  # share of samples from the rounds' datasets; None: every dataset alike
+    learn: str = "finetune"  # what a round trains: the whole policy, or the gaze keypoint then the head
+    head_steps: int = 20_000  # learn="gaze": fit-head's steps (finetune_steps are fit-gaze's)
     image_size: tuple[int, int] = (320, 240)
     device: str = "cpu"
     resume: bool = False
@@ -91,9 +103,26 @@ class DaggerConfig:
             raise ValueError("seeds must be >= 0")
         if not (self.init / "config.json").is_file():
             raise FileNotFoundError(f"--init {self.init} is not a checkpoint directory (no config.json)")
+        if self.learn not in LEARN_MODES:
+            raise ValueError(f"--learn must be one of {LEARN_MODES}, got {self.learn!r}")
+        if self.learn == "gaze":
+            self._check_gaze_mode()
         for path in self.base_data:
             if not (path / "meta" / "info.json").is_file():
                 raise FileNotFoundError(f"--data {path} is not a dataset (no meta/info.json)")
+
+    def _check_gaze_mode(self) -> None:
+        """Refuse before the first rollout what ``fit-gaze`` / ``fit-head`` would refuse after it."""
+        if not self.base_data:
+            raise ValueError("--learn gaze needs --data: the demonstrations the head is refitted on")
+        if self.train_overrides:
+            raise ValueError("--override sets the finetune recipe, which --learn gaze does not run")
+        if self.head_steps < 1:
+            raise ValueError(f"--head-steps must be >= 1, got {self.head_steps}")
+        model = json.loads((self.init / "config.json").read_text(encoding="utf-8"))
+        if model.get("keypoint_encoder") != "conv" or not model.get("gaze_keypoint_weight", 0) > 0:
+            raise ValueError(f"--learn gaze teaches the conv gaze keypoint: {self.init} needs keypoint_encoder: "
+                             "conv and gaze_keypoint_weight > 0")
 
     def sim_config(self) -> Any:
         from reconvla_core.sim.env import SimConfig
@@ -229,6 +258,25 @@ def finetune(config: DaggerConfig, init_from: Path, datasets: list[str], out: Pa
             "final_loss": result.get("final_loss")}
 
 
+def learn_gaze(config: DaggerConfig, init_from: Path, datasets: list[str], folder: Path) -> dict[str, Any]:
+    """Step 4 with ``learn="gaze"``: ``fit-gaze`` of ``init_from``'s keypoint on ``datasets`` (the
+    rounds' own states with their true gaze boxes, and the demonstrations), then ``fit-head`` on the
+    demonstrations. Each restarts if it was cut off (minutes each)."""
+    from reconvla_core.train.fit_gaze import fit_gaze
+    from reconvla_core.train.fit_head import fit_head
+
+    gaze = _cached(folder / "gaze.json", lambda: fit_gaze(
+        init_from, datasets, folder / "gaze", steps=config.finetune_steps, seed=config.seed, device=config.device,
+        progress=config.progress))
+    head = fit_head(Path(gaze["out"]), config.base_data, folder / "head", steps=config.head_steps,
+                    own_gaze_share=GAZE_HEAD_OWN_SHARE, seed=config.seed, device=config.device,
+                    progress=config.progress)
+    return {"checkpoint": head["out"], "train_steps": config.finetune_steps,
+            "keypoint0_error_before": gaze["keypoint0_error_before"],
+            "keypoint0_error_after": gaze["keypoint0_error_after"], "head_steps": config.head_steps,
+            "head_train_frames": head["train_frames"]}
+
+
 def evaluate(config: DaggerConfig, checkpoint: Path) -> dict[str, Any]:
     """Step 5: ``checkpoint`` on the fixed evaluation chains."""
     from reconvla_core.policy import CheckpointPolicy
@@ -294,8 +342,12 @@ def run_dagger(config: DaggerConfig) -> dict[str, Any]:
         collected = _cached(folder / "rollout.json", roll)
         built = _cached(folder / "dataset.json", lambda: build_round_dataset(folder / "bags", folder / "dataset"))
         round_datasets.append(folder / "dataset")
-        trained = _cached(folder / "train.json",
-                          lambda: finetune(config, checkpoint, mixture(config, round_datasets), folder / "train"))
+        if config.learn == "gaze":
+            trained = _cached(folder / "learn.json",
+                              lambda: learn_gaze(config, checkpoint, mixture(config, round_datasets), folder))
+        else:
+            trained = _cached(folder / "train.json",
+                              lambda: finetune(config, checkpoint, mixture(config, round_datasets), folder / "train"))
         checkpoint = Path(trained["checkpoint"])
         scored = _cached(folder / "eval.json", lambda: evaluate(config, checkpoint))
         row = {"round": r, **collected, **built, **trained, **scored,

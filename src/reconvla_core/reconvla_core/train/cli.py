@@ -61,18 +61,24 @@ def _add_fit_gaze_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
         description="Keypoint 0's L1 to the gaze-box centre trains the conv keypoint net alone (every other weight "
         "frozen), e.g. on demonstrations plus the policy's own states with their true gaze boxes (reconvla dagger "
         "--beta 0 rollouts); train/fit_gaze.py.")
-    parser.add_argument("--policy", type=Path, required=True, help="checkpoint directory")
     parser.add_argument("--data", nargs="+", required=True, metavar="DIR[:WEIGHT]",
                         help="LeRobot v3 datasets with gaze boxes, drawn by mixing weight")
+    _add_fit_arguments(parser, steps=2_000, batch_size=32, lr=2e-4, schedule="warm-up then cosine")
+    return parser
+
+
+def _add_fit_arguments(parser: argparse.ArgumentParser, steps: int, batch_size: int, lr: float,
+                       schedule: str) -> None:
+    """What fit-gaze and fit-head share: the checkpoint in and out, the optimiser, the split, the device."""
+    parser.add_argument("--policy", type=Path, required=True, help="checkpoint directory (a run's final/)")
     parser.add_argument("--out", type=Path, required=True, help="the checkpoint directory to write")
-    parser.add_argument("--steps", type=int, default=2_000, help="optimiser steps (default 2,000)")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch (default 32)")
-    parser.add_argument("--lr", type=float, default=2e-4, help="peak learning rate, warm-up then cosine (default 2e-4)")
+    parser.add_argument("--steps", type=int, default=steps, help=f"optimiser steps (default {steps:,})")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"batch (default {batch_size})")
+    parser.add_argument("--lr", type=float, default=lr, help=f"peak learning rate, {schedule} (default {lr:g})")
     parser.add_argument("--val-fraction", type=float, default=0.05, help="held-out episodes (default 0.05)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split and the sampling (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and the fit (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    return parser
 
 
 def run_fit_gaze(args: argparse.Namespace) -> int:
@@ -91,23 +97,15 @@ def _add_fit_head_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
         description="Each dataset frame goes through the checkpoint's trunk once (vision, keypoints, LLM, "
         "action queries: unchanged); a fresh action MLP is fitted to the action chunks on those outputs for "
         "many steps at a large batch; the checkpoint is saved with it (train/fit_head.py).")
-    parser.add_argument("--policy", type=Path, required=True, help="checkpoint directory (a run's final/)")
     parser.add_argument("--data", type=Path, nargs="+", required=True, help="LeRobot v3 dataset directories")
-    parser.add_argument("--out", type=Path, required=True, help="the checkpoint directory to write")
-    parser.add_argument("--steps", type=int, default=20_000, help="fitting steps (default 20,000)")
-    parser.add_argument("--batch-size", type=int, default=256, help="fitting batch (default 256)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, cosine decay (default 1e-3)")
+    _add_fit_arguments(parser, steps=20_000, batch_size=256, lr=1e-3, schedule="cosine decay")
     parser.add_argument("--mlp", choices=("concat", "bottleneck"), default="bottleneck",
                         help="the fitted MLP (model.action_head_mlp; default bottleneck)")
     parser.add_argument("--own-gaze-share", type=float, default=0.0,
                         help="share of fitting samples that use the trunk's own gaze keypoint instead of the "
                         "gaze box's centre (default 0: the true gaze, as training's gaze teacher forcing)")
-    parser.add_argument("--val-fraction", type=float, default=0.05, help="held-out episodes (default 0.05)")
     parser.add_argument("--static-threshold", type=float, default=1e-3,
                         help="drop no-op frames as samples, as training does (default 1e-3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split and the fit (default 0)")
-    parser.add_argument("--device", default="cpu", help="torch device of the trunk pass and the fit (default cpu)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return parser
 
 

@@ -14,7 +14,6 @@ move, so the head is refitted afterwards (``reconvla fit-head``).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -76,6 +75,7 @@ def fit_gaze(policy: Path, datasets: Sequence[str], out: Path, *, steps: int = 2
 
     from reconvla_core.data import DatasetSource, VLADataset
     from reconvla_core.model import ReconVLA
+    from reconvla_core.model.checkpoint import inherited_lineage
     from reconvla_core.model.keypoints import ConvKeypoints
     from reconvla_core.train.config_loading import parse_data_arg
     from reconvla_core.train.data import ProcessedDataset
@@ -122,14 +122,9 @@ def fit_gaze(policy: Path, datasets: Sequence[str], out: Path, *, steps: int = 2
     model.keypoints.eval()
     model.requires_grad_(False)
     after = keypoint_errors(model, val, stats) if val is not None and len(val) else None
-    meta: dict[str, Any] = {"fit_gaze": {"from": str(policy), "datasets": list(datasets), "steps": steps,
-                                         "batch_size": batch_size, "lr": lr, "seed": seed}}
-    source_meta = policy / "metadata.json"
-    if source_meta.is_file():  # the trunk's own training record travels with it
-        for key in ("training", "fit_head"):
-            value = json.loads(source_meta.read_text()).get(key)
-            if value is not None:
-                meta[key] = value
+    meta = {**inherited_lineage(policy),
+            "fit_gaze": {"from": str(policy), "datasets": list(datasets), "steps": steps, "batch_size": batch_size,
+                         "lr": lr, "seed": seed}}
     model.save_pretrained(out, metadata=meta)
     return {"out": str(out), "train_frames": len(train), "keypoint0_error_before": before,
             "keypoint0_error_after": after, "curve": curve, "total_s": round(time.perf_counter() - started, 1),

@@ -17,7 +17,6 @@ trunk's own keypoint; ``own_gaze_share`` says which share of the fitting samples
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -25,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -167,6 +165,7 @@ def fit_head(policy: Path, datasets: Sequence[Path], out: Path, *, steps: int = 
     checkpoint (all its other weights, the reconstruction branch included, unchanged) to ``out``."""
     from reconvla_core.data import DatasetSource, VLADataset
     from reconvla_core.model import ReconVLA
+    from reconvla_core.model.checkpoint import inherited_lineage
 
     check_fit_settings(steps, batch_size, own_gaze_share, mlp)
     policy = Path(policy)
@@ -197,14 +196,10 @@ def fit_head(policy: Path, datasets: Sequence[Path], out: Path, *, steps: int = 
     curve = fit_action_mlp(model.action_head, train, val, steps=steps, batch_size=batch_size, lr=lr,
                            own_gaze_share=own_gaze_share, seed=seed)
     model.requires_grad_(False)
-    meta = {"fit_head": {"from": str(policy), "datasets": [str(p) for p in datasets], "steps": steps,
+    meta = {**inherited_lineage(policy),  # the trunk's record travels with it; this fit replaces a previous one
+            "fit_head": {"from": str(policy), "datasets": [str(p) for p in datasets], "steps": steps,
                          "batch_size": batch_size, "lr": lr, "own_gaze_share": own_gaze_share, "mlp": mlp,
                          "seed": seed, "train_frames": len(train)}}
-    source_meta = policy / "metadata.json"
-    if source_meta.is_file():  # the trunk's own training record travels with it
-        training = json.loads(source_meta.read_text()).get("training")
-        if training is not None:
-            meta["training"] = training
     model.save_pretrained(out, metadata=meta)
     return {"out": str(out), "train_frames": len(train), "val_frames": 0 if val is None else len(val),
             "val_l1_before": before, "curve": curve, "collect_s": round(collected_s, 1),
