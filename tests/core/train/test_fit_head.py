@@ -115,3 +115,15 @@ def test_fit_gaze_trains_only_the_conv_keypoint_net_and_lowers_its_error(pretrai
     assert main(["fit-gaze", "--policy", str(tmp_path / "nope"), "--data", str(tiny_dataset),
                  "--out", str(tmp_path / "x")]) != 0
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_overfit_warning_names_a_fit_that_went_past_its_best() -> None:
+    from reconvla_core.train.fit_head import overfit_warning
+
+    def curve(*values: float) -> list[dict[str, float]]:
+        return [{"step": 1000 * (i + 1), "loss": 0.1, "val_l1_own_gaze": v} for i, v in enumerate(values)]
+
+    assert overfit_warning(curve(0.074, 0.071, 0.073), {"own_gaze": 0.09}) is None  # a sound fit
+    assert "overfits" in overfit_warning(curve(0.080, 0.086, 0.092), {"own_gaze": 0.063})
+    assert "replaced head" in overfit_warning(curve(0.080, 0.079), {"own_gaze": 0.063})
+    assert overfit_warning([{"step": 1, "loss": 0.1}], None) is None  # no held-out frames: nothing to say
