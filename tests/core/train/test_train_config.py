@@ -44,7 +44,10 @@ def test_tiny_finetune_recipe_extends_tiny_sim() -> None:
     assert fine.stage == "finetune" and fine.init_from
     assert fine.optim.lr == pytest.approx(tiny.optim.lr / 10)  # a tenth: adapt, do not overwrite
     assert fine.optim.lr_denoiser == pytest.approx(tiny.optim.lr_denoiser / 10)
-    assert fine.model == tiny.model and fine.data.static_threshold == tiny.data.static_threshold
+    assert fine.model.overrides.get("gaze_heatmap_weight") == 0.0  # keypoint 0 keeps its L1 alone
+    assert ({k: v for k, v in fine.model.overrides.items() if k != "gaze_heatmap_weight"}
+            == {k: v for k, v in tiny.model.overrides.items() if k != "gaze_heatmap_weight"})
+    assert fine.data.static_threshold == tiny.data.static_threshold
 
 
 def test_overrides_are_parsed_to_field_types(fake_dataset: Path) -> None:
