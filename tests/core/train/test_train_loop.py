@@ -157,6 +157,8 @@ def test_finetune_starts_from_the_pretrained_denoiser(pretrained: dict[str, Any]
     result = train(config)
     assert result["stage"] == "finetune" and result["steps"] == 2
     assert result["init"]["denoiser_carried_over"] is True and result["init"]["init_from"] == str(init)
+    lineage = json.loads((Path(result["checkpoint"]) / "metadata.json").read_text())["init_lineage"]
+    assert lineage["training"] == json.loads((init / "metadata.json").read_text())["training"]  # how init was made
 
 
 def test_finetune_applies_finetune_options_and_keeps_the_architecture(pretrained: dict[str, Any], make_config: Any,

@@ -188,9 +188,16 @@ def save_final(run: Any) -> Path:
         merge_lora(model, adapter_dir=final / "lora_adapter" if accelerator.is_main_process else None)
     if accelerator.is_main_process:
         final.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(final, metadata={"training": {
+        metadata: dict[str, Any] = {"training": {
             "stage": run.config.stage, "steps": run.state.step, "samples_seen": run.state.samples_seen,
-            "data": run.state.data, "init": run.init_info, "lora_merged": run.config.lora.enabled}})
+            "data": run.state.data, "init": run.init_info, "lora_merged": run.config.lora.enabled}}
+        if run.config.init_from:  # how the weights it started from were made
+            from reconvla_core.model.checkpoint import inherited_lineage
+
+            lineage = inherited_lineage(run.config.init_from)
+            if lineage:
+                metadata["init_lineage"] = lineage
+        model.save_pretrained(final, metadata=metadata)
         (final / "train_config.yaml").write_text(to_yaml(run.config))
         logger.info("inference checkpoint -> %s", final)
     accelerator.wait_for_everyone()
