@@ -15,7 +15,6 @@ move, so the head is refitted afterwards (``reconvla fit-head``).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,6 +78,7 @@ def fit_gaze(policy: Path, datasets: Sequence[str], out: Path, *, steps: int = 2
     from reconvla_core.model.keypoints import ConvKeypoints
     from reconvla_core.train.config_loading import parse_data_arg
     from reconvla_core.train.data import ProcessedDataset
+    from reconvla_core.train.optim import lr_factor
 
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise ValueError("steps and batch_size must be >= 1 and lr > 0")
@@ -107,8 +107,8 @@ def fit_gaze(policy: Path, datasets: Sequence[str], out: Path, *, steps: int = 2
                         sampler=train.sampler(steps * batch_size, seed=seed),
                         collate_fn=lambda items: _gaze_batch(model, items), num_workers=0)
     optimiser = torch.optim.AdamW(trainable, lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: min(1.0, (step + 1) / WARMUP_STEPS)
-                                                 * 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: lr_factor(step, warmup=WARMUP_STEPS, total=steps, kind="cosine"))
     curve = []
     model.keypoints.train()
     for step, batch in enumerate(tqdm(loader, total=steps, desc="fit-gaze", unit="step", disable=not progress), 1):
