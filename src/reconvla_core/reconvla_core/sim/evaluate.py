@@ -14,6 +14,9 @@ the metrics), split by phase: the approach (gaze on the block) and, for place an
 A failing subtask runs to its time limit, so most chunks come from subtasks already lost; the gaze
 where a subtask is decided is scored apart: the first ``APPROACH_START_CHUNKS`` chunks of each approach
 (``start_of_approach``), and the chunks of completed and of failed subtasks (``by_outcome``).
+
+The subtask that ends a chain is named by how it failed (``failures``: per family, counts of
+``wrong_block``, ``not_grasped``, ``held_at_timeout``, ``released_off_target``, ...; sim/failures.py).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 
 from reconvla_core.policy import Policy
 from reconvla_core.sim.env import PiperCellEnv, SimConfig
+from reconvla_core.sim.failures import SubtaskWatch, classify, summarise_failures
 from reconvla_core.sim.tasks import CHAIN_LENGTH, TASK_FAMILIES, Chain
 
 logger = logging.getLogger(__name__)
@@ -67,6 +71,7 @@ class ChainResult:
     steps: int
     frames: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
     gaze: list[GazeSample] = dataclasses.field(default_factory=list, repr=False)
+    failure: str | None = None  # how the subtask that ended the chain failed (sim/failures.py); None: all done
 
 
 def gaze_sample(env: PiperCellEnv, point: np.ndarray) -> GazeSample:
@@ -106,6 +111,7 @@ def run_chain(
     frames: list[np.ndarray] = []
     gaze: list[GazeSample] = []
     chunks_in_phase: dict[tuple[int, str], int] = {}
+    watch = SubtaskWatch(env)
     steps = 0
     while True:
         if not queue:
@@ -121,13 +127,17 @@ def run_chain(
         steps += 1
         if record and steps % frame_every == 0:
             frames.append(np.concatenate([draw_box(obs["base_image"], info["gaze_box"]), obs["wrist_image"]], axis=1))
-        if info["subtask_success"]:
+        if not info["subtask_success"]:
+            watch.update()
+        elif not info["done"]:
             queue = []  # new instruction: a chunk planned for the old one no longer applies
+            watch = SubtaskWatch(env)
         if info["done"]:
             break
     completed = int(info["completed"])
     gaze = [dataclasses.replace(g, completed=g.subtask < completed) for g in gaze]
-    return ChainResult(chain.seed, completed, [t.family for t in chain.tasks], steps, frames, gaze)
+    failure = classify(watch.trace()) if info["timeout"] else None
+    return ChainResult(chain.seed, completed, [t.family for t in chain.tasks], steps, frames, gaze, failure)
 
 
 def _reset_without_images(env: PiperCellEnv, chain: Chain) -> dict[str, Any]:
@@ -155,6 +165,9 @@ def summarise(results: Sequence[ChainResult], length: int = CHAIN_LENGTH) -> dic
         "per_task_attempts": attempts,
         "chains": len(results),
     }
+    failures = [(r.families[r.completed], r.failure) for r in results if r.failure is not None]
+    if failures:
+        metrics["failures"] = summarise_failures(failures)
     samples = [sample for result in results for sample in result.gaze]
     if samples:
         metrics["gaze_points"] = summarise_gaze(samples)

@@ -1,0 +1,113 @@
+"""Why a subtask failed: what the twin saw of its block, its destination and the fingers.
+
+``reconvla eval sim`` says how often each family succeeds; this says how the rest fail, which is
+what decides the next fix (perception picks the wrong block, the grasp misses, the release is off).
+``SubtaskWatch`` follows one subtask step by step (object positions and finger contacts only, no
+images) and ``classify`` names its failure, the first of these that applies:
+
+- ``wrong_block``: another block was lifted while the subtask's block never was grasped;
+- ``pushed_away``: the block never grasped, and moved more than ``PUSH_DISTANCE`` (bumped off);
+- ``not_grasped``: the block never between both fingers;
+- ``not_lifted``: grasped, never raised to the pick's height;
+- ``destination_moved`` (place, stack): the bowl or base block was shifted more than ``PUSH_DISTANCE``;
+- ``held_at_timeout``: still between both fingers when the time ran out (never released);
+- ``dropped_away``: released more than ``RELEASE_NEAR`` from the destination (dropped in the carry);
+- ``released_off_target``: released near the destination and not resting on or in it (missed
+  the top of the base block, the bowl's rim, tipped over).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from reconvla_core.sim import success as checks
+
+if TYPE_CHECKING:
+    from reconvla_core.sim.env import PiperCellEnv
+
+FAILURE_MODES = ("wrong_block", "pushed_away", "not_grasped", "not_lifted", "destination_moved",
+                 "held_at_timeout", "dropped_away", "released_off_target")
+PUSH_DISTANCE = 0.02  # m an object may be nudged (settling, a finger's touch) and still count as where it was
+LIFTED_BY = 0.02  # m above where it stood: another block counts as lifted
+RELEASE_NEAR = 0.05  # m (horizontal) from the destination: a release there was aimed at it
+
+
+@dataclasses.dataclass
+class SubtaskTrace:
+    """What a failure is judged by: positions at the start and end of the subtask, and what happened
+    in between. Plain data, so ``classify`` is a pure function."""
+
+    family: str
+    block_start: np.ndarray
+    block_end: np.ndarray
+    destination_start: np.ndarray | None = None
+    destination_end: np.ndarray | None = None
+    grasped: bool = False  # the block was between both fingers at some step
+    lifted: bool = False  # the block's bottom reached the pick's height
+    other_lifted: bool = False  # another block rose LIFTED_BY above where it stood
+    held_at_end: bool = False
+
+
+def classify(trace: SubtaskTrace) -> str:
+    """The failure mode of a subtask that did not succeed (see the module docstring for the order)."""
+    if not trace.grasped:
+        if trace.other_lifted:
+            return "wrong_block"
+        moved = float(np.linalg.norm(trace.block_end[:2] - trace.block_start[:2]))
+        return "pushed_away" if moved > PUSH_DISTANCE else "not_grasped"
+    if not trace.lifted or trace.family == "pick":  # a pick fails only unlifted: it succeeds once lifted
+        return "not_lifted"
+    assert trace.destination_start is not None and trace.destination_end is not None
+    if float(np.linalg.norm(trace.destination_end[:2] - trace.destination_start[:2])) > PUSH_DISTANCE:
+        return "destination_moved"
+    if trace.held_at_end:
+        return "held_at_timeout"
+    off = float(np.linalg.norm(trace.block_end[:2] - trace.destination_end[:2]))
+    return "dropped_away" if off > RELEASE_NEAR else "released_off_target"
+
+
+class SubtaskWatch:
+    """Follows the env's current subtask; ``update()`` after every step, ``trace()`` when it ends."""
+
+    def __init__(self, env: PiperCellEnv) -> None:
+        self.env = env
+        task = env.current_task
+        self.family = task.family
+        self.block = env.target_object
+        self.destination = env.destination_object
+        self.others = {name: env.object_pose(name)[0][2] for name in env.bodies
+                       if name.endswith("_block") and name != self.block}
+        self.block_start = env.object_pose(self.block)[0]
+        self.destination_start = env.object_pose(self.destination)[0] if self.destination else None
+        self.grasped = self.lifted = self.other_lifted = False
+
+    def update(self) -> None:
+        env = self.env
+        if all(env.touching_gripper(self.block)):
+            self.grasped = True
+            self.lifted = self.lifted or checks.lifted(env.object_pose(self.block)[0])
+        if not self.grasped and not self.other_lifted:
+            self.other_lifted = any(env.object_pose(name)[0][2] > z + LIFTED_BY for name, z in self.others.items())
+
+    def trace(self) -> SubtaskTrace:
+        env = self.env
+        return SubtaskTrace(
+            family=self.family, block_start=self.block_start, block_end=env.object_pose(self.block)[0],
+            destination_start=self.destination_start,
+            destination_end=env.object_pose(self.destination)[0] if self.destination else None,
+            grasped=self.grasped, lifted=self.lifted, other_lifted=self.other_lifted,
+            held_at_end=all(env.touching_gripper(self.block)),
+        )
+
+
+def summarise_failures(failures: list[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    """``(family, mode)`` pairs -> counts per family, modes in ``FAILURE_MODES`` order, zeros left out."""
+    counts: dict[str, dict[str, int]] = {}
+    for family, mode in failures:
+        counts.setdefault(family, {})
+        counts[family][mode] = counts[family].get(mode, 0) + 1
+    return {family: {mode: modes[mode] for mode in FAILURE_MODES if mode in modes}
+            for family, modes in sorted(counts.items())}
