@@ -33,7 +33,7 @@ import numpy as np
 
 from reconvla_core.policy import Policy
 from reconvla_core.sim.env import PiperCellEnv, SimConfig
-from reconvla_core.sim.failures import SubtaskWatch, classify, summarise_failures
+from reconvla_core.sim.failures import FAILURE_MODES, SubtaskWatch, classify, summarise_failures
 from reconvla_core.sim.tasks import CHAIN_LENGTH, TASK_FAMILIES, Chain
 
 logger = logging.getLogger(__name__)
@@ -256,7 +256,9 @@ def save_report(metrics: dict[str, Any], results: Sequence[ChainResult], out_dir
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    failures = metrics.get("failures") or {}
+    fig, axes = plt.subplots(1, 3 if failures else 2, figsize=(13.5 if failures else 9, 3.6))
+    ax1, ax2 = axes[0], axes[1]
     positions = np.arange(1, len(metrics["success_by_position"]) + 1)
     ax1.bar(positions, metrics["success_by_position"], color="#3b75af")
     for x, y in zip(positions, metrics["success_by_position"]):
@@ -266,6 +268,17 @@ def save_report(metrics: dict[str, Any], results: Sequence[ChainResult], out_dir
     families = [f for f, v in metrics["per_task"].items() if v is not None]
     ax2.bar(families, [metrics["per_task"][f] for f in families], color="#e07b39")
     ax2.set(ylabel="success rate", ylim=(0, 1.1), title="per task family")
+    if failures:  # how the chains' last subtasks failed, one stacked bar per family
+        names = sorted(failures)
+        left = np.zeros(len(names))
+        colours = plt.get_cmap("tab10")
+        for index, mode in enumerate(FAILURE_MODES):
+            counts = np.array([failures[f].get(mode, 0) for f in names], dtype=float)
+            if counts.any():
+                axes[2].barh(names, counts, left=left, color=colours(index), label=mode)
+                left += counts
+        axes[2].set(xlabel="failed subtasks", title="how they failed")
+        axes[2].legend(fontsize=7, frameon=False)
     fig.tight_layout()
     chart = out / "eval_sim.png"
     fig.savefig(chart, dpi=100)
