@@ -11,7 +11,9 @@ images) and ``classify`` names its failure, the first of these that applies:
 - ``not_lifted``: grasped, never raised to the pick's height;
 - ``destination_moved`` (place, stack): the bowl or base block was shifted more than ``PUSH_DISTANCE``;
 - ``held_at_timeout``: still between both fingers when the time ran out (never released);
-- ``dropped_away``: released more than ``RELEASE_NEAR`` from the destination (dropped in the carry);
+- ``slipped``: lost from the fingers more than ``RELEASE_NEAR`` from the destination while the gripper
+  was still commanded shut (a weak or off-centre grasp, or knocked out on the way);
+- ``dropped_away``: let go (the gripper commanded open) more than ``RELEASE_NEAR`` from the destination;
 - ``released_off_target``: released near the destination and not resting on or in it (missed
   the top of the base block, the bowl's rim, tipped over).
 """
@@ -24,12 +26,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from reconvla_core.sim import success as checks
+from reconvla_core.sim.scene import BLOCK_SIZE
 
 if TYPE_CHECKING:
     from reconvla_core.sim.env import PiperCellEnv
 
 FAILURE_MODES = ("wrong_block", "pushed_away", "not_grasped", "not_lifted", "destination_moved",
-                 "held_at_timeout", "dropped_away", "released_off_target")
+                 "held_at_timeout", "slipped", "dropped_away", "released_off_target")
 PUSH_DISTANCE = 0.02  # m an object may be nudged (settling, a finger's touch) and still count as where it was
 LIFTED_BY = 0.02  # m above where it stood: another block counts as lifted
 RELEASE_NEAR = 0.05  # m (horizontal) from the destination: a release there was aimed at it
@@ -49,6 +52,7 @@ class SubtaskTrace:
     lifted: bool = False  # the block's bottom reached the pick's height
     other_lifted: bool = False  # another block rose LIFTED_BY above where it stood
     held_at_end: bool = False
+    lost_while_shut: bool = False  # when the block last left the fingers, the gripper was commanded narrower than it
 
 
 def classify(trace: SubtaskTrace) -> str:
@@ -66,7 +70,9 @@ def classify(trace: SubtaskTrace) -> str:
     if trace.held_at_end:
         return "held_at_timeout"
     off = float(np.linalg.norm(trace.block_end[:2] - trace.destination_end[:2]))
-    return "dropped_away" if off > RELEASE_NEAR else "released_off_target"
+    if off <= RELEASE_NEAR:
+        return "released_off_target"
+    return "slipped" if trace.lost_while_shut else "dropped_away"
 
 
 class SubtaskWatch:
@@ -82,13 +88,17 @@ class SubtaskWatch:
                        if name.endswith("_block") and name != self.block}
         self.block_start = env.object_pose(self.block)[0]
         self.destination_start = env.object_pose(self.destination)[0] if self.destination else None
-        self.grasped = self.lifted = self.other_lifted = False
+        self.grasped = self.lifted = self.other_lifted = self.holding = self.lost_while_shut = False
 
     def update(self) -> None:
         env = self.env
-        if all(env.touching_gripper(self.block)):
+        holding = all(env.touching_gripper(self.block))
+        if holding:
             self.grasped = True
             self.lifted = self.lifted or checks.lifted(env.object_pose(self.block)[0])
+        elif self.holding:  # it just left the fingers: let go, or lost from a shut gripper?
+            self.lost_while_shut = bool(env.last_command[6] < BLOCK_SIZE)
+        self.holding = holding
         if not self.grasped and not self.other_lifted:
             self.other_lifted = any(env.object_pose(name)[0][2] > z + LIFTED_BY for name, z in self.others.items())
 
@@ -99,7 +109,7 @@ class SubtaskWatch:
             destination_start=self.destination_start,
             destination_end=env.object_pose(self.destination)[0] if self.destination else None,
             grasped=self.grasped, lifted=self.lifted, other_lifted=self.other_lifted,
-            held_at_end=all(env.touching_gripper(self.block)),
+            held_at_end=all(env.touching_gripper(self.block)), lost_while_shut=self.lost_while_shut,
         )
 
 
