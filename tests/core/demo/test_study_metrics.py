@@ -54,4 +54,4 @@ def test_study_config_rejects_bad_values(tmp_path):
     with pytest.raises(ValueError, match="seeds"):
         StudyConfig(out_dir=tmp_path, seeds=0)
     with pytest.raises(FileNotFoundError, match="meta/info.json"):
-        StudyConfig(out_dir=tmp_path, data=tmp_path)
+        StudyConfig(out_dir=tmp_path, data=[tmp_path])

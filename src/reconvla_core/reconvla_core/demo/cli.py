@@ -37,12 +37,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     study_sub = study.add_subparsers(dest="study", metavar="STUDY", required=True)
     recon = study_sub.add_parser("recon", help="the reconstruction ablation: recon_target none | full | gaze")
     recon.add_argument("--seeds", type=int, default=3, help="training seeds per variant")
-    recon.add_argument("--data", type=Path, default=None,
-                       help="a dataset from `reconvla dataset build` (default: collect and build one)")
+    recon.add_argument("--data", type=Path, nargs="+", default=None, metavar="DIR",
+                       help="datasets from `reconvla dataset build`, drawn alike (default: collect and build one)")
+    recon.add_argument("--init-from", type=Path, default=None, metavar="CHECKPOINT",
+                       help="finetune each variant from this checkpoint (tiny-sim-finetune, as the demo does) "
+                            "instead of training from random weights; variants: none (recon_weight 0) and the "
+                            "checkpoint's own recon_target")
+    recon.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="training config override for every run, repeatable (e.g. data.num_workers=1)")
     recon.add_argument("--episodes", type=int, default=60, help="expert episodes to collect when --data is absent")
     recon.add_argument("--train-steps", type=int, default=300)
     recon.add_argument("--chains", type=int, default=20, help="fixed evaluation chains per trained model")
-    recon.add_argument("--variants", default="none,full,gaze")
+    recon.add_argument("--variants", default=None,
+                       help="comma-separated (default none,full,gaze; with --init-from: none and the checkpoint's own)")
     recon.add_argument("--out", type=Path, default=None, help="run directory (default runs/study-recon-<time>)")
     recon.add_argument("--json", action="store_true")
     recon.set_defaults(func=cmd_study_recon)

@@ -6,12 +6,19 @@ same simulated dataset, with the same step budget and the same seeds. Each model
 the fixed chains (success, average length) and on held-out frames for attention concentration:
 the share of the action tokens' attention mass (over image tokens) that falls inside the
 ground-truth gaze box, next to the share a uniform attention map would give (the box's area).
+
+With ``--init-from CHECKPOINT`` the study runs on the recipe that makes a working policy here: each
+variant finetunes that checkpoint (``tiny-sim-finetune``, as ``reconvla demo`` does) on the same
+demonstrations. A finetune keeps its checkpoint's reconstruction branch, so the variants are then the
+checkpoint's own ``recon_target`` (its reconstruction loss trained on) and ``none`` (the same branch,
+``recon_weight`` 0: the reconstruction loss still logged, no longer trained).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -31,29 +38,57 @@ VARIANTS = ("none", "full", "gaze")
 class StudyConfig:
     out_dir: Path
     seeds: int = 3
-    data: Path | None = None
+    data: list[Path] = dataclasses.field(default_factory=list)  # empty: collect and build one
     episodes: int = 60
     train_steps: int = 300
     chains: int = 20
-    variants: tuple[str, ...] = VARIANTS
+    variants: tuple[str, ...] | None = None  # None: all three; with init_from: none and the checkpoint's own
     attention_frames: int = 48
     image_size: tuple[int, int] = (160, 120)
+    init_from: Path | None = None  # finetune each variant from this checkpoint instead of random weights
+    overrides: list[str] = dataclasses.field(default_factory=list)  # training config KEY=VALUE for every run
 
     def __post_init__(self) -> None:
+        self.data = [Path(p) for p in self.data]
+        if self.variants is None:
+            self.variants = VARIANTS if self.init_from is None else ("none", self._own_recon_target())
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise ValueError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
         if self.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
-        if self.data is not None and not (self.data / "meta" / "info.json").is_file():
-            raise FileNotFoundError(f"--data {self.data} is not a dataset (no meta/info.json); "
-                                    "build one with `reconvla dataset build`")
+        for path in self.data:
+            if not (path / "meta" / "info.json").is_file():
+                raise FileNotFoundError(f"--data {path} is not a dataset (no meta/info.json); "
+                                        "build one with `reconvla dataset build`")
+        if self.init_from is not None:
+            self._check_finetune()
+
+    def _own_recon_target(self) -> str:
+        assert self.init_from is not None
+        config = self.init_from / "config.json"
+        if not config.is_file():
+            raise FileNotFoundError(f"--init-from {self.init_from} is not a checkpoint directory (no config.json)")
+        return str(json.loads(config.read_text(encoding="utf-8")).get("recon_target", "gaze"))
+
+    def _check_finetune(self) -> None:
+        """A finetune cannot change its checkpoint's reconstruction target, only stop training it."""
+        assert self.init_from is not None and self.variants is not None
+        own = self._own_recon_target()
+        if not self.data:
+            raise ValueError("--init-from finetunes on demonstrations: give them with --data")
+        allowed = {"none", own}
+        if any(v not in allowed for v in self.variants):
+            raise ValueError(f"a finetune of {self.init_from} (recon_target {own!r}) can compare only "
+                             f"{' and '.join(sorted(allowed))}; got --variants {','.join(self.variants)}")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> StudyConfig:
         return cls(out_dir=args.out or Path("runs") / time.strftime("study-recon-%Y%m%d-%H%M%S"), seeds=args.seeds,
-                   data=args.data, episodes=args.episodes, train_steps=args.train_steps, chains=args.chains,
-                   variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()))
+                   data=args.data or [], episodes=args.episodes, train_steps=args.train_steps, chains=args.chains,
+                   variants=None if args.variants is None else tuple(v.strip() for v in args.variants.split(",")
+                                                                      if v.strip()),
+                   init_from=args.init_from, overrides=list(args.overrides))
 
 
 def attention_inside(attention: np.ndarray, box: np.ndarray) -> float:
@@ -98,8 +133,8 @@ def attention_concentration(checkpoint: Path, dataset: Path, frames: int, seed: 
             "uniform_in_gaze": float(np.mean(uniform)) if uniform else float("nan"), "frames": len(inside)}
 
 
-def _prepare_dataset(config: StudyConfig) -> Path:
-    if config.data is not None:
+def _prepare_datasets(config: StudyConfig) -> list[Path]:
+    if config.data:
         return config.data
     from reconvla_core.data.build import BuildConfig, build_dataset
     from reconvla_core.sim import SimConfig
@@ -110,23 +145,32 @@ def _prepare_dataset(config: StudyConfig) -> Path:
             config=SimConfig(image_width=width, image_height=height))
     build_dataset(BuildConfig(bags=[config.out_dir / "bags"], out=config.out_dir / "dataset", gaze="sim",
                               progress=True))
-    return config.out_dir / "dataset"
+    return [config.out_dir / "dataset"]
 
 
-def _train_and_evaluate(config: StudyConfig, dataset: Path, variant: str, seed: int, chains: list) -> dict[str, Any]:
+def training_overrides(config: StudyConfig, variant: str, seed: int) -> tuple[str, list[str]]:
+    """The recipe and overrides of one run: from random weights (``tiny-sim``, the variant's
+    recon_target) or, with ``init_from``, its finetune (``none``: recon_weight 0)."""
+    common = [f"seed={seed}", f"train.max_steps={config.train_steps}", *config.overrides]
+    if config.init_from is None:
+        return "tiny-sim", [f"model.recon_target={variant}", *common]
+    variant_options = ["model.recon_weight=0"] if variant == "none" else []
+    return "tiny-sim-finetune", [f"init_from={config.init_from}", *variant_options, *common]
+
+
+def _train_and_evaluate(config: StudyConfig, datasets: list[Path], variant: str, seed: int,
+                        chains: list) -> dict[str, Any]:
     from reconvla_core.policy import CheckpointPolicy
     from reconvla_core.sim import SimConfig, evaluate_policy
     from reconvla_core.train import load_train_config, train
 
     run_dir = config.out_dir / "runs" / f"{variant}-seed{seed}"
-    train_config = load_train_config(
-        "tiny-sim", [f"model.recon_target={variant}", f"seed={seed}", f"train.max_steps={config.train_steps}"],
-        data=[str(dataset)], output_dir=str(run_dir))
-    trained = train(train_config)
+    recipe, overrides = training_overrides(config, variant, seed)
+    trained = train(load_train_config(recipe, overrides, data=[str(p) for p in datasets], output_dir=str(run_dir)))
     width, height = config.image_size
     metrics, _ = evaluate_policy(CheckpointPolicy(trained["checkpoint"]), chains,
                                  SimConfig(image_width=width, image_height=height))
-    attention = attention_concentration(Path(trained["checkpoint"]), dataset, config.attention_frames, seed=seed)
+    attention = attention_concentration(Path(trained["checkpoint"]), datasets[0], config.attention_frames, seed=seed)
     return {"variant": variant, "seed": seed, "final_action_loss": trained.get("final_action_loss"),
             "final_recon_loss": trained.get("final_recon_loss"), "avg_len": metrics["avg_len"],
             "success_by_position": metrics["success_by_position"], **attention}
@@ -137,17 +181,19 @@ def run_recon_study(config: StudyConfig) -> dict[str, Any]:
 
     config.out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    dataset = _prepare_dataset(config)
+    datasets = _prepare_datasets(config)
     chains = make_eval_chains(config.chains, seed=0)
     runs = []
+    assert config.variants is not None
     for variant in config.variants:
         for seed in range(config.seeds):
             logger.info("study recon: %s, seed %d", variant, seed)
-            runs.append(_train_and_evaluate(config, dataset, variant, seed, chains))
+            runs.append(_train_and_evaluate(config, datasets, variant, seed, chains))
             write_json(config.out_dir / "runs.json", {"runs": runs})  # partial results survive an interrupt
     summary = summarise(runs, config.variants)
     result = {"variants": summary, "seeds": config.seeds, "train_steps": config.train_steps,
-              "chains": config.chains, "dataset": str(dataset), "runs": runs,
+              "chains": config.chains, "datasets": [str(p) for p in datasets], "runs": runs,
+              "init_from": None if config.init_from is None else str(config.init_from),
               "minutes": round((time.monotonic() - started) / 60.0, 1), "out_dir": str(config.out_dir)}
     _write_outputs(config, result)
     return result
@@ -167,6 +213,10 @@ def summarise(runs: list[dict[str, Any]], variants: tuple[str, ...]) -> dict[str
         entry["success_by_position_ci95"] = [mean_and_ci(positions[:, i].tolist())[1] for i in range(positions.shape[1])]
         summary[variant] = entry
     return summary
+
+
+def _finetuned(config: StudyConfig) -> str:
+    return "" if config.init_from is None else f" finetuned from {config.init_from}"
 
 
 def _write_outputs(config: StudyConfig, result: dict[str, Any]) -> None:
@@ -199,7 +249,8 @@ def _write_outputs(config: StudyConfig, result: dict[str, Any]) -> None:
              f"{s['uniform_in_gaze']['mean']:.3f}",
              f"{s['final_action_loss']['mean']:.3f}"] for v, s in summary.items()]
     (out / "study.md").write_text(
-        f"# Reconstruction ablation (tiny ReconVLA, {config.seeds} seeds, {config.train_steps} steps, "
+        f"# Reconstruction ablation (tiny ReconVLA{_finetuned(config)}, {config.seeds} seeds, "
+        f"{config.train_steps} steps, "
         f"{config.chains} fixed chains)\n\n"
         + markdown_table(["recon_target", "avg len (95% CI)", "attention in gaze (95% CI)", "uniform share",
                           "final action loss"], rows)
