@@ -185,8 +185,8 @@ def run_recon_study(config: StudyConfig) -> dict[str, Any]:
     chains = make_eval_chains(config.chains, seed=0)
     runs = []
     assert config.variants is not None
-    for variant in config.variants:
-        for seed in range(config.seeds):
+    for seed in range(config.seeds):  # seed by seed: a study cut short still compares every variant
+        for variant in config.variants:
             logger.info("study recon: %s, seed %d", variant, seed)
             runs.append(_train_and_evaluate(config, datasets, variant, seed, chains))
             write_json(config.out_dir / "runs.json", {"runs": runs})  # partial results survive an interrupt
