@@ -26,6 +26,7 @@ def _trace(family: str = "stack", **changes) -> SubtaskTrace:
     (dict(held_at_end=True, block_end=np.array([0.30, -0.10, 0.10])), "held_at_timeout"),
     (dict(block_end=np.array([0.30, 0.0, 0.015])), "dropped_away"),
     (dict(block_end=np.array([0.30, 0.0, 0.015]), lost_while_shut=True), "slipped"),
+    (dict(block_end=np.array([0.31, 0.12, 0.015])), "not_carried"),
     (dict(block_end=np.array([0.30, -0.08, 0.015])), "released_off_target"),
 ])
 def test_each_failure_mode_from_its_trace(changes, mode):

@@ -11,6 +11,8 @@ images) and ``classify`` names its failure, the first of these that applies:
 - ``not_lifted``: grasped, never raised to the pick's height;
 - ``destination_moved`` (place, stack): the bowl or base block was shifted more than ``PUSH_DISTANCE``;
 - ``held_at_timeout``: still between both fingers when the time ran out (never released);
+- ``not_carried``: grasped and lifted, then let go again within ``RELEASE_NEAR`` of where it stood
+  (the carry never started: often a grasp let go to try again);
 - ``slipped``: lost from the fingers more than ``RELEASE_NEAR`` from the destination while the gripper
   was still commanded shut (a weak or off-centre grasp, or knocked out on the way);
 - ``dropped_away``: let go (the gripper commanded open) more than ``RELEASE_NEAR`` from the destination;
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     from reconvla_core.sim.env import PiperCellEnv
 
 FAILURE_MODES = ("wrong_block", "pushed_away", "not_grasped", "not_lifted", "destination_moved",
-                 "held_at_timeout", "slipped", "dropped_away", "released_off_target")
+                 "held_at_timeout", "not_carried", "slipped", "dropped_away", "released_off_target")
 PUSH_DISTANCE = 0.02  # m an object may be nudged (settling, a finger's touch) and still count as where it was
 LIFTED_BY = 0.02  # m above where it stood: another block counts as lifted
 RELEASE_NEAR = 0.05  # m (horizontal) from the destination: a release there was aimed at it
@@ -72,6 +74,8 @@ def classify(trace: SubtaskTrace) -> str:
     off = float(np.linalg.norm(trace.block_end[:2] - trace.destination_end[:2]))
     if off <= RELEASE_NEAR:
         return "released_off_target"
+    if float(np.linalg.norm(trace.block_end[:2] - trace.block_start[:2])) <= RELEASE_NEAR:
+        return "not_carried"
     return "slipped" if trace.lost_while_shut else "dropped_away"
 
 
