@@ -11,8 +11,8 @@ images) and ``classify`` names its failure, the first of these that applies:
 - ``not_lifted``: grasped, never raised to the pick's height;
 - ``destination_moved`` (place, stack): the bowl or base block was shifted more than ``PUSH_DISTANCE``;
 - ``held_at_timeout``: still between both fingers when the time ran out (never released);
-- ``not_carried``: grasped and lifted, then let go again within ``RELEASE_NEAR`` of where it stood
-  (the carry never started: often a grasp let go to try again);
+- ``not_carried``: grasped and lifted, but never held more than ``RELEASE_NEAR`` from where it stood
+  (the carry never started: often a grasp let go to try again, until the time ran out);
 - ``slipped``: lost from the fingers more than ``RELEASE_NEAR`` from the destination while the gripper
   was still commanded shut (a weak or off-centre grasp, or knocked out on the way);
 - ``dropped_away``: let go (the gripper commanded open) more than ``RELEASE_NEAR`` from the destination;
@@ -54,6 +54,7 @@ class SubtaskTrace:
     lifted: bool = False  # the block's bottom reached the pick's height
     other_lifted: bool = False  # another block rose LIFTED_BY above where it stood
     held_at_end: bool = False
+    carried: bool = False  # while held, the block was more than RELEASE_NEAR from where it stood
     lost_while_shut: bool = False  # when the block last left the fingers, the gripper was commanded narrower than it
 
 
@@ -71,11 +72,11 @@ def classify(trace: SubtaskTrace) -> str:
         return "destination_moved"
     if trace.held_at_end:
         return "held_at_timeout"
+    if not trace.carried:
+        return "not_carried"
     off = float(np.linalg.norm(trace.block_end[:2] - trace.destination_end[:2]))
     if off <= RELEASE_NEAR:
         return "released_off_target"
-    if float(np.linalg.norm(trace.block_end[:2] - trace.block_start[:2])) <= RELEASE_NEAR:
-        return "not_carried"
     return "slipped" if trace.lost_while_shut else "dropped_away"
 
 
@@ -92,14 +93,16 @@ class SubtaskWatch:
                        if name.endswith("_block") and name != self.block}
         self.block_start = env.object_pose(self.block)[0]
         self.destination_start = env.object_pose(self.destination)[0] if self.destination else None
-        self.grasped = self.lifted = self.other_lifted = self.holding = self.lost_while_shut = False
+        self.grasped = self.lifted = self.other_lifted = self.holding = self.carried = self.lost_while_shut = False
 
     def update(self) -> None:
         env = self.env
         holding = all(env.touching_gripper(self.block))
         if holding:
             self.grasped = True
-            self.lifted = self.lifted or checks.lifted(env.object_pose(self.block)[0])
+            position = env.object_pose(self.block)[0]
+            self.lifted = self.lifted or checks.lifted(position)
+            self.carried = self.carried or float(np.linalg.norm(position[:2] - self.block_start[:2])) > RELEASE_NEAR
         elif self.holding:  # it just left the fingers: let go, or lost from a shut gripper?
             self.lost_while_shut = bool(env.last_command[6] < BLOCK_SIZE)
         self.holding = holding
@@ -112,7 +115,7 @@ class SubtaskWatch:
             family=self.family, block_start=self.block_start, block_end=env.object_pose(self.block)[0],
             destination_start=self.destination_start,
             destination_end=env.object_pose(self.destination)[0] if self.destination else None,
-            grasped=self.grasped, lifted=self.lifted, other_lifted=self.other_lifted,
+            grasped=self.grasped, lifted=self.lifted, other_lifted=self.other_lifted, carried=self.carried,
             held_at_end=all(env.touching_gripper(self.block)), lost_while_shut=self.lost_while_shut,
         )
 
