@@ -12,7 +12,7 @@ def _trace(family: str = "stack", **changes) -> SubtaskTrace:
     """A subtask that grasped and lifted its block and released it right on its destination."""
     here, there = np.array([0.30, 0.10, 0.015]), np.array([0.30, -0.10, 0.015])
     fields = dict(family=family, block_start=here, block_end=there + [0, 0, 0.03], destination_start=there,
-                  destination_end=there, grasped=True, lifted=True, carried=True)
+                  destination_end=there, grasped=True, lifted=True)
     fields.update(changes)
     return SubtaskTrace(**fields)
 
@@ -26,7 +26,10 @@ def _trace(family: str = "stack", **changes) -> SubtaskTrace:
     (dict(held_at_end=True, block_end=np.array([0.30, -0.10, 0.10])), "held_at_timeout"),
     (dict(block_end=np.array([0.30, 0.0, 0.015])), "dropped_away"),
     (dict(block_end=np.array([0.30, 0.0, 0.015]), lost_while_shut=True), "slipped"),
-    (dict(carried=False, block_end=np.array([0.30, 0.02, 0.015])), "not_carried"),  # pushed on after the drop
+    (dict(released_at=np.array([0.31, 0.11, 0.03]), block_end=np.array([0.30, 0.02, 0.015])),
+     "not_carried"),  # let go where it stood, pushed on afterwards
+    (dict(released_at=np.array([0.30, -0.09, 0.06]), block_end=np.array([0.30, 0.05, 0.015])),
+     "released_off_target"),  # let go over the base block, rolled off
     (dict(block_end=np.array([0.30, -0.08, 0.015])), "released_off_target"),
 ])
 def test_each_failure_mode_from_its_trace(changes, mode):

@@ -11,13 +11,16 @@ images) and ``classify`` names its failure, the first of these that applies:
 - ``not_lifted``: grasped, never raised to the pick's height;
 - ``destination_moved`` (place, stack): the bowl or base block was shifted more than ``PUSH_DISTANCE``;
 - ``held_at_timeout``: still between both fingers when the time ran out (never released);
-- ``not_carried``: grasped and lifted, but never held more than ``RELEASE_NEAR`` from where it stood
-  (the carry never started: often a grasp let go to try again, until the time ran out);
-- ``slipped``: lost from the fingers more than ``RELEASE_NEAR`` from the destination while the gripper
-  was still commanded shut (a weak or off-centre grasp, or knocked out on the way);
-- ``dropped_away``: let go (the gripper commanded open) more than ``RELEASE_NEAR`` from the destination;
-- ``released_off_target``: released near the destination and not resting on or in it (missed
-  the top of the base block, the bowl's rim, tipped over).
+- ``not_carried``: let go again within ``RELEASE_NEAR`` of where it stood (the carry never got
+  going: put back down, often to be grasped again, until the time ran out);
+- ``released_off_target``: let go within ``RELEASE_NEAR`` of the destination and not resting on or in
+  it (missed the top of the base block, the bowl's rim, tipped over);
+- ``slipped``: lost from the fingers elsewhere while the gripper was still commanded shut (a weak or
+  off-centre grasp, or knocked out on the way);
+- ``dropped_away``: let go (the gripper commanded open) elsewhere.
+
+Where a block was let go is where it last left the fingers, not where it lies when the time runs out
+(a block dropped and then pushed on by the next attempts counts where it was dropped).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
     from reconvla_core.sim.env import PiperCellEnv
 
 FAILURE_MODES = ("wrong_block", "pushed_away", "not_grasped", "not_lifted", "destination_moved",
-                 "held_at_timeout", "not_carried", "slipped", "dropped_away", "released_off_target")
+                 "held_at_timeout", "released_off_target", "not_carried", "slipped", "dropped_away")
 PUSH_DISTANCE = 0.02  # m an object may be nudged (settling, a finger's touch) and still count as where it was
 LIFTED_BY = 0.02  # m above where it stood: another block counts as lifted
 RELEASE_NEAR = 0.05  # m (horizontal) from the destination: a release there was aimed at it
@@ -54,7 +57,7 @@ class SubtaskTrace:
     lifted: bool = False  # the block's bottom reached the pick's height
     other_lifted: bool = False  # another block rose LIFTED_BY above where it stood
     held_at_end: bool = False
-    carried: bool = False  # while held, the block was more than RELEASE_NEAR from where it stood
+    released_at: np.ndarray | None = None  # where the block last left the fingers; None: never after a grasp
     lost_while_shut: bool = False  # when the block last left the fingers, the gripper was commanded narrower than it
 
 
@@ -72,11 +75,11 @@ def classify(trace: SubtaskTrace) -> str:
         return "destination_moved"
     if trace.held_at_end:
         return "held_at_timeout"
-    if not trace.carried:
-        return "not_carried"
-    off = float(np.linalg.norm(trace.block_end[:2] - trace.destination_end[:2]))
-    if off <= RELEASE_NEAR:
+    where = trace.block_end if trace.released_at is None else trace.released_at
+    if float(np.linalg.norm(where[:2] - trace.destination_end[:2])) <= RELEASE_NEAR:
         return "released_off_target"
+    if float(np.linalg.norm(where[:2] - trace.block_start[:2])) <= RELEASE_NEAR:
+        return "not_carried"
     return "slipped" if trace.lost_while_shut else "dropped_away"
 
 
@@ -93,17 +96,17 @@ class SubtaskWatch:
                        if name.endswith("_block") and name != self.block}
         self.block_start = env.object_pose(self.block)[0]
         self.destination_start = env.object_pose(self.destination)[0] if self.destination else None
-        self.grasped = self.lifted = self.other_lifted = self.holding = self.carried = self.lost_while_shut = False
+        self.grasped = self.lifted = self.other_lifted = self.holding = self.lost_while_shut = False
+        self.released_at: np.ndarray | None = None
 
     def update(self) -> None:
         env = self.env
         holding = all(env.touching_gripper(self.block))
         if holding:
             self.grasped = True
-            position = env.object_pose(self.block)[0]
-            self.lifted = self.lifted or checks.lifted(position)
-            self.carried = self.carried or float(np.linalg.norm(position[:2] - self.block_start[:2])) > RELEASE_NEAR
-        elif self.holding:  # it just left the fingers: let go, or lost from a shut gripper?
+            self.lifted = self.lifted or checks.lifted(env.object_pose(self.block)[0])
+        elif self.holding:  # it just left the fingers: where, and let go or lost from a shut gripper?
+            self.released_at = env.object_pose(self.block)[0]
             self.lost_while_shut = bool(env.last_command[6] < BLOCK_SIZE)
         self.holding = holding
         if not self.grasped and not self.other_lifted:
@@ -115,8 +118,9 @@ class SubtaskWatch:
             family=self.family, block_start=self.block_start, block_end=env.object_pose(self.block)[0],
             destination_start=self.destination_start,
             destination_end=env.object_pose(self.destination)[0] if self.destination else None,
-            grasped=self.grasped, lifted=self.lifted, other_lifted=self.other_lifted, carried=self.carried,
-            held_at_end=all(env.touching_gripper(self.block)), lost_while_shut=self.lost_while_shut,
+            grasped=self.grasped, lifted=self.lifted, other_lifted=self.other_lifted,
+            held_at_end=all(env.touching_gripper(self.block)), released_at=self.released_at,
+            lost_while_shut=self.lost_while_shut,
         )
 
 
