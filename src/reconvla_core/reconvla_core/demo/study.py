@@ -50,8 +50,9 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         self.data = [Path(p) for p in self.data]
+        own = None if self.init_from is None else self._own_recon_target()
         if self.variants is None:
-            self.variants = VARIANTS if self.init_from is None else ("none", self._own_recon_target())
+            self.variants = VARIANTS if own is None else ("none", own)
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise ValueError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
@@ -61,8 +62,8 @@ class StudyConfig:
             if not (path / "meta" / "info.json").is_file():
                 raise FileNotFoundError(f"--data {path} is not a dataset (no meta/info.json); "
                                         "build one with `reconvla dataset build`")
-        if self.init_from is not None:
-            self._check_finetune()
+        if own is not None:
+            self._check_finetune(own)
 
     def _own_recon_target(self) -> str:
         assert self.init_from is not None
@@ -71,10 +72,9 @@ class StudyConfig:
             raise FileNotFoundError(f"--init-from {self.init_from} is not a checkpoint directory (no config.json)")
         return str(json.loads(config.read_text(encoding="utf-8")).get("recon_target", "gaze"))
 
-    def _check_finetune(self) -> None:
-        """A finetune cannot change its checkpoint's reconstruction target, only stop training it."""
-        assert self.init_from is not None and self.variants is not None
-        own = self._own_recon_target()
+    def _check_finetune(self, own: str) -> None:
+        """A finetune cannot change its checkpoint's reconstruction target (``own``), only stop training it."""
+        assert self.variants is not None
         if not self.data:
             raise ValueError("--init-from finetunes on demonstrations: give them with --data")
         allowed = {"none", own}

@@ -26,6 +26,7 @@ Where a block was let go is where it last left the fingers, not where it lies wh
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -126,9 +127,6 @@ class SubtaskWatch:
 
 def summarise_failures(failures: list[tuple[str, str]]) -> dict[str, dict[str, int]]:
     """``(family, mode)`` pairs -> counts per family, modes in ``FAILURE_MODES`` order, zeros left out."""
-    counts: dict[str, dict[str, int]] = {}
-    for family, mode in failures:
-        counts.setdefault(family, {})
-        counts[family][mode] = counts[family].get(mode, 0) + 1
-    return {family: {mode: modes[mode] for mode in FAILURE_MODES if mode in modes}
-            for family, modes in sorted(counts.items())}
+    counts = Counter(failures)
+    return {family: {mode: counts[family, mode] for mode in FAILURE_MODES if counts[family, mode]}
+            for family in sorted({family for family, _ in failures})}
