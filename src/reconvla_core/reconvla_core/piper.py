@@ -23,6 +23,11 @@ DH_THETA_OFFSET: tuple[float, ...] = (0.0, math.radians(-172.22), math.radians(-
 JOINT_LOWER: tuple[float, ...] = (-2.618, 0.0, -2.967, -1.745, -1.22, -2.094)
 JOINT_UPPER: tuple[float, ...] = (2.618, 3.14, 0.0, 1.745, 1.22, 2.094)
 MAX_JOINT_SPEED = 3.0  # rad/s
+# The deployment's soft joint limits (runtime/safety.py) lie this far inside the hard ones. The
+# twin's experts plan inside them, so no demonstration teaches a target the safety layer refuses.
+SOFT_LIMIT_MARGIN = 0.05  # rad
+SOFT_JOINT_LOWER: tuple[float, ...] = tuple(v + SOFT_LIMIT_MARGIN for v in JOINT_LOWER)
+SOFT_JOINT_UPPER: tuple[float, ...] = tuple(v - SOFT_LIMIT_MARGIN for v in JOINT_UPPER)
 GRIPPER_MIN = 0.0  # m
 GRIPPER_MAX = 0.07  # m (the driver clamps at 0.08)
 

@@ -7,7 +7,14 @@ import json
 import pytest
 
 from reconvla_core.cli.main import main
-from reconvla_core.sim.evaluate import ChainResult, summarise
+import numpy as np
+
+from reconvla_core.piper import GRIPPER_MAX, SOFT_JOINT_UPPER
+from reconvla_core.policy import ActionChunk, Policy
+from reconvla_core.runtime.safety import LIMIT_TOLERANCE
+from reconvla_core.sim.env import HOME_JOINTS, PiperCellEnv, SimConfig
+from reconvla_core.sim.evaluate import ChainResult, deployable, run_chain, summarise
+from reconvla_core.sim.tasks import make_eval_chains
 
 
 def test_summarise_calvin_metrics():
@@ -44,6 +51,50 @@ def test_eval_sim_random_and_expert(tmp_path, capsys):
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["avg_len"] == 5.0 and result["success_by_position"] == [1.0] * 5
+
+
+HOME = np.concatenate([HOME_JOINTS, [GRIPPER_MAX]])
+
+
+def test_a_chunk_runs_as_the_deployment_would_run_it():
+    """The deployment's limit check: within the tolerance beyond a soft limit a target is clipped
+    onto it, further out the whole chunk is refused and the arm holds its last command."""
+    held = HOME.copy()
+    near = np.tile(HOME, (3, 1))
+    near[1, 4] = SOFT_JOINT_UPPER[4] + LIMIT_TOLERANCE / 2
+    actions, accepted = deployable(near, held)
+    assert accepted and actions[1][4] == pytest.approx(SOFT_JOINT_UPPER[4])
+    np.testing.assert_array_equal(actions[0], HOME)
+    beyond = near.copy()
+    beyond[2, 4] = SOFT_JOINT_UPPER[4] + 2 * LIMIT_TOLERANCE  # joint5 1.21 rad: still inside the hard limit
+    actions, accepted = deployable(beyond, held)
+    assert not accepted and len(actions) == 3
+    assert all(np.array_equal(action, held) for action in actions)
+    with pytest.raises(ValueError, match="shape"):
+        deployable(np.zeros((2, 6)), held)
+
+
+class _BeyondTheSoftLimit(Policy):
+    """Asks to move joint1 by 0.3 rad with joint5 where the safety layer refuses it."""
+
+    needs_images = False
+
+    def infer(self, obs):
+        target = HOME.copy()
+        target[0] += 0.3
+        target[4] = SOFT_JOINT_UPPER[4] + 2 * LIMIT_TOLERANCE
+        return ActionChunk(np.tile(target, (5, 1)))
+
+
+def test_refused_chunks_leave_the_arm_where_it_was():
+    chain = make_eval_chains(1, seed=0)[0]
+    with PiperCellEnv(SimConfig(image_width=32, image_height=24, subtask_time_limit_s=2.0)) as env:
+        result = run_chain(env, _BeyondTheSoftLimit(), chain)
+        assert result.completed == 0 and result.chunks > 0
+        assert result.refused_chunks == result.chunks
+        np.testing.assert_allclose(env.state()[:6], HOME_JOINTS, atol=0.02)
+    metrics = summarise([result])
+    assert metrics["refused_chunks"] == metrics["chunks"] == result.chunks
 
 
 def test_eval_sim_bad_policy_is_a_clear_error(tmp_path, capsys):

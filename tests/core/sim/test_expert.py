@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reconvla_core.piper import JOINT_LOWER, JOINT_UPPER
+from reconvla_core.piper import SOFT_JOINT_LOWER, SOFT_JOINT_UPPER
 from reconvla_core.sim.env import PiperCellEnv, SimConfig
 from reconvla_core.sim.expert import ScriptedExpert
 from reconvla_core.sim.scene import BLOCK_SIZE, sample_layout
@@ -19,7 +19,8 @@ def test_expert_completes_a_chain_within_limits():
         picked = False
         while True:
             action = expert.act()
-            assert np.all(action[:6] >= JOINT_LOWER) and np.all(action[:6] <= JOINT_UPPER)
+            # Inside the deployment's soft limits: the safety layer would refuse anything beyond.
+            assert np.all(action[:6] >= SOFT_JOINT_LOWER) and np.all(action[:6] <= SOFT_JOINT_UPPER)
             _, info = env.step(action, render=False)
             task = chain.tasks[info["subtask_index"]]
             if info["subtask_success"] and task.family == "pick":

@@ -5,8 +5,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import numpy as np
+import pytest
 
-from reconvla_core.piper import GRIPPER_MAX, JOINT_LOWER, JOINT_NAMES, JOINT_UPPER
+from reconvla_core.piper import GRIPPER_MAX, JOINT_LOWER, JOINT_NAMES, JOINT_UPPER, SOFT_JOINT_LOWER, SOFT_JOINT_UPPER
 from reconvla_core.sim.kinematics import (
     LOWER,
     UPPER,
@@ -16,6 +17,7 @@ from reconvla_core.sim.kinematics import (
     tcp_pose,
     top_down_rotation,
 )
+from reconvla_core.sim.expert import IK_SEEDS, plan_ik
 from reconvla_core.sim.robot import piper_urdf
 
 
@@ -65,3 +67,15 @@ def test_ik_reaches_top_down_grasps_within_limits():
         assert np.all(q >= LOWER) and np.all(q <= UPPER)
         assert np.allclose(tcp_pose(q)[:3, 3], target, atol=1e-3)
         assert np.allclose(tcp_pose(q)[:3, 2], [0, 0, -1], atol=1e-2)  # tool points down
+
+
+def test_expert_ik_stays_inside_the_soft_limits():
+    """Far out at travel height a top-down tool needs joint5 beyond its soft limit (1.17 rad): the
+    experts' IK stays inside it and gives up a few millimetres there instead."""
+    target = np.array([0.38, 0.0, 0.115])
+    free, err = solve_ik(target, top_down_rotation(np.pi), np.array(IK_SEEDS[0]), iterations=150)
+    assert err < 1e-3 and free[4] > SOFT_JOINT_UPPER[4]
+    q, _ = plan_ik(target, np.pi, np.array(IK_SEEDS[0]), iterations=150)
+    assert np.all(q >= SOFT_JOINT_LOWER) and np.all(q <= SOFT_JOINT_UPPER)
+    assert q[4] == pytest.approx(SOFT_JOINT_UPPER[4])
+    assert np.linalg.norm(tcp_pose(q)[:3, 3] - target) < 0.005

@@ -43,6 +43,7 @@ from reconvla_core.piper import (
     JOINT_LOWER,
     JOINT_UPPER,
     MAX_JOINT_SPEED,
+    SOFT_LIMIT_MARGIN,
 )
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,6 @@ class HoldReason(str, enum.Enum):
 # MAX_JOINT_SPEED (the hardware's).
 DEFAULT_MAX_JOINT_SPEED = 1.0  # rad/s
 DEFAULT_MAX_GRIPPER_SPEED = 0.1  # m/s: the full 0.07 m stroke in 0.7 s
-SOFT_LIMIT_MARGIN = 0.05  # rad inside each joint limit
 LIMIT_TOLERANCE = 0.02  # rad beyond a soft limit that is still clipped, not rejected
 GRIPPER_TOLERANCE = 0.005  # m beyond the gripper range that is still clipped
 

@@ -4,8 +4,11 @@ A chain counts the subtasks completed in a row (0..5); ``success_by_position[k]`
 fraction of chains that completed at least k+1 subtasks and ``avg_len`` the mean count
 (CALVIN's "average length"). Each subtask has ``SimConfig.subtask_time_limit_s`` of sim
 time. A policy chunk is executed step by step and dropped when the subtask changes.
-The evaluation env clamps finite out-of-limit actions (as the deployment safety filter
-does) and counts them in ``clamped_actions``; NaN/inf or a wrong shape is an error.
+Each chunk passes the deployment's limit check first (runtime/safety.py, the one arm_command
+runs): a chunk with a target beyond a soft joint limit by more than the tolerance is refused whole
+and the arm holds its last command for the chunk's length (``refused_chunks``, out of ``chunks``),
+as on the robot; targets within the tolerance are clipped onto the soft limits. NaN/inf or a wrong
+shape is an error.
 
 A policy that reports the gaze point its head acted on (models with spatial keypoints) is also scored
 on it at every chunk: how far from the true gaze centre, and on which object (``gaze_points`` in
@@ -32,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from reconvla_core.policy import Policy
-from reconvla_core.sim.env import PiperCellEnv, SimConfig
+from reconvla_core.runtime.safety import SafetyFilter
+from reconvla_core.sim.env import PiperCellEnv, SimConfig, validate_action
 from reconvla_core.sim.failures import FAILURE_MODES, SubtaskWatch, classify, summarise_failures
 from reconvla_core.sim.tasks import CHAIN_LENGTH, TASK_FAMILIES, Chain
 
@@ -72,6 +76,8 @@ class ChainResult:
     frames: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
     gaze: list[GazeSample] = dataclasses.field(default_factory=list, repr=False)
     failure: str | None = None  # how the subtask that ended the chain failed (sim/failures.py); None: all done
+    chunks: int = 0  # chunks the policy produced
+    refused_chunks: int = 0  # of those, refused by the deployment's limit check (the arm held)
 
 
 def gaze_sample(env: PiperCellEnv, point: np.ndarray) -> GazeSample:
@@ -112,11 +118,13 @@ def run_chain(
     gaze: list[GazeSample] = []
     chunks_in_phase: dict[tuple[int, str], int] = {}
     watch = SubtaskWatch(env)
-    steps = 0
+    steps = chunks = refused = 0
     while True:
         if not queue:
             chunk = policy.infer(obs)
-            queue = list(chunk.actions)
+            chunks += 1
+            queue, accepted = deployable(chunk.actions, env.last_command)
+            refused += int(not accepted)
             if chunk.gaze_point is not None:
                 sample = gaze_sample(env, chunk.gaze_point)
                 key = (sample.subtask, sample.phase)
@@ -137,7 +145,21 @@ def run_chain(
     completed = int(info["completed"])
     gaze = [dataclasses.replace(g, completed=g.subtask < completed) for g in gaze]
     failure = classify(watch.trace()) if info["timeout"] else None
-    return ChainResult(chain.seed, completed, [t.family for t in chain.tasks], steps, frames, gaze, failure)
+    return ChainResult(chain.seed, completed, [t.family for t in chain.tasks], steps, frames, gaze, failure,
+                       chunks, refused)
+
+
+_DEPLOYMENT_LIMITS = SafetyFilter()
+
+
+def deployable(actions: np.ndarray, last_command: np.ndarray) -> tuple[list[np.ndarray], bool]:
+    """What the robot executes of a (K, 7) chunk: the targets clipped onto the soft limits, or, when
+    one lies beyond them by more than the tolerance, the last command held K times (refused)."""
+    actions = np.stack([validate_action(action, clip=True) for action in actions])  # shape, NaN: ValueError
+    if _DEPLOYMENT_LIMITS.limit_violation(actions) is not None:
+        return [np.asarray(last_command, dtype=np.float64)] * len(actions), False
+    config = _DEPLOYMENT_LIMITS.config
+    return list(np.clip(actions, config.soft_lower, config.soft_upper)), True
 
 
 def _reset_without_images(env: PiperCellEnv, chain: Chain) -> dict[str, Any]:
@@ -164,6 +186,8 @@ def summarise(results: Sequence[ChainResult], length: int = CHAIN_LENGTH) -> dic
         "per_task": per_task,
         "per_task_attempts": attempts,
         "chains": len(results),
+        "chunks": int(sum(r.chunks for r in results)),
+        "refused_chunks": int(sum(r.refused_chunks for r in results)),
     }
     failures = [(r.families[r.completed], r.failure) for r in results if r.failure is not None]
     if failures:

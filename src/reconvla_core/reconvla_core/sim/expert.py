@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reconvla_core.piper import GRIPPER_MAX, GRIPPER_MIN, JOINT_UPPER
+from reconvla_core.piper import GRIPPER_MAX, GRIPPER_MIN, JOINT_UPPER, SOFT_JOINT_LOWER, SOFT_JOINT_UPPER
 from reconvla_core.sim.kinematics import solve_ik, top_down_rotation
 from reconvla_core.sim.scene import BLOCK_SIZE, BOWL_FLOOR, BOWL_INNER_RADIUS
 
@@ -51,6 +51,13 @@ IK_SEEDS = (
 
 def _wrap(angle: float) -> float:
     return (angle + math.pi) % (2 * math.pi) - math.pi
+
+
+def plan_ik(position: np.ndarray, yaw: float, seed: np.ndarray, iterations: int) -> tuple[np.ndarray, float]:
+    """``solve_ik`` for a top-down tool at ``yaw``, inside the deployment's soft joint limits: the
+    safety layer refuses a target beyond them, so a demonstration must not teach one."""
+    return solve_ik(position, top_down_rotation(yaw), seed, iterations=iterations,
+                    lower=SOFT_JOINT_LOWER, upper=SOFT_JOINT_UPPER)
 
 
 def block_yaw(rot: np.ndarray) -> float:
@@ -120,13 +127,13 @@ class ScriptedExpert:
         return math.atan2(rot[1, 0], rot[0, 0])
 
     def _ik(self, position: np.ndarray, yaw: float) -> np.ndarray:
-        q, err = solve_ik(position, top_down_rotation(yaw), self.q, iterations=60)
+        q, err = plan_ik(position, yaw, self.q, iterations=60)
         if err > 2e-3:
             for seed in IK_SEEDS:
                 s = np.array(seed)
                 s[0] = math.atan2(position[1], position[0])
                 s[5] = self.q[5]
-                q2, err2 = solve_ik(position, top_down_rotation(yaw), s, iterations=150)
+                q2, err2 = plan_ik(position, yaw, s, iterations=150)
                 if err2 < err - 1e-4:
                     q, err = q2, err2
         if err > 5e-3:
@@ -138,7 +145,7 @@ class ScriptedExpert:
         best, best_cost = face_yaw, math.inf
         for k in range(4):
             yaw = _wrap(face_yaw + k * math.pi / 2)
-            q, err = solve_ik(position, top_down_rotation(yaw), self._seed_at(position), iterations=120)
+            q, err = plan_ik(position, yaw, self._seed_at(position), iterations=120)
             # Reachable first, then a margin from the wrist limit, then the smallest wrist turn.
             margin = max(0.0, abs(q[5]) - (JOINT_UPPER[5] - WRIST_MARGIN))
             cost = abs(q[5] - self.q[5]) + 10.0 * (err > 1e-3) + 4.0 * margin

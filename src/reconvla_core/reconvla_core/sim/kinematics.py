@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -131,13 +132,17 @@ def solve_ik(
     iterations: int = 200,
     damping: float = 0.02,
     tolerance: float = 1e-4,
+    lower: np.ndarray | Sequence[float] = LOWER,
+    upper: np.ndarray | Sequence[float] = UPPER,
 ) -> tuple[np.ndarray, float]:
-    """Damped-least-squares IK for the TCP, joint limits enforced at every iteration.
+    """Damped-least-squares IK for the TCP, joint limits (``lower``/``upper``: the PiPer's unless
+    narrowed) enforced at every iteration.
 
     Returns ``(q, error)`` where ``error`` = position error (m) + 0.1 x orientation error (rad)
     at the returned ``q``; callers decide whether it is good enough. Deterministic.
     """
-    q = np.clip(np.asarray(q_seed, dtype=np.float64)[:6].copy(), LOWER, UPPER)
+    lower, upper = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
+    q = np.clip(np.asarray(q_seed, dtype=np.float64)[:6].copy(), lower, upper)
     target_p = np.asarray(position, dtype=np.float64)
     target_r = np.asarray(rotation, dtype=np.float64)
     err = math.inf
@@ -154,7 +159,7 @@ def solve_ik(
         norm = np.linalg.norm(step)
         if norm > 0.3:  # keep each iteration small: the linearisation holds
             step *= 0.3 / norm
-        q = np.clip(q + step, LOWER, UPPER)
+        q = np.clip(q + step, lower, upper)
     else:
         tcp = tcp_pose(q, base)
         err = float(

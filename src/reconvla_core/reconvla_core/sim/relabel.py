@@ -33,7 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from reconvla_core.piper import GRIPPER_MAX, GRIPPER_MIN, JOINT_LOWER, JOINT_UPPER
+from reconvla_core.piper import (
+    GRIPPER_MAX,
+    GRIPPER_MIN,
+    JOINT_LOWER,
+    JOINT_UPPER,
+    SOFT_JOINT_LOWER,
+    SOFT_JOINT_UPPER,
+)
 from reconvla_core.sim import success as checks
 from reconvla_core.sim.expert import (
     APPROACH_SPEED,
@@ -45,9 +52,10 @@ from reconvla_core.sim.expert import (
     YAW_SPEED,
     ScriptedExpert,
     _wrap,
+    plan_ik,
 )
 from reconvla_core.sim.env import HOME_JOINTS
-from reconvla_core.sim.kinematics import solve_ik, tcp_pose, top_down_rotation
+from reconvla_core.sim.kinematics import tcp_pose
 from reconvla_core.sim.robot import FINGER_THICKNESS, FINGER_WIDTH
 from reconvla_core.sim.scene import BOWL_INNER_RADIUS, BOWL_WALL
 
@@ -221,7 +229,7 @@ class RelabelExpert(ScriptedExpert):
     def _most_reachable(self, yaws: tuple[float, ...], position: np.ndarray) -> float:
         """Of ``yaws``, the one ``_choose_yaw`` would take: reachable, clear of the wrist limit, least turn."""
         def cost(yaw: float) -> float:
-            q, err = solve_ik(position, top_down_rotation(yaw), self._seed_at(position), iterations=120)
+            q, err = plan_ik(position, yaw, self._seed_at(position), iterations=120)
             margin = max(0.0, abs(q[5]) - (JOINT_UPPER[5] - WRIST_MARGIN))
             return abs(q[5] - self.q[5]) + 10.0 * (err > 1e-3) + 4.0 * margin
 
@@ -311,7 +319,7 @@ class RelabelExpert(ScriptedExpert):
 
     @staticmethod
     def _command(q: np.ndarray, gripper: float) -> np.ndarray:
-        joints = np.clip(q, JOINT_LOWER, JOINT_UPPER)
+        joints = np.clip(q, SOFT_JOINT_LOWER, SOFT_JOINT_UPPER)
         return np.concatenate([joints, [float(np.clip(gripper, GRIPPER_MIN, GRIPPER_MAX))]])
 
 
