@@ -127,7 +127,8 @@ class DaggerConfig:
     def sim_config(self) -> Any:
         from reconvla_core.sim.env import SimConfig
 
-        # The policy's out-of-limit targets are clamped as the deployment safety filter does.
+        # Rollouts pass the deployment's limit check (evaluate.deployable); clip_actions only
+        # guards the expert's labels.
         return SimConfig(image_width=self.image_size[0], image_height=self.image_size[1], clip_actions=True)
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,6 +146,7 @@ def rollout(policy: Any, config: DaggerConfig, round_index: int, bags: Path,
     relabelling expert's action at every visited state into ``bags/episode_XXXXXX``."""
     from reconvla_core.sim.collect import _EpisodeRecorder, collection_chain
     from reconvla_core.sim.env import PiperCellEnv
+    from reconvla_core.sim.evaluate import deployable
     from reconvla_core.sim.relabel import RelabelExpert
 
     if bags.exists():
@@ -187,9 +189,9 @@ def rollout(policy: Any, config: DaggerConfig, round_index: int, bags: Path,
                             if rng.random() < config.beta:
                                 queue = [None] * chunk_len
                             else:
-                                chunk = policy.infer(obs).actions
-                                chunk_len = len(chunk)
-                                queue = list(chunk)
+                                # What the robot would execute: a chunk past the soft limits is refused (hold).
+                                queue, _ = deployable(policy.infer(obs).actions, env.last_command)
+                                chunk_len = len(queue)
                         planned = queue.pop(0)
                         executed = label if planned is None else planned
                         episode_expert += int(planned is None)
