@@ -123,6 +123,14 @@ def top_down_rotation(yaw: float) -> np.ndarray:
     return rz @ flip
 
 
+LOCKED_ORIENTATION_WEIGHT = 0.01  # orientation's weight once a joint is locked on its limit
+
+
+def _dls_step(jac: np.ndarray, delta: np.ndarray, damping: float) -> np.ndarray:
+    """Damped-least-squares joint step towards the 6-D task-space error ``delta``."""
+    return jac.T @ np.linalg.solve(jac @ jac.T + (damping**2) * np.eye(6), delta)
+
+
 def solve_ik(
     position: np.ndarray,
     rotation: np.ndarray,
@@ -146,6 +154,7 @@ def solve_ik(
     target_p = np.asarray(position, dtype=np.float64)
     target_r = np.asarray(rotation, dtype=np.float64)
     err = math.inf
+    locked = np.zeros(6, dtype=bool)
     for _ in range(iterations):
         jac, tcp = jacobian(q, base)
         dp = target_p - tcp[:3, 3]
@@ -154,8 +163,14 @@ def solve_ik(
         if err < tolerance:
             break
         delta = np.concatenate([dp, 0.5 * dr])  # weigh position over orientation
-        jjt = jac @ jac.T + (damping**2) * np.eye(6)
-        step = jac.T @ np.linalg.solve(jjt, delta)
+        step = _dls_step(jac, delta, damping)
+        # A joint on its limit that a step pushes further out stays locked there for the rest of
+        # the solve and the others take up the motion (clipping alone stalls the solve against
+        # the limit). Five joints cannot hold a full pose: the position keeps its weight, the tool
+        # gives way in tilt.
+        locked |= ((q <= lower) & (step < 0)) | ((q >= upper) & (step > 0))
+        if locked.any():
+            step = _dls_step(jac * ~locked, np.concatenate([dp, LOCKED_ORIENTATION_WEIGHT * dr]), damping)
         norm = np.linalg.norm(step)
         if norm > 0.3:  # keep each iteration small: the linearisation holds
             step *= 0.3 / norm
