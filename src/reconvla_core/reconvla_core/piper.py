@@ -38,3 +38,6 @@ SDK_GRIPPER_UNIT_M = 1e-6  # one SDK gripper unit (0.001 mm) in m
 # Bounds of a full state / action vector (ACTION_NAMES order): joint limits + gripper range.
 ACTION_LOWER: tuple[float, ...] = JOINT_LOWER + (GRIPPER_MIN,)
 ACTION_UPPER: tuple[float, ...] = JOINT_UPPER + (GRIPPER_MAX,)
+# The same inside the soft joint limits: the range a policy's targets are kept in.
+SOFT_ACTION_LOWER: tuple[float, ...] = SOFT_JOINT_LOWER + (GRIPPER_MIN,)
+SOFT_ACTION_UPPER: tuple[float, ...] = SOFT_JOINT_UPPER + (GRIPPER_MAX,)

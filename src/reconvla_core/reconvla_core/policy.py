@@ -25,6 +25,11 @@ attention map, the gaze box the model answered with and the gaze point its head 
 - ``TrueGazePolicy``: any policy given the twin's true gaze centre as ``"gaze_point"`` (oracle
   perception: splits a failure into "where to look" and "how to act", ``reconvla eval sim --gaze oracle``).
 - ``ModelPolicy``: a ReconVLA model in memory (e.g. the one being trained) through ``model.predict``.
+  Its targets are kept inside the arm's soft joint limits (``piper.SOFT_ACTION_LOWER/UPPER``): a
+  delta-mode model predicts motion relative to the measured state, so at a limit "further" asks past
+  it; the target is clipped onto the limit (where the experts' own plans stop) and counted in
+  ``ActionChunk.clipped_targets``, rather than the safety layer refusing the whole chunk and the arm
+  holding while the policy asks again.
 - ``CheckpointPolicy``: a ``ModelPolicy`` loaded from a checkpoint directory by ``load_model``, the
   one checkpoint-loading path for inference (the benchmarks use it too).
 
@@ -42,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from reconvla_core.piper import ACTION_DIM, ACTION_LOWER, ACTION_UPPER
+from reconvla_core.piper import ACTION_DIM, ACTION_LOWER, ACTION_UPPER, SOFT_ACTION_LOWER, SOFT_ACTION_UPPER
 from reconvla_core.runtime.overlay import gaze_box_in_frame
 
 if TYPE_CHECKING:
@@ -62,7 +67,8 @@ class ActionChunk:
 
     ``attention``: the (grid, grid) attention map over the image tokens (only when asked and the
     policy has one); ``box``: the gaze box the model answered with (``answer_box`` models);
-    ``gaze_point``: the (x, y) its head acted on (models with spatial keypoints).
+    ``gaze_point``: the (x, y) its head acted on (models with spatial keypoints);
+    ``clipped_targets``: how many of the chunk's values the policy clipped onto the soft limits.
     Construction checks the actions, so every chunk a caller sees is a finite (K >= 1, 7) float64
     array; a single (7,) action becomes a chunk of one."""
 
@@ -70,6 +76,7 @@ class ActionChunk:
     attention: np.ndarray | None = None
     box: np.ndarray | None = None
     gaze_point: np.ndarray | None = None
+    clipped_targets: int = 0
 
     def __post_init__(self) -> None:
         actions = np.asarray(self.actions, dtype=np.float64)
@@ -216,7 +223,9 @@ class ModelPolicy(Policy):
         if box is not None and frame is not None:  # the model answers in base-view coordinates
             box = gaze_box_in_frame(box, float(self.model.config.stitch_top_fraction))
         point = None if out.gaze_point is None else out.gaze_point / scale
-        return ActionChunk(out.actions, out.attention, box, point)
+        actions = np.clip(out.actions, SOFT_ACTION_LOWER, SOFT_ACTION_UPPER)
+        clipped = int(np.count_nonzero(actions != out.actions))
+        return ActionChunk(actions, out.attention, box, point, clipped)
 
 
 class CheckpointPolicy(ModelPolicy):

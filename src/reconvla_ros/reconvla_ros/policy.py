@@ -165,7 +165,8 @@ class PolicyNode(Node):
         self._instruction = str(self.get_parameter("instruction").value)
         self._stop = False
         self.counts = {"chunks": 0, "skipped_stale_frame": 0, "skipped_no_state": 0, "skipped_no_instruction": 0,
-                       "bad_frames": 0, "bad_joint_states": 0, "inference_errors": 0, "overlays": 0}
+                       "bad_frames": 0, "bad_joint_states": 0, "inference_errors": 0, "overlays": 0,
+                       "clipped_targets": 0}
         self._inference_ms: deque[float] = deque(maxlen=100)
         self._latency_ms: deque[float] = deque(maxlen=100)
         self._last_viz = -np.inf
@@ -297,6 +298,7 @@ class PolicyNode(Node):
         self._chunk_pub.publish(chunk_message(prediction.actions, observed, self._p["action_rate"],
                                               frame_msg.header.frame_id))
         self.counts["chunks"] += 1
+        self.counts["clipped_targets"] += prediction.clipped_targets
         self._latency_ms.append((now_s(self) - stamp) * 1e3)
         if want_attention and prediction.attention is not None:
             self._last_viz = time.monotonic()

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reconvla_core.piper import GRIPPER_MAX, JOINT_LOWER, JOINT_UPPER
+from reconvla_core.piper import (
+    GRIPPER_MAX,
+    JOINT_LOWER,
+    JOINT_UPPER,
+    SOFT_ACTION_LOWER,
+    SOFT_ACTION_UPPER,
+    SOFT_JOINT_UPPER,
+)
 from reconvla_core.policy import ActionChunk, CheckpointPolicy, ExpertPolicy, Policy, RandomPolicy, TrueGazePolicy
 
 
@@ -81,6 +88,28 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("policy") / "checkpoint"
     model.save_pretrained(path)
     return path
+
+
+def test_model_policy_keeps_its_targets_inside_the_soft_limits(tmp_path):
+    """A model whose joint5 targets all lie past the soft limit (its stats say so): the policy clips
+    each onto the limit and counts it, so the safety layer has no chunk to refuse."""
+    pytest.importorskip("torch")
+    from reconvla_core.model import ReconVLA, ReconVLAConfig
+    from reconvla_core.policy import ModelPolicy
+
+    model = ReconVLA(ReconVLAConfig.from_preset("tiny", recon_target="none", chunk_size=3))
+    low, high = np.array(SOFT_ACTION_LOWER), np.array(SOFT_ACTION_UPPER)
+    low[4], high[4] = SOFT_JOINT_UPPER[4] + 0.03, SOFT_JOINT_UPPER[4] + 0.04
+    entry = {"min": low.tolist(), "max": high.tolist(), "q01": low.tolist(), "q99": high.tolist(),
+             "mean": ((low + high) / 2).tolist(), "std": ((high - low) / 4).tolist()}
+    model.set_norm_stats({"action": entry, "observation.state": entry})
+    model.eval()
+    obs = {"base_image": np.zeros((32, 48, 3), np.uint8), "wrist_image": np.zeros((32, 48, 3), np.uint8),
+           "instruction": "pick up the red block", "state": (low + high) / 2}
+    chunk = ModelPolicy(model).infer(obs)
+    assert np.all(chunk.actions >= SOFT_ACTION_LOWER) and np.all(chunk.actions <= SOFT_ACTION_UPPER)
+    np.testing.assert_allclose(chunk.actions[:, 4], SOFT_JOINT_UPPER[4])
+    assert chunk.clipped_targets >= 3  # joint5 of every step, whatever else the untrained model asks
 
 
 def test_checkpoint_policy_predicts_chunks_and_runs_in_eval(tiny_checkpoint, tmp_path, capsys):

@@ -8,7 +8,8 @@ Each chunk passes the deployment's limit check first (runtime/safety.py, the one
 runs): a chunk with a target beyond a soft joint limit by more than the tolerance is refused whole
 and the arm holds its last command for the chunk's length (``refused_chunks``, out of ``chunks``),
 as on the robot; targets within the tolerance are clipped onto the soft limits. NaN/inf or a wrong
-shape is an error.
+shape is an error. A ReconVLA policy keeps its own targets inside the soft limits and says how many
+it clipped (``clipped_targets``; policy.py).
 
 A policy that reports the gaze point its head acted on (models with spatial keypoints) is also scored
 on it at every chunk: how far from the true gaze centre, and on which object (``gaze_points`` in
@@ -78,6 +79,7 @@ class ChainResult:
     failure: str | None = None  # how the subtask that ended the chain failed (sim/failures.py); None: all done
     chunks: int = 0  # chunks the policy produced
     refused_chunks: int = 0  # of those, refused by the deployment's limit check (the arm held)
+    clipped_targets: int = 0  # values the policy itself clipped onto the soft limits (ModelPolicy)
 
 
 def gaze_sample(env: PiperCellEnv, point: np.ndarray) -> GazeSample:
@@ -118,11 +120,12 @@ def run_chain(
     gaze: list[GazeSample] = []
     chunks_in_phase: dict[tuple[int, str], int] = {}
     watch = SubtaskWatch(env)
-    steps = chunks = refused = 0
+    steps = chunks = refused = clipped = 0
     while True:
         if not queue:
             chunk = policy.infer(obs)
             chunks += 1
+            clipped += chunk.clipped_targets
             queue, accepted = deployable(chunk.actions, env.last_command)
             refused += int(not accepted)
             if chunk.gaze_point is not None:
@@ -146,7 +149,7 @@ def run_chain(
     gaze = [dataclasses.replace(g, completed=g.subtask < completed) for g in gaze]
     failure = classify(watch.trace()) if info["timeout"] else None
     return ChainResult(chain.seed, completed, [t.family for t in chain.tasks], steps, frames, gaze, failure,
-                       chunks, refused)
+                       chunks, refused, clipped)
 
 
 _DEPLOYMENT_LIMITS = SafetyFilter()
@@ -188,6 +191,7 @@ def summarise(results: Sequence[ChainResult], length: int = CHAIN_LENGTH) -> dic
         "chains": len(results),
         "chunks": int(sum(r.chunks for r in results)),
         "refused_chunks": int(sum(r.refused_chunks for r in results)),
+        "clipped_targets": int(sum(r.clipped_targets for r in results)),
     }
     failures = [(r.families[r.completed], r.failure) for r in results if r.failure is not None]
     if failures:
