@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Below this a clip is float rounding (a gripper decoded to its range's end), not counted.
+CLIP_EPS = 1e-9
 #: Weight dtypes a checkpoint may be loaded in (names of ``torch`` attributes).
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 #: The short spellings command lines take (``reconvla bench infer --dtype bf16``).
@@ -224,7 +226,7 @@ class ModelPolicy(Policy):
             box = gaze_box_in_frame(box, float(self.model.config.stitch_top_fraction))
         point = None if out.gaze_point is None else out.gaze_point / scale
         actions = np.clip(out.actions, SOFT_ACTION_LOWER, SOFT_ACTION_UPPER)
-        clipped = int(np.count_nonzero(actions != out.actions))
+        clipped = int(np.count_nonzero(np.abs(actions - out.actions) > CLIP_EPS))
         return ActionChunk(actions, out.attention, box, point, clipped)
 
 
