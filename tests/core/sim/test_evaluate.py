@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from reconvla_core.cli.main import main
-import numpy as np
-
 from reconvla_core.piper import GRIPPER_MAX, SOFT_JOINT_UPPER
 from reconvla_core.policy import ActionChunk, Policy
 from reconvla_core.runtime.safety import LIMIT_TOLERANCE

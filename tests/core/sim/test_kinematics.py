@@ -79,3 +79,17 @@ def test_expert_ik_stays_inside_the_soft_limits():
     assert np.all(q >= SOFT_JOINT_LOWER) and np.all(q <= SOFT_JOINT_UPPER)
     assert q[4] == pytest.approx(SOFT_JOINT_UPPER[4])
     assert np.linalg.norm(tcp_pose(q)[:3, 3] - target) < 0.005
+
+
+def test_a_joint_on_its_limit_does_not_stall_the_solve():
+    """An arm held at joint5's soft limit far out (where a perturbation left the relabelling expert):
+    a 1 cm step towards the base is solved with the other joints. Clipped without locking, the solve
+    stalled there (8 mm short) and the expert never moved again."""
+    q0 = np.array([-0.79, 1.902, -1.501, 0.0, 1.17, -0.451])
+    pose = tcp_pose(q0)
+    yaw = float(np.arctan2(pose[1, 0], pose[0, 0]))
+    inward = -pose[:2, 3] / np.linalg.norm(pose[:2, 3])
+    target = pose[:3, 3] + 0.01 * np.array([*inward, 0.0])
+    q, _ = plan_ik(target, yaw, q0, iterations=60)
+    assert q[4] <= SOFT_JOINT_UPPER[4]
+    assert np.linalg.norm(tcp_pose(q)[:3, 3] - target) < 0.003
