@@ -20,7 +20,7 @@ The result carries what a deployment shows next to the actions, all optional: th
 attention map, the gaze box the model answered with and the gaze point its head acted on
 (normalised in the image it was given: the base view, or the stitched frame when given ``"frame"``).
 
-- ``RandomPolicy``: uniform random targets within the joint and gripper limits (a floor).
+- ``RandomPolicy``: uniform random targets within the soft joint and the gripper limits (a floor).
 - ``ExpertPolicy``: the simulator's scripted expert (needs the env; privileged state).
 - ``TrueGazePolicy``: any policy given the twin's true gaze centre as ``"gaze_point"`` (oracle
   perception: splits a failure into "where to look" and "how to act", ``reconvla eval sim --gaze oracle``).
@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from reconvla_core.piper import ACTION_DIM, ACTION_LOWER, ACTION_UPPER, SOFT_ACTION_LOWER, SOFT_ACTION_UPPER
+from reconvla_core.piper import ACTION_DIM, SOFT_ACTION_LOWER, SOFT_ACTION_UPPER
 from reconvla_core.runtime.overlay import gaze_box_in_frame
 
 if TYPE_CHECKING:
@@ -114,7 +114,8 @@ class Policy(abc.ABC):
 
 
 class RandomPolicy(Policy):
-    """Uniform random absolute targets inside the limits, a new one every ``chunk_size`` steps."""
+    """Uniform random absolute targets inside the soft limits (what the arm may execute), a new one
+    every ``chunk_size`` steps."""
 
     needs_images = False
     name = "random"
@@ -125,8 +126,8 @@ class RandomPolicy(Policy):
         self.seed = int(seed)
         self.chunk_size = int(chunk_size)
         self._rng = np.random.default_rng(self.seed)
-        self._lower = np.asarray(ACTION_LOWER)
-        self._upper = np.asarray(ACTION_UPPER)
+        self._lower = np.asarray(SOFT_ACTION_LOWER)
+        self._upper = np.asarray(SOFT_ACTION_UPPER)
 
     def infer(self, obs: dict[str, Any]) -> ActionChunk:
         return ActionChunk(self._rng.uniform(self._lower, self._upper, size=(self.chunk_size, ACTION_DIM)))

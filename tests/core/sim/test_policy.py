@@ -20,7 +20,8 @@ def test_random_policy_is_seeded_and_within_limits():
     a, b = RandomPolicy(seed=1, chunk_size=4), RandomPolicy(seed=1, chunk_size=4)
     chunk = a.infer({}).actions
     assert chunk.shape == (4, 7) and np.array_equal(chunk, b.infer({}).actions)
-    assert np.all(chunk[:, :6] >= JOINT_LOWER) and np.all(chunk[:, :6] <= JOINT_UPPER)
+    # Inside the soft limits: a random floor the safety layer would execute, not refuse.
+    assert np.all(chunk >= SOFT_ACTION_LOWER) and np.all(chunk <= SOFT_ACTION_UPPER)
     assert np.all((chunk[:, 6] >= 0) & (chunk[:, 6] <= GRIPPER_MAX))
 
 
