@@ -187,7 +187,7 @@ def test_start_refused_without_task_or_disk_space(ros, tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_leaves_a_readable_bag(ros, tmp_path, signum):
     from sensor_msgs.msg import JointState
-    from std_srvs.srv import Trigger
+    from std_srvs.srv import SetBool, Trigger
 
     config = Path(__file__).resolve().parents[2] / "src" / "reconvla_ros" / "config" / "teleop_recorder.yaml"
     cmd = [
@@ -212,6 +212,11 @@ def test_signal_leaves_a_readable_bag(ros, tmp_path, signum):
         start = node.create_client(Trigger, "/teleop_recorder/start_episode")
         publisher = node.create_publisher(JointState, FOLLOWER_STATE_TOPIC, 10)
         assert start.wait_for_service(timeout_sec=30.0), "recorder subprocess did not come up"
+        # A request sent right after discovery can be lost (the server has not yet matched our response
+        # reader) and start_episode is not idempotent: first finish discovery with a harmless call
+        # that may be resent (stop while nothing records answers "not recording").
+        stop = node.create_client(SetBool, "/teleop_recorder/stop_episode")
+        ros.call(stop, SetBool.Request(data=False), timeout=30.0, resend_after=2.0)
         response = ros.call(start, Trigger.Request())
         assert response.success, response.message
         bag_dir = Path(response.message)
