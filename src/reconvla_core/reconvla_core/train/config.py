@@ -20,18 +20,20 @@ import difflib
 import logging
 import math
 import os
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
 
 import yaml
 
 from reconvla_core.data.lerobot_v3.format import RELABELLED_ACTIONS
 from reconvla_core.model.configuration_reconvla import (PRESETS, REMOVED_TRAINING_OPTIONS, ReconVLAConfig,
                                                         removed_model_options)
+from reconvla_core.train.typed_yaml import ConfigError, build, coerce, coerce_fields, deep_merge, plain
+
+__all__ = ["ConfigError", "ModelSection", "TrainConfig", "config_from_dict", "deep_merge", "to_yaml",
+           "validate_config", "world_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +43,6 @@ MIXED_PRECISION: tuple[str, ...] = ("no", "bf16", "fp16")
 SCHEDULERS: tuple[str, ...] = ("cosine", "linear", "constant")
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 STAGES: tuple[str, ...] = ("pretrain", "finetune")
-
-
-class ConfigError(ValueError):
-    """A training configuration a run cannot start from; the message names the field and the fix."""
 
 
 class ModelSection:
@@ -75,7 +73,8 @@ class ModelSection:
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"model.preset: '{preset}' is not one of {', '.join(sorted(PRESETS))}{hint}")
         self.preset: str = preset
-        self.overrides: dict[str, Any] = _coerce_fields(ReconVLAConfig, dict(overrides or {}), "model")
+        self.overrides: dict[str, Any] = coerce_fields(ReconVLAConfig, dict(overrides or {}), "model",
+                                                          exclude=("preset",))  # the section's base
         try:
             self._resolved = ReconVLAConfig.from_preset(preset, **self.overrides)
         except ValueError as error:  # ReconVLAConfig's own validation; its message names the field
@@ -86,7 +85,7 @@ class ModelSection:
         """The section from its YAML mapping (``preset`` plus ReconVLAConfig fields; a deprecated
         ``options:`` sub-mapping is folded in, see :func:`fold_model_options`)."""
         data = fold_model_options(data)
-        preset = _coerce(data.pop("preset", "tiny"), str, f"{where}.preset")
+        preset = coerce(data.pop("preset", "tiny"), str, f"{where}.preset")
         removed = [name for name in REMOVED_TRAINING_OPTIONS if name in data]
         try:
             removed += removed_model_options(data)  # those that are off
@@ -104,7 +103,7 @@ class ModelSection:
 
     def to_dict(self) -> dict[str, Any]:
         """Every resolved ReconVLAConfig field (``preset`` first), as YAML writes it."""
-        return _plain(dataclasses.asdict(self._resolved))
+        return plain(dataclasses.asdict(self._resolved))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ModelSection):
@@ -269,168 +268,6 @@ class TrainConfig:
         return data
 
 
-# ---------------------------------------------------------------------- building from dicts
-def _resolve_hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def is_dataclass_type(tp: Any) -> bool:
-    """Whether an annotation is a dataclass (a nested section), not an instance."""
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def strip_optional(tp: Any) -> tuple[Any, bool]:
-    """``X | None`` -> (X, True); any other annotation -> (it, False)."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return args[0], True
-    return tp, False
-
-
-def _did_you_mean(key: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(candidates))}"
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check/convert one YAML value against a field's annotation; raise ConfigError naming the field."""
-    inner, optional = strip_optional(tp)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{where}: null is not allowed (expected {getattr(inner, '__name__', inner)})")
-    if inner is ModelSection:  # its YAML shape is ReconVLAConfig's fields, not its attributes
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return ModelSection.from_yaml(value, where)
-    if is_dataclass_type(inner):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return _build(inner, value, where)
-    origin = typing.get_origin(inner)
-    if origin is tuple:  # ReconVLAConfig's sequences: tuple[int, ...] or a fixed tuple[float, float, float]
-        args = typing.get_args(inner)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            item_types = [args[0]] * len(value)
-        elif args:
-            if len(value) != len(args):
-                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-            item_types = list(args)
-        else:
-            item_types = [Any] * len(value)
-        return tuple(_coerce(v, tp, f"{where}[{i}]") for i, (v, tp) in enumerate(zip(value, item_types)))
-    if origin is list:
-        (item_tp,) = typing.get_args(inner) or (Any,)
-        if isinstance(value, str) and not is_dataclass_type(item_tp):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
-        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return dict(value)
-    if origin is Literal:
-        if value not in typing.get_args(inner):
-            raise ConfigError(f"{where}: {value!r} is not one of {typing.get_args(inner)}")
-        return value
-    if inner is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-            return value.lower() in ("true", "yes", "on", "1")
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if inner is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if inner is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "2e-5" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if inner is str:
-        if isinstance(value, bool):  # YAML 1.1 reads an unquoted no/off/yes/on as a bool
-            return "yes" if value else "no"
-        if isinstance(value, (str, int, float)):
-            return str(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    return value  # Any
-
-
-def _build(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    hints = _resolve_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in names:
-            raise ConfigError(f"unknown config key '{path}'{_did_you_mean(str(key), names)}")
-        kwargs[key] = _coerce(value, hints[key], path)
-    return cls(**kwargs)
-
-
-def _coerce_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
-    """Typed values for some fields of a config dataclass, nested dataclasses kept as mappings (they are
-    merged into the preset's nested config, not built from the class defaults)."""
-    hints = _resolve_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "preset"]  # the section's base, not a field
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{where}.{key}"
-        if key not in names:
-            raise ConfigError(f"unknown config key '{path}'{_did_you_mean(str(key), names)}")
-        if is_dataclass_type(hints[key]):
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
-            values[key] = _coerce_fields(hints[key], dict(value), path)
-        else:
-            values[key] = _coerce(value, hints[key], path)
-    return values
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, recursively: yaml.safe_dump writes no tuples."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """``top`` over ``base``: mappings merge key by key, any other value of ``top`` replaces
-    (neither argument is changed)."""
-    merged = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from a (YAML-shaped) dict; unknown keys and wrong types raise ConfigError."""
     data = dict(data)
@@ -439,7 +276,7 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     if sources is not None:  # allow plain path strings in the list
         data["data"] = dict(data["data"])
         data["data"]["sources"] = [{"path": s} if isinstance(s, str) else s for s in sources]
-    return _build(TrainConfig, data)
+    return build(TrainConfig, data)
 
 
 # ---------------------------------------------------------------------- validation

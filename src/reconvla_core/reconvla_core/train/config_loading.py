@@ -21,16 +21,8 @@ from typing import Any
 import yaml
 
 from reconvla_core.model.configuration_reconvla import ReconVLAConfig
-from reconvla_core.train.config import (
-    ConfigError,
-    ModelSection,
-    TrainConfig,
-    config_from_dict,
-    deep_merge,
-    fold_model_options,
-    is_dataclass_type,
-    strip_optional,
-)
+from reconvla_core.train.config import ModelSection, TrainConfig, config_from_dict, fold_model_options
+from reconvla_core.train.typed_yaml import ConfigError, deep_merge, is_dataclass_type, strip_optional
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 ACCELERATE_CONFIG_DIR = CONFIG_DIR / "accelerate"
