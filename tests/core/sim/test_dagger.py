@@ -166,3 +166,37 @@ def test_gaze_mode_refuses_what_it_cannot_run(tiny_checkpoint: Path, tmp_path: P
                      train_overrides=["optim.lr=1e-4"])
     with pytest.raises(ValueError, match="--learn"):
         DaggerConfig(init=tiny_checkpoint, out=tmp_path / "c", learn="everything", base_data=[base])
+
+
+def test_branches_label_the_policys_states_with_the_experts_whole_chunk(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """--branch: at a policy chunk's start the expert drives K steps in a copy of the twin that is then
+    put back. The bag holds those steps as expert frames; the policy's own rollout is unchanged."""
+    from reconvla_core.data.bag_reader import read_episode
+    from reconvla_core.policy import CheckpointPolicy
+    from reconvla_core.sim.dagger import DaggerConfig, rollout
+
+    def roll(branch: float, name: str):
+        config = DaggerConfig(init=tiny_checkpoint, out=tmp_path / name, episodes=1, branch=branch,
+                              image_size=(64, 48), progress=False)
+        stats = rollout(CheckpointPolicy(tiny_checkpoint), config, 1, tmp_path / name / "bags")
+        (bag,) = sorted((tmp_path / name / "bags").iterdir())
+        return stats, read_episode(bag)
+
+    plain_stats, plain = roll(0.0, "plain")
+    stats, branched = roll(1.0, "branched")
+    assert plain_stats["branch_frames"] == 0 and plain.relabelled.all()
+    assert stats["branch_frames"] > 0 and branched.info["dagger_branch"] == 1.0
+    assert branched.info["branch_frames"] == stats["branch_frames"]
+    flags = branched.relabelled.astype(bool)
+    assert int((~flags).sum()) == stats["branch_frames"]  # beta 0: only the branches are expert frames
+    # Runs of expert frames: one branch each, at most a chunk long, each followed by a policy-driven frame.
+    starts = [i for i in range(len(flags)) if not flags[i] and (i == 0 or flags[i - 1])]
+    ends = [i for i in range(len(flags)) if not flags[i] and (i + 1 == len(flags) or flags[i + 1])]
+    chunk = max(e - s + 1 for s, e in zip(starts, ends))
+    assert 1 < chunk <= 8 and all(e + 1 == len(flags) or flags[e + 1] for e in ends)
+    # The policy's path with the branches taken out (a branch's first frame is the state it started
+    # from) is the path of the rollout without branches: the twin was put back exactly.
+    path = [i for i in range(len(flags)) if flags[i] or i in starts]
+    assert np.allclose(branched.state[path], plain.state, atol=1e-9)
+    # A branch starts with the label the plain rollout gives the same state.
+    assert np.allclose(branched.action[starts[0]], plain.action[0], atol=1e-9)

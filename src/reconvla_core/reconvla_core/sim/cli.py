@@ -126,6 +126,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dagger.add_argument("--out", type=Path, required=True, help="run directory (new or empty; with --resume: that run)")
     dagger.add_argument("--beta", type=float, default=0.0,
                         help="probability that the expert drives a chunk instead of the policy (default 0)")
+    dagger.add_argument("--branch", type=float, default=0.0,
+                        help="probability that a policy chunk's start state also gets the expert's whole chunk, driven "
+                        "from a saved copy of the twin and undone (default 0)")
     dagger.add_argument("--seed", type=int, default=0, help="collection seed (scenes disjoint from eval and sim collect)")
     dagger.add_argument("--finetune-steps", type=_positive, default=300, help="finetune steps per round (default 300)")
     dagger.add_argument("--eval-chains", type=_positive, default=100, help="fixed evaluation chains (default 100)")
@@ -229,7 +232,8 @@ def cmd_dagger(args: argparse.Namespace) -> int:
     from reconvla_core.sim.dagger import DaggerConfig, run_dagger
 
     config = DaggerConfig(
-        init=args.init, out=args.out, rounds=args.rounds, episodes=args.episodes, beta=args.beta, seed=args.seed,
+        init=args.init, out=args.out, rounds=args.rounds, episodes=args.episodes, beta=args.beta, branch=args.branch,
+        seed=args.seed,
         finetune_steps=args.finetune_steps, eval_chains=args.eval_chains, eval_seed=args.eval_seed,
         base_data=args.data, round_share=args.round_share, train_overrides=list(args.overrides),
         learn=args.learn, head_steps=args.head_steps, image_size=args.image_size, device=args.device, resume=args.resume,

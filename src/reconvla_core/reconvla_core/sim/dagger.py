@@ -5,7 +5,10 @@
 1. **roll out** the current checkpoint in collection scenes (``collection_chain``, never the
    evaluation scenes). At each chunk boundary, with probability ``beta`` the expert drives the
    next chunk instead of the policy (beta = 0: pure policy states, the DAgger of the paper's
-   later rounds);
+   later rounds). With probability ``branch`` the state where a policy chunk starts also gets the
+   expert's own chunk: the relabelling expert drives K steps from a saved copy of the twin
+   (``env.branch()``), recorded as expert frames, and the twin is put back, so that state's label
+   is a whole chunk of one motion, the expert's;
 2. **record** every visited state as rosbag2 episodes on the teleop topics (one per subtask, the
    writer of ``reconvla sim collect``); the leader command is the *relabelling expert's* action
    at that state (``RelabelExpert.act``), whoever drove, and the relabelled topic marks the
@@ -67,6 +70,7 @@ class DaggerConfig:
     rounds: int = 3
     episodes: int = 40  # subtask episodes rolled out per round
     beta: float = 0.0  # probability that the expert drives a chunk
+    branch: float = 0.0  # probability that a policy chunk's start state also gets the expert's own chunk (a branch)
     seed: int = 0
     finetune_steps: int = 300
     eval_chains: int = 100
@@ -90,6 +94,8 @@ class DaggerConfig:
             raise ValueError(f"--episodes must be >= 1, got {self.episodes}")
         if not (np.isfinite(self.beta) and 0.0 <= self.beta <= 1.0):
             raise ValueError(f"--beta must be in 0..1, got {self.beta}")
+        if not (np.isfinite(self.branch) and 0.0 <= self.branch <= 1.0):
+            raise ValueError(f"--branch must be in 0..1, got {self.branch}")
         if self.finetune_steps < 1:
             raise ValueError(f"--finetune-steps must be >= 1, got {self.finetune_steps}")
         if self.eval_chains < 1:
@@ -159,7 +165,7 @@ def rollout(policy: Any, config: DaggerConfig, round_index: int, bags: Path,
     rng = np.random.default_rng([config.seed, round_index, 15])
     seed = round_seed(config, round_index)
     period_ns = int(round(1e9 / sim_config.control_hz))
-    episodes = frames = expert_frames = successful = 0
+    episodes = frames = expert_frames = branch_frames = successful = 0
     chunk_len = DEFAULT_CHUNK
     started = time.perf_counter()
     env = PiperCellEnv(sim_config)
@@ -177,14 +183,15 @@ def rollout(policy: Any, config: DaggerConfig, round_index: int, bags: Path,
                     break
                 recorder = _EpisodeRecorder(
                     staging / f"episode_{episodes:06d}", task, chain, position, clock_ns,
-                    operator="sim-dagger", extra_info={"dagger_round": round_index, "dagger_beta": config.beta},
+                    operator="sim-dagger", extra_info={"dagger_round": round_index, "dagger_beta": config.beta,
+                                                      "dagger_branch": config.branch},
                 )
                 queue: list[np.ndarray | None] = []  # None: the expert drives this step
                 success = False
-                episode_expert = 0
+                episode_expert = episode_branch = 0
                 try:
                     while True:
-                        label = relabel.act()  # the expert's action at the state the arm is in
+                        branched = False
                         if not queue:
                             if rng.random() < config.beta:
                                 queue = [None] * chunk_len
@@ -192,22 +199,31 @@ def rollout(policy: Any, config: DaggerConfig, round_index: int, bags: Path,
                                 # What the robot would execute: a chunk past the soft limits is refused (hold).
                                 queue, _ = deployable(policy.infer(obs).actions, env.last_command)
                                 chunk_len = len(queue)
+                                if config.branch > 0 and rng.random() < config.branch:
+                                    written, clock_ns = _record_branch(env, relabel, recorder, obs, chunk_len,
+                                                                       clock_ns, period_ns)
+                                    episode_branch += written
+                                    branched = True
                         planned = queue.pop(0)
-                        executed = label if planned is None else planned
+                        label = relabel.act()  # the expert's action at the state the arm is in
                         episode_expert += int(planned is None)
-                        velocity = np.concatenate([env.arm.state().velocities, [0.0]])
-                        recorder.write(clock_ns, obs, velocity, label, env.gaze_box(), relabelled=planned is not None)
-                        obs, info = env.step(executed)
+                        if not branched:  # a branch's first frame is this state, with the expert's whole chunk
+                            velocity = np.concatenate([env.arm.state().velocities, [0.0]])
+                            recorder.write(clock_ns, obs, velocity, label, env.gaze_box(),
+                                           relabelled=planned is not None)
+                        obs, info = env.step(label if planned is None else planned)
                         clock_ns += period_ns
                         if info["subtask_success"] or info["done"]:
                             success = bool(info["subtask_success"])
                             break
                 finally:
                     recorder.extra_info["expert_frames"] = episode_expert
+                    recorder.extra_info["branch_frames"] = episode_branch
                     recorder.finish(success, clock_ns, sim_config)
                 episodes += 1
                 frames += recorder.frames
                 expert_frames += episode_expert
+                branch_frames += episode_branch
                 successful += int(success)
                 logger.info("round %d: episode %d/%d %r %s in %d frames (%d driven by the expert)", round_index,
                             episodes, config.episodes, task.name, "done" if success else "timed out",
@@ -219,9 +235,29 @@ def rollout(policy: Any, config: DaggerConfig, round_index: int, bags: Path,
     finally:
         env.close()
     staging.rename(bags)
-    return {"episodes": episodes, "frames": frames, "expert_frames": expert_frames,
+    return {"episodes": episodes, "frames": frames, "expert_frames": expert_frames, "branch_frames": branch_frames,
             "successful_episodes": successful, "collection_seed": seed,
             "rollout_s": round(time.perf_counter() - started, 1)}
+
+
+def _record_branch(env: Any, relabel: Any, recorder: Any, obs: dict[str, Any], steps: int, clock_ns: int,
+                   period_ns: int) -> tuple[int, int]:
+    """The relabelling expert drives ``steps`` steps from the state the policy reached, recorded as
+    expert frames (a whole chunk in the expert's own motion), then the twin is put back
+    (``env.branch()``); the next frame the policy drives is relabelled and ends these frames' chunks
+    in training. Returns (frames written, the clock after them)."""
+    written = 0
+    with env.branch():
+        for _ in range(steps):
+            action = relabel.act()
+            velocity = np.concatenate([env.arm.state().velocities, [0.0]])
+            recorder.write(clock_ns, obs, velocity, action, env.gaze_box(), relabelled=False)
+            written += 1
+            clock_ns += period_ns
+            obs, info = env.step(action)
+            if info["subtask_success"] or info["done"]:
+                break
+    return written, clock_ns
 
 
 def build_round_dataset(bags: Path, out: Path) -> dict[str, Any]:

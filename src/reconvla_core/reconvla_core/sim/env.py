@@ -407,6 +407,28 @@ class PiperCellEnv(ObjectGeometry):
         self._client.resetBasePositionAndOrientation(self.bodies[name], [float(v) for v in position], orn)
         self._client.resetBaseVelocity(self.bodies[name], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
 
+    # ------------------------------------------------------------------ what-if
+    @contextlib.contextmanager
+    def branch(self) -> Iterator[None]:
+        """Everything simulated inside the block is undone on leaving it: the physics (PyBullet's
+        in-memory ``saveState`` / ``restoreState``: poses, velocities, contacts), the arm's set-points
+        and the subtask counters. DAgger lets the expert show what it would do from a state the policy
+        reached, and the policy then goes on as if nothing happened."""
+        self._require_scene()
+        arm = self.arm
+        counters = (self.subtask_index, self.subtask_steps, self.total_steps, self.sim_time, self.done,
+                    self.completed, self._last_command.copy())
+        arm_targets = (arm.setpoint.copy(), arm.target.copy(), arm.gripper_setpoint, arm.gripper_target)
+        state_id = self._client.saveState()
+        try:
+            yield
+        finally:
+            self._client.restoreState(stateId=state_id)
+            self._client.removeState(state_id)
+            (self.subtask_index, self.subtask_steps, self.total_steps, self.sim_time, self.done,
+             self.completed, self._last_command) = counters
+            arm.setpoint, arm.target, arm.gripper_setpoint, arm.gripper_target = arm_targets
+
     # ------------------------------------------------------------------ teardown
     def _require_scene(self) -> None:
         if self.arm is None:
