@@ -173,7 +173,7 @@ def test_branches_label_the_policys_states_with_the_experts_whole_chunk(tiny_che
     put back. The bag holds those steps as expert frames; the policy's own rollout is unchanged."""
     from reconvla_core.data.bag_reader import read_episode
     from reconvla_core.policy import CheckpointPolicy
-    from reconvla_core.sim.dagger import DaggerConfig, rollout
+    from reconvla_core.sim.dagger import DaggerConfig, build_round_dataset, rollout
 
     def roll(branch: float, name: str):
         config = DaggerConfig(init=tiny_checkpoint, out=tmp_path / name, episodes=1, branch=branch,
@@ -200,3 +200,6 @@ def test_branches_label_the_policys_states_with_the_experts_whole_chunk(tiny_che
     assert np.allclose(branched.state[path], plain.state, atol=1e-9)
     # A branch starts with the label the plain rollout gives the same state.
     assert np.allclose(branched.action[starts[0]], plain.action[0], atol=1e-9)
+    # The frames sit one period apart: the dataset keeps each once (no hole filled with a copy).
+    built = build_round_dataset(tmp_path / "branched" / "bags", tmp_path / "branched" / "dataset")
+    assert built["dataset_frames"] == len(flags)

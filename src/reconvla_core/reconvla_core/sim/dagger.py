@@ -211,8 +211,8 @@ def rollout(policy: Any, config: DaggerConfig, round_index: int, bags: Path,
                             velocity = np.concatenate([env.arm.state().velocities, [0.0]])
                             recorder.write(clock_ns, obs, velocity, label, env.gaze_box(),
                                            relabelled=planned is not None)
+                            clock_ns += period_ns  # the bag's frames sit one period apart, branches included
                         obs, info = env.step(label if planned is None else planned)
-                        clock_ns += period_ns
                         if info["subtask_success"] or info["done"]:
                             success = bool(info["subtask_success"])
                             break
