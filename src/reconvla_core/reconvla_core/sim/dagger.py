@@ -199,7 +199,9 @@ def rollout(policy: Any, config: DaggerConfig, round_index: int, bags: Path,
                                 # What the robot would execute: a chunk past the soft limits is refused (hold).
                                 queue, _ = deployable(policy.infer(obs).actions, env.last_command)
                                 chunk_len = len(queue)
-                                if config.branch > 0 and rng.random() < config.branch:
+                                # A one-step chunk is labelled whole by its relabel; two adjacent
+                                # branches would run into each other's chunks in training.
+                                if chunk_len > 1 and config.branch > 0 and rng.random() < config.branch:
                                     written, clock_ns = _record_branch(env, relabel, recorder, obs, chunk_len,
                                                                        clock_ns, period_ns)
                                     episode_branch += written
