@@ -23,7 +23,8 @@ def _trace(family: str = "stack", **changes) -> SubtaskTrace:
     (dict(grasped=False, lifted=False, block_end=np.array([0.305, 0.10, 0.015])), "not_grasped"),
     (dict(lifted=False, block_end=np.array([0.30, 0.10, 0.015])), "not_lifted"),
     (dict(destination_end=np.array([0.33, -0.10, 0.015])), "destination_moved"),
-    (dict(held_at_end=True, block_end=np.array([0.30, -0.10, 0.10])), "held_at_timeout"),
+    (dict(held_at_end=True, block_end=np.array([0.30, 0.02, 0.10])), "held_at_timeout"),  # on the way
+    (dict(held_at_end=True, block_end=np.array([0.31, -0.09, 0.07])), "held_over_target"),  # there, not let go
     (dict(block_end=np.array([0.30, 0.0, 0.015])), "dropped_away"),
     (dict(block_end=np.array([0.30, 0.0, 0.015]), lost_while_shut=True), "slipped"),
     (dict(released_at=np.array([0.31, 0.11, 0.03]), block_end=np.array([0.30, 0.02, 0.015])),
@@ -49,7 +50,7 @@ def test_failures_are_counted_per_family_in_a_fixed_order():
 
 def test_the_twin_names_a_policy_that_never_moves_and_one_that_never_lets_go():
     """Real PyBullet: holding still fails a pick as not_grasped; the expert with its gripper kept shut
-    once it holds the block carries it to the bowl and times out still holding it."""
+    once it holds the block carries it over the bowl and times out still holding it there."""
     from reconvla_core.piper import GRIPPER_MIN
     from reconvla_core.policy import ActionChunk, ExpertPolicy, Policy
     from reconvla_core.sim.env import PiperCellEnv, SimConfig
@@ -90,4 +91,4 @@ def test_the_twin_names_a_policy_that_never_moves_and_one_that_never_lets_go():
         still, results = evaluate_policy(Still(), pick, env=env, progress=False)
         held, _ = evaluate_policy(NeverLetsGo(env), place, env=env, progress=False)
     assert results[0].failure == "not_grasped" and still["failures"] == {"pick": {"not_grasped": 1}}
-    assert held["avg_len"] == 0.0 and held["failures"] == {"place": {"held_at_timeout": 1}}
+    assert held["avg_len"] == 0.0 and held["failures"] == {"place": {"held_over_target": 1}}

@@ -20,7 +20,7 @@ where a subtask is decided is scored apart: the first ``APPROACH_START_CHUNKS`` 
 (``start_of_approach``), and the chunks of completed and of failed subtasks (``by_outcome``).
 
 The subtask that ends a chain is named by how it failed (``failures``: per family, counts of
-``wrong_block``, ``not_grasped``, ``held_at_timeout``, ``released_off_target``, ...; sim/failures.py).
+``wrong_block``, ``not_grasped``, ``held_over_target``, ``released_off_target``, ...; sim/failures.py).
 """
 
 from __future__ import annotations
@@ -299,7 +299,7 @@ def save_report(metrics: dict[str, Any], results: Sequence[ChainResult], out_dir
     if failures:  # how the chains' last subtasks failed, one stacked bar per family
         names = sorted(failures)
         left = np.zeros(len(names))
-        colours = plt.get_cmap("tab10")
+        colours = plt.get_cmap("tab20")  # one colour per mode (more than ten)
         for index, mode in enumerate(FAILURE_MODES):
             counts = np.array([failures[f].get(mode, 0) for f in names], dtype=float)
             if counts.any():

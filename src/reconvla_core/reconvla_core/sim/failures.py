@@ -10,7 +10,10 @@ images) and ``classify`` names its failure, the first of these that applies:
 - ``not_grasped``: the block never between both fingers;
 - ``not_lifted``: grasped, never raised to the pick's height;
 - ``destination_moved`` (place, stack): the bowl or base block was shifted more than ``PUSH_DISTANCE``;
-- ``held_at_timeout``: still between both fingers when the time ran out (never released);
+- ``held_over_target``: still between both fingers when the time ran out, within ``RELEASE_NEAR``
+  of the destination (horizontally): the carry got there, the descent or the release did not happen;
+- ``held_at_timeout``: still between both fingers when the time ran out, anywhere else (the carry
+  did not arrive);
 - ``not_carried``: let go again within ``RELEASE_NEAR`` of where it stood (the carry never got
   going: put back down, often to be grasped again, until the time ran out);
 - ``released_off_target``: let go within ``RELEASE_NEAR`` of the destination and not resting on or in
@@ -38,7 +41,7 @@ if TYPE_CHECKING:
     from reconvla_core.sim.env import PiperCellEnv
 
 FAILURE_MODES = ("wrong_block", "pushed_away", "not_grasped", "not_lifted", "destination_moved",
-                 "held_at_timeout", "released_off_target", "not_carried", "slipped", "dropped_away")
+                 "held_over_target", "held_at_timeout", "released_off_target", "not_carried", "slipped", "dropped_away")
 PUSH_DISTANCE = 0.02  # m an object may be nudged (settling, a finger's touch) and still count as where it was
 LIFTED_BY = 0.02  # m above where it stood: another block counts as lifted
 RELEASE_NEAR = 0.05  # m (horizontal): a release this near the destination was aimed at it, this near its start put it back
@@ -75,13 +78,18 @@ def classify(trace: SubtaskTrace) -> str:
     if float(np.linalg.norm(trace.destination_end[:2] - trace.destination_start[:2])) > PUSH_DISTANCE:
         return "destination_moved"
     if trace.held_at_end:
-        return "held_at_timeout"
+        return "held_over_target" if _near(trace.block_end, trace.destination_end) else "held_at_timeout"
     where = trace.block_end if trace.released_at is None else trace.released_at
-    if float(np.linalg.norm(where[:2] - trace.destination_end[:2])) <= RELEASE_NEAR:
+    if _near(where, trace.destination_end):
         return "released_off_target"
     if float(np.linalg.norm(where[:2] - trace.block_start[:2])) <= RELEASE_NEAR:
         return "not_carried"
     return "slipped" if trace.lost_while_shut else "dropped_away"
+
+
+def _near(position: np.ndarray, destination: np.ndarray) -> bool:
+    """Within ``RELEASE_NEAR`` of the destination, horizontally."""
+    return float(np.linalg.norm(position[:2] - destination[:2])) <= RELEASE_NEAR
 
 
 class SubtaskWatch:
