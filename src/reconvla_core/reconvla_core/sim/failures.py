@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from reconvla_core.sim.env import PiperCellEnv
 
 FAILURE_MODES = ("wrong_block", "pushed_away", "not_grasped", "not_lifted", "destination_moved",
-                 "held_over_target", "held_at_timeout", "released_off_target", "not_carried", "slipped", "dropped_away")
+                 "held_over_target", "held_at_timeout", "released_off_target", "not_carried", "slipped",
+                 "dropped_away")
 PUSH_DISTANCE = 0.02  # m an object may be nudged (settling, a finger's touch) and still count as where it was
 LIFTED_BY = 0.02  # m above where it stood: another block counts as lifted
 RELEASE_NEAR = 0.05  # m (horizontal): a release this near the destination was aimed at it, this near its start put it back
