@@ -83,14 +83,14 @@ def classify(trace: SubtaskTrace) -> str:
     where = trace.block_end if trace.released_at is None else trace.released_at
     if _near(where, trace.destination_end):
         return "released_off_target"
-    if float(np.linalg.norm(where[:2] - trace.block_start[:2])) <= RELEASE_NEAR:
+    if _near(where, trace.block_start):
         return "not_carried"
     return "slipped" if trace.lost_while_shut else "dropped_away"
 
 
-def _near(position: np.ndarray, destination: np.ndarray) -> bool:
-    """Within ``RELEASE_NEAR`` of the destination, horizontally."""
-    return float(np.linalg.norm(position[:2] - destination[:2])) <= RELEASE_NEAR
+def _near(position: np.ndarray, place: np.ndarray) -> bool:
+    """Within ``RELEASE_NEAR`` of ``place``, horizontally (aimed at a destination, or put back where it stood)."""
+    return float(np.linalg.norm(position[:2] - place[:2])) <= RELEASE_NEAR
 
 
 class SubtaskWatch:
