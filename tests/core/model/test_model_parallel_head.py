@@ -469,6 +469,43 @@ def test_a_finetune_switches_the_keypoint_encoder_and_keeps_the_rest(norm_stats,
         parallel(norm_stats, recon_target="none").switch_option("keypoint_encoder", "conv")
 
 
+def test_keypoint_state_switched_on_starts_where_it_was_then_learns_from_the_state(norm_stats, observation, tmp_path):
+    """keypoint_state: the conv keypoints' FiLM also reads the normalised state. Switched on in a
+    finetune it changes nothing at first (zero-initialised), gets gradients, and then the state alone
+    (same image, same instruction) moves the keypoints; it saves and loads."""
+    from reconvla_core.train.model_setup import apply_finetune_options
+
+    with pytest.raises(ValueError, match="keypoint_state"):
+        ReconVLAConfig.from_preset("tiny", action_head="parallel", spatial_keypoints=2, keypoint_state=True)
+    model = parallel(norm_stats, seed=11, recon_target="none", spatial_keypoints=2, keypoint_encoder="conv",
+                     gaze_keypoint_weight=1.0, action_head_state=True).eval()
+    args = (observation["base_image"], observation["wrist_image"], observation["instruction"], observation["state"])
+    before = model.predict(*args)
+    assert apply_finetune_options(model, {"keypoint_state": True}) == {"keypoint_state": True}
+    after = model.predict(*args)
+    np.testing.assert_allclose(after.gaze_point, before.gaze_point, atol=1e-6)
+    np.testing.assert_allclose(after.actions, before.actions, atol=1e-6)
+    params = {id(p) for group in model.parameter_groups().values() for p in group}
+    assert {id(p) for p in model.keypoints.stem_state.parameters()} <= params
+    model.train()
+    batch = make_batch(model, n=2)
+    model(batch).loss.backward()
+    for layer in (model.keypoints.stem_state, model.keypoints.body_state):
+        assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    fit(model, batch, steps=20, lr=3e-3)
+    model.eval()
+    opened, shut = np.array(observation["state"], float), np.array(observation["state"], float)
+    opened[6], shut[6] = 0.07, 0.0
+    points = [model.predict(*args[:3], state).gaze_point for state in (opened, shut)]
+    assert not np.allclose(points[0], points[1], atol=1e-5)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = ReconVLA.from_pretrained(tmp_path / "ckpt").eval()
+    assert loaded.config.keypoint_state and loaded.keypoints.stem_state is not None
+    np.testing.assert_allclose(loaded.predict(*args).actions, model.predict(*args).actions, atol=1e-5)
+    assert apply_finetune_options(model, {"keypoint_state": False}) == {"keypoint_state": False}
+    assert model.keypoints.stem_state is None
+
+
 def test_gaze_colour_target_is_the_mean_colour_of_the_gaze_box_in_the_model_input(norm_stats):
     model = parallel(norm_stats, recon_target="none", vision_film=True, gaze_colour_weight=1.0)
     obs = make_observation(0)

@@ -117,6 +117,30 @@ def test_fit_gaze_trains_only_the_conv_keypoint_net_and_lowers_its_error(pretrai
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
+def test_fit_gaze_state_film_switches_keypoint_state_on_and_trains_only_its_layers(pretrained: dict[str, Any],
+                                                                                   tiny_dataset: Path,
+                                                                                   tmp_path: Path, capsys) -> None:
+    from reconvla_core.cli.main import main
+    from reconvla_core.model import ReconVLA
+
+    source = Path(pretrained["checkpoint"])
+    out = tmp_path / "gaze_state"
+    assert main(["fit-gaze", "--policy", str(source), "--data", f"{tiny_dataset}:1.0", "--out", str(out),
+                 "--state-film", "--steps", "30", "--batch-size", "8", "--lr", "3e-3", "--val-fraction", "0.3",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["state_film"] and result["keypoint0_error_after"]["frames"] > 0
+    fitted = ReconVLA.from_pretrained(out, load_reconstruction=True)
+    original = ReconVLA.from_pretrained(source, load_reconstruction=True)
+    assert fitted.config.keypoint_state and not original.config.keypoint_state
+    new, old = fitted.state_dict(), original.state_dict()
+    added = set(new) - set(old)
+    assert added == {f"keypoints.{layer}.{p}" for layer in ("stem_state", "body_state") for p in ("weight", "bias")}
+    assert all(torch.equal(new[name], old[name]) for name in old)  # nothing else moved
+    assert any(new[name].abs().sum() > 0 for name in added)  # they left zero
+    assert json.loads((out / "metadata.json").read_text())["fit_gaze"]["state_film"] is True
+
+
 def test_overfit_warning_names_a_fit_that_went_past_its_best() -> None:
     from reconvla_core.train.fit_head import overfit_warning
 

@@ -33,7 +33,7 @@ FINETUNE_OPTIONS: tuple[str, ...] = ("recon_weight", "num_noise_draws", "answer_
                                      "gaze_heatmap_weight", "gaze_teacher_forcing")
 # Options a finetune may switch although they change the weights' layout: the module they select is
 # rebuilt with fresh weights (ReconVLA.switch_option), everything else carried over.
-SWITCHABLE_OPTIONS: tuple[str, ...] = ("keypoint_encoder", "gaze_colour_weight", "action_head_mlp")
+SWITCHABLE_OPTIONS: tuple[str, ...] = ("keypoint_encoder", "keypoint_state", "gaze_colour_weight", "action_head_mlp")
 # Training-only research options that the study found not to help (docs/study_recon.md); configs
 # saved with them still load (the options are dropped: inference never used them).
 REMOVED_TRAINING_OPTIONS: tuple[str, ...] = ("action_input_dropout", "grounding_box_weight")
@@ -285,6 +285,11 @@ class ReconVLAConfig:
             by the instruction encoding, finer than the tiny tower's 8x8 grid of 20 px patches
             (docs/study_recon.md, "How precise must perception be?"). A finetune may switch it (the
             new encoder starts from random weights).
+        keypoint_state (`bool`, defaults to `False`):
+            Conv keypoints only: their FiLM also reads the normalised robot state, so whether the
+            fingers hold the block (the gripper's opening) can decide where the gaze belongs (the
+            block, or its destination) instead of the image alone. Switched on in a finetune, the
+            state's FiLM layers start at zero: the keypoints start as they were.
         gaze_keypoint_weight (`float`, defaults to `0.0`):
             Weight of the "where" supervision of keypoint 0: L1 to the centre of the dataset's gaze box
             (the target object before the grasp, the destination after it) in the model-input frame,
@@ -378,6 +383,7 @@ class ReconVLAConfig:
     vision_film: bool = False
     spatial_keypoints: int = 0
     keypoint_encoder: str = "vision"
+    keypoint_state: bool = False
     gaze_keypoint_weight: float = 0.0
     gaze_heatmap_weight: float = 0.0
     gaze_colour_weight: float = 0.0
@@ -476,6 +482,9 @@ class ReconVLAConfig:
             raise ValueError(f"spatial_keypoints must be an integer >= 0, got {self.spatial_keypoints!r}")
         if self.keypoint_encoder not in KEYPOINT_ENCODERS:
             raise ValueError(f"keypoint_encoder must be one of {KEYPOINT_ENCODERS}, got {self.keypoint_encoder!r}")
+        if self.keypoint_state and not (self.spatial_keypoints and self.keypoint_encoder == "conv"):
+            raise ValueError("keypoint_state conditions the conv keypoint net: set spatial_keypoints >= 1 and "
+                             "keypoint_encoder: conv")
         if self.spatial_keypoints and self.action_head != "parallel":
             raise ValueError("spatial_keypoints feed the parallel head's action queries: set action_head: parallel")
         for name in ("gaze_keypoint_weight", "gaze_heatmap_weight", "gaze_colour_weight"):

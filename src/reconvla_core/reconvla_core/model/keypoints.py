@@ -59,28 +59,50 @@ class ConvKeypoints(nn.Module):
                                   nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.GELU())
         self.stem_film = nn.Linear(text, 2 * w)
         self.body_film = nn.Linear(text, 4 * w)
+        self.stem_state = self.body_state = None
+        if config.keypoint_state:
+            self.add_state_film(config)
         self.logits = nn.Conv2d(2 * w, config.spatial_keypoints, 1)
         self.embed = keypoint_embedding(config)
         side = -(-config.vision.image_size // 4)  # both stride-2 convs round up
         self.register_buffer("coords", grid_centres(side, side), persistent=False)
+
+    def add_state_film(self, config: ReconVLAConfig) -> None:
+        """``keypoint_state``: FiLM terms from the normalised robot state, zero at first (so a trained
+        net switched over finds the same keypoints until training moves them)."""
+        w = self.width
+        self.stem_state = nn.Linear(config.state_dim, 2 * w)
+        self.body_state = nn.Linear(config.state_dim, 4 * w)
+        for layer in (self.stem_state, self.body_state):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     @staticmethod
     def _film(features: torch.Tensor, scale_shift: torch.Tensor) -> torch.Tensor:
         scale, shift = scale_shift[:, :, None, None].chunk(2, dim=1)
         return features * (1.0 + scale) + shift
 
-    def heatmap(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalised image, (B, D_llm) instruction encoding -> (B, K, H*W) each keypoint's
-        softmax over the feature map (cells: ``coords``)."""
+    def heatmap(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor,
+                state: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, S, S) normalised image, (B, D_llm) instruction encoding (and (B, state_dim) normalised
+        state with ``keypoint_state``) -> (B, K, H*W) each keypoint's softmax over the feature map
+        (cells: ``coords``)."""
         dtype = self.logits.weight.dtype
         text = instruction_embedding.to(dtype)
-        features = self._film(self.stem(pixel_values.to(dtype)), self.stem_film(text))
-        features = self._film(self.body(features), self.body_film(text))
+        stem_film, body_film = self.stem_film(text), self.body_film(text)
+        if self.stem_state is not None:
+            if state is None:
+                raise ValueError("keypoint_state: the keypoint net needs the normalised state (batch['state'])")
+            stem_film = stem_film + self.stem_state(state.to(dtype))
+            body_film = body_film + self.body_state(state.to(dtype))
+        features = self._film(self.stem(pixel_values.to(dtype)), stem_film)
+        features = self._film(self.body(features), body_film)
         return torch.softmax(self.logits(features).flatten(2).float(), dim=-1)
 
-    def forward(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalised image, (B, D_llm) instruction encoding -> (B, K, 2) expected (x, y)."""
-        return expected_points(self.heatmap(pixel_values, instruction_embedding), self.coords)
+    def forward(self, pixel_values: torch.Tensor, instruction_embedding: torch.Tensor,
+                state: torch.Tensor | None = None) -> torch.Tensor:
+        """``heatmap``'s inputs -> (B, K, 2) expected (x, y)."""
+        return expected_points(self.heatmap(pixel_values, instruction_embedding, state), self.coords)
 
 
 def expected_points(heatmap: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:

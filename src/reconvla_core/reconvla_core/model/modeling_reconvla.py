@@ -182,6 +182,16 @@ class ReconVLA(PreTrainedReconVLA):
                 raise ValueError("action_head_mlp: this model has no parallel action head")
             self.action_head.rebuild_mlp(self.config)
             return
+        if name == "keypoint_state":  # the state's FiLM layers start at zero; off drops them
+            self.config.keypoint_state = bool(value)
+            self.config.validate()
+            if value and self.keypoints.stem_state is None:
+                reference = self.keypoints.stem_film.weight
+                self.keypoints.add_state_film(self.config)
+                self.keypoints.to(device=reference.device, dtype=reference.dtype)
+            elif not value:
+                self.keypoints.stem_state = self.keypoints.body_state = None
+            return
         if name != "keypoint_encoder":
             raise ValueError(f"{name!r} cannot be switched on a built model")
         old = self.keypoints
@@ -326,15 +336,16 @@ class ReconVLA(PreTrainedReconVLA):
 
     def embed_inputs(self, input_ids: torch.Tensor, image_mask: torch.Tensor, pixel_values: torch.Tensor,
                      instruction_mask: torch.Tensor | None = None,
-                     query_mask: torch.Tensor | None = None) -> torch.Tensor:
+                     query_mask: torch.Tensor | None = None, state: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with the projected image features at the image positions (and the learned
-        action queries at the query positions of the parallel head): (B, L, D)."""
-        return self._embed(input_ids, image_mask, pixel_values, instruction_mask, query_mask)[0]
+        action queries at the query positions of the parallel head): (B, L, D). ``state``: the
+        normalised state, which ``keypoint_state`` models need."""
+        return self._embed(input_ids, image_mask, pixel_values, instruction_mask, query_mask, state=state)[0]
 
     def _embed(self, input_ids: torch.Tensor, image_mask: torch.Tensor, pixel_values: torch.Tensor,
                instruction_mask: torch.Tensor | None, query_mask: torch.Tensor | None,
                instruction_embedding: torch.Tensor | None = None,
-               gaze_point: torch.Tensor | None = None
+               gaze_point: torch.Tensor | None = None, state: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``embed_inputs``, the spatial keypoints (B, K, 2) and their softmax heat maps (B, K, cells)
         when configured (else None); a given ``gaze_point`` (B, 2) replaces keypoint 0 (an external gaze:
@@ -349,7 +360,7 @@ class ReconVLA(PreTrainedReconVLA):
         features = self.vision_features(pixel_values, pooled)
         keypoints = heatmap = None  # (B, K, 2), (B, K, cells)
         if isinstance(self.keypoints, ConvKeypoints):
-            heatmap = self.keypoints.heatmap(pixel_values, pooled)
+            heatmap = self.keypoints.heatmap(pixel_values, pooled, state)
         elif self.keypoints is not None:
             heatmap = self.keypoints.heatmap(features)
         if heatmap is not None:
@@ -445,7 +456,7 @@ class ReconVLA(PreTrainedReconVLA):
             instruction = self.encode_instruction(input_ids, batch["instruction_mask"])
         embeds, keypoints, heatmap = self._embed(input_ids, batch["image_mask"], batch["pixel_values"],
                                                  batch.get("instruction_mask"), batch.get("action_query_mask"),
-                                                 instruction_embedding=instruction)
+                                                 instruction_embedding=instruction, state=batch.get("state"))
         action_loss = action_accuracy = grounding_loss = heatmap_loss = colour_loss = None
         if instruction is not None:
             colour_loss = self.gaze_colour.loss(self.gaze_colour(instruction), batch["gaze_colour"],
@@ -541,10 +552,11 @@ class ReconVLA(PreTrainedReconVLA):
             if gaze_point is not None:
                 forced = torch.as_tensor(check_array(gaze_point, (2,), "gaze_point"), dtype=torch.float32,
                                          device=device)[None]
+            state = sample["state"][None].to(device) if "state" in sample else None
             embeds, keypoints, _ = self._embed(ids, masks["image_mask"], sample["pixel_values"][None].to(device),
                                                masks.get("instruction_mask"), masks.get("action_query_mask"),
-                                               instruction, forced)
-            geometry = self.head_geometry(sample["state"][None].to(device) if "state" in sample else None, keypoints)
+                                               instruction, forced, state)
+            geometry = self.head_geometry(state, keypoints)
         if geometry is not None:
             masks["geometry"] = geometry  # rides with the masks to run_parallel
         if keypoints is not None:

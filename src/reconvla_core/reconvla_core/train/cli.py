@@ -63,6 +63,9 @@ def _add_fit_gaze_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
         "--beta 0 rollouts); train/fit_gaze.py.")
     parser.add_argument("--data", nargs="+", required=True, metavar="DIR[:WEIGHT]",
                         help="LeRobot v3 datasets with gaze boxes, drawn by mixing weight")
+    parser.add_argument("--state-film", action="store_true",
+                        help="switch keypoint_state on and fit only its FiLM layers (the gripper's opening tells "
+                        "whether the gaze belongs on the block or its destination); the rest of the net stays")
     _add_fit_arguments(parser, steps=2_000, batch_size=32, lr=2e-4, schedule="warm-up then cosine")
     return parser
 
@@ -86,7 +89,8 @@ def run_fit_gaze(args: argparse.Namespace) -> int:
     from reconvla_core.train.fit_gaze import fit_gaze
 
     emit_result(fit_gaze(args.policy, args.data, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         val_fraction=args.val_fraction, seed=args.seed, device=args.device, progress=not args.json),
+                         val_fraction=args.val_fraction, seed=args.seed, device=args.device,
+                         state_film=args.state_film, progress=not args.json),
                 args.json)
     return 0
 

@@ -50,7 +50,7 @@ def keypoint_errors(model: Any, dataset: Any, stats: list[Any], limit: int = 512
 
 
 def _gaze_batch(model: Any, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    keys = ("pixel_values", "input_ids", "instruction_mask", "gaze_point", "gaze_valid")
+    keys = ("pixel_values", "input_ids", "instruction_mask", "state", "gaze_point", "gaze_valid")
     batch = model.processor.collate([{k: item[k] for k in keys} for item in items])
     return {k: v.to(model.device) for k, v in batch.items()}
 
@@ -60,15 +60,18 @@ def _keypoint0(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
     with torch.no_grad():
         instruction = model.encode_instruction(batch["input_ids"], batch["instruction_mask"])
-    heatmap = model.keypoints.heatmap(batch["pixel_values"], instruction)
+    heatmap = model.keypoints.heatmap(batch["pixel_values"], instruction, batch.get("state"))
     return expected_points(heatmap, model.keypoints.coords)[:, 0]
 
 
 def fit_gaze(policy: Path, datasets: Sequence[str], out: Path, *, steps: int = 2_000, batch_size: int = 32,
              lr: float = 2e-4, val_fraction: float = 0.05, seed: int = 0, device: str = "cpu",
-             progress: bool = True) -> dict[str, Any]:
+             state_film: bool = False, progress: bool = True) -> dict[str, Any]:
     """Finetune ``policy``'s conv keypoint net on keypoint 0's L1 gaze loss over ``datasets``
-    (``DIR[:WEIGHT]``, drawn by weight) and save the checkpoint, every other weight unchanged, to ``out``."""
+    (``DIR[:WEIGHT]``, drawn by weight) and save the checkpoint, every other weight unchanged, to ``out``.
+
+    ``state_film``: switch ``keypoint_state`` on (its layers start at zero where the checkpoint has
+    none) and train those layers alone."""
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
@@ -92,9 +95,12 @@ def fit_gaze(policy: Path, datasets: Sequence[str], out: Path, *, steps: int = 2
     if not isinstance(model.keypoints, ConvKeypoints) or model.config.gaze_keypoint_weight <= 0:
         raise ValueError("fit-gaze trains the conv gaze keypoint: the checkpoint needs keypoint_encoder: conv and "
                          "gaze_keypoint_weight > 0")
+    if state_film and not model.config.keypoint_state:
+        model.switch_option("keypoint_state", True)
     model.eval()
     model.requires_grad_(False)
-    trainable = [p for name, p in model.keypoints.named_parameters() if not name.startswith("embed.")]
+    trainable = [p for name, p in model.keypoints.named_parameters()
+                 if name.startswith(("stem_state.", "body_state.")) or not (state_film or name.startswith("embed."))]
     for parameter in trainable:
         parameter.requires_grad_(True)
     sources = [DatasetSource(spec["path"], weight=spec["weight"], features=spec.get("features")) for spec in specs]
@@ -124,7 +130,7 @@ def fit_gaze(policy: Path, datasets: Sequence[str], out: Path, *, steps: int = 2
     after = keypoint_errors(model, val, stats) if val is not None and len(val) else None
     meta = {**inherited_lineage(policy),
             "fit_gaze": {"from": str(policy), "datasets": list(datasets), "steps": steps, "batch_size": batch_size,
-                         "lr": lr, "seed": seed}}
+                         "lr": lr, "seed": seed, "state_film": state_film}}
     model.save_pretrained(out, metadata=meta)
     return {"out": str(out), "train_frames": len(train), "keypoint0_error_before": before,
             "keypoint0_error_after": after, "curve": curve, "total_s": round(time.perf_counter() - started, 1),

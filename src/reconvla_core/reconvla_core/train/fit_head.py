@@ -76,7 +76,7 @@ def collect_trunk_outputs(model: Any, dataset: Any, batch_size: int = 32, progre
                            if model.config.encodes_instruction else None)
             embeds, own_points, _ = model._embed(batch["input_ids"], batch["image_mask"], batch["pixel_values"],
                                                  batch.get("instruction_mask"), batch["action_query_mask"],
-                                                 instruction_embedding=instruction)
+                                                 instruction_embedding=instruction, state=batch.get("state"))
             true_points, embeds_true = own_points, embeds
             if own_points is not None and "gaze_point" in batch:
                 valid = batch["gaze_valid"].bool()

@@ -77,7 +77,7 @@ def apply_finetune_options(model: nn.Module, overrides: Mapping[str, Any]) -> di
             if value != current:
                 model.switch_option(name, value)
                 applied[name] = value
-                logger.warning("finetune: %s switched %r -> %r: the new module starts from random weights",
+                logger.warning("finetune: %s switched %r -> %r: the module it selects starts from fresh weights",
                                name, current, value)
             continue
         if name in FINETUNE_OPTIONS:
