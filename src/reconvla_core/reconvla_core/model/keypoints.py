@@ -59,7 +59,7 @@ class ConvKeypoints(nn.Module):
                                   nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.GELU())
         self.stem_film = nn.Linear(text, 2 * w)
         self.body_film = nn.Linear(text, 4 * w)
-        self.stem_state = self.body_state = None
+        self.remove_state_film()
         if config.keypoint_state:
             self.add_state_film(config)
         self.logits = nn.Conv2d(2 * w, config.spatial_keypoints, 1)
@@ -76,6 +76,13 @@ class ConvKeypoints(nn.Module):
         for layer in (self.stem_state, self.body_state):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    def remove_state_film(self) -> None:
+        self.stem_state = self.body_state = None
+
+    def state_film_parameters(self) -> list[nn.Parameter]:
+        """The ``keypoint_state`` layers' parameters (empty without them): what ``fit-gaze --state-film`` trains."""
+        return [p for layer in (self.stem_state, self.body_state) if layer is not None for p in layer.parameters()]
 
     @staticmethod
     def _film(features: torch.Tensor, scale_shift: torch.Tensor) -> torch.Tensor:

@@ -190,7 +190,7 @@ class ReconVLA(PreTrainedReconVLA):
                 self.keypoints.add_state_film(self.config)
                 self.keypoints.to(device=reference.device, dtype=reference.dtype)
             elif not value:
-                self.keypoints.stem_state = self.keypoints.body_state = None
+                self.keypoints.remove_state_film()
             return
         if name != "keypoint_encoder":
             raise ValueError(f"{name!r} cannot be switched on a built model")

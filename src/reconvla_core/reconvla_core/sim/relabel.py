@@ -202,11 +202,12 @@ class RelabelExpert(ScriptedExpert):
         tcp_to_bottom = tcp[2] - bottom
         release_z = release_bottom + tcp_to_bottom
         low = tcp[2] < TRAVEL_Z - RISE_MARGIN
+        yaw_err = abs(self._yaw_error(yaw))
         # Low over the destination, close enough is close enough: the demonstrations align to
         # millimetres at travel height, but from a policy's state a label that climbs back up for a
         # centimetre's miss teaches hovering (docs/dagger.md, "The relabeller's release tolerance").
-        close_enough = low and off_xy <= RELEASE_TOL and abs(self._yaw_error(yaw)) <= RELEASE_YAW_TOL
-        if (off_xy > ALIGN_TOL or abs(self._yaw_error(yaw)) > YAW_TOL) and not close_enough:
+        close_enough = low and off_xy <= RELEASE_TOL and yaw_err <= RELEASE_YAW_TOL
+        if (off_xy > ALIGN_TOL or yaw_err > YAW_TOL) and not close_enough:
             if low and off_xy > LOW_CORRECTION:
                 self.phase = "rise"
                 return self._step(np.array([tcp[0], tcp[1], TRAVEL_Z]), self._tcp_yaw(), APPROACH_SPEED, GRIPPER_MIN)

@@ -99,8 +99,10 @@ def fit_gaze(policy: Path, datasets: Sequence[str], out: Path, *, steps: int = 2
         model.switch_option("keypoint_state", True)
     model.eval()
     model.requires_grad_(False)
-    trainable = [p for name, p in model.keypoints.named_parameters()
-                 if name.startswith(("stem_state.", "body_state.")) or not (state_film or name.startswith("embed."))]
+    if state_film:
+        trainable = model.keypoints.state_film_parameters()
+    else:
+        trainable = [p for name, p in model.keypoints.named_parameters() if not name.startswith("embed.")]
     for parameter in trainable:
         parameter.requires_grad_(True)
     sources = [DatasetSource(spec["path"], weight=spec["weight"], features=spec.get("features")) for spec in specs]
