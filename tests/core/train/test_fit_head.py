@@ -140,6 +140,17 @@ def test_fit_gaze_state_film_switches_keypoint_state_on_and_trains_only_its_laye
     assert any(new[name].abs().sum() > 0 for name in added)  # they left zero
     assert json.loads((out / "metadata.json").read_text())["fit_gaze"]["state_film"] is True
 
+    # A second fit (a DAgger round of `--learn gaze-state`) continues the layers and keeps the first on record.
+    again = tmp_path / "gaze_state_again"
+    assert main(["fit-gaze", "--policy", str(out), "--data", f"{tiny_dataset}:1.0", "--out", str(again),
+                 "--state-film", "--steps", "10", "--batch-size", "8", "--lr", "3e-3", "--val-fraction", "0.3",
+                 "--json"]) == 0
+    capsys.readouterr()
+    record = json.loads((again / "metadata.json").read_text())["fit_gaze"]
+    assert record["from"] == str(out) and record["previous"]["from"] == str(source)
+    refitted = ReconVLA.from_pretrained(again, load_reconstruction=True).state_dict()
+    assert set(refitted) == set(new) and any(not torch.equal(refitted[name], new[name]) for name in added)
+
 
 def test_overfit_warning_names_a_fit_that_went_past_its_best() -> None:
     from reconvla_core.train.fit_head import overfit_warning

@@ -112,12 +112,12 @@ def _save(model: PreTrainedReconVLA, path: str | Path, metadata: Mapping[str, An
     return path
 
 
-LINEAGE_KEYS = ("training", "fit_gaze", "fit_head")  # how a checkpoint's weights were made
+LINEAGE_KEYS = ("training", "fit_gaze", "fit_head", "init_lineage")  # how a checkpoint's weights were made
 
 
 def inherited_lineage(source: str | Path) -> dict[str, Any]:
     """The training record of checkpoint ``source`` (its ``metadata.json``: ``training``, ``fit_gaze``,
-    ``fit_head``), for a checkpoint derived from it to carry on; {} when it has none."""
+    ``fit_head``, ``init_lineage``), for a checkpoint derived from it to carry on; {} when it has none."""
     path = Path(source) / METADATA_FILE
     if not path.is_file():
         return {}

@@ -130,11 +130,14 @@ def fit_gaze(policy: Path, datasets: Sequence[str], out: Path, *, steps: int = 2
     model.keypoints.eval()
     model.requires_grad_(False)
     after = keypoint_errors(model, val, stats) if val is not None and len(val) else None
-    meta = {**inherited_lineage(policy),
-            "fit_gaze": {"from": str(policy), "datasets": list(datasets), "steps": steps, "batch_size": batch_size,
-                         "lr": lr, "seed": seed, "state_film": state_film}}
+    inherited = inherited_lineage(policy)
+    record = {"from": str(policy), "datasets": list(datasets), "steps": steps, "batch_size": batch_size,
+              "lr": lr, "seed": seed, "state_film": state_film}
+    if "fit_gaze" in inherited:  # a fit on a fitted gaze continues it: the earlier fit stays on record
+        record["previous"] = inherited["fit_gaze"]
+    meta = {**inherited, "fit_gaze": record}
     model.save_pretrained(out, metadata=meta)
     return {"out": str(out), "train_frames": len(train), "keypoint0_error_before": before,
             "keypoint0_error_after": after, "curve": curve, "total_s": round(time.perf_counter() - started, 1),
             "next": f"the head reads the moved keypoints: reconvla fit-head --policy {out} --data ... --out ...",
-            **meta["fit_gaze"]}
+            **{k: v for k, v in record.items() if k != "previous"}}
