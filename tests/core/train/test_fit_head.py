@@ -152,39 +152,6 @@ def test_fit_gaze_state_film_switches_keypoint_state_on_and_trains_only_its_laye
     assert set(refitted) == set(new) and any(not torch.equal(refitted[name], new[name]) for name in added)
 
 
-def test_fit_gaze_anchor_holds_the_other_keypoints_where_they_were(pretrained: dict[str, Any], tiny_dataset: Path,
-                                                                    tmp_path: Path, capsys) -> None:
-    """``--anchor-others``: the state FiLM moves every keypoint of the net; anchored, keypoints 1..K-1
-    (the head's other inputs) stay nearer where the checkpoint put them than in the same fit without."""
-    from reconvla_core.cli.main import main
-    from reconvla_core.data import DatasetSource, VLADataset
-    from reconvla_core.model import ReconVLA
-    from reconvla_core.train.data import process_raw
-    from reconvla_core.train.fit_gaze import _gaze_batch, _keypoints
-
-    source = Path(pretrained["checkpoint"])
-    outs = {}
-    for name, anchor in (("free", "0"), ("anchored", "10")):
-        outs[name] = tmp_path / name
-        assert main(["fit-gaze", "--policy", str(source), "--data", f"{tiny_dataset}:1.0", "--out", str(outs[name]),
-                     "--state-film", "--anchor-others", anchor, "--steps", "40", "--batch-size", "8", "--lr", "1e-2",
-                     "--val-fraction", "0", "--json"]) == 0
-        assert json.loads(capsys.readouterr().out)["anchor_weight"] == float(anchor)
-    original = ReconVLA.from_pretrained(source)
-    dataset = VLADataset([DatasetSource(tiny_dataset)], split="train", chunk_size=original.config.chunk_size,
-                         val_fraction=0.0)
-    batch = _gaze_batch(original, [process_raw(original.processor, dataset[i], [original.norm_stats])
-                                   for i in range(0, len(dataset), max(1, len(dataset) // 16))])
-    with torch.no_grad():
-        before = _keypoints(original, batch)
-        shift = {name: float((_keypoints(ReconVLA.from_pretrained(out), batch) - before)[:, 1:].abs().mean())
-                 for name, out in outs.items()}
-    assert shift["free"] > 0 and shift["anchored"] < 0.5 * shift["free"], shift
-    assert main(["fit-gaze", "--policy", str(source), "--data", str(tiny_dataset), "--out", str(tmp_path / "bad"),
-                 "--anchor-others", "-1"]) == 2
-    assert "anchor_weight" in capsys.readouterr().err and not (tmp_path / "bad").exists()
-
-
 def test_overfit_warning_names_a_fit_that_went_past_its_best() -> None:
     from reconvla_core.train.fit_head import overfit_warning
 

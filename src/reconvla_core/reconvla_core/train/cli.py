@@ -66,9 +66,6 @@ def _add_fit_gaze_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--state-film", action="store_true",
                         help="switch keypoint_state on and fit only its FiLM layers (the gripper's opening tells "
                         "whether the gaze belongs on the block or its destination); the rest of the net stays")
-    parser.add_argument("--anchor-others", type=float, default=0.0, metavar="W",
-                        help="also hold the other keypoints (the head's inputs too) where the checkpoint puts them, "
-                        "by an L1 at weight W (default 0: they move with the net)")
     _add_fit_arguments(parser, steps=2_000, batch_size=32, lr=2e-4, schedule="warm-up then cosine")
     return parser
 
@@ -93,7 +90,7 @@ def run_fit_gaze(args: argparse.Namespace) -> int:
 
     emit_result(fit_gaze(args.policy, args.data, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          val_fraction=args.val_fraction, seed=args.seed, device=args.device,
-                         state_film=args.state_film, anchor_weight=args.anchor_others, progress=not args.json),
+                         state_film=args.state_film, progress=not args.json),
                 args.json)
     return 0
 

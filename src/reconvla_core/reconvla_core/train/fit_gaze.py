@@ -14,7 +14,6 @@ move, so the head is refitted afterwards (``reconvla fit-head``).
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -57,32 +56,22 @@ def _gaze_batch(model: Any, items: list[dict[str, Any]]) -> dict[str, torch.Tens
 
 
 def _keypoint0(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return _keypoints(model, batch)[:, 0]
-
-
-def _keypoints(model: Any, batch: dict[str, torch.Tensor], keypoints: Any = None) -> torch.Tensor:
-    """(B, K, 2) every keypoint of ``keypoints`` (default: the model's conv keypoint net) on ``batch``."""
     from reconvla_core.model.keypoints import expected_points
 
-    net = model.keypoints if keypoints is None else keypoints
     with torch.no_grad():
         instruction = model.encode_instruction(batch["input_ids"], batch["instruction_mask"])
-    heatmap = net.heatmap(batch["pixel_values"], instruction, batch.get("state"))
-    return expected_points(heatmap, net.coords)
+    heatmap = model.keypoints.heatmap(batch["pixel_values"], instruction, batch.get("state"))
+    return expected_points(heatmap, model.keypoints.coords)[:, 0]
 
 
 def fit_gaze(policy: Path, datasets: Sequence[str], out: Path, *, steps: int = 2_000, batch_size: int = 32,
              lr: float = 2e-4, val_fraction: float = 0.05, seed: int = 0, device: str = "cpu",
-             state_film: bool = False, anchor_weight: float = 0.0, progress: bool = True) -> dict[str, Any]:
+             state_film: bool = False, progress: bool = True) -> dict[str, Any]:
     """Finetune ``policy``'s conv keypoint net on keypoint 0's L1 gaze loss over ``datasets``
     (``DIR[:WEIGHT]``, drawn by weight) and save the checkpoint, every other weight unchanged, to ``out``.
 
     ``state_film``: switch ``keypoint_state`` on (its layers start at zero where the checkpoint has
-    none) and train those layers alone.
-
-    ``anchor_weight``: also an L1 of the other keypoints (1..K-1) to where the checkpoint as loaded
-    puts them, at this weight. They are the head's inputs too, and the net's FiLM moves them all;
-    anchored, only the gaze moves and the head need not be refitted."""
+    none) and train those layers alone."""
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
@@ -94,8 +83,8 @@ def fit_gaze(policy: Path, datasets: Sequence[str], out: Path, *, steps: int = 2
     from reconvla_core.train.data import ProcessedDataset
     from reconvla_core.train.optim import lr_factor
 
-    if steps < 1 or batch_size < 1 or lr <= 0 or not anchor_weight >= 0:
-        raise ValueError("steps and batch_size must be >= 1, lr > 0 and anchor_weight >= 0")
+    if steps < 1 or batch_size < 1 or lr <= 0:
+        raise ValueError("steps and batch_size must be >= 1 and lr > 0")
     specs = [parse_data_arg(item) for item in datasets]
     policy = Path(policy)
     if not policy.is_dir():
@@ -110,7 +99,6 @@ def fit_gaze(policy: Path, datasets: Sequence[str], out: Path, *, steps: int = 2
         model.switch_option("keypoint_state", True)
     model.eval()
     model.requires_grad_(False)
-    anchor = copy.deepcopy(model.keypoints) if anchor_weight > 0 else None  # where the others stay
     if state_film:
         trainable = model.keypoints.state_film_parameters()
     else:
@@ -132,12 +120,7 @@ def fit_gaze(policy: Path, datasets: Sequence[str], out: Path, *, steps: int = 2
     curve = []
     model.keypoints.train()
     for step, batch in enumerate(tqdm(loader, total=steps, desc="fit-gaze", unit="step", disable=not progress), 1):
-        points = _keypoints(model, batch)
-        loss = model._gaze_keypoint_loss(points[:, :1], batch["gaze_point"], batch["gaze_valid"])
-        if anchor is not None:
-            with torch.no_grad():
-                held = _keypoints(model, batch, anchor)[:, 1:]
-            loss = loss + anchor_weight * (points[:, 1:] - held).abs().mean()
+        loss = model._gaze_keypoint_loss(_keypoint0(model, batch)[:, None], batch["gaze_point"], batch["gaze_valid"])
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -149,7 +132,7 @@ def fit_gaze(policy: Path, datasets: Sequence[str], out: Path, *, steps: int = 2
     after = keypoint_errors(model, val, stats) if val is not None and len(val) else None
     inherited = inherited_lineage(policy)
     record = {"from": str(policy), "datasets": list(datasets), "steps": steps, "batch_size": batch_size,
-              "lr": lr, "seed": seed, "state_film": state_film, "anchor_weight": anchor_weight}
+              "lr": lr, "seed": seed, "state_film": state_film}
     if "fit_gaze" in inherited:  # a fit on a fitted gaze continues it: the earlier fit stays on record
         record["previous"] = inherited["fit_gaze"]
     meta = {**inherited, "fit_gaze": record}
