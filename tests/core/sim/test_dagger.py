@@ -155,37 +155,6 @@ def test_gaze_round_teaches_the_keypoint_alone_then_refits_the_head(tiny_checkpo
     assert meta["fit_gaze"]["from"] == str(tiny_checkpoint) and meta["training"]  # the whole lineage kept
 
 
-def test_gaze_state_round_fits_only_the_state_film_and_keeps_the_head(tiny_checkpoint: Path, tmp_path: Path,
-                                                                       capsys: pytest.CaptureFixture) -> None:
-    """``--learn gaze-state``: the round's rollouts teach the gaze keypoint's robot-state FiLM alone
-    (added at zero to a checkpoint without it); every weight the checkpoint had is unchanged."""
-    from safetensors.torch import load_file
-
-    base = tiny_checkpoint.parent.parent / "dataset"
-    out = tmp_path / "gaze_state_dagger"
-    args = ["dagger", "--init", str(tiny_checkpoint), "--rounds", "1", "--episodes", "2", "--out", str(out),
-            "--learn", "gaze-state", "--data", str(base), "--round-share", "0.5", "--finetune-steps", "3",
-            "--eval-chains", "1", "--image-size", SIZE, "--json"]
-    capsys.readouterr()
-    assert main(args) == 0
-    row = json.loads(capsys.readouterr().out)["rounds"][1]
-    assert row["checkpoint"] == str(out / "round_01" / "gaze")
-    assert row["train_steps"] == 3 and row["keypoint0_error_after"]["frames"] > 0
-    assert not (out / "round_01" / "head").exists()
-
-    before = load_file(str(tiny_checkpoint / "model.safetensors"))
-    after = load_file(str(out / "round_01" / "gaze" / "model.safetensors"))
-    assert all(torch.equal(before[name], after[name]) for name in before)
-    added = set(after) - set(before)
-    assert added and all(name.startswith(("keypoints.stem_state.", "keypoints.body_state.")) for name in added), \
-        sorted(added)
-    assert any(after[name].abs().sum() > 0 for name in added), "the state FiLM learnt nothing"
-    config = json.loads((out / "round_01" / "gaze" / "config.json").read_text())
-    meta = json.loads((out / "round_01" / "gaze" / "metadata.json").read_text())
-    assert config["keypoint_state"] is True
-    assert meta["fit_gaze"]["state_film"] is True and meta["fit_gaze"]["from"] == str(tiny_checkpoint)
-
-
 def test_gaze_mode_refuses_what_it_cannot_run(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from reconvla_core.sim.dagger import DaggerConfig
 
@@ -197,9 +166,6 @@ def test_gaze_mode_refuses_what_it_cannot_run(tiny_checkpoint: Path, tmp_path: P
                      train_overrides=["optim.lr=1e-4"])
     with pytest.raises(ValueError, match="--learn"):
         DaggerConfig(init=tiny_checkpoint, out=tmp_path / "c", learn="everything", base_data=[base])
-    with pytest.raises(ValueError, match="--override"):
-        DaggerConfig(init=tiny_checkpoint, out=tmp_path / "d", learn="gaze-state", train_overrides=["optim.lr=1e-4"])
-    DaggerConfig(init=tiny_checkpoint, out=tmp_path / "e", learn="gaze-state")  # the head is kept: no --data needed
 
 
 def test_branches_label_the_policys_states_with_the_experts_whole_chunk(tiny_checkpoint: Path, tmp_path: Path) -> None:

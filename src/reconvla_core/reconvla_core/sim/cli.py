@@ -52,8 +52,6 @@ def _config(args: argparse.Namespace) -> SimConfig:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``sim collect``, ``sim frames``, ``eval sim|probe|recovery`` and ``dagger``."""
-    from reconvla_core.sim.dagger import LEARN_MODES  # light: numpy only
-
     sim = subparsers.add_parser("sim", help="simulation twin: collect demonstrations")
     sim_sub = sim.add_subparsers(dest="sim_command", metavar="SIM_COMMAND")
     collect = sim_sub.add_parser(
@@ -140,11 +138,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dagger.add_argument("--round-share", type=float, default=None, metavar="S",
                         help="share of finetune samples drawn from the rounds' own datasets together (0 < S <= 1; "
                              "default: every dataset, base or round, is drawn alike)")
-    dagger.add_argument("--learn", choices=LEARN_MODES, default="finetune",
+    dagger.add_argument("--learn", choices=("finetune", "gaze"), default="finetune",
                         help="what each round trains: finetune = the whole policy on the aggregate (default); gaze = "
                         "fit-gaze of the gaze keypoint on the aggregate (the rollouts' true gaze boxes), then "
-                        "fit-head on the --data demonstrations; gaze-state = fit-gaze --state-film on the "
-                        "aggregate, the head kept (--finetune-steps: fit-gaze's steps)")
+                        "fit-head on the --data demonstrations (--finetune-steps: fit-gaze's steps)")
     dagger.add_argument("--head-steps", type=_positive, default=20_000,
                         help="--learn gaze: fit-head's steps per round (default 20000)")
     dagger.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")

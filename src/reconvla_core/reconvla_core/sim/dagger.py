@@ -32,15 +32,11 @@
      refits the action MLP to the moved keypoint on the ``base_data`` demonstrations alone
      (``round_RR/head``), half its samples on the trunk's own gaze. No action is learnt from the
      rollouts, so the expert's labels and their style do not matter here (docs/dagger.md);
-   - ``gaze-state``: ``reconvla fit-gaze --state-film`` on the aggregate (``round_RR/gaze``): only
-     the keypoint net's robot-state FiLM layers train (``keypoint_state``; added at zero where the
-     checkpoint has none), so the gaze moves only where the state tells it which object it belongs
-     on, and the head, acting on the gaze as before, is kept (the shipped checkpoint's last step);
 5. **evaluate** on the fixed chains (``make_eval_chains``).
 
 Layout of ``out``: ``dagger.json`` (config + one row per round, rewritten after each round),
 ``avg_len.png``, ``round_00/eval.json`` (the initial checkpoint), ``round_RR/{bags,dataset,train,
-eval.json}`` (``learn="gaze"``: ``gaze`` and ``head`` in place of ``train``; ``"gaze-state"``: ``gaze``). A step whose output is
+eval.json}`` (``learn="gaze"``: ``gaze`` and ``head`` in place of ``train``). A step whose output is
 complete is not redone, so ``resume=True`` continues a run that stopped anywhere (a half-written bag
 directory is rolled out again; training resumes from its last checkpoint).
 """
@@ -61,9 +57,8 @@ import numpy as np
 
 DAGGER_SEED_BASE = 700  # collection seed of round r is DAGGER_SEED_BASE + 100 * seed + r: scenes of its own
 DEFAULT_CHUNK = 8  # steps an expert turn lasts before the policy has produced a chunk to size it by
-LEARN_MODES = ("finetune", "gaze", "gaze-state")
+LEARN_MODES = ("finetune", "gaze")
 GAZE_HEAD_OWN_SHARE = 0.5  # fit-head's samples on the trunk's own keypoint (the shipped checkpoint's recipe)
-STATE_FILM_LR = 3e-3  # fit-gaze --state-film's rate in the shipped checkpoint's recipe (small layers, from zero)
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +78,7 @@ class DaggerConfig:
     base_data: list[Path] = field(default_factory=list)
     train_overrides: list[str] = field(default_factory=list)
     round_share: float | None = None  # share of samples from the rounds' datasets; None: every dataset alike
-    learn: str = "finetune"  # what a round trains: the whole policy; the gaze keypoint then the head; the gaze's state FiLM
+    learn: str = "finetune"  # what a round trains: the whole policy, or the gaze keypoint then the head
     head_steps: int = 20_000  # learn="gaze": fit-head's steps (finetune_steps are fit-gaze's)
     image_size: tuple[int, int] = (320, 240)
     device: str = "cpu"
@@ -116,7 +111,7 @@ class DaggerConfig:
             raise FileNotFoundError(f"--init {self.init} is not a checkpoint directory (no config.json)")
         if self.learn not in LEARN_MODES:
             raise ValueError(f"--learn must be one of {LEARN_MODES}, got {self.learn!r}")
-        if self.learn != "finetune":
+        if self.learn == "gaze":
             self._check_gaze_mode()
         for path in self.base_data:
             if not (path / "meta" / "info.json").is_file():
@@ -124,16 +119,16 @@ class DaggerConfig:
 
     def _check_gaze_mode(self) -> None:
         """Refuse before the first rollout what ``fit-gaze`` / ``fit-head`` would refuse after it."""
-        if self.learn == "gaze" and not self.base_data:
+        if not self.base_data:
             raise ValueError("--learn gaze needs --data: the demonstrations the head is refitted on")
         if self.train_overrides:
-            raise ValueError(f"--override sets the finetune recipe, which --learn {self.learn} does not run")
+            raise ValueError("--override sets the finetune recipe, which --learn gaze does not run")
         if self.head_steps < 1:
             raise ValueError(f"--head-steps must be >= 1, got {self.head_steps}")
         model = json.loads((self.init / "config.json").read_text(encoding="utf-8"))
         if model.get("keypoint_encoder") != "conv" or not model.get("gaze_keypoint_weight", 0) > 0:
-            raise ValueError(f"--learn {self.learn} teaches the conv gaze keypoint: {self.init} needs "
-                             "keypoint_encoder: conv and gaze_keypoint_weight > 0")
+            raise ValueError(f"--learn gaze teaches the conv gaze keypoint: {self.init} needs keypoint_encoder: "
+                             "conv and gaze_keypoint_weight > 0")
 
     def sim_config(self) -> Any:
         from reconvla_core.sim.env import SimConfig
@@ -322,19 +317,6 @@ def learn_gaze(config: DaggerConfig, init_from: Path, datasets: list[str], folde
             "head_train_frames": head["train_frames"]}
 
 
-def learn_gaze_state(config: DaggerConfig, init_from: Path, datasets: list[str], folder: Path) -> dict[str, Any]:
-    """Step 4 with ``learn="gaze-state"``: ``fit-gaze --state-film`` of ``init_from`` on ``datasets``
-    (minutes; restarts if it was cut off). The head is not refitted: the keypoint moves only where
-    the robot's state says the gaze was on the other object."""
-    from reconvla_core.train.fit_gaze import fit_gaze
-
-    gaze = fit_gaze(init_from, datasets, folder / "gaze", steps=config.finetune_steps, lr=STATE_FILM_LR,
-                    seed=config.seed, device=config.device, state_film=True, progress=config.progress)
-    return {"checkpoint": gaze["out"], "train_steps": config.finetune_steps,
-            "keypoint0_error_before": gaze["keypoint0_error_before"],
-            "keypoint0_error_after": gaze["keypoint0_error_after"]}
-
-
 def evaluate(config: DaggerConfig, checkpoint: Path) -> dict[str, Any]:
     """Step 5: ``checkpoint`` on the fixed evaluation chains."""
     from reconvla_core.policy import CheckpointPolicy
@@ -403,9 +385,6 @@ def run_dagger(config: DaggerConfig) -> dict[str, Any]:
         if config.learn == "gaze":
             trained = _cached(folder / "learn.json",
                               lambda: learn_gaze(config, checkpoint, mixture(config, round_datasets), folder))
-        elif config.learn == "gaze-state":
-            trained = _cached(folder / "learn.json",
-                              lambda: learn_gaze_state(config, checkpoint, mixture(config, round_datasets), folder))
         else:
             trained = _cached(folder / "train.json",
                               lambda: finetune(config, checkpoint, mixture(config, round_datasets), folder / "train"))
