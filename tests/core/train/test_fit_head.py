@@ -140,7 +140,7 @@ def test_fit_gaze_state_film_switches_keypoint_state_on_and_trains_only_its_laye
     assert any(new[name].abs().sum() > 0 for name in added)  # they left zero
     assert json.loads((out / "metadata.json").read_text())["fit_gaze"]["state_film"] is True
 
-    # A second fit (a DAgger round of `--learn gaze-state`) continues the layers and keeps the first on record.
+    # A second fit on the fitted checkpoint (its own rollouts, say) continues the layers and keeps the first on record.
     again = tmp_path / "gaze_state_again"
     assert main(["fit-gaze", "--policy", str(out), "--data", f"{tiny_dataset}:1.0", "--out", str(again),
                  "--state-film", "--steps", "10", "--batch-size", "8", "--lr", "3e-3", "--val-fraction", "0.3",
