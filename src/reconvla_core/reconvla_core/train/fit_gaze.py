@@ -56,12 +56,9 @@ def _gaze_batch(model: Any, items: list[dict[str, Any]]) -> dict[str, torch.Tens
 
 
 def _keypoint0(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    from reconvla_core.model.keypoints import expected_points
-
     with torch.no_grad():
         instruction = model.encode_instruction(batch["input_ids"], batch["instruction_mask"])
-    heatmap = model.keypoints.heatmap(batch["pixel_values"], instruction, batch.get("state"))
-    return expected_points(heatmap, model.keypoints.coords)[:, 0]
+    return model.keypoints(batch["pixel_values"], instruction, batch.get("state"))[:, 0]
 
 
 def fit_gaze(policy: Path, datasets: Sequence[str], out: Path, *, steps: int = 2_000, batch_size: int = 32,
@@ -139,5 +136,6 @@ def fit_gaze(policy: Path, datasets: Sequence[str], out: Path, *, steps: int = 2
     model.save_pretrained(out, metadata=meta)
     return {"out": str(out), "train_frames": len(train), "keypoint0_error_before": before,
             "keypoint0_error_after": after, "curve": curve, "total_s": round(time.perf_counter() - started, 1),
-            "next": f"the head reads the moved keypoints: reconvla fit-head --policy {out} --data ... --out ...",
+            "next": (f"the head acts on the gaze as before: reconvla eval sim --policy {out} ..." if state_film else
+                     f"the head reads the moved keypoints: reconvla fit-head --policy {out} --data ... --out ..."),
             **{k: v for k, v in record.items() if k != "previous"}}
