@@ -348,3 +348,56 @@ def test_config_allows_narrower_joint_limits():
     safety.note_chunk(0.0)
     safety.enable(0.0)
     assert safety.step(0.0, start).positions[0] == pytest.approx(-1.0)
+
+
+def test_an_opening_command_starts_from_where_the_fingers_stopped_on_an_object():
+    """Closed on a 4 cm block, the command went on to 0 while the fingers stopped at 0.04 m: opening
+    starts from the fingers (one period later they are commanded one step beyond them), not from the
+    wound-down command; a target below the fingers keeps squeezing, and closing is unchanged."""
+    safety = SafetyFilter(SafetyConfig(control_rate_hz=10.0))
+    safety.observe(HOME, 0.0)
+    assert safety.enable(0.0)[0]
+    step = safety.config.max_gripper_speed * safety.config.dt
+    holding = HOME.copy()
+    holding[6] = 0.0
+    now = 0.0
+    for _ in range(10):  # close: the command ramps down to 0 while the block stops the fingers
+        now += 0.1
+        safety.observe(np.concatenate([HOME[:6], [0.04]]), now)
+        safety.note_chunk(now)
+        command = safety.step(now, holding)
+    assert command.positions[6] == pytest.approx(0.0)
+    now += 0.1
+    safety.observe(np.concatenate([HOME[:6], [0.04]]), now)
+    safety.note_chunk(now)
+    assert safety.step(now, np.concatenate([HOME[:6], [0.002]])).positions[6] == pytest.approx(0.002)
+    now += 0.1
+    safety.observe(np.concatenate([HOME[:6], [0.04]]), now)
+    safety.note_chunk(now)
+    opening = safety.step(now, np.concatenate([HOME[:6], [GRIPPER_MAX]]))
+    assert opening.positions[6] == pytest.approx(0.04 + step)
+    assert opening.rate_limited
+
+
+@settings(max_examples=60, deadline=None)
+@given(last=st.floats(min_value=GRIPPER_MIN, max_value=GRIPPER_MAX),
+       fingers=st.floats(min_value=GRIPPER_MIN, max_value=GRIPPER_MAX),
+       goal=st.floats(min_value=GRIPPER_MIN, max_value=GRIPPER_MAX))
+def test_the_gripper_command_never_outruns_both_the_last_command_and_the_fingers(last, fingers, goal):
+    """Whatever the fingers report, a gripper command moves at most one step from the last command,
+    or, opening past the fingers, one step beyond them; never past its target."""
+    safety = SafetyFilter(SafetyConfig(control_rate_hz=10.0))
+    start = HOME.copy()
+    start[6] = last
+    safety.observe(start, 0.0)
+    assert safety.enable(0.0)[0]
+    safety.observe(np.concatenate([HOME[:6], [fingers]]), 0.1)
+    safety.note_chunk(0.1)
+    target = np.concatenate([HOME[:6], [goal]])
+    gripper = safety.step(0.1, target).positions[6]
+    step = safety.config.max_gripper_speed * safety.config.dt
+    if goal > fingers > last:
+        assert gripper == pytest.approx(min(goal, fingers + step))
+    else:
+        assert abs(gripper - last) <= step + EPS
+    assert min(last, goal) - EPS <= gripper <= max(last, goal) + EPS

@@ -173,3 +173,29 @@ def test_gaze_follows_the_block_then_its_destination():
         assert f"{task.dest}_bowl" in seen, "the gaze moved to the bowl while the block was carried"
         held = seen.index(f"{task.dest}_bowl")
         assert set(seen[:held]) == {f"{task.obj}_block"}
+
+
+def test_an_open_command_on_a_held_block_opens_the_fingers_at_once_and_a_small_one_keeps_the_grip():
+    """Closed on a block, the gripper's set-point winds down to the closing target below the block's
+    width; a servo gripper opens from where its fingers are, so the release starts in the first
+    control period instead of after unwinding that gap (0.4 s for a 4 cm block at 0.1 m/s)."""
+    chain = next(c for c in make_eval_chains(12, seed=0) if c.tasks[0].family == "pick")
+    block = f"{chain.tasks[0].obj}_block"
+    with PiperCellEnv(SimConfig(image_width=32, image_height=24)) as env:
+        env.reset(chain=chain)
+        expert = ScriptedExpert(env)
+        for _ in range(env.config.max_subtask_steps):
+            _, info = env.step(expert.act(), render=False)
+            if info["subtask_success"]:
+                break
+        assert all(env.touching_gripper(block))
+        held = env.state()
+        assert held[6] > 0.03  # the fingers stopped on the block, far above the closing target
+        with env.branch():
+            for _ in range(10):  # a command a hair above the wound-down set-point still squeezes
+                env.step(np.concatenate([held[:6], [0.002]]), render=False)
+            assert all(env.touching_gripper(block))
+        env.step(np.concatenate([held[:6], [GRIPPER_MAX]]), render=False)
+        assert env.state()[6] > held[6] + 0.005  # moving after one 0.1 s period
+        env.step(np.concatenate([held[:6], [GRIPPER_MAX]]), render=False)
+        assert not all(env.touching_gripper(block))

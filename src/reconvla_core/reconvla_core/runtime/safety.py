@@ -14,7 +14,8 @@ when no motion command may be sent at all (disabled or emergency-stopped):
   move back towards it;
 - each joint moves at most ``max_joint_speed * dt`` per control period (``dt = 1/control_rate``;
   default 1.0 rad/s for learned policies, configurable up to the PiPer's ``MAX_JOINT_SPEED``),
-  the gripper at most ``max_gripper_speed * dt`` (default 0.1 m/s);
+  the gripper at most ``max_gripper_speed * dt`` (default 0.1 m/s), an opening step starting from
+  the fingers when they stopped on an object above the last command (``_unwind_gripper``);
 - the speed percentage sent to the driver is capped;
 - a stale observation (no fresh arm feedback within ``observation_timeout_s``) or no fresh chunk
   within ``chunk_timeout_s`` -> hold the last commanded position;
@@ -49,6 +50,7 @@ from reconvla_core.piper import (
 logger = logging.getLogger(__name__)
 
 NUM_JOINTS = len(JOINT_LOWER)
+GRIPPER_INDEX = NUM_JOINTS  # the gripper opening follows the joints in a 7-vector
 
 
 class ArmMode(str, enum.Enum):
@@ -360,6 +362,7 @@ class SafetyFilter:
         else:
             bounded = np.clip(goal, self._soft_lower, self._soft_upper)
             clipped = bool(np.any(bounded != goal))
+            self._unwind_gripper(bounded[GRIPPER_INDEX])
             delta = bounded - self._last_command
             limited = np.clip(delta, -self._max_step, self._max_step)
             rate_limited = bool(np.any(limited != delta))
@@ -374,6 +377,16 @@ class SafetyFilter:
         self._last_command = positions
         speed = int(min(self.config.speed_percent, self.config.max_speed_percent))
         return SafetyCommand(positions.copy(), speed, reason, clipped, rate_limited)
+
+    def _unwind_gripper(self, goal: float) -> None:
+        """An opening command starts from where the fingers are. Closed on an object, the gripper
+        stops at its width while the command (and so the rate limit's start) went on to the target
+        below it; ramping back up from there would hold an opening command for that gap's width
+        divided by ``max_gripper_speed`` (0.4 s for a 4 cm block) before the fingers move."""
+        last = self._last_command
+        if self._measured is None or last is None or goal <= self._measured[GRIPPER_INDEX]:
+            return  # not opening past the fingers: a target below them keeps squeezing as before
+        last[GRIPPER_INDEX] = max(last[GRIPPER_INDEX], self._measured[GRIPPER_INDEX])
 
     def home_target(self, home: Sequence[float] | np.ndarray) -> np.ndarray:
         """Validate a home pose: finite, 7 values, inside the limits (raises ValueError otherwise)."""

@@ -254,8 +254,22 @@ class SimArm:
         delta = np.clip(self.target - self.setpoint, -MAX_JOINT_SPEED * dt, MAX_JOINT_SPEED * dt)
         self.setpoint = self.setpoint + delta
         step = GRIPPER_SPEED * dt
+        if self.gripper_target > self.gripper_setpoint:
+            # Fingers stopped on an object sit above the set-point a close command wound down to; a
+            # servo gripper told to open past them moves from where they are, without first unwinding
+            # that gap. A target still below them keeps squeezing as before.
+            opening = self.opening()
+            if self.gripper_target > opening:
+                self.gripper_setpoint = max(self.gripper_setpoint, opening)
         self.gripper_setpoint += float(np.clip(self.gripper_target - self.gripper_setpoint, -step, step))
         self._send(delta / dt)
+
+    def opening(self) -> float:
+        """Measured gripper opening (m), saturated at the gripper's range as the real one reports it."""
+        fingers = self._p.getJointStates(self.body, self.finger_ids)  # type: ignore[attr-defined]
+        # The fingers' joint limits are soft in PyBullet (a few mm past the stop under violent arm
+        # motion); the real gripper cannot open past its mechanical stop, so report it saturated.
+        return float(np.clip(fingers[0][0] + fingers[1][0], GRIPPER_MIN, GRIPPER_MAX))
 
     def _send(self, velocity: np.ndarray) -> None:
         p = self._p
@@ -288,13 +302,9 @@ class SimArm:
     def state(self) -> ArmState:
         """Measured joint state (what joint_states_single reports on the real arm)."""
         joint_states = self._p.getJointStates(self.body, self.joint_ids)  # type: ignore[attr-defined]
-        fingers = self._p.getJointStates(self.body, self.finger_ids)  # type: ignore[attr-defined]
         joints = np.array([s[0] for s in joint_states])
         velocities = np.array([s[1] for s in joint_states])
-        # The fingers' joint limits are soft in PyBullet (a few mm past the stop under violent arm
-        # motion); the real gripper cannot open past its mechanical stop, so report it saturated.
-        opening = float(np.clip(fingers[0][0] + fingers[1][0], GRIPPER_MIN, GRIPPER_MAX))
-        return ArmState(joints=joints, gripper=opening, velocities=velocities)
+        return ArmState(joints=joints, gripper=self.opening(), velocities=velocities)
 
     def link_pose(self, link: int) -> tuple[np.ndarray, np.ndarray]:
         """World position (3,) and rotation matrix (3, 3) of a link frame."""
