@@ -203,3 +203,10 @@ def test_noise_with_a_duration_perturbs_only_the_subtask_start_and_the_relabelli
     _, noisy_msgs = _read(tmp_path / "noisy" / "episode_000000")
     state = lambda msgs: np.array([m.position for _, m in msgs[itf.FOLLOWER_STATE_TOPIC]])  # noqa: E731
     assert np.abs(state(clean_msgs)[:steps, :6] - state(noisy_msgs)[:steps, :6]).max() > 0.01
+
+
+def test_grasp_offset_is_the_scripted_experts_only(tmp_path):
+    from reconvla_core.sim.collect import collect
+
+    with pytest.raises(ValueError, match="grasp-offset needs the scripted expert"):
+        collect(tmp_path / "bags", 1, expert="relabel", grasp_offset=0.01, progress=False)

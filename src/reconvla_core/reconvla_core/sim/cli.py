@@ -68,6 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     collect.add_argument("--noise-duration", type=float, default=None, metavar="S",
                          help="end the execution noise this many seconds after each subtask's start (default: at the "
                               "expert's first close; needed with --expert relabel)")
+    collect.add_argument("--grasp-offset", type=float, default=0.0, metavar="M",
+                         help="scripted expert: grasp each block up to this far (m, at most 0.015) off its centre along "
+                              "the fingers' width, so the block sits off-centre in the hand and the carry's correction "
+                              "over the destination makes up for it (default 0)")
     collect.add_argument("--expert", choices=("scripted", "relabel"), default="scripted",
                          help="scripted: replays a plan made at each subtask's start (default); relabel: acts from the "
                               "measured state at every step, as DAgger's labeller does (demonstrations in the style of "
@@ -166,7 +170,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     # collect() treats a zero std as no noise; the dataclass refuses a bad one with a clear error.
     result = collect(args.out, args.episodes, seed=args.seed, config=_config(args), progress=True,
                      noise=ExecutionNoise(std_rad=args.noise_rad, duration_s=args.noise_duration),
-                     expert=args.expert)
+                     expert=args.expert, grasp_offset=args.grasp_offset)
     emit_result(result, args.json)
     return 0
 

@@ -171,13 +171,16 @@ def collect(
     progress: bool = True,
     noise: ExecutionNoise | None = None,
     expert: str = "scripted",
+    grasp_offset: float = 0.0,
 ) -> dict[str, Any]:
     """Collect ``episodes`` subtask episodes with an expert into ``out_dir/episode_XXXXXX``.
 
     ``expert``: ``scripted`` replays a plan made at each subtask's start; ``relabel`` acts from the
     measured state at every step (``RelabelExpert``, the DAgger labeller: demonstrations in the style
     of the labels DAgger adds later). ``noise``: execute the expert's commands with DART-style noise
-    (the bags record the expert's).
+    (the bags record the expert's). ``grasp_offset`` (m, scripted expert): grasp up to this far off
+    the block's centre along the fingers' width, so demonstrations hold blocks off-centre and correct
+    for it over the destination.
     Returns ``{"episodes", "successful", "frames", "steps_per_s", "out_dir", "bags"}``;
     ``steps_per_s`` counts control steps (physics + both cameras + bag writing) per wall second."""
     from tqdm import tqdm
@@ -193,6 +196,8 @@ def collect(
         raise ValueError(f"output directory {out} exists and is not empty; choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
     config = config or SimConfig()
+    if grasp_offset and expert != "scripted":
+        raise ValueError("--grasp-offset needs the scripted expert (the relabelling one grasps where it stands)")
     if noise is not None and noise.std_rad == 0:
         noise = None
     if noise is not None and expert == "relabel" and noise.duration_s is None:
@@ -202,7 +207,7 @@ def collect(
     if noise:  # a noisy command may poke past a limit: clamp it, as the driver does
         config = dataclasses.replace(config, clip_actions=True)
     env = PiperCellEnv(config)
-    driver = EXPERTS[expert](env)
+    driver = ScriptedExpert(env, grasp_offset=grasp_offset) if expert == "scripted" else EXPERTS[expert](env)
     period_ns = int(round(1e9 / config.control_hz))
     written: list[str] = []
     successful = frames = 0
@@ -256,6 +261,7 @@ def collect(
         "image_size": [config.image_width, config.image_height],
         "execution_noise_std_rad": noise_std,
         "execution_noise_duration_s": noise.duration_s if noise else None,
+        "grasp_offset_m": grasp_offset,
         "expert": expert,
     }
 

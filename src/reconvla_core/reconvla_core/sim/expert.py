@@ -37,6 +37,7 @@ APPROACH_SPEED = 0.12  # m/s for the last centimetres down to a grasp or a place
 YAW_SPEED = 2.0  # rad/s of wrist yaw change
 CLOSE_STEPS_S = 0.6  # s to close on a block
 OPEN_STEPS_S = 0.4  # s to let go
+MAX_GRASP_OFFSET = 0.015  # m: beyond it the finger pads (2.2 cm wide) barely overlap a 4 cm block
 SETTLE_TOL = 0.01  # rad: the arm has reached the command
 MAX_GRASP_TRIES = 3
 WRIST_MARGIN = 0.25  # rad kept from the joint-6 limit when choosing a grasp yaw
@@ -69,8 +70,14 @@ def block_yaw(rot: np.ndarray) -> float:
 class ScriptedExpert:
     """A generator-driven state machine over the env's current subtask."""
 
-    def __init__(self, env: PiperCellEnv) -> None:
+    def __init__(self, env: PiperCellEnv, grasp_offset: float = 0.0) -> None:
+        """``grasp_offset`` (m): grasp each block up to this far off its centre along the fingers'
+        width, drawn per attempt, so the block sits off-centre in the hand and the carry's closed-loop
+        correction (the block, not the tool, over the destination) shows making up for it."""
+        if not 0.0 <= grasp_offset <= MAX_GRASP_OFFSET:
+            raise ValueError(f"grasp_offset must be in 0..{MAX_GRASP_OFFSET} m, got {grasp_offset}")
         self.env = env
+        self.grasp_offset = grasp_offset
         self.dt = env.config.control_dt
         self.q = np.zeros(6)
         self.gripper = 0.0
@@ -282,7 +289,10 @@ class ScriptedExpert:
         yield from self._wait_settled(0.5)
         pos, rot = env.object_pose(block)  # it may have been nudged: re-read before descending
         grasp = np.array([pos[0], pos[1], max(pos[2], 0.018)])
-        yield from self._move(np.array([pos[0], pos[1], TRAVEL_Z]), yaw, APPROACH_SPEED)
+        if self.grasp_offset > 0:  # along the tool x axis, (cos yaw, sin yaw): the fingers close along y
+            rng = np.random.default_rng([env.chain.seed if env.chain else 0, env.subtask_index, self.tries, 17])
+            grasp[:2] += rng.uniform(-self.grasp_offset, self.grasp_offset) * np.array([math.cos(yaw), math.sin(yaw)])
+        yield from self._move(np.array([grasp[0], grasp[1], TRAVEL_Z]), yaw, APPROACH_SPEED)
         yield from self._move(grasp, yaw, APPROACH_SPEED)
         yield from self._wait_settled(0.6)
         yield from self._gripper_to(GRIPPER_MIN, CLOSE_STEPS_S)
