@@ -92,3 +92,18 @@ def test_the_twin_names_a_policy_that_never_moves_and_one_that_never_lets_go():
         held, _ = evaluate_policy(NeverLetsGo(env), place, env=env, progress=False)
     assert results[0].failure == "not_grasped" and still["failures"] == {"pick": {"not_grasped": 1}}
     assert held["avg_len"] == 0.0 and held["failures"] == {"place": {"held_over_target": 1}}
+    # The expert grasps at the block's centre: held on the tool's axis to a few millimetres.
+    assert held["in_hand_offset"]["place"]["failed"]["n"] == 1
+    assert held["in_hand_offset"]["place"]["failed"]["median_m"] < 0.005
+    assert "in_hand_offset" not in still  # never lifted: nothing to measure
+
+
+def test_in_hand_offsets_are_summarised_per_family_and_outcome():
+    from reconvla_core.sim.failures import OFF_CENTRE, summarise_in_hand
+
+    holds = [("stack", 0.002, True), ("stack", 0.004, True), ("stack", OFF_CENTRE + 0.005, False),
+             ("stack", 0.001, False), ("place", 0.003, True)]
+    summary = summarise_in_hand(holds)
+    assert summary["stack"]["succeeded"] == {"n": 2, "median_m": 0.003, "share_off_centre": 0.0}
+    assert summary["stack"]["failed"]["share_off_centre"] == 0.5
+    assert summary["place"] == {"succeeded": {"n": 1, "median_m": 0.003, "share_off_centre": 0.0}}

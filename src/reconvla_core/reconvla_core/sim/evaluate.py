@@ -38,7 +38,7 @@ import numpy as np
 from reconvla_core.policy import Policy
 from reconvla_core.runtime.safety import SafetyFilter
 from reconvla_core.sim.env import PiperCellEnv, SimConfig, validate_action
-from reconvla_core.sim.failures import FAILURE_MODES, SubtaskWatch, classify, summarise_failures
+from reconvla_core.sim.failures import FAILURE_MODES, SubtaskWatch, classify, summarise_failures, summarise_in_hand
 from reconvla_core.sim.tasks import CHAIN_LENGTH, TASK_FAMILIES, Chain
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class ChainResult:
     chunks: int = 0  # chunks the policy produced
     refused_chunks: int = 0  # of those, refused by the deployment's limit check (the arm held)
     clipped_targets: int = 0  # values the policy itself clipped onto the soft limits (ModelPolicy)
+    holds: list[tuple[str, float, bool]] = dataclasses.field(default_factory=list)  # place/stack: in-hand offset, succeeded
 
 
 def gaze_sample(env: PiperCellEnv, point: np.ndarray) -> GazeSample:
@@ -120,6 +121,7 @@ def run_chain(
     gaze: list[GazeSample] = []
     chunks_in_phase: dict[tuple[int, str], int] = {}
     watch = SubtaskWatch(env)
+    holds: list[tuple[str, float | None, bool]] = []  # (family, in-hand offset at the lift, succeeded)
     steps = chunks = refused = clipped = 0
     while True:
         if not queue:
@@ -140,16 +142,21 @@ def run_chain(
             frames.append(np.concatenate([draw_box(obs["base_image"], info["gaze_box"]), obs["wrist_image"]], axis=1))
         if not info["subtask_success"]:
             watch.update()
-        elif not info["done"]:
-            queue = []  # new instruction: a chunk planned for the old one no longer applies
-            watch = SubtaskWatch(env)
+        else:
+            holds.append((watch.family, watch.in_hand_offset, True))
+            if not info["done"]:
+                queue = []  # new instruction: a chunk planned for the old one no longer applies
+                watch = SubtaskWatch(env)
         if info["done"]:
             break
     completed = int(info["completed"])
     gaze = [dataclasses.replace(g, completed=g.subtask < completed) for g in gaze]
     failure = classify(watch.trace()) if info["timeout"] else None
+    if info["timeout"]:
+        holds.append((watch.family, watch.in_hand_offset, False))
+    holds = [(family, offset, ok) for family, offset, ok in holds if offset is not None and family != "pick"]
     return ChainResult(chain.seed, completed, [t.family for t in chain.tasks], steps, frames, gaze, failure,
-                       chunks, refused, clipped)
+                       chunks, refused, clipped, holds)
 
 
 _DEPLOYMENT_LIMITS = SafetyFilter()
@@ -196,6 +203,9 @@ def summarise(results: Sequence[ChainResult], length: int = CHAIN_LENGTH) -> dic
     failures = [(r.families[r.completed], r.failure) for r in results if r.failure is not None]
     if failures:
         metrics["failures"] = summarise_failures(failures)
+    holds = [hold for result in results for hold in result.holds]
+    if holds:
+        metrics["in_hand_offset"] = summarise_in_hand(holds)
     samples = [sample for result in results for sample in result.gaze]
     if samples:
         metrics["gaze_points"] = summarise_gaze(samples)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +46,7 @@ FAILURE_MODES = ("wrong_block", "pushed_away", "not_grasped", "not_lifted", "des
 PUSH_DISTANCE = 0.02  # m an object may be nudged (settling, a finger's touch) and still count as where it was
 LIFTED_BY = 0.02  # m above where it stood: another block counts as lifted
 RELEASE_NEAR = 0.05  # m (horizontal): a release this near the destination was aimed at it, this near its start put it back
+OFF_CENTRE = 0.009  # m a block held further than this off the tool's centre fails its stacks (docs/study_recon.md)
 
 
 @dataclasses.dataclass
@@ -108,13 +109,16 @@ class SubtaskWatch:
         self.destination_start = env.object_pose(self.destination)[0] if self.destination else None
         self.grasped = self.lifted = self.other_lifted = self.holding = self.lost_while_shut = False
         self.released_at: np.ndarray | None = None
+        self.in_hand_offset: float | None = None  # m, when the block was first lifted
 
     def update(self) -> None:
         env = self.env
         holding = all(env.touching_gripper(self.block))
         if holding:
             self.grasped = True
-            self.lifted = self.lifted or checks.lifted(env.object_pose(self.block)[0])
+            if not self.lifted and checks.lifted(env.object_pose(self.block)[0]):
+                self.lifted = True
+                self.in_hand_offset = in_hand_offset(env, self.block)
         elif self.holding:  # it just left the fingers: where, and let go or lost from a shut gripper?
             self.released_at = env.object_pose(self.block)[0]
             self.lost_while_shut = bool(env.last_command[6] < BLOCK_SIZE)
@@ -132,6 +136,29 @@ class SubtaskWatch:
             held_at_end=all(env.touching_gripper(self.block)), released_at=self.released_at,
             lost_while_shut=self.lost_while_shut,
         )
+
+
+def in_hand_offset(env: PiperCellEnv, block: str) -> float:
+    """Horizontal distance (m) of a held block's centre from the tool's: the fingers centre a block
+    along their closing axis only, so a grasp off along their width carries it off-centre."""
+    from reconvla_core.sim.kinematics import tcp_pose
+
+    tool = tcp_pose(env.state()[:6])[:3, 3]
+    return float(np.linalg.norm(env.object_pose(block)[0][:2] - tool[:2]))
+
+
+def summarise_in_hand(holds: list[tuple[str, float, bool]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """(family, in-hand offset at the lift, succeeded) of the place and stack subtasks whose block was
+    lifted -> per family and outcome: count, median offset (m), share held more than OFF_CENTRE off."""
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for family in ("place", "stack"):
+        for outcome, succeeded in (("succeeded", True), ("failed", False)):
+            offsets = np.array([o for f, o, ok in holds if f == family and ok == succeeded])
+            if len(offsets):
+                summary.setdefault(family, {})[outcome] = {
+                    "n": int(len(offsets)), "median_m": round(float(np.median(offsets)), 4),
+                    "share_off_centre": round(float(np.mean(offsets > OFF_CENTRE)), 3)}
+    return summary
 
 
 def summarise_failures(failures: list[tuple[str, str]]) -> dict[str, dict[str, int]]:
