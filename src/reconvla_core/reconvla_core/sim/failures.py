@@ -46,7 +46,7 @@ FAILURE_MODES = ("wrong_block", "pushed_away", "not_grasped", "not_lifted", "des
 PUSH_DISTANCE = 0.02  # m an object may be nudged (settling, a finger's touch) and still count as where it was
 LIFTED_BY = 0.02  # m above where it stood: another block counts as lifted
 RELEASE_NEAR = 0.05  # m (horizontal): a release this near the destination was aimed at it, this near its start put it back
-OFF_CENTRE = 0.009  # m a block held further than this off the tool's centre fails its stacks (docs/study_recon.md)
+OFF_CENTRE = 0.009  # m off the tool's centre: held further off, none of FGS's stacks succeeded (docs/study_recon.md)
 
 
 @dataclasses.dataclass
