@@ -141,9 +141,7 @@ class SubtaskWatch:
 def in_hand_offset(env: PiperCellEnv, block: str) -> float:
     """Horizontal distance (m) of a held block's centre from the tool's: the fingers centre a block
     along their closing axis only, so a grasp off along their width carries it off-centre."""
-    from reconvla_core.sim.kinematics import tcp_pose
-
-    tool = tcp_pose(env.state()[:6])[:3, 3]
+    tool, _ = env.tcp_pose()
     return float(np.linalg.norm(env.object_pose(block)[0][:2] - tool[:2]))
 
 
